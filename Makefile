@@ -1,0 +1,65 @@
+# ModelOps: two commands do everything on a fresh machine.
+#   make demo   set up, start the embedded stack, register the demo model, run optimize_model end to end
+#   make test   set up, then the whole test suite (unit, DAG integrity, worker steps, integration on the real stack)
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+WORKER := .venv-worker
+PIP_QUIET := -q --disable-pip-version-check
+# pip prints one line per package for the machine's optional local indexes; keep the log readable.
+PIP_FILTER := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: setup orchestrator worker tools demo test test-unit test-worker test-integration bench stack-up stack-down lint clean
+
+setup: orchestrator worker tools
+
+orchestrator: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_QUIET) --upgrade pip $(PIP_FILTER)
+	set -o pipefail; $(VENV)/bin/pip install $(PIP_QUIET) -r requirements.txt -r requirements-dev.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	set -o pipefail; $(VENV)/bin/pip install $(PIP_QUIET) --no-deps -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	touch $@
+
+worker: $(WORKER)/.installed
+$(WORKER)/.installed: requirements-worker.txt pyproject.toml
+	test -x $(WORKER)/bin/python || $(PY) -m venv $(WORKER)
+	$(WORKER)/bin/pip install $(PIP_QUIET) --upgrade pip $(PIP_FILTER)
+	set -o pipefail; $(WORKER)/bin/pip install $(PIP_QUIET) -r requirements-worker.txt -r requirements-dev.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	set -o pipefail; $(WORKER)/bin/pip install $(PIP_QUIET) --no-deps -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	touch $@
+
+tools: .tools/.installed
+.tools/.installed: scripts/install_tools.sh $(WORKER)/.installed
+	PYTHON=$(WORKER)/bin/python scripts/install_tools.sh
+	touch $@
+
+demo: setup
+	$(VENV)/bin/modelops demo
+
+stack-up: setup
+	$(VENV)/bin/modelops stack up
+
+stack-down:
+	$(VENV)/bin/modelops stack down
+
+test: setup
+	$(WORKER)/bin/python -m pytest tests/worker -q -p no:cacheprovider
+	$(VENV)/bin/python -m pytest tests/unit tests/dags tests/integration -q -p no:cacheprovider
+
+test-unit: orchestrator
+	$(VENV)/bin/python -m pytest tests/unit tests/dags -q
+
+test-worker: worker tools
+	$(WORKER)/bin/python -m pytest tests/worker -q
+
+test-integration: setup
+	$(VENV)/bin/python -m pytest tests/integration -q
+
+bench: setup
+	$(VENV)/bin/python bench/dag_import.py
+	$(VENV)/bin/python bench/e2e.py
+
+clean:
+	-$(VENV)/bin/modelops stack down
+	rm -rf .stack .stack-test

@@ -1,0 +1,132 @@
+"""optimize_model: one registered MLflow model version -> the fastest accurate Triton deployment.
+
+resolve -> export -> optimize -> validate -> benchmark -> select -> publish -> deploy -> record
+
+Heavy steps (export, optimize, validate, benchmark) run through the step operator (local subprocess
+in the worker environment, or a GPU pod with MODELOPS_EXECUTION=kubernetes). This file is wiring only:
+every import here is cheap, the work happens in ``operators.pipeline_tasks`` at run time.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Param, dag, task
+
+from operators.pipeline_tasks import DEFAULT_VARIANTS, KNOWN_VARIANTS, on_failure
+from operators.step_operator import step_operator
+
+SPEC = "{{ ti.xcom_pull(task_ids='resolve')['spec_uri'] }}"
+
+PARAMS = {
+    "model_name": Param(
+        "digits_cnn",
+        type="string",
+        minLength=1,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+        title="Registered model",
+        description="Name of the model in the MLflow registry.",
+    ),
+    "model_version": Param(
+        None,
+        type=["null", "string"],
+        pattern=r"^[0-9]+$",
+        title="Model version",
+        description="Version number. Leave empty to follow the alias below.",
+    ),
+    "model_alias": Param(
+        "champion",
+        type=["null", "string"],
+        title="Model alias",
+        description="MLflow alias to resolve (e.g. champion) when no version is given.",
+    ),
+    "variants": Param(
+        DEFAULT_VARIANTS,
+        type="array",
+        items={"type": "string", "enum": KNOWN_VARIANTS},
+        minItems=1,
+        uniqueItems=True,
+        title="Variants",
+        description="Optimized candidates to build, validate and benchmark against the PyTorch baseline.",
+    ),
+    "latency_slo_ms": Param(
+        100.0,
+        type="number",
+        exclusiveMinimum=0,
+        maximum=60000,
+        title="Latency SLO (p99, ms)",
+        description="Only candidates whose perf_analyzer p99 is within this bound can win.",
+    ),
+    "accuracy_tolerance": Param(
+        0.01,
+        type="number",
+        minimum=0,
+        maximum=1,
+        title="Accuracy tolerance",
+        description="Largest allowed drop of the recipe's metric (e.g. accuracy) below the source model.",
+    ),
+    "rollout": Param(
+        100,
+        type="integer",
+        minimum=1,
+        maximum=100,
+        title="Rollout percent",
+        description="Share of traffic the new deployment gets in the routes file (100 = replace, <100 = canary).",
+    ),
+}
+
+
+@dag(
+    dag_id="optimize_model",
+    schedule=None,
+    catchup=False,
+    params=PARAMS,
+    tags=["modelops", "triton", "mlflow"],
+    max_active_runs=4,
+    default_args={"retries": 0, "on_failure_callback": on_failure, "execution_timeout": timedelta(hours=2)},
+    doc_md=__doc__,
+)
+def optimize_model():
+    @task
+    def resolve(params=None, run_id=None) -> dict:
+        from operators import pipeline_tasks
+
+        return pipeline_tasks.resolve(dict(params), run_id)
+
+    @task
+    def select(meta: dict) -> dict:
+        from operators import pipeline_tasks
+
+        return pipeline_tasks.select(meta["spec_uri"])
+
+    @task
+    def publish(meta: dict, selection: dict) -> dict:
+        from operators import pipeline_tasks
+
+        return pipeline_tasks.publish(meta["spec_uri"], selection)
+
+    @task
+    def deploy(meta: dict, selection: dict, publication: dict) -> dict:
+        from operators import pipeline_tasks
+
+        return pipeline_tasks.deploy(meta["spec_uri"], selection, publication)
+
+    @task(trigger_rule="none_failed")
+    def record(meta: dict, selection: dict, deployment: dict | None = None) -> dict:
+        from operators import pipeline_tasks
+
+        return pipeline_tasks.record(meta["spec_uri"], selection, deployment)
+
+    meta = resolve()
+    heavy = [step_operator(step, SPEC) for step in ("export", "optimize", "validate", "benchmark")]
+    meta >> heavy[0]
+    for upstream, downstream in zip(heavy, heavy[1:]):
+        upstream >> downstream
+    selection = select(meta)
+    heavy[-1] >> selection
+    publication = publish(meta, selection)
+    deployment = deploy(meta, selection, publication)
+    record(meta, selection, deployment)
+
+
+optimize_model()

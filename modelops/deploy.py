@@ -1,0 +1,146 @@
+"""Load a published deployment into the serving Triton, prove it answers correctly, then route to it.
+
+Order matters for "a failed run leaves serving untouched": verify manifest -> load -> ready ->
+smoke inference compared with the validated candidate and the source -> only then the routes file
+changes (conditional write). Any failure before the routes write unloads the new deployment and
+raises :class:`DeployError` with one line.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelops.naming import deployment_uri
+from modelops.publish import InvalidDeployment, verify_deployment
+from modelops.routes import Routes, canary_weights, read_routes, write_routes
+from modelops.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+class DeployError(Exception):
+    """The deployment could not be served; routes were not changed."""
+
+
+@dataclass
+class SmokeReport:
+    max_abs_diff_vs_candidate: float
+    max_abs_diff_vs_source: float
+    agreement_vs_source: float | None
+    batch: int
+
+
+def load_npz(storage: Storage, uri: str) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def triton_infer(client: Any, model: str, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
+    """One HTTP inference through ``tritonclient.http``."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    req = []
+    for name, array in inputs.items():
+        tensor = httpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(np.ascontiguousarray(array))
+        req.append(tensor)
+    outs = [httpclient.InferRequestedOutput(n) for n in output_names]
+    response = client.infer(model, req, outputs=outs)
+    return {n: response.as_numpy(n) for n in output_names}
+
+
+def smoke_test(
+    client: Any,
+    deployment: str,
+    samples: dict[str, np.ndarray],
+    candidate_outputs: dict[str, np.ndarray],
+    *,
+    atol: float = 1e-4,
+) -> SmokeReport:
+    """Infer the export's sample inputs and compare with what the candidate gave under ONNX Runtime."""
+    inputs = {k: v for k, v in samples.items() if not k.startswith("output:")}
+    sources = {k[len("output:") :]: v for k, v in samples.items() if k.startswith("output:")}
+    got = triton_infer(client, deployment, inputs, list(candidate_outputs))
+    diff_cand = max(float(np.max(np.abs(got[n].astype(np.float64) - candidate_outputs[n]))) for n in got)
+    if not diff_cand <= atol:
+        raise DeployError(f"Triton's answer for {deployment} differs from the validated candidate by {diff_cand:.3g}")
+    diff_src, agreement = 0.0, None
+    for name, ref in sources.items():
+        if name in got:
+            diff_src = max(diff_src, float(np.max(np.abs(got[name].astype(np.float64) - ref))))
+            if ref.ndim == 2 and ref.shape[1] > 1:
+                agreement = float(np.mean(np.argmax(got[name], axis=1) == np.argmax(ref, axis=1)))
+    batch = int(next(iter(inputs.values())).shape[0])
+    return SmokeReport(diff_cand, diff_src, agreement, batch)
+
+
+def wait_ready(client: Any, deployment: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if client.is_model_ready(deployment):
+            return
+        time.sleep(0.5)
+    raise DeployError(f"{deployment} was loaded but not ready within {timeout_s:g} s")
+
+
+def deploy(
+    client: Any,
+    storage: Storage,
+    triton_bucket: str,
+    model: str,
+    deployment: str,
+    *,
+    samples_uri: str,
+    candidate_outputs_uri: str,
+    run_id: str,
+    rollout_percent: int = 100,
+) -> dict[str, Any]:
+    """Verify, load, smoke-test and route ``rollout_percent`` of ``model`` to ``deployment``.
+
+    Returns a summary with the new routes revision and smoke numbers. Raises :class:`DeployError`.
+    """
+    from tritonclient.utils import InferenceServerException
+
+    uri = deployment_uri(triton_bucket, deployment)
+    try:
+        verify_deployment(storage, uri)
+    except InvalidDeployment as exc:
+        raise DeployError(f"refusing to load {deployment}: {exc}") from None
+    before: Routes = read_routes(storage, triton_bucket, model)
+    try:
+        client.load_model(deployment)
+        wait_ready(client, deployment)
+        report = smoke_test(client, deployment, load_npz(storage, samples_uri), load_npz(storage, candidate_outputs_uri))
+    except (InferenceServerException, DeployError) as exc:
+        _unload_quietly(client, deployment, keep=set(before.weights()))
+        msg = exc.message() if isinstance(exc, InferenceServerException) else str(exc)
+        first = (msg or type(exc).__name__).strip().splitlines()[0]
+        raise DeployError(f"Triton could not serve {deployment}: {first}") from None
+    weights = canary_weights(before.weights(), deployment, rollout_percent)
+    after = write_routes(storage, triton_bucket, before, weights, by=run_id)
+    for old in set(before.weights()) - set(weights):
+        _unload_quietly(client, old, keep={deployment})
+    log.info("routes of %s -> %s (revision %d)", model, deployment, after.revision)
+    return {
+        "deployment": deployment,
+        "routes_revision": after.revision,
+        "routes": after.weights(),
+        "previous_routes": before.weights(),
+        "smoke": report.__dict__,
+    }
+
+
+def _unload_quietly(client: Any, deployment: str, keep: set[str]) -> None:
+    if deployment in keep:
+        return
+    try:
+        client.unload_model(deployment)
+    except Exception as exc:  # noqa: BLE001 - best effort cleanup; the original error is what the user needs
+        log.warning("could not unload %s: %s", deployment, exc)

@@ -1,0 +1,170 @@
+"""Record a finished run in MLflow: params, per-variant metrics, perf CSVs, a plot, the summary, tags.
+
+Everything lands in the run opened by ``resolve`` (experiment ``modelops/<model>``); the model version
+gets the contract tags (``modelops.status`` and friends).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelops.registry import (
+    TAG_DEPLOYMENT,
+    TAG_ERROR,
+    TAG_RUN_ID,
+    TAG_SPEEDUP,
+    TAG_STATUS,
+    TAG_VARIANT,
+    set_version_tags,
+)
+from modelops.storage import Storage
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+
+def summary_rows(validate: dict[str, Any], benchmark: dict[str, Any], selection: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per variant (baseline first): accuracy, best-under-SLO latency/throughput, verdict."""
+    rows = []
+    scores = {**{"baseline": selection["baseline"]}, **selection["scores"]}
+    candidates = validate.get("candidates", {})
+    for variant, score in scores.items():
+        verdict = candidates.get(variant, {})
+        metric = verdict.get("metric") if variant != "baseline" else validate.get("source_metric")
+        bench = benchmark.get("variants", {}).get(variant, {})
+        rows.append(
+            {
+                "variant": variant,
+                "metric": metric,
+                "status": "chosen" if variant == selection["chosen"] else ("source" if variant == "baseline" else (
+                    verdict.get("status") if verdict.get("status") != "accepted" else ("eligible" if score["eligible"] else "slo")
+                )),
+                "throughput": score.get("throughput"),
+                "p50_ms": score.get("p50_ms"),
+                "p99_ms": score.get("p99_ms"),
+                "concurrency": score.get("concurrency"),
+                "speedup": round(score["throughput"] / scores["baseline"]["throughput"], 3)
+                if score.get("throughput") and scores["baseline"].get("throughput")
+                else None,
+                "reason": score.get("reason") if variant != selection["chosen"] else None,
+                "points": bench.get("points", []),
+            }
+        )
+    return rows
+
+
+def plot_throughput_vs_p99(benchmark: dict[str, Any], slo_ms: float, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for variant, res in benchmark.get("variants", {}).items():
+        pts = sorted(res.get("points", []), key=lambda p: p["concurrency"])
+        if not pts:
+            continue
+        ax.plot([p["p99_ms"] for p in pts], [p["throughput"] for p in pts], marker="o", label=variant)
+        for p in pts:
+            ax.annotate(f"c{p['concurrency']}", (p["p99_ms"], p["throughput"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.axvline(slo_ms, color="grey", linestyle="--", linewidth=1, label=f"SLO {slo_ms:g} ms")
+    ax.set_xlabel("p99 latency (ms)")
+    ax.set_ylabel("throughput (infer/s)")
+    ax.set_title("perf_analyzer: throughput vs p99 per variant")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def record_run(
+    client: MlflowClient,
+    storage: Storage,
+    spec: dict[str, Any],
+    results: dict[str, dict[str, Any]],
+    selection: dict[str, Any],
+    deployment: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Log the run and tag the model version. ``results`` maps step name -> step result."""
+    run_id = spec["run_id"]
+    validate, benchmark = results.get("validate", {}), results.get("benchmark", {})
+    export = results.get("export", {})
+    metrics: dict[str, float] = {}
+    if export.get("metrics", {}).get("parity_max_abs_diff") is not None:
+        metrics["export.parity_max_abs_diff"] = float(export["metrics"]["parity_max_abs_diff"])
+    if validate.get("source_metric") is not None:
+        metrics[f"source.{validate.get('metric_name', 'metric')}"] = float(validate["source_metric"])
+    for variant, verdict in validate.get("candidates", {}).items():
+        for key in ("metric", "max_abs_diff", "agreement"):
+            if verdict.get(key) is not None:
+                metrics[f"{variant}.{key}"] = float(verdict[key])
+    for variant, res in benchmark.get("variants", {}).items():
+        for point in res.get("points", []):
+            c = point["concurrency"]
+            for key in ("throughput", "p50_ms", "p99_ms"):
+                metrics[f"{variant}.c{c}.{key}"] = float(point[key])
+    rows = summary_rows(validate, benchmark, selection)
+    for row in rows:
+        if row["throughput"] is not None:
+            metrics[f"{row['variant']}.best_throughput"] = float(row["throughput"])
+    if selection.get("speedup") is not None:
+        metrics["speedup"] = float(selection["speedup"])
+    for key, value in metrics.items():
+        client.log_metric(run_id, key.replace(":", "_"), value)
+
+    summary = {
+        "model": spec["model_name"],
+        "model_version": spec["model_version"],
+        "run_id": run_id,
+        "chosen": selection.get("chosen"),
+        "speedup": selection.get("speedup"),
+        "deployment": (deployment or {}).get("deployment"),
+        "reason": selection.get("reason"),
+        "rows": rows,
+    }
+    with tempfile.TemporaryDirectory(prefix="modelops-record-") as tmp:
+        tmpdir = Path(tmp)
+        (tmpdir / "summary.json").write_text(json.dumps(summary, indent=2))
+        (tmpdir / "spec.json").write_text(json.dumps(spec, indent=2))
+        for step, res in results.items():
+            (tmpdir / f"{step}_result.json").write_text(json.dumps(res, indent=2))
+        client.log_artifacts(run_id, str(tmpdir))
+        perf_dir = tmpdir / "perf"
+        for variant, res in benchmark.get("variants", {}).items():
+            if res.get("csv"):
+                try:
+                    storage.download_file(res["csv"], perf_dir / f"{variant}.csv")
+                except FileNotFoundError:
+                    log.warning("perf CSV of %s is missing at %s", variant, res["csv"])
+        if perf_dir.exists():
+            client.log_artifacts(run_id, str(perf_dir), artifact_path="perf_analyzer")
+        if benchmark.get("variants"):
+            client.log_artifact(run_id, str(plot_throughput_vs_p99(benchmark, spec["latency_slo_ms"], tmpdir / "throughput_vs_p99.png")))
+
+    name, version = spec["model_name"], spec["model_version"]
+    if deployment:
+        tags = {
+            TAG_STATUS: "deployed",
+            TAG_DEPLOYMENT: deployment["deployment"],
+            TAG_VARIANT: selection["chosen"],
+            TAG_SPEEDUP: selection["speedup"],
+            TAG_RUN_ID: run_id,
+            TAG_ERROR: "",
+        }
+    else:
+        tags = {TAG_STATUS: "rejected", TAG_RUN_ID: run_id, TAG_ERROR: selection.get("reason") or "no candidate"}
+    set_version_tags(client, name, version, tags)
+    for key in (TAG_STATUS, TAG_DEPLOYMENT, TAG_VARIANT, TAG_SPEEDUP):
+        if key in tags:
+            client.set_tag(run_id, key, str(tags[key]))
+    client.set_terminated(run_id, status="FINISHED")
+    return summary

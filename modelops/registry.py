@@ -1,0 +1,169 @@
+"""MLflow registry side of a run: resolve a version, open the run, write the model-version tags.
+
+Talks to the MLflow server through ``mlflow.MlflowClient``; the caller builds the client (from the
+``mlflow_default`` connection in Airflow, from the stack in the CLI). Imported lazily by DAG tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from modelops.naming import experiment_name, run_prefix
+from modelops.storage import Storage, join
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+TAG_STATUS = "modelops.status"
+TAG_DEPLOYMENT = "modelops.deployment"
+TAG_VARIANT = "modelops.variant"
+TAG_SPEEDUP = "modelops.speedup"
+TAG_RUN_ID = "modelops.run_id"
+TAG_ERROR = "modelops.error"
+STATUSES = ("optimizing", "deployed", "failed", "rejected")
+
+
+class ResolveError(Exception):
+    """The requested model, version or alias does not exist or cannot be used. One line."""
+
+
+@dataclass(frozen=True)
+class ResolvedVersion:
+    name: str
+    version: str
+    alias: str | None
+    source_uri: str  # s3:// URI of the MLflow model directory (holds MLmodel)
+    mlmodel: dict[str, Any]
+
+    @property
+    def flavors(self) -> list[str]:
+        return sorted(self.mlmodel.get("flavors", {}))
+
+
+def _is_not_found(exc: Exception) -> bool:
+    return "RESOURCE_DOES_NOT_EXIST" in str(exc) or "INVALID_PARAMETER_VALUE" in str(exc) or "not found" in str(exc)
+
+
+def to_s3_uri(artifact_uri: str, mlflow_bucket: str) -> str:
+    """Map MLflow's proxied ``mlflow-artifacts:/<path>`` to the bucket the server writes to."""
+    if artifact_uri.startswith("s3://"):
+        return artifact_uri.rstrip("/")
+    for prefix in ("mlflow-artifacts:///", "mlflow-artifacts:/"):
+        if artifact_uri.startswith(prefix):
+            return f"s3://{mlflow_bucket}/{artifact_uri[len(prefix):].lstrip('/')}".rstrip("/")
+    raise ResolveError(f"model artifacts at {artifact_uri!r} are not on S3; the pipeline needs an S3 artifact store")
+
+
+def resolve_version(
+    client: MlflowClient,
+    storage: Storage,
+    name: str,
+    version: str | None,
+    alias: str | None,
+    mlflow_bucket: str,
+) -> ResolvedVersion:
+    """Find the registered version by number or alias and read its MLmodel file.
+
+    Raises:
+        ResolveError: unknown model, version or alias, both or neither of version/alias, unreadable MLmodel.
+    """
+    if not name:
+        raise ResolveError("model_name is required")
+    if bool(version) == bool(alias):
+        raise ResolveError("give exactly one of model_version or model_alias")
+    try:
+        client.get_registered_model(name)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises RestException/MlflowException
+        if _is_not_found(exc):
+            raise ResolveError(f"registered model {name!r} not found in MLflow") from None
+        raise
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
+    except Exception as exc:  # noqa: BLE001
+        if _is_not_found(exc):
+            what = f"alias {alias!r}" if alias else f"version {version!r}"
+            raise ResolveError(f"registered model {name!r} has no {what}") from None
+        raise
+    source = to_s3_uri(client.get_model_version_download_uri(name, mv.version), mlflow_bucket)
+    mlmodel_uri = join(source, "MLmodel")
+    try:
+        mlmodel = yaml.safe_load(storage.read_bytes(mlmodel_uri))
+        if not isinstance(mlmodel, dict) or "flavors" not in mlmodel:
+            raise ValueError("no 'flavors' section")
+    except FileNotFoundError:
+        raise ResolveError(f"version {mv.version} of {name!r} has no MLmodel file at {mlmodel_uri}") from None
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ResolveError(f"version {mv.version} of {name!r} has an unreadable MLmodel at {mlmodel_uri}: {first}") from None
+    return ResolvedVersion(name=name, version=str(mv.version), alias=alias or None, source_uri=source, mlmodel=mlmodel)
+
+
+def open_run(client: MlflowClient, model: str, version: str, airflow_run_id: str, params: dict[str, Any]) -> str:
+    """The MLflow run of this optimization, created once per Airflow run (a retry finds it again)."""
+    exp_name = experiment_name(model)
+    exp = client.get_experiment_by_name(exp_name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(exp_name)
+    safe_id = airflow_run_id.replace("'", "")
+    found = client.search_runs([exp_id], filter_string=f"tags.`airflow.run_id` = '{safe_id}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        exp_id,
+        run_name=f"{model}-v{version}-{safe_id}"[:250],
+        tags={"airflow.run_id": safe_id, "modelops.model": model, "modelops.model_version": str(version)},
+    )
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, value if not isinstance(value, list) else ",".join(map(str, value)))
+    return run.info.run_id
+
+
+def build_spec(
+    resolved: ResolvedVersion,
+    recipe: str,
+    run_id: str,
+    artifacts_bucket: str,
+    *,
+    variants: list[str],
+    latency_slo_ms: float,
+    accuracy_tolerance: float,
+    benchmark: dict[str, Any],
+) -> dict[str, Any]:
+    """The run spec every step reads (see ``modelops.steps``)."""
+    return {
+        "model_name": resolved.name,
+        "model_version": resolved.version,
+        "alias": resolved.alias,
+        "model_uri": f"models:/{resolved.name}/{resolved.version}",
+        "source_uri": resolved.source_uri,
+        "flavor": "pytorch" if "pytorch" in resolved.flavors else (resolved.flavors[0] if resolved.flavors else ""),
+        "recipe": recipe,
+        "mlmodel": resolved.mlmodel,
+        "variants": list(variants),
+        "latency_slo_ms": float(latency_slo_ms),
+        "accuracy_tolerance": float(accuracy_tolerance),
+        "run_id": run_id,
+        "run_prefix": run_prefix(artifacts_bucket, resolved.name, resolved.version, run_id),
+        "benchmark": dict(benchmark),
+    }
+
+
+def set_version_tags(client: MlflowClient, name: str, version: str, tags: dict[str, Any]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+
+
+def mark_failed(client: MlflowClient, name: str, version: str, error: str, run_id: str | None = None) -> None:
+    """Record a failed run on the model version (and close the MLflow run) without hiding the first error."""
+    tags = {TAG_STATUS: "failed", TAG_ERROR: error.splitlines()[0][:500] if error else "unknown error"}
+    if run_id:
+        tags[TAG_RUN_ID] = run_id
+    set_version_tags(client, name, version, tags)
+    if run_id:
+        client.set_tag(run_id, TAG_ERROR, tags[TAG_ERROR])
+        client.set_terminated(run_id, status="FAILED")

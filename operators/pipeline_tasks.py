@@ -1,0 +1,200 @@
+"""Light steps of ``optimize_model``: registry, selection, S3 publish, Triton rollout, MLflow records.
+
+They run inside Airflow workers and call ``modelops`` with clients built by the hooks. DAG files wrap
+them in ``@task``; heavy imports happen here, at run time, never at DAG parse time.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from modelops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VARIANTS = ["ort_fp32", "ort_int8_dynamic"]
+KNOWN_VARIANTS = ["ort_fp32", "ort_int8_dynamic"]
+DEFAULT_BENCHMARK = {"concurrency": [1, 4], "batch_size": 1, "measurement_interval_ms": 1000, "max_trials": 6, "threads": 2}
+
+
+def _hooks():
+    from modelops_hooks import MlflowHook, ModelOpsS3Hook, TritonHook
+
+    return MlflowHook(), ModelOpsS3Hook(), TritonHook()
+
+
+def _fail(message: str):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    return AirflowFailException(message)
+
+
+def spec_uri_of(spec: dict[str, Any]) -> str:
+    return f"{spec['run_prefix']}/spec.json"
+
+
+def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
+    """Resolve the MLflow version, pick the recipe, open the MLflow run, write the run spec to S3."""
+    from model_recipes import UnsupportedModel, select_recipe
+    from modelops.registry import TAG_ERROR, TAG_RUN_ID, TAG_STATUS, ResolveError, build_spec, open_run, resolve_version
+    from modelops.registry import set_version_tags
+
+    settings = Settings.from_env()
+    mlflow_hook, s3_hook, _ = _hooks()
+    client, storage = mlflow_hook.get_conn(), s3_hook.storage()
+    variants = list(params.get("variants") or DEFAULT_VARIANTS)
+    unknown = sorted(set(variants) - set(KNOWN_VARIANTS))
+    if unknown:
+        raise _fail(f"unknown variants {unknown}; known: {KNOWN_VARIANTS}")
+    try:
+        resolved = resolve_version(
+            client,
+            storage,
+            (params.get("model_name") or "").strip(),
+            str(params["model_version"]).strip() if params.get("model_version") not in (None, "") else None,
+            (params.get("model_alias") or "").strip() or None,
+            settings.mlflow_bucket,
+        )
+        recipe = select_recipe(resolved.mlmodel)
+    except (ResolveError, UnsupportedModel) as exc:
+        raise _fail(str(exc)) from None
+    run_params = {
+        "model_name": resolved.name,
+        "model_version": resolved.version,
+        "model_alias": resolved.alias or "",
+        "recipe": recipe,
+        "variants": variants,
+        "latency_slo_ms": params["latency_slo_ms"],
+        "accuracy_tolerance": params["accuracy_tolerance"],
+        "rollout": params.get("rollout", 100),
+        "execution": settings.execution,
+    }
+    run_id = open_run(client, resolved.name, resolved.version, airflow_run_id, run_params)
+    spec = build_spec(
+        resolved,
+        recipe,
+        run_id,
+        settings.artifacts_bucket,
+        variants=variants,
+        latency_slo_ms=float(params["latency_slo_ms"]),
+        accuracy_tolerance=float(params["accuracy_tolerance"]),
+        benchmark=DEFAULT_BENCHMARK,
+    )
+    spec["rollout"] = int(params.get("rollout", 100))
+    spec["triton_bucket"] = settings.triton_bucket
+    storage.write_json(spec_uri_of(spec), spec)
+    set_version_tags(client, resolved.name, resolved.version, {TAG_STATUS: "optimizing", TAG_RUN_ID: run_id, TAG_ERROR: ""})
+    log.info("resolved %s v%s (recipe %s); run %s; spec %s", resolved.name, resolved.version, recipe, run_id, spec_uri_of(spec))
+    return {
+        "spec_uri": spec_uri_of(spec),
+        "model_name": resolved.name,
+        "model_version": resolved.version,
+        "run_id": run_id,
+        "recipe": recipe,
+    }
+
+
+def _load(storage, spec_uri: str) -> dict[str, Any]:
+    return storage.read_json(spec_uri)
+
+
+def select(spec_uri: str) -> dict[str, Any]:
+    from modelops.selection import select as select_winner
+    from modelops.steps._common import load_result
+
+    _, s3_hook, _ = _hooks()
+    storage = s3_hook.storage()
+    spec = _load(storage, spec_uri)
+    selection = select_winner(load_result(storage, spec, "validate"), load_result(storage, spec, "benchmark"),
+                              spec["latency_slo_ms"]).to_json()
+    storage.write_json(f"{spec['run_prefix']}/select/result.json", selection)
+    if selection["chosen"]:
+        log.info("chosen: %s (%.2fx the PyTorch baseline)", selection["chosen"], selection["speedup"] or 0)
+    else:
+        log.warning("nothing chosen: %s", selection["reason"])
+    return selection
+
+
+def publish(spec_uri: str, selection: dict[str, Any]) -> dict[str, Any]:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from modelops.publish import PublishError, publish_candidate
+    from modelops.steps._common import load_result
+
+    if not selection.get("chosen"):
+        raise AirflowSkipException(f"nothing to publish: {selection.get('reason')}")
+    _, s3_hook, _ = _hooks()
+    storage = s3_hook.storage()
+    spec = _load(storage, spec_uri)
+    try:
+        out = publish_candidate(storage, spec, selection["chosen"], load_result(storage, spec, "export"),
+                                load_result(storage, spec, "optimize"), spec["triton_bucket"])
+    except PublishError as exc:
+        raise _fail(str(exc)) from None
+    return {"deployment": out["deployment"], "uri": out["uri"], "reused": out["reused"]}
+
+
+def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]) -> dict[str, Any]:
+    from modelops.deploy import DeployError, deploy as deploy_to_triton
+    from modelops.steps._common import load_result
+
+    _, s3_hook, triton_hook = _hooks()
+    storage = s3_hook.storage()
+    spec = _load(storage, spec_uri)
+    export = load_result(storage, spec, "export")
+    verdict = load_result(storage, spec, "validate")["candidates"][selection["chosen"]]
+    try:
+        return deploy_to_triton(
+            triton_hook.get_conn(),
+            storage,
+            spec["triton_bucket"],
+            spec["model_name"],
+            publication["deployment"],
+            samples_uri=export["outputs"]["samples"],
+            candidate_outputs_uri=verdict["sample_outputs"],
+            run_id=spec["run_id"],
+            rollout_percent=int(spec.get("rollout", 100)),
+        )
+    except DeployError as exc:
+        raise _fail(str(exc)) from None
+
+
+def record(spec_uri: str, selection: dict[str, Any], deployment: dict[str, Any] | None) -> dict[str, Any]:
+    from modelops.record import record_run
+    from modelops.steps._common import load_result
+
+    mlflow_hook, s3_hook, triton_hook = _hooks()
+    storage = s3_hook.storage()
+    spec = _load(storage, spec_uri)
+    results = {step: load_result(storage, spec, step) for step in ("export", "optimize", "validate", "benchmark")}
+    summary = record_run(mlflow_hook.get_conn(), storage, spec, results, selection, deployment)
+    summary["triton_url"] = f"http://{triton_hook.url()}"
+    summary["mlflow_url"] = mlflow_hook.tracking_uri()
+    summary["mlflow_run_url"] = f"{mlflow_hook.tracking_uri()}/#/experiments/{_experiment_id(mlflow_hook, spec)}/runs/{spec['run_id']}"
+    return summary
+
+
+def _experiment_id(mlflow_hook, spec: dict[str, Any]) -> str:
+    return mlflow_hook.get_conn().get_run(spec["run_id"]).info.experiment_id
+
+
+def on_failure(context: dict[str, Any]) -> None:
+    """Task failure callback: say why on the MLflow model version (status failed + error) and close the run."""
+    from modelops.registry import mark_failed
+
+    ti = context.get("ti") or context.get("task_instance")
+    exc = context.get("exception")
+    error = f"{ti.task_id if ti else 'task'}: {exc}" if exc else f"{ti.task_id if ti else 'task'} failed"
+    try:
+        meta = ti.xcom_pull(task_ids="resolve") if ti else None
+    except Exception:  # noqa: BLE001 - resolve itself may have failed
+        meta = None
+    if not meta:
+        log.error("run failed before a model version was resolved: %s", error)
+        return
+    mlflow_hook, _, _ = _hooks()
+    try:
+        mark_failed(mlflow_hook.get_conn(), meta["model_name"], meta["model_version"], error, meta.get("run_id"))
+    except Exception as cb_exc:  # noqa: BLE001 - never mask the task's own failure
+        log.error("could not record the failure on the model version: %s", cb_exc)

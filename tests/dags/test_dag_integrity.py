@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert "optimize_model" in dagbag.dags
+
+
+def test_optimize_model_wiring(dagbag):
+    dag = dagbag.dags["optimize_model"]
+    order = ["resolve", "export", "optimize", "validate", "benchmark", "select", "publish", "deploy", "record"]
+    assert set(order) <= set(dag.task_ids)
+    for up, down in zip(order, order[1:]):
+        assert down in dag.get_task(up).downstream_task_ids, f"{up} -> {down}"
+    assert dag.get_task("record").trigger_rule == "none_failed"
+    assert all(dag.get_task(t).retries == 0 for t in order)
+
+
+def test_params_are_the_contract(dagbag):
+    params = dagbag.dags["optimize_model"].params
+    for name in ("model_name", "model_version", "model_alias", "variants", "latency_slo_ms", "accuracy_tolerance", "rollout"):
+        assert name in params, name
+    schema = params.get_param("variants").schema
+    assert set(schema["items"]["enum"]) >= {"ort_fp32", "ort_int8_dynamic"}
+
+
+@pytest.mark.parametrize("bad", [{"latency_slo_ms": -1}, {"accuracy_tolerance": 2}, {"variants": ["nope"]},
+                                 {"model_version": "abc"}, {"rollout": 0}])
+def test_bad_params_are_refused_before_any_work(dagbag, bad):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    params = ParamsDict(dagbag.dags["optimize_model"].params)
+    for key, value in bad.items():
+        with pytest.raises(Exception):
+            params[key] = value
+            params.validate()
+
+
+def test_dag_file_is_cheap_to_import():
+    """Parsing must not pull in torch, mlflow, onnx, tritonclient or the Kubernetes provider."""
+    code = (
+        "import sys; sys.path[:0] = [%r, %r];"
+        "import runpy; runpy.run_path(%r);"
+        "heavy = [m for m in ('torch', 'mlflow', 'onnx', 'onnxruntime', 'tritonclient', 'great_expectations',"
+        " 'airflow.providers.cncf.kubernetes.operators.pod', 'boto3') if m in sys.modules];"
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    ) % (str(REPO), str(REPO / "plugins"), str(REPO / "dags" / "optimize_model.py"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
