@@ -1,0 +1,149 @@
+"""Endpoints of a stack as plain data: the status dict, Airflow connections and client environments.
+
+Pure functions of the stack state: nothing here starts or probes a process.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from modelops.settings import Settings
+from modelops.stack.state import HOST, StackState
+from modelops.storage import S3Config
+
+# Service keys, in start order; the label names the process in messages and its log file.
+SERVICES: tuple[str, ...] = ("s3", "mlflow", "triton", "airflow")
+LABELS: dict[str, str] = {"s3": "seaweedfs", "mlflow": "mlflow", "triton": "triton", "airflow": "airflow"}
+REGION = "us-east-1"
+
+
+def log_path(state: StackState, service: str) -> Path:
+    """``<stack>/logs/<label>.log``."""
+    return state.logs_dir / f"{LABELS[service]}.log"
+
+
+def s3_endpoint(state: StackState) -> str:
+    return f"http://{HOST}:{state.ports['s3']}"
+
+
+def mlflow_url(state: StackState) -> str:
+    return f"http://{HOST}:{state.ports['mlflow']}"
+
+
+def triton_repository(state: StackState, settings: Settings) -> str:
+    """The S3 model repository in Triton's ``s3://host:port/bucket`` form."""
+    return f"s3://{HOST}:{state.ports['s3']}/{settings.triton_bucket}"
+
+
+def build_status(state: StackState, settings: Settings, running: Mapping[str, bool]) -> dict[str, Any]:
+    """The status dict (``modelops stack status --json``) of ``state``; ``running`` maps service -> alive."""
+    creds = state.credentials
+    ports = state.ports
+
+    def proc(service: str) -> dict[str, Any]:
+        rec = state.services.get(service)
+        alive = bool(running.get(service))
+        recorded = bool(rec and rec.pid)
+        return {
+            "pid": rec.pid if rec and alive else None,
+            "log": str(log_path(state, service)),
+            "running": alive,
+            # "exited": a pid is recorded but that process is gone (crashed or killed outside the stack).
+            "state": "running" if alive else ("exited" if recorded else "stopped"),
+            "started_at": rec.started_at if rec and alive else None,
+        }
+
+    return {
+        "stack_dir": str(state.stack_dir),
+        "port_offset": state.port_offset,
+        "ports": dict(ports),
+        "s3": {
+            "endpoint": s3_endpoint(state),
+            "port": ports["s3"],
+            "access_key": creds.s3_access_key,
+            "secret_key": creds.s3_secret_key,
+            "region": REGION,
+            "artifacts_bucket": settings.artifacts_bucket,
+            "mlflow_bucket": settings.mlflow_bucket,
+            "triton_bucket": settings.triton_bucket,
+            "data_dir": str(state.stack_dir / "seaweedfs"),
+            **proc("s3"),
+        },
+        "mlflow": {
+            "url": mlflow_url(state),
+            "port": ports["mlflow"],
+            "backend_store_uri": f"sqlite:///{state.stack_dir / 'mlflow' / 'mlflow.db'}",
+            "artifacts_destination": f"s3://{settings.mlflow_bucket}/",
+            **proc("mlflow"),
+        },
+        "triton": {
+            "http": f"http://{HOST}:{ports['triton_http']}",
+            "grpc": f"{HOST}:{ports['triton_grpc']}",
+            "metrics": f"http://{HOST}:{ports['triton_metrics']}/metrics",
+            "http_port": ports["triton_http"],
+            "grpc_port": ports["triton_grpc"],
+            "metrics_port": ports["triton_metrics"],
+            "repository": triton_repository(state, settings),
+            **proc("triton"),
+        },
+        "airflow": {
+            "url": f"http://{HOST}:{ports['airflow']}",
+            "port": ports["airflow"],
+            "username": creds.airflow_username,
+            "password": creds.airflow_password,
+            "home": str(state.stack_dir / "airflow"),
+            **proc("airflow"),
+        },
+    }
+
+
+def airflow_connections(status: Mapping[str, Any]) -> dict[str, str]:
+    """``AIRFLOW_CONN_*`` variables (Airflow's JSON connection format) for mlflow, s3 and triton."""
+    s3, mlflow, triton = status["s3"], status["mlflow"], status["triton"]
+    conns = {
+        "AIRFLOW_CONN_MLFLOW_DEFAULT": {"conn_type": "http", "host": HOST, "port": mlflow["port"], "schema": "http"},
+        "AIRFLOW_CONN_S3_DEFAULT": {
+            "conn_type": "aws",
+            "login": s3["access_key"],
+            "password": s3["secret_key"],
+            "extra": {"endpoint_url": s3["endpoint"], "region_name": s3.get("region", REGION)},
+        },
+        "AIRFLOW_CONN_TRITON_DEFAULT": {
+            "conn_type": "http",
+            "host": HOST,
+            "port": triton["http_port"],
+            "schema": "http",
+            "extra": {"grpc_port": triton["grpc_port"], "metrics_port": triton["metrics_port"]},
+        },
+    }
+    return {name: json.dumps(conn, sort_keys=True) for name, conn in conns.items()}
+
+
+def s3_env(status: Mapping[str, Any]) -> dict[str, str]:
+    """AWS_* / MLFLOW_S3_ENDPOINT_URL variables for the stack's S3."""
+    s3 = status["s3"]
+    return S3Config(
+        endpoint_url=s3["endpoint"],
+        access_key=s3["access_key"],
+        secret_key=s3["secret_key"],
+        region=s3.get("region", REGION),
+    ).as_env()
+
+
+def client_env(status: Mapping[str, Any]) -> dict[str, str]:
+    """Environment variables a client process needs to reach the stack described by ``status``.
+
+    AWS_ENDPOINT_URL, MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION
+    (and AWS_REGION), MLFLOW_TRACKING_URI, the three AIRFLOW_CONN_* JSON strings, MODELOPS_STACK_DIR and
+    MODELOPS_PORT_OFFSET.
+    """
+    return {
+        **s3_env(status),
+        "MLFLOW_TRACKING_URI": status["mlflow"]["url"],
+        **airflow_connections(status),
+        "MODELOPS_STACK_DIR": str(status["stack_dir"]),
+        "MODELOPS_PORT_OFFSET": str(status.get("port_offset", 0)),
+    }

@@ -1,0 +1,215 @@
+"""``up`` / ``down`` / ``status`` of the embedded stack (the Python API behind ``modelops stack``)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from modelops.settings import Settings
+from modelops.stack import process
+from modelops.stack.endpoints import LABELS, SERVICES, build_status, log_path
+from modelops.stack.services import SPECS, Context
+from modelops.stack.state import (
+    ServiceRecord,
+    StackError,
+    StackState,
+    allocate_ports,
+    check_ports_free,
+    port_offset_from_env,
+)
+
+_ALIASES = {
+    "seaweedfs": "s3",
+    "seaweed": "s3",
+    "s3": "s3",
+    "mlflow": "mlflow",
+    "triton": "triton",
+    "airflow": "airflow",
+}
+
+
+def _normalize(services: Iterable[str] | None) -> list[str]:
+    if services is None:
+        return list(SERVICES)
+    names = []
+    for raw in services:
+        name = _ALIASES.get(raw.strip().lower())
+        if name is None:
+            raise StackError(f"unknown service {raw!r}; choose from {', '.join(SERVICES)}")
+        names.append(name)
+    return names
+
+
+def with_requirements(services: Iterable[str] | None) -> list[str]:
+    """``services`` plus everything they need, in start order (None = all)."""
+    wanted: set[str] = set()
+
+    def add(name: str) -> None:
+        if name not in wanted:
+            wanted.add(name)
+            for dep in SPECS[name].requires:
+                add(dep)
+
+    for name in _normalize(services):
+        add(name)
+    return [name for name in SERVICES if name in wanted]
+
+
+def with_dependents(services: Iterable[str] | None) -> list[str]:
+    """``services`` plus everything that needs them, in start order (None = all)."""
+    wanted = set(_normalize(services))
+    changed = True
+    while changed:
+        changed = False
+        for name in SERVICES:
+            if name not in wanted and wanted & set(SPECS[name].requires):
+                wanted.add(name)
+                changed = True
+    return [name for name in SERVICES if name in wanted]
+
+
+@contextmanager
+def _locked(stack_dir: Path) -> Iterator[None]:
+    """Serialize ``up``/``down`` on one stack directory (a second caller waits)."""
+    with open(stack_dir / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _running(state: StackState) -> dict[str, bool]:
+    return {name: process.is_running(state.services.get(name) or ServiceRecord()) for name in SERVICES}
+
+
+def _load_for_up(stack_dir: Path, offset: int) -> StackState:
+    state = StackState.load(stack_dir)
+    if state is None:
+        return StackState.new(stack_dir, offset)
+    if state.port_offset != offset:
+        alive = [name for name, up_ in _running(state).items() if up_]
+        if alive:
+            raise StackError(
+                f"the stack in {stack_dir} is running with MODELOPS_PORT_OFFSET={state.port_offset} "
+                f"({', '.join(alive)}); run `modelops stack down` first or use that offset"
+            )
+        state.port_offset, state.ports = offset, allocate_ports(offset)
+    return state
+
+
+def _probe(ctx: Context, name: str) -> bool:
+    try:
+        return bool(SPECS[name].health(ctx))
+    except Exception:  # noqa: BLE001 - a failing probe means "not healthy"
+        return False
+
+
+def _ensure(ctx: Context, name: str) -> None:
+    spec, state = SPECS[name], ctx.state
+    log = log_path(state, name)
+    record = state.record(name)
+    if process.is_running(record):
+        if not _probe(ctx, name):
+            process.say(f"{spec.name} (pid {record.pid}) is running but not healthy yet; waiting ...")
+            process.wait_healthy(spec.name, record, lambda: spec.health(ctx), spec.timeout_s, log)
+        process.say(f"{spec.name} already running (pid {record.pid})")
+        return
+    check_ports_free({key: state.ports[key] for key in spec.ports})
+    spec.prepare(ctx)
+    process.say(f"starting {spec.name} ...")
+    record = process.spawn(spec.name, spec.command(ctx), spec.env(ctx), log, cwd=state.stack_dir)
+    state.services[name] = record
+    state.save()
+    try:
+        waited = process.wait_healthy(spec.name, record, lambda: spec.health(ctx), spec.timeout_s, log)
+    except StackError:
+        process.stop(spec.name, record, grace_s=5)
+        state.services[name] = ServiceRecord()
+        state.save()
+        raise
+    process.say(f"{spec.name} healthy in {waited:.1f} s (pid {record.pid})")
+
+
+def up(settings: Settings | None = None, services: Iterable[str] | None = None) -> dict[str, Any]:
+    """Start the stack (or the given services and what they need); already-healthy services are left alone.
+
+    Returns the status dict (see :func:`status`). Raises :class:`StackError` with a one-line reason.
+    """
+    settings = settings or Settings.from_env()
+    offset = port_offset_from_env()
+    stack_dir = settings.stack_dir
+    if not stack_dir.exists():
+        stack_dir.mkdir(parents=True)
+        os.chmod(stack_dir, 0o700)
+    start = time.monotonic()
+    with _locked(stack_dir):
+        state = _load_for_up(stack_dir, offset)
+        state.logs_dir.mkdir(parents=True, exist_ok=True)
+        state.save()
+        ctx = Context(state, settings)
+        wanted = with_requirements(services)
+        # Fail before starting anything when a port of a service to start is taken.
+        to_start = [name for name in wanted if not process.is_running(state.record(name))]
+        check_ports_free({key: state.ports[key] for name in to_start for key in SPECS[name].ports})
+        for name in wanted:
+            _ensure(ctx, name)
+    process.say(f"stack up in {time.monotonic() - start:.1f} s ({stack_dir})")
+    return status(settings)
+
+
+def down(
+    settings: Settings | None = None, services: Iterable[str] | None = None, purge: bool = False
+) -> dict[str, Any]:
+    """Stop the stack's recorded processes (or the given services and what needs them); data is kept.
+
+    Only pids recorded in ``stack.json`` (and confirmed by their start time) are signalled: SIGTERM to the
+    process group, SIGKILL after 15 s. ``purge=True`` (all services only) also deletes the stack directory.
+    Returns the status dict after stopping.
+    """
+    settings = settings or Settings.from_env()
+    stack_dir = settings.stack_dir
+    if purge and services is not None:
+        raise StackError("--purge stops the whole stack; do not name services with it")
+    state = StackState.load(stack_dir) if stack_dir.exists() else None
+    if state is None:
+        process.say(f"no stack in {stack_dir}")
+        return status(settings)
+    with _locked(stack_dir):
+        for name in reversed(with_dependents(services)):
+            record = state.services.get(name) or ServiceRecord()
+            started = time.monotonic()
+            if process.stop(LABELS[name], record, grace_s=SPECS[name].stop_grace_s):
+                process.say(f"stopped {LABELS[name]} (pid {record.pid}) in {time.monotonic() - started:.1f} s")
+            state.services[name] = ServiceRecord()
+            state.save()
+        if purge:
+            if not (stack_dir / "stack.json").is_file():
+                raise StackError(f"{stack_dir} does not look like a stack directory; not deleting it")
+            shutil.rmtree(stack_dir)
+            process.say(f"deleted {stack_dir}")
+    return status(settings)
+
+
+def status(settings: Settings | None = None) -> dict[str, Any]:
+    """Endpoints, credentials and processes of the stack in ``settings.stack_dir``.
+
+    Keys: ``stack_dir``, ``port_offset``, ``initialized``, ``ports`` and one object per service: ``s3``
+    (endpoint, access_key, secret_key, region, *_bucket), ``mlflow`` (url), ``triton`` (http, grpc, metrics,
+    repository), ``airflow`` (url, username, password); each also has pid, log, running and state. Before
+    the first ``up`` the secrets are None.
+    """
+    settings = settings or Settings.from_env()
+    state = StackState.load(settings.stack_dir) if settings.stack_dir.exists() else None
+    if state is None:
+        blank = build_status(StackState.new(settings.stack_dir, port_offset_from_env()), settings, running={})
+        blank["s3"].update(access_key=None, secret_key=None)
+        blank["airflow"].update(password=None)
+        return {**blank, "initialized": False}
+    return {**build_status(state, settings, _running(state)), "initialized": True}

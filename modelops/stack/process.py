@@ -1,0 +1,178 @@
+"""Detached service processes: spawn, liveness (pid + start time), health waiting and stop.
+
+Linux only: liveness and process-group scans read ``/proc``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from modelops.stack.state import ServiceRecord, StackError
+
+# Popen objects of services started by this Python process: kept so that they are not garbage-collected
+# while running (ResourceWarning) and so that their exit status can be reaped (no zombies).
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def say(message: str) -> None:
+    """A progress line on stderr (never put a secret in it)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies under it, else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name (index 0 = state), or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process start time in clock ticks since boot (``/proc/<pid>/stat`` field 22), or None."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status of our own exited child (it stays in _CHILDREN for :func:`exit_code`)."""
+    proc = _CHILDREN.get(pid)
+    if proc is not None:
+        proc.poll()
+
+
+def is_running(record: ServiceRecord) -> bool:
+    """True when the recorded process exists, is not a zombie and is the one we started (same start time)."""
+    if not record.pid:
+        return False
+    _reap(record.pid)
+    fields = _stat_fields(record.pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return record.start_ticks is None or int(fields[19]) == record.start_ticks
+
+
+def exit_code(pid: int) -> int | None:
+    """The exit code of a child this process started and that has exited, else None."""
+    proc = _CHILDREN.get(pid)
+    return proc.poll() if proc is not None else None
+
+
+def spawn(name: str, cmd: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path) -> ServiceRecord:
+    """Start ``cmd`` detached (own session = own process group), stdout+stderr appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    with open(log_path, "ab") as log:
+        log.write(f"\n===== {now} modelops stack: starting {name}: {' '.join(cmd)}\n".encode())
+        log.flush()
+        try:
+            proc = subprocess.Popen(
+                list(cmd),
+                env=env,
+                cwd=str(cwd),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise StackError(f"{name} could not be started ({cmd[0]}: {exc.strerror})") from None
+    _CHILDREN[proc.pid] = proc
+    return ServiceRecord(pid=proc.pid, start_ticks=start_ticks(proc.pid), started_at=now)
+
+
+def wait_healthy(
+    name: str,
+    record: ServiceRecord,
+    check: Callable[[], bool],
+    timeout_s: float,
+    log_path: Path,
+    interval_s: float = 0.3,
+) -> float:
+    """Poll ``check`` until it returns True; returns the seconds waited.
+
+    Raises :class:`StackError` (one line, naming the service and its log) when the process exits first or
+    when ``timeout_s`` passes.
+    """
+    start = time.monotonic()
+    while True:
+        if not is_running(record):
+            code = exit_code(record.pid) if record.pid else None
+            how = f" with code {code}" if code is not None else ""
+            raise StackError(f"{name} exited{how} before becoming healthy; see {display_path(log_path)}")
+        try:
+            healthy = bool(check())
+        except Exception:  # noqa: BLE001 - any failure of a probe means "not healthy yet"
+            healthy = False
+        if healthy:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout_s:
+            raise StackError(f"{name} did not become healthy within {timeout_s:.0f} s; see {display_path(log_path)}")
+        time.sleep(interval_s)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _reap(pgid)
+        if not group_members(pgid):
+            return True
+        time.sleep(0.2)
+    return not group_members(pgid)
+
+
+def stop(name: str, record: ServiceRecord, grace_s: float = 15.0) -> bool:
+    """Stop a recorded service: SIGTERM to its process group, SIGKILL after ``grace_s``.
+
+    Only a process that :func:`is_running` confirms as ours is signalled. Returns True if it was running.
+    """
+    if not is_running(record):
+        return False
+    pgid = record.pid
+    assert pgid is not None
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    if not _wait_group_gone(pgid, grace_s):
+        say(f"{name} did not stop within {grace_s:.0f} s; sending SIGKILL")
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _wait_group_gone(pgid, 5.0)
+    proc = _CHILDREN.pop(pgid, None)
+    if proc is not None:
+        try:
+            proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+    return True

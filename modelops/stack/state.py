@@ -1,0 +1,249 @@
+"""Persistent state of the embedded stack: ports, generated credentials and ``stack.json``.
+
+Everything here is pure (no server is started): port allocation with ``MODELOPS_PORT_OFFSET``, busy-port
+detection, credential generation and the atomic, owner-only (mode 600) writes of the state file.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import socket
+import string
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+STATE_VERSION = 1
+
+# Every port a stack listens on, before the offset. The seaweedfs internal ports (master, volume, filer,
+# their gRPC ports, the admin server) are pinned too, so that two stacks with different offsets never
+# collide; its Iceberg and Lance catalogs are disabled (port 0).
+DEFAULT_PORTS: dict[str, int] = {
+    "s3": 8333,
+    "s3_grpc": 18333,
+    "seaweedfs_master": 9333,
+    "seaweedfs_master_grpc": 19333,
+    "seaweedfs_volume": 9340,
+    "seaweedfs_volume_grpc": 19340,
+    "seaweedfs_filer": 8888,
+    "seaweedfs_filer_grpc": 18888,
+    "seaweedfs_admin": 23646,
+    "seaweedfs_admin_grpc": 33646,
+    "mlflow": 5000,
+    "triton_http": 8000,
+    "triton_grpc": 8001,
+    "triton_metrics": 8002,
+    "airflow": 8080,
+    "airflow_worker_log": 8793,
+    "airflow_trigger_log": 8794,
+}
+
+
+class StackError(RuntimeError):
+    """A stack operation failed; the message is one line meant for the user."""
+
+
+class PortBusyError(StackError):
+    """A port the stack needs is taken by a process the stack did not start."""
+
+
+# -- ports ------------------------------------------------------------------------------------------
+def port_offset_from_env(environ: Mapping[str, str] | None = None) -> int:
+    """``MODELOPS_PORT_OFFSET`` as an int (default 0); a clear error when it is not a usable integer."""
+    raw = (os.environ if environ is None else environ).get("MODELOPS_PORT_OFFSET", "").strip()
+    if not raw:
+        return 0
+    try:
+        offset = int(raw)
+    except ValueError:
+        raise StackError(f"MODELOPS_PORT_OFFSET must be an integer, got {raw!r}") from None
+    allocate_ports(offset)  # validates the range
+    return offset
+
+
+def allocate_ports(offset: int = 0) -> dict[str, int]:
+    """All stack ports shifted by ``offset``; raises :class:`StackError` if one falls outside 1024-65535."""
+    ports = {name: port + offset for name, port in DEFAULT_PORTS.items()}
+    bad = {name: port for name, port in ports.items() if not 1024 <= port <= 65535}
+    if bad:
+        name, port = next(iter(bad.items()))
+        raise StackError(f"MODELOPS_PORT_OFFSET={offset} puts port {name} at {port}, outside 1024-65535")
+    return ports
+
+
+def port_in_use(port: int, host: str = HOST) -> bool:
+    """True when something listens on ``host:port`` (a bind attempt fails with EADDRINUSE).
+
+    SO_REUSEADDR makes sockets lingering in TIME_WAIT (e.g. after a ``down``) not count as busy, while a
+    listener on the port (on ``host`` or on all interfaces) still does.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return True
+            raise
+    return False
+
+
+def busy_port_message(port: int, name: str, host: str = HOST) -> str:
+    """The one-line error for a port held by a foreign process."""
+    return f"port {port} ({name}) on {host} is in use by another process; stop it or set MODELOPS_PORT_OFFSET"
+
+
+def check_ports_free(ports: Mapping[str, int], host: str = HOST) -> None:
+    """Raise :class:`PortBusyError` for the first port of ``ports`` (name -> port) that is in use."""
+    for name, port in ports.items():
+        if port_in_use(port, host):
+            raise PortBusyError(busy_port_message(port, name, host))
+
+
+# -- credentials ------------------------------------------------------------------------------------
+_ALNUM = string.ascii_letters + string.digits
+
+
+def _token(length: int, alphabet: str = _ALNUM) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def fernet_key() -> str:
+    """A new Fernet key (32 random bytes, url-safe base64), as Airflow and MLflow expect."""
+    import base64
+
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Secrets of one stack, generated once with :mod:`secrets` and reused on every later ``up``."""
+
+    s3_access_key: str
+    s3_secret_key: str
+    airflow_username: str
+    airflow_password: str
+    airflow_fernet_key: str
+    airflow_jwt_secret: str
+    airflow_api_secret_key: str
+    mlflow_webhook_encryption_key: str
+
+    @classmethod
+    def generate(cls) -> Credentials:
+        """Fresh random credentials."""
+        return cls(
+            s3_access_key="MO" + _token(18, string.ascii_uppercase + string.digits),
+            s3_secret_key=_token(40),
+            airflow_username="admin",
+            airflow_password=_token(24),
+            airflow_fernet_key=fernet_key(),
+            airflow_jwt_secret=secrets.token_urlsafe(48),
+            airflow_api_secret_key=secrets.token_urlsafe(48),
+            mlflow_webhook_encryption_key=fernet_key(),
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Credentials:
+        """Load from ``stack.json``; fields missing there (an older file) are generated."""
+        fresh = asdict(cls.generate())
+        return cls(**{key: str(data.get(key) or fresh[key]) for key in fresh})
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+# -- state file -------------------------------------------------------------------------------------
+@dataclass
+class ServiceRecord:
+    """What the stack knows about one started service process."""
+
+    pid: int | None = None
+    start_ticks: int | None = None  # /proc/<pid>/stat starttime: guards against pid reuse
+    started_at: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ServiceRecord:
+        data = data or {}
+        return cls(pid=data.get("pid"), start_ticks=data.get("start_ticks"), started_at=data.get("started_at"))
+
+
+@dataclass
+class StackState:
+    """The content of ``stack.json``: ports, credentials and the processes of a stack directory."""
+
+    stack_dir: Path
+    port_offset: int
+    ports: dict[str, int]
+    credentials: Credentials
+    services: dict[str, ServiceRecord] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.stack_dir / "stack.json"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.stack_dir / "logs"
+
+    @classmethod
+    def new(cls, stack_dir: Path, port_offset: int) -> StackState:
+        """A state with fresh credentials and the ports of ``port_offset`` (not yet saved)."""
+        return cls(Path(stack_dir), port_offset, allocate_ports(port_offset), Credentials.generate())
+
+    @classmethod
+    def load(cls, stack_dir: Path) -> StackState | None:
+        """Read ``stack_dir/stack.json``; None when there is none."""
+        path = Path(stack_dir) / "stack.json"
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise StackError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
+        offset = int(data.get("port_offset", 0))
+        return cls(
+            stack_dir=Path(stack_dir),
+            port_offset=offset,
+            ports={**allocate_ports(offset), **{k: int(v) for k, v in data.get("ports", {}).items()}},
+            credentials=Credentials.from_dict(data.get("credentials", {})),
+            services={name: ServiceRecord.from_dict(rec) for name, rec in data.get("services", {}).items()},
+        )
+
+    def record(self, name: str) -> ServiceRecord:
+        """The (possibly empty) record of service ``name``."""
+        return self.services.setdefault(name, ServiceRecord())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "stack_dir": str(self.stack_dir),
+            "port_offset": self.port_offset,
+            "ports": dict(self.ports),
+            "credentials": self.credentials.to_dict(),
+            "services": {name: asdict(rec) for name, rec in self.services.items()},
+        }
+
+    def save(self) -> None:
+        """Write ``stack.json`` atomically with mode 600 (it holds the credentials)."""
+        write_private(self.path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Atomically write ``text`` to ``path`` readable by the owner only (mode 600)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,318 @@
+"""Unit tests of the pure parts of modelops.stack: ports, credentials, state file, env and airflow.cfg rendering."""
+
+from __future__ import annotations
+
+import base64
+import configparser
+import json
+import os
+import socket
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from modelops.settings import REPO_ROOT, Settings
+from modelops.stack import airflow_home, manager, process
+from modelops.stack.endpoints import build_status, client_env
+from modelops.stack.state import (
+    DEFAULT_PORTS,
+    Credentials,
+    PortBusyError,
+    ServiceRecord,
+    StackError,
+    StackState,
+    allocate_ports,
+    busy_port_message,
+    check_ports_free,
+    port_in_use,
+    port_offset_from_env,
+)
+
+
+@pytest.fixture()
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("MODELOPS_STACK_DIR", str(tmp_path / "stack"))
+    monkeypatch.delenv("MODELOPS_PORT_OFFSET", raising=False)
+    return Settings.from_env()
+
+
+@pytest.fixture()
+def listener() -> int:
+    """A port on 127.0.0.1 held by a listening socket for the test's duration."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+# -- ports ------------------------------------------------------------------------------------------
+def test_default_ports_and_offset() -> None:
+    assert allocate_ports(0)["s3"] == 8333
+    shifted = allocate_ports(100)
+    assert shifted == {name: port + 100 for name, port in DEFAULT_PORTS.items()}
+    assert (shifted["mlflow"], shifted["triton_http"], shifted["airflow"]) == (5100, 8100, 8180)
+    assert len(set(allocate_ports(0).values())) == len(DEFAULT_PORTS), "ports of one stack must be distinct"
+
+
+def test_offset_100_stack_does_not_collide_with_default_stack() -> None:
+    assert not set(allocate_ports(0).values()) & set(allocate_ports(100).values())
+
+
+def test_offset_from_env() -> None:
+    assert port_offset_from_env({}) == 0
+    assert port_offset_from_env({"MODELOPS_PORT_OFFSET": " 100 "}) == 100
+    with pytest.raises(StackError, match="must be an integer"):
+        port_offset_from_env({"MODELOPS_PORT_OFFSET": "ten"})
+    with pytest.raises(StackError, match="outside 1024-65535"):
+        port_offset_from_env({"MODELOPS_PORT_OFFSET": "40000"})
+
+
+def test_busy_port_detection_and_message(listener: int) -> None:
+    assert port_in_use(listener)
+    with pytest.raises(PortBusyError) as err:
+        check_ports_free({"s3": listener})
+    assert str(err.value) == (
+        f"port {listener} (s3) on 127.0.0.1 is in use by another process; stop it or set MODELOPS_PORT_OFFSET"
+    )
+    assert busy_port_message(8333, "s3") == (
+        "port 8333 (s3) on 127.0.0.1 is in use by another process; stop it or set MODELOPS_PORT_OFFSET"
+    )
+
+
+def test_free_port_is_not_busy() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    assert not port_in_use(port)
+    check_ports_free({"x": port})
+
+
+def test_up_fails_on_busy_port_before_starting_anything(
+    settings: Settings, listener: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(DEFAULT_PORTS, "s3", listener)
+
+    def no_spawn(*args: object, **kwargs: object) -> None:
+        raise AssertionError("nothing may be started when a port is busy")
+
+    monkeypatch.setattr(process, "spawn", no_spawn)
+    with pytest.raises(PortBusyError, match=rf"^port {listener} \(s3\) on 127.0.0.1 is in use"):
+        manager.up(settings)
+
+
+# -- credentials and state file ---------------------------------------------------------------------
+def test_credentials_are_random_and_well_formed() -> None:
+    a, b = Credentials.generate(), Credentials.generate()
+    assert a != b
+    assert a.airflow_username == "admin"
+    assert len(a.s3_access_key) == 20 and a.s3_access_key.isalnum()
+    assert len(a.s3_secret_key) == 40 and len(a.airflow_password) >= 20
+    for key in (a.airflow_fernet_key, a.mlflow_webhook_encryption_key):
+        assert len(base64.urlsafe_b64decode(key)) == 32
+    assert a.airflow_fernet_key != a.mlflow_webhook_encryption_key
+
+
+def test_fernet_keys_are_accepted_by_cryptography() -> None:
+    fernet = pytest.importorskip("cryptography.fernet")
+    creds = Credentials.generate()
+    token = fernet.Fernet(creds.airflow_fernet_key.encode()).encrypt(b"x")
+    assert fernet.Fernet(creds.airflow_fernet_key.encode()).decrypt(token) == b"x"
+
+
+def test_state_roundtrip_is_private_and_keeps_credentials(tmp_path: Path) -> None:
+    state = StackState.new(tmp_path / "stk", 100)
+    state.services["s3"] = ServiceRecord(pid=123, start_ticks=456, started_at="now")
+    state.save()
+    assert stat.S_IMODE(os.stat(state.path).st_mode) == 0o600
+    loaded = StackState.load(tmp_path / "stk")
+    assert loaded is not None
+    assert loaded.credentials == state.credentials
+    assert loaded.port_offset == 100 and loaded.ports["s3"] == 8433
+    assert loaded.services["s3"] == ServiceRecord(pid=123, start_ticks=456, started_at="now")
+    assert not list((tmp_path / "stk").glob(".*tmp")), "atomic write must not leave temp files"
+
+
+def test_missing_credential_fields_are_generated_existing_kept(tmp_path: Path) -> None:
+    state = StackState.new(tmp_path, 0)
+    data = state.to_dict()
+    del data["credentials"]["mlflow_webhook_encryption_key"]
+    (tmp_path / "stack.json").write_text(json.dumps(data))
+    loaded = StackState.load(tmp_path)
+    assert loaded is not None
+    assert loaded.credentials.s3_secret_key == state.credentials.s3_secret_key
+    assert loaded.credentials.mlflow_webhook_encryption_key
+
+
+def test_load_without_file_and_with_garbage(tmp_path: Path) -> None:
+    assert StackState.load(tmp_path) is None
+    (tmp_path / "stack.json").write_text("{not json")
+    with pytest.raises(StackError, match="not valid JSON"):
+        StackState.load(tmp_path)
+
+
+def test_up_reuses_credentials(settings: Settings) -> None:
+    first = manager._load_for_up(settings.stack_dir, 0)
+    first.save()
+    again = manager._load_for_up(settings.stack_dir, 100)  # nothing running: the offset may change
+    assert again.credentials == first.credentials
+    assert again.ports["s3"] == 8433
+
+
+# -- status and environments ------------------------------------------------------------------------
+def test_status_shape_and_client_env(settings: Settings) -> None:
+    state = StackState.new(settings.stack_dir, 100)
+    status = build_status(state, settings, running={"s3": True})
+    creds = state.credentials
+    assert status["s3"]["endpoint"] == "http://127.0.0.1:8433"
+    assert (status["s3"]["access_key"], status["s3"]["secret_key"]) == (creds.s3_access_key, creds.s3_secret_key)
+    assert status["s3"]["triton_bucket"] == "triton" and status["s3"]["artifacts_bucket"] == "modelops-artifacts"
+    assert status["mlflow"]["url"] == "http://127.0.0.1:5100"
+    assert status["triton"]["http"] == "http://127.0.0.1:8100"
+    assert status["triton"]["grpc"] == "127.0.0.1:8101"
+    assert status["triton"]["metrics"] == "http://127.0.0.1:8102/metrics"
+    assert status["triton"]["repository"] == "s3://127.0.0.1:8433/triton"
+    assert status["airflow"]["url"] == "http://127.0.0.1:8180"
+    assert (status["airflow"]["username"], status["airflow"]["password"]) == ("admin", creds.airflow_password)
+    assert status["stack_dir"] == str(settings.stack_dir)
+    for name in ("s3", "mlflow", "triton", "airflow"):
+        assert set(status[name]) >= {"pid", "log", "running"}
+        assert status[name]["log"].startswith(str(settings.stack_dir / "logs"))
+    assert status["s3"]["running"] is True and status["mlflow"]["running"] is False
+    json.dumps(status)  # serializable
+
+    env = client_env(status)
+    assert env["AWS_ENDPOINT_URL"] == env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:8433"
+    assert env["AWS_ACCESS_KEY_ID"] == creds.s3_access_key
+    assert env["AWS_SECRET_ACCESS_KEY"] == creds.s3_secret_key
+    assert env["AWS_DEFAULT_REGION"] == "us-east-1"
+    assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5100"
+    assert env["MODELOPS_STACK_DIR"] == str(settings.stack_dir)
+    assert all(isinstance(v, str) for v in env.values())
+    assert json.loads(env["AIRFLOW_CONN_MLFLOW_DEFAULT"]) == {
+        "conn_type": "http",
+        "host": "127.0.0.1",
+        "port": 5100,
+        "schema": "http",
+    }
+    assert json.loads(env["AIRFLOW_CONN_S3_DEFAULT"]) == {
+        "conn_type": "aws",
+        "login": creds.s3_access_key,
+        "password": creds.s3_secret_key,
+        "extra": {"endpoint_url": "http://127.0.0.1:8433", "region_name": "us-east-1"},
+    }
+    triton = json.loads(env["AIRFLOW_CONN_TRITON_DEFAULT"])
+    assert (triton["port"], triton["extra"]) == (8100, {"grpc_port": 8101, "metrics_port": 8102})
+
+
+def test_status_before_first_up_has_no_secrets(settings: Settings) -> None:
+    status = manager.status(settings)
+    assert status["initialized"] is False
+    assert status["s3"]["secret_key"] is None and status["airflow"]["password"] is None
+    assert not any(status[name]["running"] for name in ("s3", "mlflow", "triton", "airflow"))
+    assert not settings.stack_dir.exists(), "status must not create the stack directory"
+
+
+def test_service_env_scrubs_caller_stack_variables(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelops.stack.services import Context, airflow_env
+
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-the-caller")
+    monkeypatch.setenv("MODELOPS_TOOLS_DIR", "/opt/tools")
+    state = StackState.new(settings.stack_dir, 0)
+    env = airflow_env(Context(state, settings))
+    assert "AIRFLOW__CORE__EXECUTOR" not in env
+    assert env["AWS_SECRET_ACCESS_KEY"] == state.credentials.s3_secret_key
+    assert env["MODELOPS_TOOLS_DIR"] == "/opt/tools"
+    assert env["MODELOPS_EXECUTION"] == "local"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:8080/execution/"
+    assert env["AIRFLOW__API__HOST"] == "127.0.0.1" and env["AIRFLOW__API__PORT"] == "8080"
+    assert env["AIRFLOW__CORE__FERNET_KEY"] == state.credentials.airflow_fernet_key
+    assert env["PATH"].split(os.pathsep)[0] == str(airflow_home.shim_dir(state))
+    assert env["PYTHONPATH"] == str(settings.repo_root)
+
+
+# -- airflow.cfg ------------------------------------------------------------------------------------
+def test_airflow_cfg_renders_from_repo_template(settings: Settings) -> None:
+    state = StackState.new(settings.stack_dir, 100)
+    text = airflow_home.render_cfg(
+        (REPO_ROOT / "airflow.cfg.template").read_text(), airflow_home.cfg_values(state, REPO_ROOT)
+    )
+    assert "$" not in text
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read_string(text)
+    home = settings.stack_dir / "airflow"
+    assert cfg["core"]["dags_folder"] == str(REPO_ROOT / "dags")
+    assert cfg["core"]["plugins_folder"] == str(REPO_ROOT / "plugins")
+    assert cfg["core"]["load_examples"] == "False"
+    assert cfg["core"]["executor"] == "LocalExecutor"
+    assert cfg["core"]["parallelism"] == "4" and cfg["core"]["max_active_tasks_per_dag"] == "4"
+    assert cfg["core"]["simple_auth_manager_users"] == "admin:admin"
+    assert cfg["core"]["simple_auth_manager_passwords_file"].startswith(str(home))
+    assert cfg["core"]["execution_api_server_url"] == "http://127.0.0.1:8180/execution/"
+    assert cfg["database"]["sql_alchemy_conn"] == f"sqlite:///{home}/airflow.db"
+    assert (cfg["api"]["host"], cfg["api"]["port"]) == ("127.0.0.1", "8180")
+    assert cfg["logging"]["worker_log_server_port"] == "8893"
+    assert cfg["logging"]["trigger_log_server_port"] == "8894"
+    assert int(cfg["dag_processor"]["refresh_interval"]) <= 10
+    secrets_ = state.credentials.to_dict().values()
+    assert not any(value in text for value in secrets_ if value != "admin"), "no secret in airflow.cfg"
+
+
+def test_render_cfg_rejects_missing_placeholder() -> None:
+    with pytest.raises(KeyError):
+        airflow_home.render_cfg("port = $api_port\nx = $unknown\n", {"api_port": "1"})
+
+
+def test_airflow_home_prepare_writes_private_files_and_shim(settings: Settings) -> None:
+    state = StackState.new(settings.stack_dir, 0)
+    cfg = airflow_home.prepare(state, REPO_ROOT, Path("/venv/bin/airflow"))
+    assert stat.S_IMODE(os.stat(cfg).st_mode) == 0o600
+    pw = airflow_home.passwords_file(state)
+    assert json.loads(pw.read_text()) == {"admin": state.credentials.airflow_password}
+    assert stat.S_IMODE(os.stat(pw).st_mode) == 0o600
+    shim = airflow_home.shim_dir(state) / "airflow"
+    assert os.access(shim, os.X_OK)
+    assert "--skip-serve-logs" in shim.read_text() and "/venv/bin/airflow" in shim.read_text()
+
+
+# -- service graph and processes --------------------------------------------------------------------
+def test_requirements_and_dependents() -> None:
+    assert manager.with_requirements(None) == ["s3", "mlflow", "triton", "airflow"]
+    assert manager.with_requirements(["mlflow"]) == ["s3", "mlflow"]
+    assert manager.with_requirements(["seaweedfs", "airflow"]) == ["s3", "mlflow", "triton", "airflow"]
+    assert manager.with_dependents(["triton"]) == ["triton", "airflow"]
+    assert manager.with_dependents(["s3"]) == ["s3", "mlflow", "triton", "airflow"]
+    with pytest.raises(StackError, match="unknown service"):
+        manager.with_requirements(["postgres"])
+
+
+def test_spawn_stop_and_liveness(tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "sleeper.log"
+    record = process.spawn(
+        "sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ), log, tmp_path
+    )
+    assert process.is_running(record)
+    assert os.getpgid(record.pid) == record.pid, "a service runs in its own process group"
+    assert not process.is_running(ServiceRecord(pid=record.pid, start_ticks=(record.start_ticks or 0) + 1))
+    assert process.stop("sleeper", record, grace_s=5)
+    assert not process.is_running(record)
+    assert not process.stop("sleeper", record), "stopping twice is a no-op"
+    assert "starting sleeper" in log.read_text()
+
+
+def test_wait_healthy_reports_early_exit_and_timeout(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    dead = process.spawn("crasher", [sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ), log, tmp_path)
+    with pytest.raises(StackError, match=r"^crasher exited with code 3 before becoming healthy; see .*x\.log$"):
+        process.wait_healthy("crasher", dead, lambda: False, timeout_s=10, log_path=log)
+    slow = process.spawn("slow", [sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ), log, tmp_path)
+    try:
+        with pytest.raises(StackError, match=r"^slow did not become healthy within 1 s; see .*x\.log$"):
+            process.wait_healthy("slow", slow, lambda: False, timeout_s=1, log_path=log, interval_s=0.1)
+        assert process.wait_healthy("slow", slow, lambda: True, timeout_s=1, log_path=log) < 1
+    finally:
+        process.stop("slow", slow, grace_s=2)
