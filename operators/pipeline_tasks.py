@@ -37,8 +37,16 @@ def spec_uri_of(spec: dict[str, Any]) -> str:
 def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
     """Resolve the MLflow version, pick the recipe, open the MLflow run, write the run spec to S3."""
     from model_recipes import UnsupportedModel, select_recipe
-    from modelops.registry import TAG_ERROR, TAG_RUN_ID, TAG_STATUS, ResolveError, build_spec, open_run, resolve_version
-    from modelops.registry import set_version_tags
+    from modelops.registry import (
+        TAG_ERROR,
+        TAG_RUN_ID,
+        TAG_STATUS,
+        ResolveError,
+        build_spec,
+        open_run,
+        resolve_version,
+        set_version_tags,
+    )
 
     settings = Settings.from_env()
     mlflow_hook, s3_hook, _ = _hooks()
@@ -136,7 +144,8 @@ def publish(spec_uri: str, selection: dict[str, Any]) -> dict[str, Any]:
 
 
 def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]) -> dict[str, Any]:
-    from modelops.deploy import DeployError, deploy as deploy_to_triton
+    from modelops.deploy import DeployError
+    from modelops.deploy import deploy as deploy_to_triton
     from modelops.steps._common import load_result
 
     _, s3_hook, triton_hook = _hooks()

@@ -1,0 +1,120 @@
+"""``modelops demo``: stack up, register the digits CNN as ``champion``, run ``optimize_model`` through
+Airflow's REST API, show task progress, then print the summary and how to stop the stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from modelops.airflow_api import AirflowAPI
+from modelops.settings import Settings
+
+DAG_ID = "optimize_model"
+console = Console(stderr=False)
+
+
+def register_demo_model(settings: Settings, env: dict[str, str], kind: str, name: str, alias: str | None,
+                        serialization: str | None = None) -> dict[str, Any]:
+    """Train and register a demo model in the worker environment; returns the registration record."""
+    cmd = [str(settings.worker_python), "-m", "model_recipes.demo_models", "register", kind, "--name", name]
+    if alias:
+        cmd += ["--alias", alias]
+    if serialization:
+        cmd += ["--serialization", serialization]
+    proc = subprocess.run(cmd, env={**os.environ, **env, "PYTHONPATH": str(settings.repo_root)}, capture_output=True,
+                          text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"registering {name} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def airflow_client(status: dict[str, Any]) -> AirflowAPI:
+    af = status["airflow"]
+    return AirflowAPI(af["url"], af["username"], af["password"])
+
+
+def run_optimize(api: AirflowAPI, conf: dict[str, Any], *, show_progress: bool = True, timeout_s: float = 1800) -> tuple[str, str]:
+    """Trigger ``optimize_model`` and wait; returns ``(run_id, final state)``."""
+    api.wait_for_dag(DAG_ID)
+    run = api.trigger(DAG_ID, conf)
+    run_id = run["dag_run_id"]
+    started = time.monotonic()
+
+    def show(states: dict[str, str | None]) -> None:
+        if not show_progress:
+            return
+        line = "  ".join(f"{t}={_short(s)}" for t, s in states.items())
+        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {line}")
+
+    state = api.wait_for_run(DAG_ID, run_id, timeout_s=timeout_s, on_change=show)
+    return run_id, state
+
+
+def _short(state: str | None) -> str:
+    return {"success": "[green]ok[/green]", "failed": "[red]FAILED[/red]", "running": "[yellow]running[/yellow]",
+            "skipped": "[cyan]skipped[/cyan]", "upstream_failed": "[red]upstream_failed[/red]"}.get(state or "", state or "-")
+
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title=f"{summary['model']} v{summary['model_version']}: variants (perf_analyzer, same run)")
+    for col in ("variant", "metric", "p50 ms", "p99 ms", "throughput/s", "speedup", "status / reason"):
+        table.add_column(col)
+    for row in summary["rows"]:
+        status = row["status"] + (f": {row['reason']}" if row.get("reason") else "")
+        table.add_row(row["variant"], _fmt(row["metric"], ".4f"), _fmt(row["p50_ms"]), _fmt(row["p99_ms"]),
+                      _fmt(row["throughput"], ".1f"), _fmt(row["speedup"], ".2f") + ("x" if row["speedup"] else ""),
+                      status)
+    return table
+
+
+def main(args: Any = None) -> int:
+    from modelops import stack
+
+    settings = Settings.from_env()
+    t0 = time.monotonic()
+    console.rule("[bold]ModelOps demo")
+    console.print("starting the embedded stack (SeaweedFS, MLflow, Triton, Airflow) ...")
+    status = stack.up()
+    env = stack.client_env(status)
+    console.print(f"stack ready in {time.monotonic() - t0:.1f} s")
+
+    console.print("training and registering the digits CNN as [bold]digits_cnn@champion[/bold] ...")
+    reg = register_demo_model(settings, env, "digits", "digits_cnn", "champion")
+    console.print(f"registered digits_cnn v{reg['version']} (held-out accuracy {reg.get('accuracy', 0):.4f})")
+
+    api = airflow_client(status)
+    console.print(f"triggering [bold]{DAG_ID}[/bold] through {status['airflow']['url']} ...")
+    t_run = time.monotonic()
+    run_id, state = run_optimize(api, {"model_name": "digits_cnn", "model_alias": "champion", "model_version": None})
+    run_s = time.monotonic() - t_run
+    if state != "success":
+        failed = [t for t, s in api.task_states(DAG_ID, run_id).items() if s == "failed"]
+        console.print(f"[red]run {run_id} ended {state}[/red] (failed tasks: {', '.join(failed)}); "
+                      f"see the task logs at {status['airflow']['url']}")
+        return 1
+    summary = api.xcom(DAG_ID, run_id, "record")
+    console.print(summary_table(summary))
+    console.print(f"chosen deployment: [bold]{summary['deployment']}[/bold] ({summary['chosen']}, "
+                  f"{_fmt(summary['speedup'])}x the PyTorch baseline's throughput)")
+    console.print(f"DAG run {run_id}: {run_s:.1f} s;   demo total: {time.monotonic() - t0:.1f} s")
+    console.print(f"Triton:  {status['triton']['http']}/v2/models/{summary['deployment']}")
+    console.print(f"MLflow:  {summary.get('mlflow_run_url') or status['mlflow']['url']}")
+    console.print(f"Airflow: {status['airflow']['url']}/dags/{DAG_ID}  (user {status['airflow']['username']}, "
+                  "password: `.venv/bin/modelops stack status --json`)")
+    console.print("stop the stack with: [bold].venv/bin/modelops stack down[/bold]  (or `make stack-down`)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

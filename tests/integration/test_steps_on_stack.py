@@ -1,0 +1,206 @@
+"""Steps on the real stack for a second architecture, and the bad inputs that must leave serving untouched."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from tests.integration.helpers import run_step
+
+pytestmark = pytest.mark.integration
+
+
+def _resolve(params: dict, run_id: str | None = None) -> dict:
+    from operators import pipeline_tasks
+
+    base = {"variants": ["ort_fp32", "ort_int8_dynamic"], "latency_slo_ms": 100.0, "accuracy_tolerance": 0.01,
+            "rollout": 100, "model_version": None, "model_alias": None}
+    return pipeline_tasks.resolve({**base, **params}, run_id or f"test__{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="module")
+def wine(register, settings, storage, tmp_path_factory):
+    """A residual MLP on wine, pickled (the generic PyTorch recipe), carried through export/optimize/validate."""
+    reg = register("wine", alias="champion", serialization="pickle")
+    meta = _resolve({"model_name": reg["name"], "model_alias": "champion"})
+    assert meta["recipe"] == "pytorch_generic"
+    tmp = tmp_path_factory.mktemp("wine")
+    for step in ("export", "optimize", "validate"):
+        proc = run_step(settings, step, meta["spec_uri"], tmp)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return reg, meta, storage.read_json(meta["spec_uri"])
+
+
+def test_second_architecture_published_and_served_like_the_source(wine, storage, triton, settings):
+    from modelops.deploy import deploy, load_npz, triton_infer
+    from modelops.publish import publish_candidate, verify_deployment
+    from modelops.routes import read_routes
+    from modelops.steps._common import load_result
+
+    reg, meta, spec = wine
+    export, optimize, validate = (load_result(storage, spec, s) for s in ("export", "optimize", "validate"))
+    assert export["metrics"]["parity_max_abs_diff"] < 1e-3
+    assert validate["candidates"]["ort_fp32"]["status"] == "accepted"
+    pub = publish_candidate(storage, spec, "ort_fp32", export, optimize, settings.triton_bucket)
+    assert pub["deployment"] == f"{reg['name']}--v{reg['version']}-ort_fp32".lower()
+    verify_deployment(storage, pub["uri"])
+    again = publish_candidate(storage, spec, "ort_fp32", export, optimize, settings.triton_bucket)
+    assert again["reused"]  # never overwritten
+    out = deploy(triton, storage, settings.triton_bucket, reg["name"], pub["deployment"],
+                 samples_uri=export["outputs"]["samples"],
+                 candidate_outputs_uri=validate["candidates"]["ort_fp32"]["sample_outputs"], run_id=spec["run_id"])
+    assert out["smoke"]["max_abs_diff_vs_source"] < 1e-3
+    samples = load_npz(storage, export["outputs"]["samples"])
+    inputs = {k: v for k, v in samples.items() if not k.startswith("output:")}
+    name = export["io"]["outputs"][0]["name"]
+    got = triton_infer(triton, pub["deployment"], inputs, [name])[name]
+    np.testing.assert_allclose(got, samples[f"output:{name}"], atol=1e-3)
+    assert read_routes(storage, settings.triton_bucket, reg["name"]).weights() == {pub["deployment"]: 100}
+
+
+def test_candidate_failing_accuracy_is_rejected_and_never_published(wine, storage, settings, tmp_path):
+    """Replace the int8 candidate with a model of random weights: validate must reject it, select skip it."""
+    import onnx
+    from onnx import numpy_helper
+
+    from modelops.selection import select
+    from modelops.steps._common import load_result, result_uri
+
+    reg, meta, spec = wine
+    optimize = load_result(storage, spec, "optimize")
+    cand_uri = optimize["candidates"]["ort_fp32"]["onnx"]
+    model = onnx.load_from_string(storage.read_bytes(cand_uri))
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if arr.dtype == np.float32 and arr.size > 8:
+            init.CopyFrom(numpy_helper.from_array(rng.normal(size=arr.shape).astype(np.float32), init.name))
+    bad_uri = f"{spec['run_prefix']}/optimize/broken/model.onnx"
+    storage.write_bytes(bad_uri, model.SerializeToString())
+    bad_spec = {**spec, "variants": ["ort_fp32", "broken"], "run_prefix": spec["run_prefix"] + "-bad"}
+    for step in ("export",):
+        storage.write_json(result_uri(bad_spec, step), load_result(storage, spec, step))
+    storage.write_json(result_uri(bad_spec, "optimize"), {"status": "done", "candidates": {
+        **optimize["candidates"], "broken": {"status": "done", "onnx": bad_uri, "size_bytes": 1, "reason": None}}})
+    spec_uri = f"{bad_spec['run_prefix']}/spec.json"
+    storage.write_json(spec_uri, bad_spec)
+    proc = run_step(settings, "validate", spec_uri, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    verdict = proc.result["candidates"]["broken"]
+    assert verdict["status"] == "rejected" and verdict["reason"]
+    assert proc.result["candidates"]["ort_fp32"]["status"] == "accepted"
+    bench = {"variants": {v: {"status": "done", "points": [{"concurrency": 1, "throughput": t, "p50_ms": 1, "p99_ms": 2}]}
+                          for v, t in (("baseline", 10.0), ("ort_fp32", 20.0), ("broken", 1e6))}}
+    assert select(proc.result, bench, 100).chosen == "ort_fp32"
+    assert not storage.exists(f"s3://{settings.triton_bucket}/{reg['name']}--v{reg['version']}-broken/manifest.json")
+
+
+def test_unknown_alias_and_version_fail_resolve_with_one_line(register, wine):
+    reg, _, _ = wine
+    with pytest.raises(Exception) as err:
+        _resolve({"model_name": reg["name"], "model_alias": "nope"})
+    assert str(err.value) == f"registered model {reg['name']!r} has no alias 'nope'"
+    with pytest.raises(Exception) as err:
+        _resolve({"model_name": reg["name"], "model_version": "999"})
+    assert str(err.value) == f"registered model {reg['name']!r} has no version '999'"
+    with pytest.raises(Exception) as err:
+        _resolve({"model_name": "never_registered_model"})
+    assert "give exactly one of model_version or model_alias" in str(err.value) or "not found" in str(err.value)
+
+
+def test_corrupt_artifact_fails_the_run_and_says_why_on_the_version(register, airflow, storage, mlflow_client, settings):
+    from modelops.demo import run_optimize
+    from modelops.routes import read_routes
+
+    reg = register("digits", alias="champion")
+    src = mlflow_client.get_model_version_download_uri(reg["name"], reg["version"])
+    from modelops.registry import to_s3_uri
+
+    prefix = to_s3_uri(src, settings.mlflow_bucket)
+    files = [u for u in storage.list(prefix) if u.endswith((".pt2", ".pth", ".pt"))]
+    assert files, storage.list(prefix)
+    for uri in files:
+        storage.write_bytes(uri, b"this is not a model")
+    before = read_routes(storage, settings.triton_bucket, reg["name"])
+    run_id, state = run_optimize(airflow, {"model_name": reg["name"], "model_version": str(reg["version"]),
+                                           "model_alias": None}, show_progress=False, timeout_s=900)
+    assert state == "failed"
+    assert airflow.task_states("optimize_model", run_id)["export"] == "failed"
+    mv = mlflow_client.get_model_version(reg["name"], reg["version"])
+    assert mv.tags["modelops.status"] == "failed"
+    assert "export" in mv.tags["modelops.error"] and "\n" not in mv.tags["modelops.error"]
+    log = airflow.task_log("optimize_model", run_id, "export")
+    assert "export: error:" in log
+    after = read_routes(storage, settings.triton_bucket, reg["name"])
+    assert (after.revision, after.weights()) == (before.revision, before.weights())
+
+
+def test_deployment_triton_cannot_load_leaves_routes_unchanged(wine, storage, triton, settings):
+    """A published deployment whose model file is garbage (manifest consistent): load fails, routes stay."""
+    import json
+
+    from modelops.deploy import DeployError, deploy
+    from modelops.publish import MANIFEST, file_table
+    from modelops.routes import read_routes
+    from modelops.steps._common import load_result
+
+    reg, meta, spec = wine
+    export, validate = load_result(storage, spec, "export"), load_result(storage, spec, "validate")
+    deployment = f"{reg['name']}--v{reg['version']}-garbage"
+    uri = f"s3://{settings.triton_bucket}/{deployment}"
+    live = read_routes(storage, settings.triton_bucket, reg["name"])
+    # a repository entry Triton must refuse: the python model raises at initialize
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "1").mkdir()
+        (root / "1" / "model.onnx").write_bytes(b"garbage, not onnx")
+        from modelops.triton.model_dir import build_model_dir
+
+        built = build_model_dir(root / deployment, name=deployment, kind="onnxruntime", model_path=root / "1" / "model.onnx",
+                                io=export["io"], max_batch_size=int(export["max_batch_size"]))
+        for rel in file_table(built):
+            storage.upload_file(built / rel, f"{uri}/{rel}")
+        manifest = {"deployment": deployment, "model": reg["name"], "variant": "garbage", "files": file_table(built)}
+        storage.write_bytes(f"{uri}/{MANIFEST}", json.dumps(manifest).encode())
+    with pytest.raises(DeployError) as err:
+        deploy(triton, storage, settings.triton_bucket, reg["name"], deployment,
+               samples_uri=export["outputs"]["samples"],
+               candidate_outputs_uri=validate["candidates"]["ort_fp32"]["sample_outputs"], run_id="test")
+    assert str(err.value).startswith(f"Triton could not serve {deployment}:")
+    assert "\n" not in str(err.value)
+    after = read_routes(storage, settings.triton_bucket, reg["name"])
+    assert (after.revision, after.weights()) == (live.revision, live.weights())
+    assert not triton.is_model_ready(deployment)
+
+
+def test_deployment_without_manifest_is_never_loaded(wine, storage, triton, settings):
+    from modelops.deploy import DeployError, deploy
+
+    reg, _, spec = wine
+    deployment = f"{reg['name']}--v{reg['version']}-nomanifest"
+    storage.write_bytes(f"s3://{settings.triton_bucket}/{deployment}/config.pbtxt", b'backend: "python"')
+    with pytest.raises(DeployError, match="no manifest.json"):
+        deploy(triton, storage, settings.triton_bucket, reg["name"], deployment, samples_uri="unused",
+               candidate_outputs_uri="unused", run_id="test")
+    assert not triton.is_model_ready(deployment)
+
+
+def test_routes_conditional_write_on_real_s3(storage, settings):
+    from modelops.routes import RoutesConflict, read_routes, write_routes
+
+    model = f"routes_{uuid.uuid4().hex[:6]}"
+    first = read_routes(storage, settings.triton_bucket, model)
+    write_routes(storage, settings.triton_bucket, first, {"a": 100}, by="one")
+    with pytest.raises(RoutesConflict):
+        write_routes(storage, settings.triton_bucket, first, {"b": 100}, by="two")
+    current = read_routes(storage, settings.triton_bucket, model)
+    assert current.weights() == {"a": 100} and current.revision == 1
+    nxt = write_routes(storage, settings.triton_bucket, current, {"a": 90, "b": 10}, by="three")
+    with pytest.raises(RoutesConflict):
+        write_routes(storage, settings.triton_bucket, current, {"b": 100}, by="four")
+    assert read_routes(storage, settings.triton_bucket, model).revision == nxt.revision == 2
