@@ -97,7 +97,13 @@ class AirflowAPI:
         return entry.get("value")
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        """The task's log as plain text (one line per structured log event)."""
         resp = self.session.get(
             f"{self.url}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
-            headers={**self._auth(), "Accept": "text/plain"}, timeout=self.timeout)
-        return resp.text
+            headers={**self._auth(), "Accept": "application/json"}, timeout=self.timeout)
+        if resp.status_code >= 400:
+            raise AirflowAPIError(f"log of {task_id} -> {resp.status_code}: {resp.text[:300]}")
+        content = resp.json().get("content", [])
+        if isinstance(content, str):
+            return content
+        return "\n".join(str(e.get("event", "")) if isinstance(e, dict) else str(e) for e in content)

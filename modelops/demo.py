@@ -17,7 +17,7 @@ from modelops.airflow_api import AirflowAPI
 from modelops.settings import Settings
 
 DAG_ID = "optimize_model"
-console = Console(stderr=False)
+console = Console(width=150)
 
 
 def register_demo_model(settings: Settings, env: dict[str, str], kind: str, name: str, alias: str | None,

@@ -19,6 +19,7 @@ from modelops.registry import (
     TAG_SPEEDUP,
     TAG_STATUS,
     TAG_VARIANT,
+    clear_version_tag,
     set_version_tags,
 )
 from modelops.storage import Storage
@@ -42,9 +43,7 @@ def summary_rows(validate: dict[str, Any], benchmark: dict[str, Any], selection:
             {
                 "variant": variant,
                 "metric": metric,
-                "status": "chosen" if variant == selection["chosen"] else ("source" if variant == "baseline" else (
-                    verdict.get("status") if verdict.get("status") != "accepted" else ("eligible" if score["eligible"] else "slo")
-                )),
+                "status": _status(variant, verdict, score, selection["chosen"]),
                 "throughput": score.get("throughput"),
                 "p50_ms": score.get("p50_ms"),
                 "p99_ms": score.get("p99_ms"),
@@ -57,6 +56,17 @@ def summary_rows(validate: dict[str, Any], benchmark: dict[str, Any], selection:
             }
         )
     return rows
+
+
+def _status(variant: str, verdict: dict[str, Any], score: dict[str, Any], chosen: str | None) -> str:
+    """chosen | source | rejected/failed (accuracy gate) | excluded (benchmark failed or SLO missed) | slower."""
+    if variant == chosen:
+        return "chosen"
+    if variant == "baseline":
+        return "source"
+    if verdict.get("status") != "accepted":
+        return verdict.get("status") or "failed"
+    return "slower" if score["eligible"] else "excluded"
 
 
 def plot_throughput_vs_p99(benchmark: dict[str, Any], slo_ms: float, path: Path) -> Path:
@@ -158,8 +168,8 @@ def record_run(
             TAG_VARIANT: selection["chosen"],
             TAG_SPEEDUP: selection["speedup"],
             TAG_RUN_ID: run_id,
-            TAG_ERROR: "",
         }
+        clear_version_tag(client, spec["model_name"], spec["model_version"], TAG_ERROR)
     else:
         tags = {TAG_STATUS: "rejected", TAG_RUN_ID: run_id, TAG_ERROR: selection.get("reason") or "no candidate"}
     set_version_tags(client, name, version, tags)

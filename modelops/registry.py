@@ -158,6 +158,15 @@ def set_version_tags(client: MlflowClient, name: str, version: str, tags: dict[s
         client.set_model_version_tag(name, str(version), key, str(value))
 
 
+def clear_version_tag(client: MlflowClient, name: str, version: str, key: str) -> None:
+    """Remove a tag left by an earlier run (e.g. the previous failure's ``modelops.error``)."""
+    try:
+        client.delete_model_version_tag(name, str(version), key)
+    except Exception as exc:  # noqa: BLE001 - absent tag: nothing to clear
+        if not _is_not_found(exc):
+            raise
+
+
 def mark_failed(client: MlflowClient, name: str, version: str, error: str, run_id: str | None = None) -> None:
     """Record a failed run on the model version (and close the MLflow run) without hiding the first error."""
     tags = {TAG_STATUS: "failed", TAG_ERROR: error.splitlines()[0][:500] if error else "unknown error"}

@@ -43,6 +43,7 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
         TAG_STATUS,
         ResolveError,
         build_spec,
+        clear_version_tag,
         open_run,
         resolve_version,
         set_version_tags,
@@ -92,7 +93,8 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
     spec["rollout"] = int(params.get("rollout", 100))
     spec["triton_bucket"] = settings.triton_bucket
     storage.write_json(spec_uri_of(spec), spec)
-    set_version_tags(client, resolved.name, resolved.version, {TAG_STATUS: "optimizing", TAG_RUN_ID: run_id, TAG_ERROR: ""})
+    set_version_tags(client, resolved.name, resolved.version, {TAG_STATUS: "optimizing", TAG_RUN_ID: run_id})
+    clear_version_tag(client, resolved.name, resolved.version, TAG_ERROR)
     log.info("resolved %s v%s (recipe %s); run %s; spec %s", resolved.name, resolved.version, recipe, run_id, spec_uri_of(spec))
     return {
         "spec_uri": spec_uri_of(spec),
@@ -194,7 +196,10 @@ def on_failure(context: dict[str, Any]) -> None:
 
     ti = context.get("ti") or context.get("task_instance")
     exc = context.get("exception")
-    error = f"{ti.task_id if ti else 'task'}: {exc}" if exc else f"{ti.task_id if ti else 'task'} failed"
+    task_id = ti.task_id if ti else "task"
+    error = str(exc) if exc else f"{task_id} failed"
+    if not error.startswith(f"{task_id}:"):
+        error = f"{task_id}: {error}"
     try:
         meta = ti.xcom_pull(task_ids="resolve") if ti else None
     except Exception:  # noqa: BLE001 - resolve itself may have failed

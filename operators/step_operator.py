@@ -73,16 +73,19 @@ class LocalStepOperator(BaseOperator):
             result_path = Path(tmp) / "result.json"
             cmd = [str(settings.worker_python), *step_command(self.step, self.spec, str(result_path))]
             self.log.info("running %s", " ".join(cmd))
-            rc, last_error = self._run(cmd, self._env())
+            # cwd is a fresh directory: `python -m` puts the cwd first on sys.path, and a stray folder there
+            # (e.g. the stack's "triton" state dir) would shadow real packages in the worker environment.
+            rc, last_error = self._run(cmd, self._env(), cwd=tmp)
             if rc == EXIT_SKIPPED:
                 raise AirflowSkipException(last_error or f"{self.step} does not apply here")
             if rc != 0:
                 raise AirflowException(last_error or f"{self.step} failed with exit code {rc}")
             return json.loads(result_path.read_text())
 
-    def _run(self, cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
+    def _run(self, cmd: list[str], env: dict[str, str], cwd: str) -> tuple[int, str]:
         """Stream stdout and stderr into the task log; return the exit code and the last stderr line."""
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                bufsize=1)
         self._proc = proc
         tail: deque[str] = deque(maxlen=20)
 

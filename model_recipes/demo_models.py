@@ -1,0 +1,220 @@
+"""Demo models for the local stack: train in seconds on CPU, register in MLflow with a signature.
+
+``python -m model_recipes.demo_models register digits --name digits_cnn --alias champion [--serialization pt2|pickle]``
+prints the registration as JSON on the last line of stdout. MLflow is reached through
+``MLFLOW_TRACKING_URI`` and the S3 variables (``MLFLOW_S3_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from model_recipes.digits_cnn import accuracy, digits_split
+
+SEED = 0
+KINDS = ("digits", "wine")
+
+
+class DigitsCNN(nn.Module):
+    """Two convolutions and a linear head for 1x8x8 digit images (10 classes, logits out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.features(x), 1))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.net(x))
+
+
+class WineResMLP(nn.Module):
+    """Residual MLP on the 13 raw wine features (standardization baked in as buffers), 3 classes."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, width: int = 64, blocks: int = 2) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.stem = nn.Linear(13, width)
+        self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(blocks)])
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        return self.head(self.blocks(torch.relu(self.stem(x))))
+
+
+def wine_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, x_test, y_train, y_test)`` of scikit-learn's wine data, raw float32 features."""
+    from sklearn.datasets import load_wine
+    from sklearn.model_selection import train_test_split
+
+    data = load_wine()
+    x, y = data.data.astype(np.float32), data.target.astype(np.int64)
+    return train_test_split(x, y, test_size=0.3, random_state=SEED, stratify=y)
+
+
+@dataclass
+class Trained:
+    model: nn.Module
+    accuracy: float
+    example: np.ndarray  # a few raw inputs (batch > 1 so pt2 export keeps the batch dim dynamic)
+
+
+def _fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, batch: int = 64) -> None:
+    torch.manual_seed(SEED)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(xt))
+        for start in range(0, len(xt), batch):
+            idx = order[start : start + batch]
+            opt.zero_grad()
+            loss_fn(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+    model.eval()
+
+
+def _held_out_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    with torch.inference_mode():
+        return accuracy(model(torch.from_numpy(x)).numpy(), y)
+
+
+def train(kind: str) -> Trained:
+    """Train a demo model with fixed seeds (a few seconds on 2 cores) and score it on the held-out split.
+
+    Args:
+        kind: ``"digits"`` (DigitsCNN) or ``"wine"`` (WineResMLP).
+    """
+    torch.manual_seed(SEED)
+    if kind == "digits":
+        x_train, x_test, y_train, y_test = digits_split()
+        model: nn.Module = DigitsCNN()
+        _fit(model, x_train, y_train, epochs=15, lr=3e-3)
+    elif kind == "wine":
+        x_train, x_test, y_train, y_test = wine_split()
+        model = WineResMLP(x_train.mean(axis=0), x_train.std(axis=0) + 1e-6)
+        _fit(model, x_train, y_train, epochs=60, lr=3e-3, batch=32)
+    else:
+        raise ValueError(f"unknown demo model kind {kind!r}; known: {KINDS}")
+    return Trained(model=model, accuracy=_held_out_accuracy(model, x_test, y_test), example=x_test[:4].copy())
+
+
+def _signature(trained: Trained) -> Any:
+    from mlflow.models import infer_signature
+
+    with torch.inference_mode():
+        out = trained.model(torch.from_numpy(trained.example)).numpy()
+    return infer_signature(trained.example, out)
+
+
+def default_serialization(kind: str) -> str:
+    """Digits is saved as pt2 (torch.export), wine as pickle: both paths stay exercised."""
+    return "pt2" if kind == "digits" else "pickle"
+
+
+def recipe_metadata(kind: str) -> dict[str, str] | None:
+    return {"modelops.recipe": "digits_cnn"} if kind == "digits" else None
+
+
+def save_local(kind: str, path: str, serialization: str | None = None) -> Trained:
+    """Train and ``mlflow.pytorch.save_model`` to a local directory (no tracking server; for tests)."""
+    import mlflow.pytorch
+
+    trained = train(kind)
+    mlflow.pytorch.save_model(
+        trained.model,
+        path,
+        signature=_signature(trained),
+        input_example=trained.example,
+        serialization_format=serialization or default_serialization(kind),
+        metadata=recipe_metadata(kind),
+    )
+    return trained
+
+
+def register(kind: str, name: str, alias: str | None = None, serialization: str | None = None) -> dict[str, Any]:
+    """Train a demo model, log it to MLflow, register a new version and (optionally) point an alias at it.
+
+    Args:
+        kind: ``"digits"`` or ``"wine"``.
+        name: registered model name.
+        alias: alias to set on the new version (e.g. ``"champion"``), or None.
+        serialization: ``"pt2"`` or ``"pickle"``; default pt2 for digits, pickle for wine.
+
+    Returns:
+        ``{"name", "version", "alias", "accuracy", "run_id", "serialization"}``.
+    """
+    import mlflow
+    import mlflow.pytorch
+    from mlflow import MlflowClient
+
+    serialization = serialization or default_serialization(kind)
+    trained = train(kind)
+    mlflow.set_experiment(f"demo/{name}")
+    with mlflow.start_run(run_name=f"train-{kind}") as run:
+        mlflow.log_params({"kind": kind, "seed": SEED, "serialization": serialization})
+        mlflow.log_metric("heldout_accuracy", trained.accuracy)
+        info = mlflow.pytorch.log_model(
+            trained.model,
+            name="model",
+            registered_model_name=name,
+            signature=_signature(trained),
+            input_example=trained.example,
+            serialization_format=serialization,
+            metadata=recipe_metadata(kind),
+        )
+    version = str(info.registered_model_version)
+    if alias:
+        MlflowClient().set_registered_model_alias(name, alias, version)
+    return {
+        "name": name,
+        "version": version,
+        "alias": alias,
+        "accuracy": round(trained.accuracy, 4),
+        "run_id": run.info.run_id,
+        "serialization": serialization,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model_recipes.demo_models")
+    sub = parser.add_subparsers(dest="command", required=True)
+    reg = sub.add_parser("register", help="train, log and register a demo model")
+    reg.add_argument("kind", choices=KINDS)
+    reg.add_argument("--name", required=True)
+    reg.add_argument("--alias", default=None)
+    reg.add_argument("--serialization", choices=("pt2", "pickle"), default=None)
+    args = parser.parse_args(argv)
+    result = register(args.kind, args.name, args.alias, args.serialization)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

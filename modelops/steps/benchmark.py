@@ -1,0 +1,174 @@
+"""Benchmark step: serve the PyTorch baseline and every accepted candidate in its own Triton, measure each.
+
+Per variant (sequentially): build the model directory in a local repository, start a
+:class:`TritonProcess` on free ports, smoke-check its answers on export's sample inputs, run
+perf_analyzer, upload ``perf.csv`` and the server log to ``<run prefix>/benchmark/<variant>/``.
+A candidate whose server fails is marked failed; a failing baseline fails the step.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelops.naming import slug
+from modelops.perf import PerfAnalyzerError, PerfSettings, run_perf_analyzer
+from modelops.settings import Settings
+from modelops.steps._common import StepError, load_result, run_step, step_prefix
+from modelops.steps.export import first_line
+from modelops.storage import Storage, join
+from modelops.triton.local_server import TritonProcess, TritonStartError
+from modelops.triton.model_dir import build_model_dir
+
+log = logging.getLogger("modelops.steps.benchmark")
+
+BASELINE = "baseline"
+SMOKE_TOLERANCE = 1e-3
+VARIABLE_DIM = 8
+
+
+class SmokeCheckFailed(Exception):
+    """Triton answered, but not what the candidate answered under ONNX Runtime/torch in validate/export."""
+
+
+@dataclass
+class Target:
+    """One thing to benchmark: a model kind and its file/directory, plus expected sample outputs."""
+
+    variant: str
+    kind: str  # "pytorch" | "onnxruntime"
+    model_path: Path
+    expected: dict[str, np.ndarray] | None = None
+
+
+def _shapes(io: dict[str, Any]) -> dict[str, list[int]] | None:
+    """perf_analyzer ``--shape`` values for inputs with variable non-batch dims."""
+    shapes = {t["name"]: [VARIABLE_DIM if d < 0 else d for d in t["dims"]] for t in io["inputs"] if -1 in t["dims"]}
+    return shapes or None
+
+
+def benchmark_target(
+    target: Target,
+    *,
+    io: dict[str, Any],
+    max_batch_size: int,
+    perf: PerfSettings,
+    work: Path,
+    samples: dict[str, np.ndarray] | None = None,
+    tools: Settings | None = None,
+) -> dict[str, Any]:
+    """Serve one target in a fresh Triton and measure it; never raises for server/perf failures.
+
+    Returns:
+        ``{"status", "kind", "points", "csv_path", "log_paths", "reason", "triton_max_abs_diff", "seconds"}``.
+    """
+    started = time.time()
+    name = slug(target.variant).replace("-", "_")
+    vdir = work / target.variant
+    repo = vdir / "repo"
+    triton_log, pa_log, csv_path = vdir / "triton.log", vdir / "perf_analyzer.log", vdir / "perf.csv"
+    out: dict[str, Any] = {
+        "status": "failed",
+        "kind": target.kind,
+        "points": [],
+        "csv_path": None,
+        "log_paths": [triton_log, pa_log],
+        "reason": None,
+        "triton_max_abs_diff": None,
+        "notes": [],
+    }
+    build_model_dir(
+        repo / name,
+        name=name,
+        kind=target.kind,
+        model_path=target.model_path,
+        io=io,
+        max_batch_size=max_batch_size,
+        threads=perf.threads,
+    )
+    try:
+        with TritonProcess(repo, [name], log_path=triton_log, settings=tools) as triton:
+            if samples is not None and target.expected is not None:
+                got = triton.infer(name, samples)
+                diff = max(float(np.max(np.abs(got[k] - v))) for k, v in target.expected.items())
+                out["triton_max_abs_diff"] = diff
+                if not diff <= SMOKE_TOLERANCE:
+                    raise SmokeCheckFailed(f"Triton's answers differ from ONNX Runtime's by {diff:.3g}")
+            url = triton.grpc_url if perf.protocol == "grpc" else triton.http_url
+            out["points"] = run_perf_analyzer(
+                model=name,
+                url=url,
+                settings=perf,
+                csv_path=csv_path,
+                tools=tools,
+                shapes=_shapes(io),
+                log_path=pa_log,
+                notes=out["notes"],
+            )
+            out["csv_path"] = csv_path
+            out["status"] = "done"
+    except TritonStartError as exc:
+        out["reason"] = f"Triton could not serve {target.variant}: {exc.reason}"
+    except (PerfAnalyzerError, SmokeCheckFailed) as exc:
+        out["reason"] = str(exc)
+    except RuntimeError as exc:  # e.g. the smoke inference itself was refused
+        out["reason"] = first_line(exc)
+    out["seconds"] = round(time.time() - started, 2)
+    log.info("%s (%s): %s %s", target.variant, target.kind, out["status"], out["reason"] or out["points"])
+    return out
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
+    """The step: baseline first (its failure fails the step), then every accepted candidate."""
+    export = load_result(storage, spec, "export")
+    validate = load_result(storage, spec, "validate")
+    optimize = load_result(storage, spec, "optimize")
+    perf = PerfSettings.from_spec(spec.get("benchmark"))
+    prefix = step_prefix(spec, "benchmark")
+    io, mbs = export["io"], int(export["max_batch_size"])
+    variants: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="modelops-benchmark-") as tmp:
+        work = Path(tmp)
+        all_samples = _load_npz(storage.download_file(export["outputs"]["samples"], work / "samples.npz"))
+        samples = {t["name"]: all_samples[t["name"]] for t in io["inputs"]}
+        baseline_dir = storage.download_dir(export["outputs"]["source_model"], work / "source_model")
+        expected_src = {t["name"]: all_samples[f"output:{t['name']}"] for t in io["outputs"]}
+        targets = [Target(BASELINE, "pytorch", baseline_dir, expected_src)]
+        for variant, res in validate["candidates"].items():
+            if res.get("status") != "accepted":
+                continue
+            onnx = storage.download_file(
+                optimize["candidates"][variant]["onnx"], work / "models" / variant / "model.onnx"
+            )
+            expected = _load_npz(storage.download_file(res["sample_outputs"], work / "models" / variant / "sample.npz"))
+            targets.append(Target(variant, "onnxruntime", onnx, expected))
+        for target in targets:
+            res = benchmark_target(target, io=io, max_batch_size=mbs, perf=perf, work=work / "runs", samples=samples)
+            vprefix = join(prefix, target.variant)
+            for path in res.pop("log_paths"):
+                if path.exists():
+                    storage.upload_file(path, join(vprefix, path.name))
+            csv_local = res.pop("csv_path")
+            res["csv"] = storage.upload_file(csv_local, join(vprefix, "perf.csv")) if csv_local else None
+            res["log"] = join(vprefix, "triton.log")
+            variants[target.variant] = res
+            if target.variant == BASELINE and res["status"] != "done":
+                raise StepError(f"baseline (PyTorch eager in Triton) failed: {res['reason']}")
+    settings = {**perf.as_dict(), "max_batch_size": mbs, "instance_count": 1}
+    return {"status": "done", "variants": variants, "settings": settings}
+
+
+if __name__ == "__main__":
+    sys.exit(run_step("benchmark", run))

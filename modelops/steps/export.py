@@ -1,0 +1,254 @@
+"""Export step: MLflow pytorch model -> single-file ONNX with a dynamic batch axis, parity-checked.
+
+``python -m modelops.steps.export --spec spec.json --result result.json``. Writes
+``<run prefix>/export/{model.onnx, samples.npz, source_model/}``. The dynamo exporter handles both
+``torch.export`` programs (MLflow ``pt2``) and pickled ``nn.Module``s; the legacy TorchScript exporter
+is the fallback for plain modules the dynamo exporter cannot trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelops.steps._common import StepError, run_step, step_prefix
+from modelops.storage import Storage, join
+
+log = logging.getLogger("modelops.steps.export")
+
+OPSET = 18
+PARITY_TOLERANCE = 1e-3
+PARITY_SAMPLES = 8
+
+
+@dataclass
+class ExportOutcome:
+    onnx_path: Path
+    samples_path: Path
+    io: Any  # model_recipes.base.IOSpec
+    parity_max_abs_diff: float
+    exporter: str
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def read_mlmodel(model_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(model_dir) / "MLmodel"
+    if not path.exists():
+        raise StepError(f"no MLmodel file in {model_dir}: not an MLflow model directory")
+    return yaml.safe_load(path.read_text())
+
+
+def _to_numpy_outputs(out: Any) -> list[np.ndarray]:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out.detach().cpu().numpy()]
+    if isinstance(out, dict):
+        return [v.detach().cpu().numpy() for v in out.values()]
+    if isinstance(out, (list, tuple)):
+        return [v.detach().cpu().numpy() for v in out]
+    raise StepError(f"model returned {type(out).__name__}; only tensors, tuples, lists or dicts of tensors export")
+
+
+def torch_outputs(model: Any, io: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run the source model on numpy inputs (positional, in signature order)."""
+    import torch
+
+    with torch.inference_mode():
+        return _to_numpy_outputs(model(*(torch.from_numpy(inputs[n]) for n in io.input_names)))
+
+
+def _complete_io(io: Any, outputs: list[np.ndarray]) -> Any:
+    """Name/shape outputs from what the model really returns when the signature does not match."""
+    from model_recipes.base import IOSpec, TensorSpec
+
+    if len(io.outputs) == len(outputs):
+        return io
+    names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+    specs = tuple(
+        TensorSpec(n, str(o.dtype), tuple(o.shape[1:] if io.max_batch_size > 0 else o.shape))
+        for n, o in zip(names, outputs, strict=True)
+    )
+    return IOSpec(inputs=io.inputs, outputs=specs, max_batch_size=io.max_batch_size)
+
+
+def _export(model: Any, io: Any, inputs: dict[str, np.ndarray], path: Path, opset: int) -> str:
+    """Export with the dynamo exporter (fallback: legacy for plain nn.Modules); returns the exporter used."""
+    import torch
+
+    args = tuple(torch.from_numpy(inputs[n]) for n in io.input_names)
+    batched = io.max_batch_size > 0
+    common = {"input_names": io.input_names, "output_names": io.output_names, "opset_version": opset}
+    try:
+        batch = torch.export.Dim("batch")
+        dyn = tuple({0: batch} for _ in args) if batched else None
+        torch.onnx.export(model, args, str(path), dynamo=True, external_data=False, dynamic_shapes=dyn, **common)
+        return "dynamo"
+    except Exception as exc:
+        if isinstance(model, torch.fx.GraphModule):
+            raise StepError(f"cannot export to ONNX: {first_line(exc)}") from exc
+        log.warning("dynamo exporter failed (%s); trying the legacy exporter", first_line(exc))
+        dyn_axes = {n: {0: "batch"} for n in io.input_names + io.output_names} if batched else None
+        try:
+            torch.onnx.export(model, args, str(path), dynamo=False, dynamic_axes=dyn_axes, **common)
+        except Exception as exc2:
+            raise StepError(f"cannot export to ONNX: dynamo: {first_line(exc)}; legacy: {first_line(exc2)}") from exc2
+        return "legacy"
+
+
+def _as_single_file(path: Path) -> None:
+    """Fold any external data back into the .onnx (deployments ship one model file)."""
+    import onnx
+
+    if not any(p != path for p in path.parent.glob(path.name + "*")):
+        return
+    model = onnx.load(str(path), load_external_data=True)
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    for extra in path.parent.glob(path.name + ".*"):
+        extra.unlink()
+
+
+def ort_run(onnx_path: Path, inputs: dict[str, np.ndarray], threads: int = 0) -> list[np.ndarray]:
+    """Run an ONNX model on CPU with onnxruntime; outputs in graph order."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return session.run(None, {n: inputs[n] for n in names})
+
+
+def export_model(
+    model_dir: Path,
+    recipe_name: str,
+    out_dir: Path,
+    *,
+    mlmodel: dict[str, Any] | None = None,
+    opset: int = OPSET,
+    tolerance: float = PARITY_TOLERANCE,
+    source_label: str | None = None,
+) -> ExportOutcome:
+    """Load an MLflow pytorch model directory, export ONNX, compare ORT with torch on sample inputs.
+
+    Args:
+        model_dir: local MLflow model directory (holds ``MLmodel``).
+        recipe_name: a key of ``model_recipes.RECIPES``.
+        out_dir: where ``model.onnx`` and ``samples.npz`` are written.
+        mlmodel: the parsed MLmodel (read from ``model_dir`` when None).
+        opset: ONNX opset.
+        tolerance: largest accepted max abs difference between ORT and torch outputs.
+        source_label: how the source is named in error messages (its URI).
+
+    Raises:
+        StepError: the model cannot be loaded or exported, or parity fails.
+    """
+    import onnx
+
+    from model_recipes import get_recipe
+
+    recipe = get_recipe(recipe_name)
+    mlmodel = mlmodel or read_mlmodel(model_dir)
+    try:
+        io = recipe.io(mlmodel)
+    except ValueError as exc:
+        raise StepError(f"cannot read the model's tensor signature: {exc}") from exc
+    try:
+        model = recipe.load(model_dir)
+    except Exception as exc:
+        raise StepError(f"cannot load model artifact from {source_label or model_dir}: {first_line(exc)}") from exc
+
+    samples = recipe.sample_inputs(io, PARITY_SAMPLES)
+    try:
+        reference = torch_outputs(model, io, samples)
+    except StepError:
+        raise
+    except Exception as exc:
+        raise StepError(
+            f"model fails on sample inputs of shapes {[a.shape for a in samples.values()]}: {first_line(exc)}"
+        ) from exc
+    io = _complete_io(io, reference)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / "model.onnx"
+    exporter = _export(model, io, samples, onnx_path, opset)
+    _as_single_file(onnx_path)
+    onnx.checker.check_model(str(onnx_path))
+
+    # parity on the sample batch and on a batch of one (the dynamic axis must really be dynamic)
+    worst, worst_name = 0.0, io.output_names[0]
+    for batch in (samples, {k: v[:1] for k, v in samples.items()}):
+        ref = reference if batch is samples else [r[:1] for r in reference]
+        got = ort_run(onnx_path, batch)
+        for name, r, g in zip(io.output_names, ref, got, strict=True):
+            if r.shape != g.shape:
+                raise StepError(
+                    f"parity failed: output {name!r} has shape {g.shape} in ONNX Runtime, {r.shape} in torch"
+                )
+            diff = float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))) if r.size else 0.0
+            if not np.isfinite(diff) or diff > worst:
+                worst, worst_name = diff, name
+    if not np.isfinite(worst) or worst > tolerance:
+        raise StepError(
+            f"parity failed: output {worst_name!r} differs from torch by {worst:.3g} (tolerance {tolerance:g})"
+        )
+
+    samples_path = out_dir / "samples.npz"
+    np.savez(samples_path, **samples, **{f"output:{n}": r for n, r in zip(io.output_names, reference, strict=True)})
+    log.info("exported with the %s exporter, parity max abs diff %.3g", exporter, worst)
+    return ExportOutcome(onnx_path, samples_path, io, worst, exporter)
+
+
+def library_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
+    """The step: download the source model, export, parity-check, upload."""
+    prefix = step_prefix(spec, "export")
+    source_uri = spec["source_uri"]
+    with tempfile.TemporaryDirectory(prefix="modelops-export-") as tmp:
+        model_dir = Path(tmp) / "source_model"
+        try:
+            storage.download_dir(source_uri, model_dir)
+        except Exception as exc:
+            raise StepError(f"cannot download model artifact from {source_uri}: {first_line(exc)}") from exc
+        outcome = export_model(
+            model_dir, spec["recipe"], Path(tmp) / "out", mlmodel=spec.get("mlmodel"), source_label=source_uri
+        )
+        onnx_uri = storage.upload_file(outcome.onnx_path, join(prefix, "model.onnx"))
+        samples_uri = storage.upload_file(outcome.samples_path, join(prefix, "samples.npz"))
+        source_model_uri = join(prefix, "source_model")
+        storage.upload_dir(model_dir, source_model_uri)
+    return {
+        "status": "done",
+        "outputs": {"onnx": onnx_uri, "samples": samples_uri, "source_model": source_model_uri},
+        "metrics": {"parity_max_abs_diff": outcome.parity_max_abs_diff},
+        "io": outcome.io.to_dict(),
+        "max_batch_size": outcome.io.max_batch_size,
+        "opset": OPSET,
+        "exporter": outcome.exporter,
+        "recipe": spec["recipe"],
+        "versions": library_versions(),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(run_step("export", run))

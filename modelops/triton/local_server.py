@@ -1,0 +1,286 @@
+"""A tritonserver process on free loopback ports, for benchmarks and tests.
+
+The python-backend stub embeds the interpreter tritonserver was linked against (Python 3.11) and
+imports the model's libraries from the WORKER environment: PYTHONPATH = worker site-packages + repo
+root (numpy<2, torch, onnxruntime, mlflow). ``LD_LIBRARY_PATH`` comes from the settings (libpython,
+the pytriton wheel's libs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from modelops.settings import Settings
+
+log = logging.getLogger("modelops.triton")
+
+LOG_TAIL_LINES = 25
+
+
+class TritonStartError(RuntimeError):
+    """tritonserver exited or its models did not become ready; ``reason`` is one line, str() adds the log tail."""
+
+    def __init__(self, reason: str, log_tail: str = "") -> None:
+        super().__init__(f"{reason}\n--- tritonserver log (tail) ---\n{log_tail}" if log_tail else reason)
+        self.reason = reason
+        self.log_tail = log_tail
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def worker_site_packages(worker_python: Path) -> list[Path]:
+    """site-packages of the worker venv that ``worker_python`` belongs to (``<venv>/bin/python``)."""
+    venv = Path(worker_python).parent.parent
+    return sorted(venv.glob("lib/python3*/site-packages"))
+
+
+def triton_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for tritonserver whose python models must see the worker environment's packages."""
+    env = dict(os.environ)
+    venv = Path(settings.worker_python).parent.parent
+    site = [str(p) for p in worker_site_packages(settings.worker_python)]
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(venv)
+    env["PYTHONPATH"] = os.pathsep.join([*site, str(settings.repo_root)])
+    env["PYTHONNOUSERSITE"] = "1"
+    libs = settings.tool_library_path
+    if libs:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libs, env.get("LD_LIBRARY_PATH", "")) if p)
+    env.update(extra or {})
+    return env
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def failure_reason(log_text: str, default: str) -> str:
+    """The most telling single line of a tritonserver log (a model load error if there is one)."""
+    lines = log_text.splitlines()
+    for marker in ("failed to load", "Error", "error:"):
+        hits = [ln for ln in lines if marker in ln]
+        if hits:
+            line = hits[0]
+            return line.split("] ", 1)[-1].strip()[:400]
+    return default
+
+
+class TritonProcess:
+    """Run tritonserver with explicit model control on free 127.0.0.1 ports.
+
+    Use as a context manager::
+
+        with TritonProcess(repo, ["digits"], log_path=work / "triton.log") as triton:
+            ... perf_analyzer -u {triton.http_url} ...
+
+    Args:
+        repository: local model repository (or an ``s3://host:port/bucket/prefix`` URL with AWS_* env).
+        models: models to load at start (``--load-model``); the start waits until each is ready.
+        log_path: where tritonserver's stdout/stderr go.
+        settings: tool paths; default ``Settings.from_env()``.
+        timeout_s: how long to wait for readiness.
+        extra_env: more environment (e.g. AWS credentials for an S3 repository).
+        extra_args: more tritonserver arguments.
+    """
+
+    def __init__(
+        self,
+        repository: Path | str,
+        models: Iterable[str],
+        *,
+        log_path: Path,
+        settings: Settings | None = None,
+        timeout_s: float = 120.0,
+        extra_env: dict[str, str] | None = None,
+        extra_args: Iterable[str] = (),
+    ) -> None:
+        self.repository = str(repository)
+        self.models = list(models)
+        self.log_path = Path(log_path)
+        self.settings = settings or Settings.from_env()
+        self.timeout_s = timeout_s
+        self.extra_env = extra_env or {}
+        self.extra_args = list(extra_args)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.http_port = self.grpc_port = self.metrics_port = 0
+
+    # -- addresses ------------------------------------------------------------------------------
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        s = self.settings
+        cmd = [
+            str(s.tritonserver_bin),
+            f"--model-repository={self.repository}",
+            "--model-control-mode=explicit",
+            f"--backend-directory={s.triton_backends_dir}",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+            "--exit-timeout-secs=10",
+            "--log-verbose=0",
+        ]
+        cmd += [f"--load-model={m}" for m in self.models]
+        return cmd + self.extra_args
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> Self:
+        """Start the server and wait until every model in ``models`` is ready.
+
+        Raises:
+            TritonStartError: the binary is missing, the server exited, or readiness timed out.
+        """
+        if not Path(self.settings.tritonserver_bin).exists():
+            raise TritonStartError(f"tritonserver not found at {self.settings.tritonserver_bin} (see ENVIRONMENT.md)")
+        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = triton_env(self.settings, self.extra_env)
+        with self.log_path.open("ab") as logf:
+            self.process = subprocess.Popen(
+                self.command(), stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        log.info(
+            "tritonserver pid %s http %s grpc %s, log %s", self.process.pid, self.http_url, self.grpc_url, self.log_path
+        )
+        try:
+            self.wait_ready(self.models, self.timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _fail(self, default: str) -> TritonStartError:
+        tail = log_tail(self.log_path)
+        return TritonStartError(failure_reason(tail, default), tail)
+
+    def wait_ready(self, models: Iterable[str], timeout_s: float) -> None:
+        """Poll ``/v2/health/live`` and ``/v2/models/<m>/ready`` until all are ready."""
+        deadline = time.monotonic() + timeout_s
+        pending = list(models)
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                raise self._fail(f"tritonserver exited with code {self.process.returncode}")
+            if self._get("/v2/health/live") == 200:
+                pending = [m for m in pending if self._get(f"/v2/models/{m}/ready") != 200]
+                if not pending:
+                    return
+            if time.monotonic() > deadline:
+                raise self._fail(f"models {pending} not ready after {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+    def _get(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except (urllib.error.URLError, OSError):
+            return 0
+
+    def _post(self, path: str, body: dict[str, Any] | None = None, timeout_s: float = 120.0) -> tuple[int, str]:
+        req = urllib.request.Request(
+            f"http://{self.http_url}{path}",
+            data=json.dumps(body or {}).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                return int(resp.status), resp.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read().decode(errors="replace")
+
+    def load_model(self, name: str, timeout_s: float | None = None) -> None:
+        """Load (or reload) a model through the repository API and wait until it is ready."""
+        code, body = self._post(f"/v2/repository/models/{name}/load", timeout_s=timeout_s or self.timeout_s)
+        if code != 200:
+            raise TritonStartError(f"loading {name!r} failed ({code}): {body.strip()[:400]}", log_tail(self.log_path))
+        self.wait_ready([name], timeout_s or self.timeout_s)
+
+    def unload_model(self, name: str) -> None:
+        code, body = self._post(f"/v2/repository/models/{name}/unload")
+        if code != 200:
+            raise RuntimeError(f"unloading {name!r} failed ({code}): {body.strip()[:400]}")
+
+    def infer(self, model: str, inputs: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
+        """One inference over HTTP/JSON (numpy arrays in, numpy arrays out); for smoke checks, not speed."""
+        import numpy as np
+
+        from modelops.triton.model_dir import TRITON_DTYPES
+
+        body = {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": list(arr.shape),
+                    "datatype": TRITON_DTYPES[str(arr.dtype)].removeprefix("TYPE_").replace("STRING", "BYTES"),
+                    "data": arr.ravel().tolist(),
+                }
+                for name, arr in inputs.items()
+            ]
+        }
+        code, text = self._post(f"/v2/models/{model}/infer", body, timeout_s=timeout_s)
+        if code != 200:
+            raise RuntimeError(f"inference on {model!r} failed ({code}): {text.strip()[:400]}")
+        out = {}
+        for tensor in json.loads(text)["outputs"]:
+            dtype = {v.removeprefix("TYPE_"): k for k, v in TRITON_DTYPES.items()}.get(tensor["datatype"], "float32")
+            out[tensor["name"]] = np.asarray(tensor["data"], dtype=dtype).reshape(tensor["shape"])
+        return out
+
+    def stop(self, grace_s: float = 15.0) -> int | None:
+        """SIGTERM, wait ``grace_s``, then SIGKILL the server's process group (its python stubs)."""
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver pid %s ignored SIGTERM for %.0f s; killing it", proc.pid, grace_s)
+        try:
+            # the python-backend stubs share the server's session/process group (start_new_session)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait(timeout=10)
+        self.process = None
+        return proc.returncode
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,214 @@
+"""export -> optimize -> validate -> benchmark on real tiny models, with local paths as URIs.
+
+Run in the worker environment: ``.venv-worker/bin/python -m pytest tests/worker``. Models are trained
+in seconds and saved with ``mlflow.pytorch.save_model`` (digits as pt2, wine as pickle); no server.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from model_recipes.demo_models import save_local
+from modelops.settings import Settings
+from modelops.steps import benchmark, export, optimize, validate
+from modelops.steps._common import StepError, run_step
+from modelops.steps.validate import validate_candidates
+from modelops.storage import Storage
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = {"export": export.run, "optimize": optimize.run, "validate": validate.run, "benchmark": benchmark.run}
+MODELS = {"digits": ("digits_cnn", "pt2"), "wine": ("pytorch_generic", "pickle")}
+
+
+@pytest.fixture(scope="session")
+def saved_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for kind, (_, serialization) in MODELS.items():
+        save_local(kind, str(root / kind), serialization)
+        out[kind] = root / kind
+    return out
+
+
+def make_spec(tmp: Path, kind: str, model_dir: Path, **overrides: Any) -> Path:
+    import yaml
+
+    spec = {
+        "model_name": kind, "model_version": "1", "alias": None, "model_uri": f"models:/{kind}/1",
+        "source_uri": str(model_dir), "flavor": "pytorch", "recipe": MODELS[kind][0],
+        "mlmodel": yaml.safe_load((model_dir / "MLmodel").read_text()),
+        "variants": ["ort_fp32", "ort_int8_dynamic"], "latency_slo_ms": 50.0, "accuracy_tolerance": 0.01,
+        "run_id": "t1", "run_prefix": str(tmp / "run"),
+        "benchmark": {"concurrency": [1, 4], "batch_size": 1, "measurement_interval_ms": 500, "max_trials": 4, "threads": 2},
+    }  # fmt: skip
+    spec.update(overrides)
+    path = tmp / "spec.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def step(name: str, spec_path: Path) -> dict[str, Any]:
+    result_path = spec_path.parent / f"{name}.result.json"
+    rc = run_step(name, STEPS[name], ["--spec", str(spec_path), "--result", str(result_path)])
+    assert rc == 0, f"{name} exited {rc}"
+    return json.loads(result_path.read_text())
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def pipeline(request, saved_models, tmp_path_factory) -> dict[str, Any]:
+    """export, optimize and validate one model; results keyed by step."""
+    kind = request.param
+    tmp = tmp_path_factory.mktemp(f"run-{kind}")
+    spec_path = make_spec(tmp, kind, saved_models[kind])
+    results = {name: step(name, spec_path) for name in ("export", "optimize", "validate")}
+    return {"kind": kind, "spec_path": spec_path, "spec": json.loads(spec_path.read_text()), **results}
+
+
+def test_export(pipeline):
+    res, spec = pipeline["export"], pipeline["spec"]
+    assert res["status"] == "done" and res["opset"] >= 17
+    assert res["metrics"]["parity_max_abs_diff"] < 1e-4
+    onnx_path = Path(res["outputs"]["onnx"])
+    assert onnx_path.is_file() and not list(onnx_path.parent.glob("*.data"))  # single file
+    assert (Path(res["outputs"]["source_model"]) / "MLmodel").is_file()
+    io = res["io"]
+    assert res["max_batch_size"] > 0
+    assert io["inputs"][0]["dims"] == ([1, 8, 8] if pipeline["kind"] == "digits" else [13])
+    assert io["outputs"][0]["dims"] == ([10] if pipeline["kind"] == "digits" else [3])
+    with np.load(res["outputs"]["samples"]) as npz:
+        assert {"input", "output:output"} <= set(npz.files)
+    assert set(res["versions"]) == {"torch", "onnx", "onnxruntime"}
+    # the exact spec is kept next to the outputs, and the result is also under the run prefix
+    assert json.loads((Path(spec["run_prefix"]) / "export" / "spec.json").read_text()) == spec
+    assert (Path(spec["run_prefix"]) / "export" / "result.json").is_file()
+
+
+def test_onnx_has_dynamic_batch(pipeline):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(pipeline["export"]["outputs"]["onnx"], providers=["CPUExecutionProvider"])
+    dims = [1, 8, 8] if pipeline["kind"] == "digits" else [13]
+    for batch in (1, 5):
+        (out,) = session.run(None, {"input": np.zeros([batch, *dims], np.float32)})
+        assert out.shape[0] == batch
+
+
+def test_optimize(pipeline):
+    cands = pipeline["optimize"]["candidates"]
+    assert {v: c["status"] for v, c in cands.items()} == {"ort_fp32": "done", "ort_int8_dynamic": "done"}
+    fp32_size = Path(pipeline["export"]["outputs"]["onnx"]).stat().st_size
+    assert cands["ort_int8_dynamic"]["size_bytes"] < 0.6 * fp32_size
+    assert Path(cands["ort_int8_dynamic"]["onnx"]).stat().st_size == cands["ort_int8_dynamic"]["size_bytes"]
+
+
+def test_validate(pipeline):
+    res = pipeline["validate"]
+    if pipeline["kind"] == "digits":
+        assert res["metric_name"] == "accuracy" and res["source_metric"] > 0.9
+    else:
+        assert res["metric_name"] == "cosine" and res["source_metric"] == pytest.approx(1.0)
+    for variant, cand in res["candidates"].items():
+        assert cand["status"] == "accepted", (variant, cand)
+        assert cand["metric"] >= res["source_metric"] - 0.01
+        assert cand["agreement"] >= 0.95
+        with np.load(cand["sample_outputs"]) as npz:
+            assert npz.files == ["output"]
+    assert res["candidates"]["ort_fp32"]["max_abs_diff"] < 1e-4
+
+
+def test_validate_rejects_corrupted_candidate(pipeline, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(pipeline["export"]["outputs"]["onnx"])
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:  # scramble every weight matrix: same graph, garbage numbers
+        arr = numpy_helper.to_array(init)
+        if arr.dtype == np.float32 and arr.ndim >= 2:
+            init.CopyFrom(numpy_helper.from_array(rng.standard_normal(arr.shape).astype(np.float32), init.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    spec = pipeline["spec"]
+    _, metric_name, results = validate_candidates(
+        spec["recipe"], pipeline["export"]["io"], Path(pipeline["export"]["outputs"]["onnx"]), {"broken": bad}, 0.01
+    )
+    assert results["broken"]["status"] == "rejected"
+    assert (
+        results["broken"]["reason"].startswith(f"{metric_name} ") and "is below source" in results["broken"]["reason"]
+    )
+
+
+def test_unknown_variant_is_refused(pipeline, tmp_path):
+    spec = {**pipeline["spec"], "variants": ["ort_fp32", "magic"]}
+    with pytest.raises(StepError, match="unknown variant.*known"):
+        optimize.run(spec, Storage())
+
+
+def test_broken_artifact_fails_with_one_line(saved_models, tmp_path):
+    broken = tmp_path / "broken_model"
+    subprocess.run(["cp", "-r", str(saved_models["digits"]), str(broken)], check=True)
+    (broken / "data" / "model.pt2").write_bytes(b"not a zip archive")
+    spec_path = make_spec(tmp_path, "digits", saved_models["digits"], source_uri=str(broken))
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelops.steps.export", "--spec", str(spec_path), "--result", str(tmp_path / "r.json")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert proc.returncode == 1
+    # libraries (torch) may log to stderr too; the step's reason is its last line, and one line
+    reason = proc.stderr.strip().splitlines()[-1]
+    assert reason.startswith(f"export: error: cannot load model artifact from {broken}: ")
+
+
+triton = pytest.mark.skipif(not Settings.from_env().tritonserver_bin.exists(), reason="tritonserver not installed")
+
+
+@triton
+def test_benchmark(pipeline):
+    if pipeline["kind"] != "digits":
+        pytest.skip("one model is enough for the Triton round trip (~30 s)")
+    res = step("benchmark", pipeline["spec_path"])
+    variants = res["variants"]
+    assert set(variants) == {"baseline", "ort_fp32", "ort_int8_dynamic"}
+    for name, v in variants.items():
+        assert v["status"] == "done", (name, v["reason"])
+        assert v["kind"] == ("pytorch" if name == "baseline" else "onnxruntime")
+        assert [p["concurrency"] for p in v["points"]] == [1, 4]
+        assert all(p["throughput"] > 0 and 0 < p["p50_ms"] <= p["p99_ms"] for p in v["points"])
+        assert Path(v["csv"]).is_file() and Path(v["log"]).is_file()
+        # Triton (python backend) answered the export samples exactly like ORT/torch did in validate/export
+        assert v["triton_max_abs_diff"] is not None and v["triton_max_abs_diff"] <= 1e-5
+    assert res["settings"]["concurrency"] == [1, 4]
+
+
+@triton
+def test_benchmark_marks_an_unloadable_candidate_failed(pipeline, tmp_path):
+    if pipeline["kind"] != "wine":
+        pytest.skip("once is enough")
+    from modelops.perf import PerfSettings
+    from modelops.steps.benchmark import Target, benchmark_target
+
+    bad = tmp_path / "garbage.onnx"
+    bad.write_bytes(b"this is not onnx")
+    res = benchmark_target(
+        Target("ort_garbage", "onnxruntime", bad),
+        io=pipeline["export"]["io"],
+        max_batch_size=8,
+        perf=PerfSettings(),
+        work=tmp_path / "work",
+    )
+    assert res["status"] == "failed"
+    assert res["reason"].startswith("Triton could not serve ort_garbage:") and "\n" not in res["reason"]
+    assert (tmp_path / "work" / "ort_garbage" / "triton.log").is_file()
