@@ -29,8 +29,9 @@ PARAMS = {
     ),
     "model_version": Param(
         None,
-        type=["null", "string"],
+        type=["null", "string", "integer"],
         pattern=r"^[0-9]+$",
+        minimum=1,
         title="Model version",
         description="Version number. Leave empty to follow the alias below.",
     ),

@@ -22,3 +22,22 @@ def run_step(settings, step: str, spec_uri: str, tmp_path: Path) -> subprocess.C
     )
     proc.result = json.loads(result.read_text()) if result.exists() else None
     return proc
+
+
+RANDOMIZE = """
+import sys, numpy as np, onnx
+from onnx import numpy_helper
+model = onnx.load(sys.argv[1])
+rng = np.random.default_rng(0)
+for init in model.graph.initializer:
+    arr = numpy_helper.to_array(init)
+    if arr.dtype == np.float32 and arr.size > 8:
+        init.CopyFrom(numpy_helper.from_array(rng.normal(size=arr.shape).astype(np.float32), init.name))
+onnx.save(model, sys.argv[2])
+"""
+
+
+def randomize_weights(settings, src: Path, dest: Path) -> Path:
+    """An ONNX model with the same graph and random weights: a candidate that must fail any accuracy gate."""
+    subprocess.run([str(settings.worker_python), "-c", RANDOMIZE, str(src), str(dest)], check=True, timeout=120)
+    return dest

@@ -7,7 +7,7 @@ import uuid
 import numpy as np
 import pytest
 
-from tests.integration.helpers import run_step
+from tests.integration.helpers import randomize_weights, run_step
 
 pytestmark = pytest.mark.integration
 
@@ -62,23 +62,17 @@ def test_second_architecture_published_and_served_like_the_source(wine, storage,
 
 def test_candidate_failing_accuracy_is_rejected_and_never_published(wine, storage, settings, tmp_path):
     """Replace the int8 candidate with a model of random weights: validate must reject it, select skip it."""
-    import onnx
-    from onnx import numpy_helper
-
     from modelops.selection import select
     from modelops.steps._common import load_result, result_uri
 
     reg, meta, spec = wine
     optimize = load_result(storage, spec, "optimize")
     cand_uri = optimize["candidates"]["ort_fp32"]["onnx"]
-    model = onnx.load_from_string(storage.read_bytes(cand_uri))
-    rng = np.random.default_rng(0)
-    for init in model.graph.initializer:
-        arr = numpy_helper.to_array(init)
-        if arr.dtype == np.float32 and arr.size > 8:
-            init.CopyFrom(numpy_helper.from_array(rng.normal(size=arr.shape).astype(np.float32), init.name))
+    good, bad = tmp_path / "good.onnx", tmp_path / "bad.onnx"
+    storage.download_file(cand_uri, good)
+    randomize_weights(settings, good, bad)  # onnx lives in the worker environment
     bad_uri = f"{spec['run_prefix']}/optimize/broken/model.onnx"
-    storage.write_bytes(bad_uri, model.SerializeToString())
+    storage.upload_file(bad, bad_uri)
     bad_spec = {**spec, "variants": ["ort_fp32", "broken"], "run_prefix": spec["run_prefix"] + "-bad"}
     for step in ("export",):
         storage.write_json(result_uri(bad_spec, step), load_result(storage, spec, step))
