@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 def _seconds(ti: dict) -> float | None:
     if not ti.get("start_date") or not ti.get("end_date"):
         return None
-    fmt = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
+    fmt = lambda s: datetime.fromisoformat(s)
     return round((fmt(ti["end_date"]) - fmt(ti["start_date"])).total_seconds(), 2)
 
 

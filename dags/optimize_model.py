@@ -9,6 +9,7 @@ every import here is cheap, the work happens in ``operators.pipeline_tasks`` at 
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
 from airflow.sdk import Param, dag, task
@@ -121,7 +122,7 @@ def optimize_model():
     meta = resolve()
     heavy = [step_operator(step, SPEC) for step in ("export", "optimize", "validate", "benchmark")]
     meta >> heavy[0]
-    for upstream, downstream in zip(heavy, heavy[1:]):
+    for upstream, downstream in itertools.pairwise(heavy):
         upstream >> downstream
     selection = select(meta)
     heavy[-1] >> selection

@@ -29,7 +29,7 @@ def register_demo_model(settings: Settings, env: dict[str, str], kind: str, name
     if serialization:
         cmd += ["--serialization", serialization]
     proc = subprocess.run(cmd, env={**os.environ, **env, "PYTHONPATH": str(settings.repo_root)}, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=900, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"registering {name} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

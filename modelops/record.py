@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def summary_rows(validate: dict[str, Any], benchmark: dict[str, Any], selection: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per variant (baseline first): accuracy, best-under-SLO latency/throughput, verdict."""
     rows = []
-    scores = {**{"baseline": selection["baseline"]}, **selection["scores"]}
+    scores = {"baseline": selection["baseline"], **selection["scores"]}
     candidates = validate.get("candidates", {})
     for variant, score in scores.items():
         verdict = candidates.get(variant, {})

@@ -79,13 +79,13 @@ def resolve_version(
         raise ResolveError("give exactly one of model_version or model_alias")
     try:
         client.get_registered_model(name)
-    except Exception as exc:  # noqa: BLE001 - MLflow raises RestException/MlflowException
+    except Exception as exc:
         if _is_not_found(exc):
             raise ResolveError(f"registered model {name!r} not found in MLflow") from None
         raise
     try:
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if _is_not_found(exc):
             what = f"alias {alias!r}" if alias else f"version {version!r}"
             raise ResolveError(f"registered model {name!r} has no {what}") from None
@@ -162,7 +162,7 @@ def clear_version_tag(client: MlflowClient, name: str, version: str, key: str) -
     """Remove a tag left by an earlier run (e.g. the previous failure's ``modelops.error``)."""
     try:
         client.delete_model_version_tag(name, str(version), key)
-    except Exception as exc:  # noqa: BLE001 - absent tag: nothing to clear
+    except Exception as exc:
         if not _is_not_found(exc):
             raise
 

@@ -34,6 +34,11 @@ def step_prefix(spec: dict[str, Any], step: str) -> str:
     return join(spec["run_prefix"], step)
 
 
+def variant_prefix(spec: dict[str, Any], variant: str) -> str:
+    """Where a variant's artifacts live: ``runs/<model>/<version>/<run id>/<variant>/`` (ARCHITECTURE.md)."""
+    return join(spec["run_prefix"], variant)
+
+
 def load_result(storage: Storage, spec: dict[str, Any], step: str) -> dict[str, Any]:
     """The result an earlier step wrote; a clear error if it never ran."""
     uri = result_uri(spec, step)
@@ -75,7 +80,7 @@ def run_step(step: str, fn: Callable[[dict[str, Any], Storage], dict[str, Any]],
     except StepError as exc:
         print(f"{step}: error: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # noqa: BLE001 - the one-line reason is the contract; the traceback goes to the log
+    except Exception as exc:
         log.exception("step %s failed", step)
         print(f"{step}: error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         return 1

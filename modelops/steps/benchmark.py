@@ -2,7 +2,7 @@
 
 Per variant (sequentially): build the model directory in a local repository, start a
 :class:`TritonProcess` on free ports, smoke-check its answers on export's sample inputs, run
-perf_analyzer, upload ``perf.csv`` and the server log to ``<run prefix>/benchmark/<variant>/``.
+perf_analyzer, upload ``perf.csv`` and the server log to ``<run prefix>/<variant>/``.
 A candidate whose server fails is marked failed; a failing baseline fails the step.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 from modelops.naming import slug
 from modelops.perf import PerfAnalyzerError, PerfSettings, run_perf_analyzer
 from modelops.settings import Settings
-from modelops.steps._common import StepError, load_result, run_step, step_prefix
+from modelops.steps._common import StepError, load_result, run_step, variant_prefix
 from modelops.steps.export import first_line
 from modelops.storage import Storage, join
 from modelops.triton.local_server import TritonProcess, TritonStartError
@@ -136,7 +136,6 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
     validate = load_result(storage, spec, "validate")
     optimize = load_result(storage, spec, "optimize")
     perf = PerfSettings.from_spec(spec.get("benchmark"))
-    prefix = step_prefix(spec, "benchmark")
     io, mbs = export["io"], int(export["max_batch_size"])
     variants: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="modelops-benchmark-") as tmp:
@@ -156,7 +155,7 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
             targets.append(Target(variant, "onnxruntime", onnx, expected))
         for target in targets:
             res = benchmark_target(target, io=io, max_batch_size=mbs, perf=perf, work=work / "runs", samples=samples)
-            vprefix = join(prefix, target.variant)
+            vprefix = variant_prefix(spec, target.variant)
             for path in res.pop("log_paths"):
                 if path.exists():
                     storage.upload_file(path, join(vprefix, path.name))

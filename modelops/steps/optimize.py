@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from modelops.steps._common import StepError, load_result, run_step, step_prefix
+from modelops.steps._common import StepError, load_result, run_step, variant_prefix
 from modelops.steps.export import first_line
 from modelops.storage import Storage, join
 
@@ -98,13 +98,12 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
     variants = list(spec.get("variants") or [])
     check_variants(variants)
     export = load_result(storage, spec, "export")
-    prefix = step_prefix(spec, "optimize")
     with tempfile.TemporaryDirectory(prefix="modelops-optimize-") as tmp:
         src = storage.download_file(export["outputs"]["onnx"], Path(tmp) / "source.onnx")
         results = optimize_model(src, variants, Path(tmp) / "out")
         candidates: dict[str, Any] = {}
         for variant, res in results.items():
-            uri = storage.upload_file(res["path"], join(prefix, variant, "model.onnx")) if res["path"] else None
+            uri = storage.upload_file(res["path"], join(variant_prefix(spec, variant), "model.onnx")) if res["path"] else None
             candidates[variant] = {
                 "status": res["status"],
                 "onnx": uri,

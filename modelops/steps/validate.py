@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from modelops.steps._common import StepError, load_result, run_step, step_prefix
+from modelops.steps._common import StepError, load_result, run_step, variant_prefix
 from modelops.steps.export import first_line
 from modelops.storage import Storage, join
 
@@ -152,7 +152,6 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
     """The step: download export + optimize outputs, gate the done candidates, upload sample outputs."""
     export = load_result(storage, spec, "export")
     optimize = load_result(storage, spec, "optimize")
-    prefix = step_prefix(spec, "validate")
     tolerance = float(spec.get("accuracy_tolerance", 0.01))
     with tempfile.TemporaryDirectory(prefix="modelops-validate-") as tmp:
         work = Path(tmp)
@@ -171,7 +170,7 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
         for variant, res in results.items():
             local = res.pop("sample_outputs_path")
             res["sample_outputs"] = (
-                storage.upload_file(local, join(prefix, variant, "sample_outputs.npz")) if local else None
+                storage.upload_file(local, join(variant_prefix(spec, variant), "sample_outputs.npz")) if local else None
             )
             candidates[variant] = res
     return {

@@ -19,6 +19,7 @@ def run_step(settings, step: str, spec_uri: str, tmp_path: Path) -> subprocess.C
         capture_output=True,
         text=True,
         timeout=900,
+        check=False,
     )
     proc.result = json.loads(result.read_text()) if result.exists() else None
     return proc

@@ -58,7 +58,7 @@ def test_deployment_is_immutable_verified_and_routed(digits_run, airflow, storag
 def test_triton_answers_like_the_source_model(digits_run, airflow, storage, triton):
     from modelops.deploy import load_npz, triton_infer
 
-    reg, run_id, _ = digits_run
+    _reg, run_id, _ = digits_run
     summary = airflow.xcom(DAG, run_id, "record")
     assert triton.is_model_ready(summary["deployment"])
     spec = storage.read_json(airflow.xcom(DAG, run_id, "resolve")["spec_uri"])
@@ -92,7 +92,8 @@ def test_mlflow_records_the_run(digits_run, airflow, mlflow_client):
     perf = {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "perf_analyzer")}
     assert "perf_analyzer/baseline.csv" in perf
     local = mlflow_client.download_artifacts(run.info.run_id, "summary.json")
-    assert json.load(open(local))["deployment"] == summary["deployment"]
+    with open(local) as fh:
+        assert json.load(fh)["deployment"] == summary["deployment"]
 
 
 def test_unknown_model_fails_first_task_with_one_clear_line(airflow):

@@ -39,7 +39,7 @@ def test_second_architecture_published_and_served_like_the_source(wine, storage,
     from modelops.routes import read_routes
     from modelops.steps._common import load_result
 
-    reg, meta, spec = wine
+    reg, _meta, spec = wine
     export, optimize, validate = (load_result(storage, spec, s) for s in ("export", "optimize", "validate"))
     assert export["metrics"]["parity_max_abs_diff"] < 1e-3
     assert validate["candidates"]["ort_fp32"]["status"] == "accepted"
@@ -65,13 +65,13 @@ def test_candidate_failing_accuracy_is_rejected_and_never_published(wine, storag
     from modelops.selection import select
     from modelops.steps._common import load_result, result_uri
 
-    reg, meta, spec = wine
+    reg, _meta, spec = wine
     optimize = load_result(storage, spec, "optimize")
     cand_uri = optimize["candidates"]["ort_fp32"]["onnx"]
     good, bad = tmp_path / "good.onnx", tmp_path / "bad.onnx"
     storage.download_file(cand_uri, good)
     randomize_weights(settings, good, bad)  # onnx lives in the worker environment
-    bad_uri = f"{spec['run_prefix']}/optimize/broken/model.onnx"
+    bad_uri = f"{spec['run_prefix']}/broken/model.onnx"
     storage.upload_file(bad, bad_uri)
     bad_spec = {**spec, "variants": ["ort_fp32", "broken"], "run_prefix": spec["run_prefix"] + "-bad"}
     for step in ("export",):
@@ -140,7 +140,7 @@ def test_deployment_triton_cannot_load_leaves_routes_unchanged(wine, storage, tr
     from modelops.routes import read_routes
     from modelops.steps._common import load_result
 
-    reg, meta, spec = wine
+    reg, _meta, spec = wine
     export, validate = load_result(storage, spec, "export"), load_result(storage, spec, "validate")
     deployment = f"{reg['name']}--v{reg['version']}-garbage"
     uri = f"s3://{settings.triton_bucket}/{deployment}"
@@ -175,7 +175,7 @@ def test_deployment_triton_cannot_load_leaves_routes_unchanged(wine, storage, tr
 def test_deployment_without_manifest_is_never_loaded(wine, storage, triton, settings):
     from modelops.deploy import DeployError, deploy
 
-    reg, _, spec = wine
+    reg, _, _spec = wine
     deployment = f"{reg['name']}--v{reg['version']}-nomanifest"
     storage.write_bytes(f"s3://{settings.triton_bucket}/{deployment}/config.pbtxt", b'backend: "python"')
     with pytest.raises(DeployError, match="no manifest.json"):
