@@ -144,12 +144,17 @@ def random_inputs(io: IOSpec, n: int, seed: int) -> dict[str, np.ndarray]:
 class Recipe:
     """Base recipe for ``mlflow.pytorch`` models with a tensor signature.
 
-    Subclasses set ``name``/``metric_name`` and implement :meth:`eval_data` and :meth:`metric`.
+    Subclasses set ``name``/``metric_name`` and implement :meth:`eval_data` and :meth:`metric`. Recipes
+    for other frameworks override :meth:`load`, :meth:`predict`, :meth:`export_onnx`,
+    :meth:`library_versions` and set ``baseline_kind`` (the Triton model kind that serves the source
+    model in its own framework: a key of ``modelops.triton.model_dir.MODEL_KINDS``).
     """
 
     name: str = "base"
     metric_name: str = "metric"
     sample_seed: int = 0
+    framework: str = "pytorch"
+    baseline_kind: str = "pytorch"
 
     def load(self, model_dir: Path) -> torch.nn.Module:
         """Load an MLflow pytorch model directory (pt2 or pickle serialization) on CPU, in eval mode."""
@@ -162,6 +167,26 @@ class Recipe:
             # torch.export modules (pt2) refuse train()/eval(); they are already in inference form
             pass
         return model
+
+    def predict(self, model: Any, io: IOSpec, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the source model in its own framework; outputs in ``io.outputs`` order."""
+        from model_recipes.torch_export import torch_outputs
+
+        return torch_outputs(model, io, inputs)
+
+    def export_onnx(self, model: Any, io: IOSpec, samples: dict[str, np.ndarray], path: Path, opset: int) -> str:
+        """Write a single-file ONNX model with a dynamic batch axis; return the exporter's name."""
+        from model_recipes.torch_export import export_torch
+
+        return export_torch(model, io, samples, path, opset)
+
+    def library_versions(self) -> dict[str, str]:
+        """Versions of what produced and will run the ONNX model (recorded in manifests)."""
+        import onnx
+        import onnxruntime
+        import torch
+
+        return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
     def io(self, mlmodel: dict[str, Any]) -> IOSpec:
         """Input/output names, dtypes and dims (without batch) from the MLflow signature."""

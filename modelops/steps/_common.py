@@ -18,6 +18,12 @@ from modelops.storage import Storage, join
 log = logging.getLogger("modelops.steps")
 
 
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` — the one-line reason steps report."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
 class StepSkipped(Exception):
     """The step does not apply here (e.g. TensorRT without a GPU): exit 99."""
 

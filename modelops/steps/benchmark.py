@@ -1,4 +1,4 @@
-"""Benchmark step: serve the PyTorch baseline and every accepted candidate in its own Triton, measure each.
+"""Benchmark step: serve the source-framework baseline and every accepted candidate in its own Triton, measure each.
 
 Per variant (sequentially): build the model directory in a local repository, start a
 :class:`TritonProcess` on free ports, smoke-check its answers on export's sample inputs, run
@@ -21,8 +21,7 @@ import numpy as np
 from modelops.naming import slug
 from modelops.perf import PerfAnalyzerError, PerfSettings, run_perf_analyzer
 from modelops.settings import Settings
-from modelops.steps._common import StepError, load_result, run_step, variant_prefix
-from modelops.steps.export import first_line
+from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
 from modelops.storage import Storage, join
 from modelops.triton.local_server import TritonProcess, TritonStartError
 from modelops.triton.model_dir import build_model_dir
@@ -43,7 +42,7 @@ class Target:
     """One thing to benchmark: a model kind and its file/directory, plus expected sample outputs."""
 
     variant: str
-    kind: str  # "pytorch" | "onnxruntime"
+    kind: str  # a key of modelops.triton.model_dir.MODEL_KINDS
     model_path: Path
     expected: dict[str, np.ndarray] | None = None
 
@@ -144,7 +143,7 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
         samples = {t["name"]: all_samples[t["name"]] for t in io["inputs"]}
         baseline_dir = storage.download_dir(export["outputs"]["source_model"], work / "source_model")
         expected_src = {t["name"]: all_samples[f"output:{t['name']}"] for t in io["outputs"]}
-        targets = [Target(BASELINE, "pytorch", baseline_dir, expected_src)]
+        targets = [Target(BASELINE, export.get("baseline_kind", "pytorch"), baseline_dir, expected_src)]
         for variant, res in validate["candidates"].items():
             if res.get("status") != "accepted":
                 continue
@@ -164,7 +163,7 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
             res["log"] = join(vprefix, "triton.log")
             variants[target.variant] = res
             if target.variant == BASELINE and res["status"] != "done":
-                raise StepError(f"baseline (PyTorch eager in Triton) failed: {res['reason']}")
+                raise StepError(f"baseline ({target.kind} in Triton) failed: {res['reason']}")
     settings = {**perf.as_dict(), "max_batch_size": mbs, "instance_count": 1}
     return {"status": "done", "variants": variants, "settings": settings}
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from modelops.steps._common import StepError, run_step, step_prefix
+from modelops.steps._common import StepError, first_line, run_step, step_prefix
 from modelops.storage import Storage, join
 
 log = logging.getLogger("modelops.steps.export")
@@ -34,11 +34,8 @@ class ExportOutcome:
     io: Any  # model_recipes.base.IOSpec
     parity_max_abs_diff: float
     exporter: str
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    baseline_kind: str  # Triton model kind serving the source model in its own framework
+    versions: dict[str, str]
 
 
 def read_mlmodel(model_dir: Path) -> dict[str, Any]:
@@ -48,26 +45,6 @@ def read_mlmodel(model_dir: Path) -> dict[str, Any]:
     if not path.exists():
         raise StepError(f"no MLmodel file in {model_dir}: not an MLflow model directory")
     return yaml.safe_load(path.read_text())
-
-
-def _to_numpy_outputs(out: Any) -> list[np.ndarray]:
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return [out.detach().cpu().numpy()]
-    if isinstance(out, dict):
-        return [v.detach().cpu().numpy() for v in out.values()]
-    if isinstance(out, (list, tuple)):
-        return [v.detach().cpu().numpy() for v in out]
-    raise StepError(f"model returned {type(out).__name__}; only tensors, tuples, lists or dicts of tensors export")
-
-
-def torch_outputs(model: Any, io: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run the source model on numpy inputs (positional, in signature order)."""
-    import torch
-
-    with torch.inference_mode():
-        return _to_numpy_outputs(model(*(torch.from_numpy(inputs[n]) for n in io.input_names)))
 
 
 def _complete_io(io: Any, outputs: list[np.ndarray]) -> Any:
@@ -82,30 +59,6 @@ def _complete_io(io: Any, outputs: list[np.ndarray]) -> Any:
         for n, o in zip(names, outputs, strict=True)
     )
     return IOSpec(inputs=io.inputs, outputs=specs, max_batch_size=io.max_batch_size)
-
-
-def _export(model: Any, io: Any, inputs: dict[str, np.ndarray], path: Path, opset: int) -> str:
-    """Export with the dynamo exporter (fallback: legacy for plain nn.Modules); returns the exporter used."""
-    import torch
-
-    args = tuple(torch.from_numpy(inputs[n]) for n in io.input_names)
-    batched = io.max_batch_size > 0
-    common = {"input_names": io.input_names, "output_names": io.output_names, "opset_version": opset}
-    try:
-        batch = torch.export.Dim("batch")
-        dyn = tuple({0: batch} for _ in args) if batched else None
-        torch.onnx.export(model, args, str(path), dynamo=True, external_data=False, dynamic_shapes=dyn, **common)
-        return "dynamo"
-    except Exception as exc:
-        if isinstance(model, torch.fx.GraphModule):
-            raise StepError(f"cannot export to ONNX: {first_line(exc)}") from exc
-        log.warning("dynamo exporter failed (%s); trying the legacy exporter", first_line(exc))
-        dyn_axes = {n: {0: "batch"} for n in io.input_names + io.output_names} if batched else None
-        try:
-            torch.onnx.export(model, args, str(path), dynamo=False, dynamic_axes=dyn_axes, **common)
-        except Exception as exc2:
-            raise StepError(f"cannot export to ONNX: dynamo: {first_line(exc)}; legacy: {first_line(exc2)}") from exc2
-        return "legacy"
 
 
 def _as_single_file(path: Path) -> None:
@@ -173,7 +126,7 @@ def export_model(
 
     samples = recipe.sample_inputs(io, PARITY_SAMPLES)
     try:
-        reference = torch_outputs(model, io, samples)
+        reference = recipe.predict(model, io, samples)
     except StepError:
         raise
     except Exception as exc:
@@ -184,7 +137,12 @@ def export_model(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
-    exporter = _export(model, io, samples, onnx_path, opset)
+    try:
+        exporter = recipe.export_onnx(model, io, samples, onnx_path, opset)
+    except StepError:
+        raise
+    except Exception as exc:
+        raise StepError(f"cannot export to ONNX: {first_line(exc)}") from exc
     _as_single_file(onnx_path)
     onnx.checker.check_model(str(onnx_path))
 
@@ -196,28 +154,20 @@ def export_model(
         for name, r, g in zip(io.output_names, ref, got, strict=True):
             if r.shape != g.shape:
                 raise StepError(
-                    f"parity failed: output {name!r} has shape {g.shape} in ONNX Runtime, {r.shape} in torch"
+                    f"parity failed: output {name!r} has shape {g.shape} in ONNX Runtime, {r.shape} in the source"
                 )
             diff = float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))) if r.size else 0.0
             if not np.isfinite(diff) or diff > worst:
                 worst, worst_name = diff, name
     if not np.isfinite(worst) or worst > tolerance:
         raise StepError(
-            f"parity failed: output {worst_name!r} differs from torch by {worst:.3g} (tolerance {tolerance:g})"
+            f"parity failed: output {worst_name!r} differs from the source by {worst:.3g} (tolerance {tolerance:g})"
         )
 
     samples_path = out_dir / "samples.npz"
     np.savez(samples_path, **samples, **{f"output:{n}": r for n, r in zip(io.output_names, reference, strict=True)})
     log.info("exported with the %s exporter, parity max abs diff %.3g", exporter, worst)
-    return ExportOutcome(onnx_path, samples_path, io, worst, exporter)
-
-
-def library_versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import torch
-
-    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    return ExportOutcome(onnx_path, samples_path, io, worst, exporter, recipe.baseline_kind, recipe.library_versions())
 
 
 def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
@@ -246,7 +196,8 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
         "opset": OPSET,
         "exporter": outcome.exporter,
         "recipe": spec["recipe"],
-        "versions": library_versions(),
+        "baseline_kind": outcome.baseline_kind,
+        "versions": outcome.versions,
     }
 
 

@@ -13,8 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from modelops.steps._common import StepError, load_result, run_step, variant_prefix
-from modelops.steps.export import first_line
+from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
 from modelops.storage import Storage, join
 
 log = logging.getLogger("modelops.steps.optimize")

@@ -28,6 +28,9 @@ MODEL_KINDS: dict[str, str] = {
     "onnxruntime": "onnxruntime_model.py",
     "pytorch": "pytorch_model.py",
 }
+# kinds whose model is a single ONNX file at 1/model.onnx; every other kind ships an MLflow model
+# directory at 1/model/ (the source model served in its own framework).
+ONNX_FILE_KINDS: frozenset[str] = frozenset({"onnxruntime"})
 
 # numpy dtype name -> Triton data type
 TRITON_DTYPES: dict[str, str] = {
@@ -136,17 +139,17 @@ def build_model_dir(
     config = render_config(
         name=name, kind=kind, io=io, max_batch_size=max_batch_size, instance_count=instance_count, threads=threads
     )
-    if kind == "onnxruntime" and not model_path.is_file():
-        raise ValueError(f"kind 'onnxruntime' needs an .onnx file, got {model_path}")
-    if kind == "pytorch" and not (model_path / "MLmodel").is_file():
-        raise ValueError(f"kind 'pytorch' needs an MLflow model directory (with MLmodel), got {model_path}")
+    if kind in ONNX_FILE_KINDS and not model_path.is_file():
+        raise ValueError(f"kind {kind!r} needs an .onnx file, got {model_path}")
+    if kind not in ONNX_FILE_KINDS and not (model_path / "MLmodel").is_file():
+        raise ValueError(f"kind {kind!r} needs an MLflow model directory (with MLmodel), got {model_path}")
     if dest.exists():
         shutil.rmtree(dest)
     version_dir = dest / "1"
     version_dir.mkdir(parents=True)
     (dest / "config.pbtxt").write_text(config)
     shutil.copyfile(PYTHON_TEMPLATES / MODEL_KINDS[kind], version_dir / "model.py")
-    if kind == "onnxruntime":
+    if kind in ONNX_FILE_KINDS:
         shutil.copyfile(model_path, version_dir / "model.onnx")
     else:
         shutil.copytree(model_path, version_dir / "model")
