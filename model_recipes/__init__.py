@@ -15,10 +15,21 @@ from typing import Any
 RECIPES: dict[str, str] = {
     "pytorch_generic": "model_recipes.pytorch_generic:RECIPE",
     "digits_cnn": "model_recipes.digits_cnn:RECIPE",
+    "mobilenet_v2": "model_recipes.mobilenet_v2:RECIPE",
+    "text_embedding": "model_recipes.text_embedding:RECIPE",
+    "sklearn_tabular": "model_recipes.sklearn_tabular:RECIPE",
+    "onnx_generic": "model_recipes.onnx_generic:RECIPE",
 }
+# MLflow flavor -> recipe, checked in this order (a model logged with several flavors takes the first match)
+FLAVOR_RECIPES: tuple[tuple[str, str], ...] = (
+    ("sentence_transformers", "text_embedding"),
+    ("transformers", "text_embedding"),
+    ("sklearn", "sklearn_tabular"),
+    ("onnx", "onnx_generic"),
+)
 
 RECIPE_METADATA_KEY = "modelops.recipe"
-SUPPORTED_FLAVORS = ("pytorch",)
+SUPPORTED_FLAVORS = ("pytorch", "sentence_transformers", "transformers", "sklearn", "onnx")
 
 
 class UnsupportedModel(Exception):
@@ -59,11 +70,12 @@ def select_recipe(mlmodel: dict[str, Any]) -> str:
             raise UnsupportedModel(f"model metadata names recipe {named!r}, which is unknown; known: {sorted(RECIPES)}")
         return str(named)
     flavors = sorted((mlmodel.get("flavors") or {}).keys())
+    for flavor, recipe in FLAVOR_RECIPES:
+        if flavor in flavors:
+            return recipe
     if "pytorch" not in flavors:
         shown = [f for f in flavors if f != "python_function"] or flavors
-        raise UnsupportedModel(
-            f"model has flavors {shown}; supported: {', '.join(SUPPORTED_FLAVORS)} (more recipes in issue 3)"
-        )
+        raise UnsupportedModel(f"model has flavors {shown}; supported: {', '.join(SUPPORTED_FLAVORS)}")
     if not has_tensor_signature(mlmodel):
         what = "no signature" if not _signature_inputs(mlmodel) else "a column-based (not tensor) signature"
         raise UnsupportedModel(

@@ -21,6 +21,14 @@ from model_recipes.digits_cnn import accuracy, digits_split
 
 SEED = 0
 KINDS = ("digits", "wine")
+# demo models of other recipes: kind -> "module:function" with the signature of :func:`register`
+# (minus ``kind``), returning the same dict. Imported only when asked for.
+EXTERNAL_KINDS: dict[str, str] = {
+    "minilm": "model_recipes.text_embedding:register_demo",
+    "mobilenet": "model_recipes.mobilenet_v2:register_demo",
+    "tabular": "model_recipes.sklearn_tabular:register_demo",
+    "onnx": "model_recipes.onnx_generic:register_demo",
+}
 
 
 class DigitsCNN(nn.Module):
@@ -174,6 +182,11 @@ def register(kind: str, name: str, alias: str | None = None, serialization: str 
     import mlflow.pytorch
     from mlflow import MlflowClient
 
+    if kind in EXTERNAL_KINDS:
+        import importlib
+
+        module, _, func = EXTERNAL_KINDS[kind].partition(":")
+        return getattr(importlib.import_module(module), func)(name=name, alias=alias, serialization=serialization)
     serialization = serialization or default_serialization(kind)
     trained = train(kind)
     mlflow.set_experiment(f"demo/{name}")
@@ -206,10 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model_recipes.demo_models")
     sub = parser.add_subparsers(dest="command", required=True)
     reg = sub.add_parser("register", help="train, log and register a demo model")
-    reg.add_argument("kind", choices=KINDS)
+    reg.add_argument("kind", choices=(*KINDS, *EXTERNAL_KINDS))
     reg.add_argument("--name", required=True)
     reg.add_argument("--alias", default=None)
-    reg.add_argument("--serialization", choices=("pt2", "pickle"), default=None)
+    reg.add_argument("--serialization", default=None, help="pt2|pickle for PyTorch demo models (kind-specific)")
     args = parser.parse_args(argv)
     result = register(args.kind, args.name, args.alias, args.serialization)
     print(json.dumps(result))

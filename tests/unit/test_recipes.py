@@ -42,9 +42,9 @@ def test_pytorch_with_tensor_signature_is_generic():
 
 def test_other_flavor_is_unsupported_with_one_line_reason():
     with pytest.raises(UnsupportedModel) as err:
-        select_recipe(mlmodel(flavors=("sklearn", "python_function")))
+        select_recipe(mlmodel(flavors=("xgboost", "python_function")))
     msg = str(err.value)
-    assert "['sklearn']" in msg and "supported: pytorch" in msg and "\n" not in msg
+    assert "['xgboost']" in msg and "supported: pytorch" in msg and "\n" not in msg
 
 
 @pytest.mark.parametrize("signature", [None, {}, COLUMN_SIG])
