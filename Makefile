@@ -22,10 +22,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	touch $@
 
 worker: $(WORKER)/.installed
-$(WORKER)/.installed: requirements-worker.txt pyproject.toml
+$(WORKER)/.installed: requirements-worker.txt requirements-worker-nodeps.txt pyproject.toml
 	test -x $(WORKER)/bin/python || $(PY) -m venv $(WORKER)
 	$(WORKER)/bin/pip install $(PIP_QUIET) --upgrade pip $(PIP_FILTER)
 	set -o pipefail; $(WORKER)/bin/pip install $(PIP_QUIET) -r requirements-worker.txt -r requirements-dev.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	set -o pipefail; $(WORKER)/bin/pip install $(PIP_QUIET) --no-deps -r requirements-worker-nodeps.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	set -o pipefail; $(WORKER)/bin/pip install $(PIP_QUIET) --no-deps -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	touch $@
 

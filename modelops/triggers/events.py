@@ -1,0 +1,266 @@
+"""Registry events -> ``optimize_model`` runs, with deterministic run ids.
+
+Push (MLflow webhooks) and pull (registry reconcile) both turn what they see into :class:`RunRequest`
+objects through this module, so the same registry fact always maps to the same Airflow ``dag_run_id``:
+``mlflow__<model>__v<version>__alias-<alias>``, ``...__stage-<stage>``, ``...__tag-optimize`` or
+``...__created``. Creating a run whose id exists is a no-op, so retries, replays and a webhook racing the
+reconcile never start a second run.
+
+Scope: by default only registered models opted in with the tag ``modelops.optimize=true`` are managed
+(``MODELOPS_TRIGGER_SCOPE=all`` manages every model). A version tagged ``modelops.optimize=true`` is an
+explicit request for that version and is honoured whatever the scope.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DAG_ID = "optimize_model"
+TAG_OPT_IN = "modelops.optimize"  # registered model (opt-in) or model version (explicit request)
+TAG_ALIAS = "modelops.alias"  # registered model: which alias the nightly run follows
+TAG_FINGERPRINT = "modelops.fingerprint"  # model version: fingerprint of the last nightly-started run
+TRUE_VALUES = frozenset({"true", "1", "yes", "on"})
+SCOPES = ("opted_in", "all")
+OPT_IN_FILTER = f"tags.`{TAG_OPT_IN}` = 'true'"
+
+EVENT_ALIAS_CREATED = "model_version_alias.created"
+EVENT_TAG_SET = "model_version_tag.set"
+EVENT_VERSION_CREATED = "model_version.created"
+
+_RUN_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+MAX_RUN_ID = 240  # Airflow's run_id column holds 250
+
+
+def is_true(value: Any) -> bool:
+    """True for the tag values that mean yes (``true``, ``1``, ``yes``, ``on``; any case)."""
+    return str(value or "").strip().lower() in TRUE_VALUES
+
+
+def _csv(raw: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    if raw is None or not raw.strip():
+        return default
+    return tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """Which registry events start runs. Build it with :meth:`from_env`."""
+
+    aliases: tuple[str, ...] = ("champion", "production")
+    stages: tuple[str, ...] = ("Production", "Staging")
+    scope: str = "opted_in"
+    on_version_created: bool = False
+    poll_interval_s: float = 60.0
+    dag_id: str = DAG_ID
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> TriggerConfig:
+        """Read ``MODELOPS_TRIGGER_ALIASES`` / ``_STAGES`` / ``_SCOPE`` / ``_ON_VERSION_CREATED`` and
+        ``MODELOPS_RECONCILE_INTERVAL_S``; unset means the defaults above."""
+        env = os.environ if environ is None else environ
+        scope = env.get("MODELOPS_TRIGGER_SCOPE", "").strip() or cls.scope
+        if scope not in SCOPES:
+            raise ValueError(f"MODELOPS_TRIGGER_SCOPE must be one of {SCOPES}, got {scope!r}")
+        interval = float(env.get("MODELOPS_RECONCILE_INTERVAL_S", "").strip() or cls.poll_interval_s)
+        if interval <= 0:
+            raise ValueError(f"MODELOPS_RECONCILE_INTERVAL_S must be > 0, got {interval:g}")
+        return cls(
+            aliases=_csv(env.get("MODELOPS_TRIGGER_ALIASES"), cls.aliases),
+            stages=_csv(env.get("MODELOPS_TRIGGER_STAGES"), cls.stages),
+            scope=scope,
+            on_version_created=is_true(env.get("MODELOPS_TRIGGER_ON_VERSION_CREATED")),
+            poll_interval_s=interval,
+        )
+
+    def watched_aliases(self, model_tags: Mapping[str, str] | None) -> tuple[str, ...]:
+        """Configured aliases plus the model's own ``modelops.alias`` tag, if any."""
+        own = (model_tags or {}).get(TAG_ALIAS, "").strip()
+        return self.aliases if not own or own in self.aliases else (*self.aliases, own)
+
+    def manages(self, model_tags: Mapping[str, str] | None) -> bool:
+        """Whether registry events of a model with these tags start runs (scope / opt-in)."""
+        return self.scope == "all" or is_true((model_tags or {}).get(TAG_OPT_IN))
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One ``optimize_model`` run to create (idempotently) under a deterministic ``run_id``."""
+
+    run_id: str
+    model_name: str
+    model_version: str
+    reason: str  # e.g. "alias champion -> v3"
+    source: str  # webhook | reconcile | nightly
+    settings: dict[str, Any] = field(default_factory=dict)  # variants / latency_slo_ms / accuracy_tolerance
+
+    @property
+    def conf(self) -> dict[str, Any]:
+        """The run conf: the version is pinned (an alias may move again before the run resolves it)."""
+        return {"model_name": self.model_name, "model_version": self.model_version, "model_alias": None,
+                **self.settings}
+
+    @property
+    def note(self) -> str:
+        return f"{self.source}: {self.reason}"
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe form (asset event payloads, XCom)."""
+        return {"run_id": self.run_id, "model_name": self.model_name, "model_version": self.model_version,
+                "reason": self.reason, "source": self.source, "settings": dict(self.settings)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunRequest:
+        return cls(str(data["run_id"]), str(data["model_name"]), str(data["model_version"]), str(data["reason"]),
+                   str(data["source"]), dict(data.get("settings") or {}))
+
+
+def _safe(part: str) -> str:
+    """``part`` restricted to Airflow's run id alphabet; a short hash keeps altered names distinct."""
+    cleaned = _RUN_ID_UNSAFE.sub("_", part)
+    if cleaned == part:
+        return part
+    return f"{cleaned}-{hashlib.sha256(part.encode()).hexdigest()[:6]}"
+
+
+def run_id_for(model: str, version: str | int, kind: str, key: str = "", prefix: str = "mlflow") -> str:
+    """The deterministic Airflow run id of a registry fact.
+
+    Args:
+        model: registered model name (any characters; unsafe ones are replaced and hashed).
+        version: model version number.
+        kind: ``alias``, ``stage``, ``tag``, ``created`` or ``fp`` (nightly fingerprint).
+        key: the alias, stage, tag or fingerprint; lower-cased for stages.
+        prefix: ``mlflow`` for registry events, ``nightly`` for the nightly planner.
+
+    Returns:
+        e.g. ``mlflow__digits__v3__alias-champion``; at most 240 characters.
+    """
+    suffix = f"{kind}-{_safe(key)}" if key else kind
+    run_id = f"{prefix}__{_safe(model)}__v{int(version)}__{suffix}"
+    if len(run_id) > MAX_RUN_ID:
+        digest = hashlib.sha256(run_id.encode()).hexdigest()[:12]
+        run_id = f"{run_id[: MAX_RUN_ID - 14]}__{digest}"
+    return run_id
+
+
+def alias_request(model: str, version: str, alias: str, source: str) -> RunRequest:
+    """The run for ``alias`` pointing at ``version``."""
+    return RunRequest(run_id_for(model, version, "alias", alias), model, str(version), f"alias {alias} -> v{version}",
+                      source)
+
+
+def stage_request(model: str, version: str, stage: str, source: str) -> RunRequest:
+    """The run for a (legacy) stage transition of ``version`` to ``stage``."""
+    return RunRequest(run_id_for(model, version, "stage", stage.lower()), model, str(version),
+                      f"stage {stage} -> v{version}", source)
+
+
+# -- push: one webhook payload -> at most one run ---------------------------------------------------
+@dataclass(frozen=True)
+class MappedEvent:
+    """What a webhook event asks for: a run request, or why it asks for nothing."""
+
+    request: RunRequest | None
+    needs_opt_in_check: bool = False  # the registered model's tags must be read before creating the run
+    ignored: str = ""
+
+    @property
+    def alias(self) -> str | None:
+        return self.request.reason.split()[1] if self.request and self.request.reason.startswith("alias ") else None
+
+
+def event_name(body: Mapping[str, Any]) -> str:
+    """``<entity>.<action>`` of an MLflow webhook body."""
+    return f"{body.get('entity', '')}.{body.get('action', '')}"
+
+
+def map_webhook_event(body: Mapping[str, Any], config: TriggerConfig) -> MappedEvent:
+    """Map an MLflow webhook body (``{"entity", "action", "timestamp", "data"}``) to a run request.
+
+    - ``model_version_alias.created`` (also sent when an alias moves): a run when the alias is watched
+      (configured, or the model's ``modelops.alias``: that one needs the registry read anyway).
+    - ``model_version_tag.set`` with ``modelops.optimize=true``: a run for that version (explicit request).
+    - ``model_version.created``: a run only when ``MODELOPS_TRIGGER_ON_VERSION_CREATED`` is on.
+
+    Alias and created events of a model need its opt-in tag (``needs_opt_in_check``) unless the scope is all.
+    """
+    data = body.get("data") or {}
+    name, version = str(data.get("name") or ""), str(data.get("version") or "")
+    kind = event_name(body)
+    if not name or not version.isdigit():
+        return MappedEvent(None, ignored=f"{kind}: no model name/version in the payload")
+    check = config.scope != "all"
+    if kind == EVENT_ALIAS_CREATED:
+        alias = str(data.get("alias") or "")
+        if not alias:
+            return MappedEvent(None, ignored="alias event without an alias")
+        # An alias outside the configured list may still be the model's own modelops.alias (checked later).
+        return MappedEvent(alias_request(name, version, alias, "webhook"),
+                           needs_opt_in_check=check or alias not in config.aliases)
+    if kind == EVENT_TAG_SET:
+        if data.get("key") != TAG_OPT_IN or not is_true(data.get("value")):
+            return MappedEvent(None, ignored=f"tag {data.get('key')!r} is not the opt-in tag")
+        request = RunRequest(run_id_for(name, version, "tag", "optimize"), name, version,
+                             f"tag {TAG_OPT_IN}=true on v{version}", "webhook")
+        return MappedEvent(request)
+    if kind == EVENT_VERSION_CREATED:
+        if not config.on_version_created:
+            return MappedEvent(None, ignored="model_version.created is not configured to start runs")
+        request = RunRequest(run_id_for(name, version, "created"), name, version, f"new version v{version}", "webhook")
+        return MappedEvent(request, needs_opt_in_check=check)
+    return MappedEvent(None, ignored=f"event {kind} does not start runs")
+
+
+def admit(mapped: MappedEvent, model_tags: Mapping[str, str] | None, config: TriggerConfig) -> str:
+    """Second stage of :func:`map_webhook_event` once the model's tags are known: '' to go, else why not."""
+    if mapped.request is None:
+        return mapped.ignored
+    if mapped.needs_opt_in_check and not config.manages(model_tags):
+        return f"model {mapped.request.model_name} is not opted in ({TAG_OPT_IN}=true)"
+    alias = mapped.alias
+    if alias and alias not in config.watched_aliases(model_tags):
+        return f"alias {alias} is not watched"
+    return ""
+
+
+# -- pull: registry snapshot -> every run that should exist ----------------------------------------
+def wanted_runs(registered_models: Iterable[Any], config: TriggerConfig) -> list[RunRequest]:
+    """Every run the current registry state calls for, from ``search_registered_models`` results alone.
+
+    Uses each model's ``aliases`` (alias -> version) and ``latest_versions`` (the latest version per stage,
+    with ``current_stage``): no per-model registry call. Models outside the scope are skipped.
+    """
+    wanted: dict[str, RunRequest] = {}
+    stages = {s.lower(): s for s in config.stages}
+    for rm in registered_models:
+        tags = dict(getattr(rm, "tags", None) or {})
+        if not config.manages(tags):
+            continue
+        aliases = dict(getattr(rm, "aliases", None) or {})
+        for alias in config.watched_aliases(tags):
+            if alias in aliases:
+                req = alias_request(rm.name, str(aliases[alias]), alias, "reconcile")
+                wanted[req.run_id] = req
+        for mv in getattr(rm, "latest_versions", None) or []:
+            stage = str(getattr(mv, "current_stage", "") or "")
+            if stage.lower() in stages:
+                req = stage_request(rm.name, str(mv.version), stages[stage.lower()], "reconcile")
+                wanted[req.run_id] = req
+    return sorted(wanted.values(), key=lambda r: r.run_id)
+
+
+def search_models(client: Any, config: TriggerConfig, page_size: int = 1000) -> Iterable[Any]:
+    """All registered models in scope, page by page (one registry call per ``page_size`` models)."""
+    filter_string = OPT_IN_FILTER if config.scope == "opted_in" else None
+    token: str | None = None
+    while True:
+        page = client.search_registered_models(filter_string=filter_string, max_results=page_size, page_token=token)
+        yield from page
+        token = getattr(page, "token", None)
+        if not token:
+            return
