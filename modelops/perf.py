@@ -187,7 +187,9 @@ def run_perf_analyzer(
     table, _ = _run_once(command(rng, part, settings), env, part, timeout_s, log_path) if rng else (None, "")
     if table is None or len(table) - 1 < len(settings.concurrency):
         header, rows = "", []
-        relaxed = replace(settings, stability_percentage=max(100, settings.stability_percentage * 2))
+        # Last resort on a busy machine: accept whatever the trials measured (the spread is recorded in notes),
+        # rather than losing the variant. The CSV still carries perf_analyzer's own numbers.
+        relaxed = replace(settings, stability_percentage=10000)
         for level in settings.concurrency:
             conc = f"{level}:{level}:1"
             one, why = _run_once(command(conc, part, settings), env, part, timeout_s, log_path)
