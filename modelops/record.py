@@ -1,4 +1,4 @@
-"""Record a finished run in MLflow: params, per-variant metrics, perf CSVs, a plot, the summary, tags.
+"""Record a finished run in MLflow: per-variant metrics, gate results, perf CSVs, plots, an HTML report, tags.
 
 Everything lands in the run opened by ``resolve`` (experiment ``modelops/<model>``); the model version
 gets the contract tags (``modelops.status`` and friends).
@@ -22,6 +22,7 @@ from modelops.registry import (
     clear_version_tag,
     set_version_tags,
 )
+from modelops.report import render_report
 from modelops.storage import Storage
 
 if TYPE_CHECKING:
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def summary_rows(validate: dict[str, Any], benchmark: dict[str, Any], selection: dict[str, Any]) -> list[dict[str, Any]]:
+def summary_rows(
+    validate: dict[str, Any], benchmark: dict[str, Any], selection: dict[str, Any]
+) -> list[dict[str, Any]]:
     """One row per variant (baseline first): accuracy, best-under-SLO latency/throughput, verdict."""
     rows = []
     scores = {"baseline": selection["baseline"], **selection["scores"]}
@@ -52,10 +55,19 @@ def summary_rows(validate: dict[str, Any], benchmark: dict[str, Any], selection:
                 if score.get("throughput") and scores["baseline"].get("throughput")
                 else None,
                 "reason": score.get("reason") if variant != selection["chosen"] else None,
+                "extra_metrics": verdict.get("extra_metrics") or {},
+                "expectations": _gate_summary(verdict.get("expectations")),
                 "points": bench.get("points", []),
             }
         )
     return rows
+
+
+def _gate_summary(expectations: dict[str, Any] | None) -> dict[str, Any] | None:
+    """validate's ``expectations`` without the artifact URI: ``{"success", "suite", "failed"}``."""
+    if not expectations:
+        return None
+    return {k: expectations.get(k) for k in ("success", "suite", "failed")}
 
 
 def _status(variant: str, verdict: dict[str, Any], score: dict[str, Any], chosen: str | None) -> str:
@@ -82,8 +94,13 @@ def plot_throughput_vs_p99(benchmark: dict[str, Any], slo_ms: float, path: Path)
             continue
         ax.plot([p["p99_ms"] for p in pts], [p["throughput"] for p in pts], marker="o", label=variant)
         for p in pts:
-            ax.annotate(f"c{p['concurrency']}", (p["p99_ms"], p["throughput"]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                f"c{p['concurrency']}",
+                (p["p99_ms"], p["throughput"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     ax.axvline(slo_ms, color="grey", linestyle="--", linewidth=1, label=f"SLO {slo_ms:g} ms")
     ax.set_xlabel("p99 latency (ms)")
     ax.set_ylabel("throughput (infer/s)")
@@ -94,6 +111,87 @@ def plot_throughput_vs_p99(benchmark: dict[str, Any], slo_ms: float, path: Path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_accuracy_vs_throughput(
+    rows: list[dict[str, Any]], metric_name: str, floor: float | None, path: Path
+) -> Path | None:
+    """Each variant's accuracy metric against its best throughput (under the SLO, else at any latency).
+
+    ``floor`` (source metric - tolerance) is drawn as the gate line. Returns None when nothing has both.
+    """
+    points = []
+    for row in rows:
+        throughput = row.get("throughput") or max((p["throughput"] for p in row.get("points") or []), default=None)
+        if throughput is not None and row.get("metric") is not None:
+            points.append((row["variant"], float(throughput), float(row["metric"]), row.get("status")))
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = {"chosen": "*", "source": "s", "rejected": "x", "failed": "x", "excluded": "v"}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for variant, throughput, metric, status in points:
+        ax.scatter([throughput], [metric], marker=markers.get(status or "", "o"), s=90, label=f"{variant} ({status})")
+        ax.annotate(variant, (throughput, metric), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    if floor is not None:
+        ax.axhline(floor, color="grey", linestyle="--", linewidth=1, label=f"gate: {metric_name} >= {floor:.4g}")
+    ax.set_xlabel("best throughput (infer/s)")
+    ax.set_ylabel(metric_name)
+    ax.set_title(f"accuracy vs throughput per variant ({metric_name})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def not_built(optimize: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Variants optimize could not build (failed, or skipped e.g. TensorRT without a GPU), with the reason."""
+    return {
+        variant: {"status": cand.get("status") or "failed", "reason": cand.get("reason")}
+        for variant, cand in optimize.get("candidates", {}).items()
+        if cand.get("status") != "done"
+    }
+
+
+def gate_metrics(validate: dict[str, Any]) -> dict[str, float]:
+    """MLflow metrics from validate: extra metrics, gate pass/fail and the failed expectations' observed values."""
+    metrics: dict[str, float] = {}
+    for variant, verdict in validate.get("candidates", {}).items():
+        for name, value in (verdict.get("extra_metrics") or {}).items():
+            if value is not None:
+                metrics[f"{variant}.{name}"] = float(value)
+        gx = verdict.get("expectations")
+        if not gx:
+            continue
+        metrics[f"{variant}.gate_passed"] = 1.0 if gx.get("success") else 0.0
+        metrics[f"{variant}.gate_failed_expectations"] = float(len(gx.get("failed") or []))
+        for failed in gx.get("failed") or []:
+            if failed.get("observed") is not None:
+                key = f"{variant}.gate.{failed['expectation']}.{failed.get('column') or 'table'}"
+                metrics[key] = float(failed["observed"])
+    return metrics
+
+
+def _download_gate_artifacts(storage: Storage, validate: dict[str, Any], dest: Path) -> None:
+    """Each candidate's ``comparison.csv`` and ``expectations.json`` into ``dest/<variant>/``."""
+    for variant, verdict in validate.get("candidates", {}).items():
+        uris = {
+            "comparison.csv": verdict.get("comparison"),
+            "expectations.json": (verdict.get("expectations") or {}).get("uri"),
+        }
+        for name, uri in uris.items():
+            if not uri:
+                continue
+            try:
+                storage.download_file(uri, dest / variant / name)
+            except FileNotFoundError:
+                log.warning("%s of %s is missing at %s", name, variant, uri)
 
 
 def record_run(
@@ -117,6 +215,7 @@ def record_run(
         for key in ("metric", "max_abs_diff", "agreement"):
             if verdict.get(key) is not None:
                 metrics[f"{variant}.{key}"] = float(verdict[key])
+    metrics.update(gate_metrics(validate))
     for variant, res in benchmark.get("variants", {}).items():
         for point in res.get("points", []):
             c = point["concurrency"]
@@ -139,7 +238,12 @@ def record_run(
         "speedup": selection.get("speedup"),
         "deployment": (deployment or {}).get("deployment"),
         "reason": selection.get("reason"),
+        "metric_name": validate.get("metric_name"),
+        "source_metric": validate.get("source_metric"),
+        "accuracy_tolerance": validate.get("accuracy_tolerance"),
+        "latency_slo_ms": spec.get("latency_slo_ms"),
         "rows": rows,
+        "not_built": not_built(results.get("optimize", {})),
     }
     with tempfile.TemporaryDirectory(prefix="modelops-record-") as tmp:
         tmpdir = Path(tmp)
@@ -157,8 +261,28 @@ def record_run(
                     log.warning("perf CSV of %s is missing at %s", variant, res["csv"])
         if perf_dir.exists():
             client.log_artifacts(run_id, str(perf_dir), artifact_path="perf_analyzer")
+        gate_dir = tmpdir / "accuracy"
+        _download_gate_artifacts(storage, validate, gate_dir)
+        if gate_dir.exists():
+            client.log_artifacts(run_id, str(gate_dir), artifact_path="accuracy")
+        plots: dict[str, Path] = {}
         if benchmark.get("variants"):
-            client.log_artifact(run_id, str(plot_throughput_vs_p99(benchmark, spec["latency_slo_ms"], tmpdir / "throughput_vs_p99.png")))
+            plots["Throughput vs p99 latency"] = plot_throughput_vs_p99(
+                benchmark, spec["latency_slo_ms"], tmpdir / "throughput_vs_p99.png"
+            )
+        floor = None
+        if validate.get("source_metric") is not None:
+            floor = float(validate["source_metric"]) - float(validate.get("accuracy_tolerance") or 0.0)
+        accuracy_plot = plot_accuracy_vs_throughput(
+            rows, validate.get("metric_name") or "metric", floor, tmpdir / "accuracy_vs_throughput.png"
+        )
+        if accuracy_plot is not None:
+            plots["Accuracy vs throughput"] = accuracy_plot
+        for plot in plots.values():
+            client.log_artifact(run_id, str(plot))
+        report = tmpdir / "report.html"
+        report.write_text(render_report(summary, {t: p.read_bytes() for t, p in plots.items()}), encoding="utf-8")
+        client.log_artifact(run_id, str(report))
 
     name, version = spec["model_name"], spec["model_version"]
     if deployment:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
 import sys
 import tempfile
 import time
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelops.steps import EXIT_SKIPPED
-from modelops.storage import Storage, join
+from modelops.storage import Storage, is_s3, join
 
 log = logging.getLogger("modelops.steps")
 
@@ -57,7 +59,113 @@ def load_result(storage: Storage, spec: dict[str, Any], step: str) -> dict[str, 
 def write_spec(storage: Storage, spec: dict[str, Any], step: str) -> None:
     """Keep the exact spec a step ran with next to its outputs (``<run prefix>/<step>/spec.json``)."""
     if spec.get("run_prefix"):
-        storage.write_json(join(step_prefix(spec, step), "spec.json"), spec)
+        storage.write_json(spec_copy_uri(spec, step), spec)
+
+
+def spec_copy_uri(spec: dict[str, Any], step: str) -> str:
+    """Where :func:`write_spec` keeps the exact spec of ``step``."""
+    return join(step_prefix(spec, step), "spec.json")
+
+
+# Non-secret settings a re-run needs: name -> (variables to take the write-time value from, fallback).
+_S3_SETTINGS = {
+    "AWS_ENDPOINT_URL": (("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"), ""),
+    "AWS_DEFAULT_REGION": (("AWS_DEFAULT_REGION",), "us-east-1"),
+}
+# Secrets: only their names are ever written, as required placeholders.
+_S3_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# Optional per-step tool locations (see modelops.settings); listed as comments for the user to set.
+_STEP_TOOLS = {
+    "benchmark": (
+        "MODELOPS_TRITONSERVER",
+        "MODELOPS_TRITON_BACKENDS",
+        "MODELOPS_PERF_ANALYZER",
+        "MODELOPS_TOOLS_LD_LIBRARY_PATH",
+    ),
+}
+
+
+def _public_value(value: str) -> str:
+    """``value`` without URL credentials (``http://user:pass@host`` -> ``http://host``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(value)
+    if parts.scheme and "@" in parts.netloc:
+        return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return value
+
+
+def render_reproduce_script(
+    spec: dict[str, Any], step: str, spec_uri: str, environ: dict[str, str] | None = None
+) -> str:
+    """A bash script that re-runs ``step`` by hand with the exact spec at ``spec_uri``.
+
+    It sets the environment the step reads: non-secret settings default to their values at write time
+    (credentials stripped from URLs), secrets are required placeholders (names only, never values). It
+    installs and downloads nothing itself; the step reads what the spec's URIs point at, as it did.
+
+    Args:
+        spec: the run spec (for the header and to tell whether S3 settings are needed).
+        step: a heavy step name (``modelops.steps.<step>``).
+        spec_uri: the spec the script passes to ``--spec`` (normally the copy next to the outputs).
+        environ: the environment to take non-secret defaults from (``os.environ`` when None).
+    """
+    from modelops.settings import REPO_ROOT
+
+    env = os.environ if environ is None else environ
+    q = shlex.quote
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# Re-run the {step} step of modelops run {spec.get('run_id', '?')} by hand"
+        + f" (model {spec.get('model_name', '?')} version {spec.get('model_version', '?')}).",
+        f"# --spec is the exact spec the step ran with: {spec_uri}",
+        "# Nothing is installed or downloaded implicitly: the step reads only the URIs in that spec.",
+        "# Note: the step writes its result and outputs under the run prefix again (steps are idempotent);",
+        f"# the local copy of the result goes to ./result.json. Run prefix: {spec.get('run_prefix', '?')}",
+        "set -euo pipefail",
+        "",
+    ]
+    if any(is_s3(str(v)) for v in (spec_uri, spec.get("run_prefix", ""), spec.get("source_uri", ""))):
+        lines.append("# Object storage (boto3). Secrets are never written here: export them before running.")
+        for name, (sources, fallback) in _S3_SETTINGS.items():
+            value = _public_value(next((env[k] for k in sources if env.get(k)), fallback))
+            default = f":-{value}" if value else f":?set {name}=<url>"
+            lines.append(f'export {name}="${{{name}{default}}}"')
+        for name in _S3_SECRETS:
+            lines.append(f'export {name}="${{{name}:?set {name}=<{name.lower()}>}}"')
+        lines.append("")
+    tools = _STEP_TOOLS.get(step, ())
+    if tools:
+        lines.append("# Optional tool locations (defaults: the repository's .tools directory):")
+        lines.extend(f"#   export {name}=<path>" for name in tools)
+        lines.append("")
+    lines += [
+        "# A checkout of the repository and its worker environment (`make worker`).",
+        f'MODELOPS_REPO="${{MODELOPS_REPO:-{REPO_ROOT}}}"',
+        'PYTHON="${MODELOPS_WORKER_PYTHON:-$MODELOPS_REPO/.venv-worker/bin/python}"',
+        'export PYTHONPATH="$MODELOPS_REPO${PYTHONPATH:+:$PYTHONPATH}"',
+        "",
+        f'exec "$PYTHON" -m modelops.steps.{step} --spec {q(spec_uri)} --result ./result.json "$@"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_reproduce_script(
+    storage: Storage, spec: dict[str, Any], step: str, spec_uri: str | None = None
+) -> str | None:
+    """Write ``<run prefix>/<step>/reproduce.sh`` (see :func:`render_reproduce_script`); returns its URI.
+
+    ``spec_uri`` defaults to the copy :func:`write_spec` keeps next to the outputs. Nothing is written
+    without a run prefix.
+    """
+    if not spec.get("run_prefix"):
+        return None
+    uri = join(step_prefix(spec, step), "reproduce.sh")
+    storage.write_bytes(uri, render_reproduce_script(spec, step, spec_uri or spec_copy_uri(spec, step)).encode())
+    if not is_s3(uri):
+        Path(uri).chmod(0o755)
+    return uri
 
 
 def workdir(step: str) -> Path:
@@ -76,6 +184,7 @@ def run_step(step: str, fn: Callable[[dict[str, Any], Storage], dict[str, Any]],
     try:
         spec = storage.read_json(args.spec)
         write_spec(storage, spec, step)
+        write_reproduce_script(storage, spec, step)
         result = fn(spec, storage)
         result.setdefault("status", "done")
     except StepSkipped as exc:

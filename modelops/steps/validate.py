@@ -1,15 +1,19 @@
 """Validate step: score every candidate against the source on the recipe's eval data (the accuracy gate).
 
 The source is export's ONNX model, which export parity-checked against the framework. A candidate is
-accepted iff its metric >= source metric - tolerance and none of its outputs is NaN/inf.
+accepted iff its metric >= source metric - tolerance, none of its outputs is NaN/inf, AND its per-sample
+comparison table passes the recipe's great-expectations suite (:mod:`modelops.gates`). The table and GX's
+result are uploaded to ``<run prefix>/<variant>/comparison.csv`` and ``expectations.json``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,8 @@ from modelops.storage import Storage, join
 log = logging.getLogger("modelops.steps.validate")
 
 EVAL_CHUNK = 256
+TENSORRT = "tensorrt"
+TENSORRT_REASON = "needs TensorRT (GPU) to run"
 
 
 def run_onnx(onnx_path: Path, inputs: dict[str, np.ndarray], chunk: int = EVAL_CHUNK) -> dict[str, np.ndarray]:
@@ -51,6 +57,36 @@ def gate(metric: float, source_metric: float, tolerance: float, finite: bool, me
     return None
 
 
+def extra_metrics(recipe: Any, outputs: np.ndarray, labels: np.ndarray | None, source: np.ndarray) -> dict[str, float]:
+    """The recipe's optional ``extra_metrics(outputs, labels, source_outputs)`` as floats; {} without one.
+
+    A failing extra metric is logged and left out: it informs, it does not gate.
+    """
+    fn = getattr(recipe, "extra_metrics", None)
+    if not callable(fn):
+        return {}
+    try:
+        raw = fn(outputs, labels, source) or {}
+        return {str(k): float(v) for k, v in raw.items() if v is not None}
+    except Exception as exc:  # noqa: BLE001 - informative metrics never fail a candidate
+        log.warning("extra metrics of recipe %s failed: %s", getattr(recipe, "name", "?"), first_line(exc))
+        return {}
+
+
+def _not_run(status: str, source_metric: float, reason: str, detail: str | None = None) -> dict[str, Any]:
+    return {
+        "status": status,
+        "metric": None,
+        "source_metric": source_metric,
+        "max_abs_diff": None,
+        "agreement": None,
+        "reason": reason,
+        "detail": detail,
+        "expectations": None,
+        "extra_metrics": {},
+    }
+
+
 def validate_candidate(
     recipe: Any,
     candidate_onnx: Path,
@@ -59,34 +95,59 @@ def validate_candidate(
     source_outputs: dict[str, np.ndarray],
     source_metric: float,
     tolerance: float,
+    runtime: str = "onnxruntime",
 ) -> dict[str, Any]:
-    """Score one candidate; returns status accepted|rejected|failed with metric, diff, agreement and reason."""
+    """Score one candidate: the metric rule AND the GX expectation suite must pass.
+
+    Returns status accepted|rejected|failed|skipped with metric, diff, agreement, ``expectations``
+    (``{"success", "failed", "suite", ...}``), ``extra_metrics`` and reason. Accepted and rejected results
+    also carry ``table`` (the per-sample comparison DataFrame) and ``gx_result`` (GX's result JSON); the
+    callers pop them before writing JSON. A ``runtime="tensorrt"`` candidate that ORT cannot run is
+    ``skipped`` (it is checked on a GPU instead), not failed.
+    """
+    from modelops.gates import comparison_table, describe, thresholds_for, validate_table
+
     try:
         outputs = run_onnx(candidate_onnx, eval_inputs)
     except Exception as exc:  # noqa: BLE001 - a broken candidate fails alone
-        return {
-            "status": "failed",
-            "metric": None,
-            "source_metric": source_metric,
-            "max_abs_diff": None,
-            "agreement": None,
-            "reason": f"cannot run candidate: {first_line(exc)}",
-        }
+        if runtime == TENSORRT:
+            return _not_run("skipped", source_metric, TENSORRT_REASON, f"onnxruntime: {first_line(exc)}")
+        return _not_run("failed", source_metric, f"cannot run candidate: {first_line(exc)}")
     first = next(iter(source_outputs))
     cand, src = outputs[first], source_outputs[first]
     finite = all(bool(np.isfinite(o).all()) for o in outputs.values() if o.dtype.kind == "f")
     metric = float(recipe.metric(cand, labels, src))
     diffs = [float(np.max(np.abs(outputs[k].astype(np.float64) - v))) for k, v in source_outputs.items() if v.size]
     max_abs_diff = max(diffs) if diffs else 0.0
-    reason = gate(metric, source_metric, tolerance, finite, recipe.metric_name)
+    table = comparison_table(outputs, source_outputs, first, labels)
+    verdict = validate_table(table, thresholds_for(recipe, tolerance, src, labels))
+    for failed in verdict.failed:
+        log.warning("expectation failed: %s", describe(failed))
+    reasons = [r for r in (gate(metric, source_metric, tolerance, finite, recipe.metric_name), verdict.reason()) if r]
     return {
-        "status": "rejected" if reason else "accepted",
+        "status": "rejected" if reasons else "accepted",
         "metric": metric if math.isfinite(metric) else None,
         "source_metric": source_metric,
         "max_abs_diff": max_abs_diff if math.isfinite(max_abs_diff) else None,
         "agreement": agreement(cand, src),
-        "reason": reason,
+        "reason": "; ".join(reasons) or None,
+        "expectations": verdict.summary(),
+        "extra_metrics": extra_metrics(recipe, cand, labels, src),
+        "table": table,
+        "gx_result": verdict.raw,
     }
+
+
+def _save_gate_artifacts(res: dict[str, Any], dest: Path | None) -> None:
+    """Move ``table``/``gx_result`` out of ``res`` into ``dest/comparison.csv`` and ``dest/expectations.json``."""
+    table, raw = res.pop("table", None), res.pop("gx_result", None)
+    res["comparison_path"] = res["expectations_path"] = None
+    if dest is None or table is None:
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    table.to_csv(dest / "comparison.csv", index=False)
+    (dest / "expectations.json").write_text(json.dumps(raw, indent=2, default=str))
+    res["comparison_path"], res["expectations_path"] = dest / "comparison.csv", dest / "expectations.json"
 
 
 def validate_candidates(
@@ -97,6 +158,7 @@ def validate_candidates(
     tolerance: float,
     samples: dict[str, np.ndarray] | None = None,
     out_dir: Path | None = None,
+    runtimes: dict[str, str] | None = None,
 ) -> tuple[float, str, dict[str, dict[str, Any]]]:
     """Gate every candidate ONNX against ``source_onnx`` on the recipe's eval data.
 
@@ -105,13 +167,15 @@ def validate_candidates(
         io_dict: export's ``io`` (``{"inputs": [...], "outputs": [...]}``).
         source_onnx: the parity-checked export.
         candidates: variant -> candidate ONNX path.
-        tolerance: allowed metric drop.
+        tolerance: allowed metric drop (and 1 - the minimum top-1 agreement / per-sample cosine).
         samples: export's sample inputs; when given with ``out_dir``, each accepted or rejected candidate's
             outputs on them are saved to ``out_dir/<variant>/sample_outputs.npz`` (keyed by output name).
-        out_dir: where sample outputs go.
+        out_dir: where sample outputs and the gate's ``comparison.csv``/``expectations.json`` go.
+        runtimes: variant -> optimize's ``runtime`` (``"tensorrt"`` candidates may be skipped).
 
     Returns:
-        ``(source_metric, metric_name, {variant: result})``; results carry ``sample_outputs_path``.
+        ``(source_metric, metric_name, {variant: result})``; results carry ``sample_outputs_path``,
+        ``comparison_path`` and ``expectations_path`` (None without ``out_dir``).
     """
     from model_recipes import get_recipe
     from model_recipes.base import IOSpec
@@ -126,21 +190,28 @@ def validate_candidates(
         raise StepError(f"source {recipe.metric_name} is {source_metric} on the eval data: nothing to gate against")
     results: dict[str, dict[str, Any]] = {}
     for variant, path in candidates.items():
-        res = validate_candidate(recipe, path, eval_inputs, labels, source_outputs, source_metric, tolerance)
+        started = time.perf_counter()
+        runtime = (runtimes or {}).get(variant) or "onnxruntime"
+        res = validate_candidate(recipe, path, eval_inputs, labels, source_outputs, source_metric, tolerance, runtime)
+        _save_gate_artifacts(res, out_dir / variant if out_dir is not None else None)
         res["sample_outputs_path"] = None
-        if samples is not None and out_dir is not None and res["status"] != "failed":
+        if samples is not None and out_dir is not None and res["status"] in ("accepted", "rejected"):
             sample_out = run_onnx(path, {n: samples[n] for n in io.input_names})
             dest = out_dir / variant / "sample_outputs.npz"
             dest.parent.mkdir(parents=True, exist_ok=True)
             np.savez(dest, **sample_out)
             res["sample_outputs_path"] = dest
+        gx = res["expectations"]
         log.info(
-            "%s: %s %s=%s (source %.4f) %s",
+            "%s: %s %s=%s (source %.4f) suite %s in %.2f s of %.2f s %s",
             variant,
             res["status"],
             recipe.metric_name,
             res["metric"],
             source_metric,
+            ("passed" if gx["success"] else f"failed {len(gx['failed'])}/{gx['evaluated']}") if gx else "-",
+            gx["seconds"] if gx else 0.0,
+            time.perf_counter() - started,
             res["reason"] or "",
         )
         results[variant] = res
@@ -158,19 +229,30 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
         samples_path = storage.download_file(export["outputs"]["samples"], work / "samples.npz")
         with np.load(samples_path) as npz:
             samples = {k: npz[k] for k in npz.files if not k.startswith("output:")}
-        todo = {v: c for v, c in optimize["candidates"].items() if c.get("status") == "done" and c.get("onnx")}
-        if not todo:
+        done = {v: c for v, c in optimize["candidates"].items() if c.get("status") == "done"}
+        # a TensorRT-only artifact (an engine, no ONNX) cannot be scored here: it is checked on a GPU
+        skipped = {v: _not_run("skipped", math.nan, TENSORRT_REASON) for v, c in done.items() if not c.get("onnx")}
+        todo = {v: c for v, c in done.items() if c.get("onnx")}
+        if not todo and not skipped:
             raise StepError("optimize produced no candidate to validate")
         paths = {v: storage.download_file(c["onnx"], work / "candidates" / v / "model.onnx") for v, c in todo.items()}
+        runtimes = {v: c.get("runtime") or "onnxruntime" for v, c in todo.items()}
         source_metric, metric_name, results = validate_candidates(
-            spec["recipe"], export["io"], source, paths, tolerance, samples=samples, out_dir=work / "out"
-        )
+            spec["recipe"], export["io"], source, paths, tolerance, samples=samples, out_dir=work / "out",
+            runtimes=runtimes,
+        )  # fmt: skip
         candidates: dict[str, Any] = {}
-        for variant, res in results.items():
-            local = res.pop("sample_outputs_path")
-            res["sample_outputs"] = (
-                storage.upload_file(local, join(variant_prefix(spec, variant), "sample_outputs.npz")) if local else None
-            )
+        for variant, res in {**results, **skipped}.items():
+            res["source_metric"] = source_metric
+            prefix = variant_prefix(spec, variant)
+            for key, name in (("sample_outputs", "sample_outputs.npz"), ("comparison", "comparison.csv")):
+                local = res.pop(f"{key}_path", None)
+                res[key] = storage.upload_file(local, join(prefix, name)) if local else None
+            local = res.pop("expectations_path", None)
+            if res.get("expectations") is not None:
+                res["expectations"]["uri"] = (
+                    storage.upload_file(local, join(prefix, "expectations.json")) if local else None
+                )
             candidates[variant] = res
     return {
         "status": "done",

@@ -91,6 +91,9 @@ def test_export(pipeline):
     # the exact spec is kept next to the outputs, and the result is also under the run prefix
     assert json.loads((Path(spec["run_prefix"]) / "export" / "spec.json").read_text()) == spec
     assert (Path(spec["run_prefix"]) / "export" / "result.json").is_file()
+    # ... and a script that re-runs the step by hand with that exact spec
+    script = (Path(spec["run_prefix"]) / "export" / "reproduce.sh").read_text()
+    assert f"-m modelops.steps.export --spec {Path(spec['run_prefix']) / 'export' / 'spec.json'}" in script
 
 
 def test_onnx_has_dynamic_batch(pipeline):
@@ -117,12 +120,22 @@ def test_validate(pipeline):
         assert res["metric_name"] == "accuracy" and res["source_metric"] > 0.9
     else:
         assert res["metric_name"] == "cosine" and res["source_metric"] == pytest.approx(1.0)
+    task = "classification" if pipeline["kind"] == "digits" else "embedding"
     for variant, cand in res["candidates"].items():
         assert cand["status"] == "accepted", (variant, cand)
         assert cand["metric"] >= res["source_metric"] - 0.01
         assert cand["agreement"] >= 0.95
         with np.load(cand["sample_outputs"]) as npz:
             assert npz.files == ["output"]
+        # the great-expectations gate passed, and its table and GX result sit next to the candidate
+        gx = cand["expectations"]
+        assert gx["success"] is True and gx["failed"] == [] and gx["suite"].startswith(f"accuracy_gate.{task}")
+        assert gx["uri"] == str(Path(pipeline["spec"]["run_prefix"]) / variant / "expectations.json")
+        assert json.loads(Path(gx["uri"]).read_text())["success"] is True
+        table = Path(cand["comparison"]).read_text().splitlines()
+        assert table[0].startswith("sample,") and {"agree", "cosine", "abs_err_max", "is_finite"} <= set(table[0].split(","))
+        assert len(table) - 1 == (540 if pipeline["kind"] == "digits" else 256)  # one row per eval sample
+        assert cand["extra_metrics"] == {}  # these recipes define no extra metrics
     assert res["candidates"]["ort_fp32"]["max_abs_diff"] < 1e-4
 
 
@@ -142,10 +155,45 @@ def test_validate_rejects_corrupted_candidate(pipeline, tmp_path):
     _, metric_name, results = validate_candidates(
         spec["recipe"], pipeline["export"]["io"], Path(pipeline["export"]["outputs"]["onnx"]), {"broken": bad}, 0.01
     )
-    assert results["broken"]["status"] == "rejected"
-    assert (
-        results["broken"]["reason"].startswith(f"{metric_name} ") and "is below source" in results["broken"]["reason"]
-    )
+    broken = results["broken"]
+    assert broken["status"] == "rejected"
+    assert broken["reason"].startswith(f"{metric_name} ") and "is below source" in broken["reason"]
+    # the expectation suite fails too, and says which expectation on which column, with the observed value
+    assert broken["expectations"]["success"] is False and "failed expectations: expect_column_" in broken["reason"]
+    failed = broken["expectations"]["failed"][0]
+    assert failed["column"] in ("agree", "cosine") and failed["observed"] is not None
+    assert "table" not in broken and "gx_result" not in broken  # JSON-only result
+
+
+def test_validate_gates_on_expectations_and_skips_tensorrt(pipeline, tmp_path, monkeypatch):
+    """A candidate whose metric passes but whose per-sample gate fails is rejected; TensorRT-only ones skip."""
+    from model_recipes import get_recipe
+
+    spec = pipeline["spec"]
+    recipe = get_recipe(spec["recipe"])
+    source = Path(pipeline["export"]["outputs"]["onnx"])
+    # a strict recipe: every row must pass (cosine >= 0.999999 for the embedding gate); the metric rule still passes
+    monkeypatch.setattr(recipe, "gate_min_cosine", 0.999999, raising=False)
+    monkeypatch.setattr(recipe, "gate_mostly", 1.0, raising=False)
+    monkeypatch.setattr(recipe, "task", "embedding", raising=False)
+    monkeypatch.setattr(recipe, "extra_metrics", lambda out, labels, src: {"top2": 0.5}, raising=False)
+    int8 = tmp_path / "int8.onnx"
+    optimize.ort_int8_dynamic(source, int8)
+    garbage = tmp_path / "fp8_qdq.onnx"
+    garbage.write_bytes(b"not something ORT can load")
+    _, _, results = validate_candidates(
+        spec["recipe"], pipeline["export"]["io"], source, {"int8": int8, "fp8": garbage, "bad": garbage}, 0.01,
+        out_dir=tmp_path / "out", runtimes={"fp8": "tensorrt"},
+    )  # fmt: skip
+    int8_res = results["int8"]
+    assert int8_res["status"] == "rejected" and int8_res["reason"].startswith("failed expectations: ")
+    failed = int8_res["expectations"]["failed"]
+    assert [(f["expectation"], f["column"]) for f in failed] == [("expect_column_values_to_be_between", "cosine")]
+    assert failed[0]["expected"].startswith("min_value=0.999999") and 0 < failed[0]["observed"] <= 100
+    assert int8_res["extra_metrics"] == {"top2": 0.5}
+    assert int8_res["comparison_path"].is_file() and int8_res["expectations_path"].is_file()
+    assert results["fp8"]["status"] == "skipped" and results["fp8"]["reason"] == "needs TensorRT (GPU) to run"
+    assert results["bad"]["status"] == "failed" and results["bad"]["reason"].startswith("cannot run candidate: ")
 
 
 def test_unknown_variant_is_refused(pipeline, tmp_path):
