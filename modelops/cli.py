@@ -117,7 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_cmd_stack_status)
 
     demo = commands.add_parser("demo", help="run the end-to-end demo against the local stack")
+    demo.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated demo models to register and optimize (default: digits,tabular,minilm,mobilenet)",
+    )
     demo.set_defaults(func=_cmd_demo)
+    from modelops import webhook_cli
+
+    webhook_cli.add_parser(commands)
     return parser
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from modelops import stack
 from modelops.airflow_api import AirflowAPI
 from modelops.settings import Settings
 
@@ -78,42 +79,76 @@ def summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def main(args: Any = None) -> int:
-    from modelops import stack
+# demo model -> (kind for model_recipes.demo_models, registered name, DAG params beyond the defaults)
+DEMO_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "digits": ("digits", "digits_cnn", {}),
+    "tabular": ("tabular", "wine_classifier", {}),
+    "minilm": ("minilm", "minilm_embedder", {"variants": ["ort_fp32", "ort_int8_dynamic", "ort_int8_static"]}),
+    "mobilenet": ("mobilenet", "mobilenet_v2", {"latency_slo_ms": 500.0}),
+}
+DEFAULT_DEMO = ("digits", "tabular", "minilm", "mobilenet")
 
-    settings = Settings.from_env()
+
+def demo_one(settings: Settings, status: dict[str, Any], api: AirflowAPI, key: str) -> dict[str, Any] | None:
+    """Register one demo model as ``<name>@champion`` and run ``optimize_model`` on it; returns the summary."""
+    kind, name, extra = DEMO_MODELS[key]
+    console.rule(f"[bold]{name}")
     t0 = time.monotonic()
-    console.rule("[bold]ModelOps demo")
-    console.print("starting the embedded stack (SeaweedFS, MLflow, Triton, Airflow) ...")
-    status = stack.up()
-    env = stack.client_env(status)
-    console.print(f"stack ready in {time.monotonic() - t0:.1f} s")
-
-    console.print("training and registering the digits CNN as [bold]digits_cnn@champion[/bold] ...")
-    reg = register_demo_model(settings, env, "digits", "digits_cnn", "champion")
-    console.print(f"registered digits_cnn v{reg['version']} (held-out accuracy {reg.get('accuracy', 0):.4f})")
-
-    api = airflow_client(status)
-    console.print(f"triggering [bold]{DAG_ID}[/bold] through {status['airflow']['url']} ...")
+    reg = register_demo_model(settings, stack.client_env(status), kind, name, "champion")
+    console.print(f"registered {name} v{reg['version']} in {time.monotonic() - t0:.1f} s")
     t_run = time.monotonic()
-    run_id, state = run_optimize(api, {"model_name": "digits_cnn", "model_alias": "champion", "model_version": None})
+    run_id, state = run_optimize(api, {"model_name": name, "model_alias": "champion", "model_version": None, **extra})
     run_s = time.monotonic() - t_run
     if state != "success":
         failed = [t for t, s in api.task_states(DAG_ID, run_id).items() if s == "failed"]
         console.print(f"[red]run {run_id} ended {state}[/red] (failed tasks: {', '.join(failed)}); "
                       f"see the task logs at {status['airflow']['url']}")
-        return 1
+        return None
     summary = api.xcom(DAG_ID, run_id, "record")
+    summary["dag_run_s"] = round(run_s, 1)
     console.print(summary_table(summary))
-    console.print(f"chosen deployment: [bold]{summary['deployment']}[/bold] ({summary['chosen']}, "
-                  f"{_fmt(summary['speedup'])}x the PyTorch baseline's throughput)")
-    console.print(f"DAG run {run_id}: {run_s:.1f} s;   demo total: {time.monotonic() - t0:.1f} s")
-    console.print(f"Triton:  {status['triton']['http']}/v2/models/{summary['deployment']}")
+    if summary.get("deployment"):
+        console.print(f"chosen deployment: [bold]{summary['deployment']}[/bold] ({summary['chosen']}, "
+                      f"{_fmt(summary['speedup'])}x the baseline's throughput); DAG run {run_s:.1f} s")
+        console.print(f"Triton:  {status['triton']['http']}/v2/models/{summary['deployment']}")
+    else:
+        console.print(f"[yellow]nothing deployed[/yellow]: {summary.get('reason')}")
     console.print(f"MLflow:  {summary.get('mlflow_run_url') or status['mlflow']['url']}")
+    return summary
+
+
+def main(args: Any = None) -> int:
+    settings = Settings.from_env()
+    keys = [k.strip() for k in (getattr(args, "models", None) or ",".join(DEFAULT_DEMO)).split(",") if k.strip()]
+    unknown = [k for k in keys if k not in DEMO_MODELS]
+    if unknown:
+        console.print(f"[red]unknown demo models {unknown}; known: {sorted(DEMO_MODELS)}[/red]")
+        return 2
+    t0 = time.monotonic()
+    console.rule("[bold]ModelOps demo")
+    console.print("starting the embedded stack (SeaweedFS, MLflow, Triton, Airflow) ...")
+    status = stack.up()
+    console.print(f"stack ready in {time.monotonic() - t0:.1f} s")
+    api = airflow_client(status)
+    results = {key: demo_one(settings, status, api, key) for key in keys}
+    console.rule("[bold]summary")
+    table = Table(title="demo models")
+    for col in ("model", "chosen", "speedup", "metric", "DAG run s", "deployment"):
+        table.add_column(col)
+    for key, summary in results.items():
+        if summary is None:
+            table.add_row(DEMO_MODELS[key][1], "[red]run failed[/red]", "-", "-", "-", "-")
+            continue
+        chosen = next((r for r in summary["rows"] if r["variant"] == summary["chosen"]), {})
+        table.add_row(summary["model"], summary["chosen"] or "-", _fmt(summary["speedup"]) + "x",
+                      _fmt(chosen.get("metric"), ".4f"), _fmt(summary.get("dag_run_s"), ".1f"),
+                      summary.get("deployment") or summary.get("reason") or "-")
+    console.print(table)
+    console.print(f"demo total: {time.monotonic() - t0:.1f} s")
     console.print(f"Airflow: {status['airflow']['url']}/dags/{DAG_ID}  (user {status['airflow']['username']}, "
                   "password: `.venv/bin/modelops stack status --json`)")
     console.print("stop the stack with: [bold].venv/bin/modelops stack down[/bold]  (or `make stack-down`)")
-    return 0
+    return 0 if all(results.values()) else 1
 
 
 if __name__ == "__main__":

@@ -77,11 +77,6 @@ class TriggerConfig:
             poll_interval_s=interval,
         )
 
-    def watched_aliases(self, model_tags: Mapping[str, str] | None) -> tuple[str, ...]:
-        """Configured aliases plus the model's own ``modelops.alias`` tag, if any."""
-        own = (model_tags or {}).get(TAG_ALIAS, "").strip()
-        return self.aliases if not own or own in self.aliases else (*self.aliases, own)
-
     def manages(self, model_tags: Mapping[str, str] | None) -> bool:
         """Whether registry events of a model with these tags start runs (scope / opt-in)."""
         return self.scope == "all" or is_true((model_tags or {}).get(TAG_OPT_IN))
@@ -169,10 +164,6 @@ class MappedEvent:
     needs_opt_in_check: bool = False  # the registered model's tags must be read before creating the run
     ignored: str = ""
 
-    @property
-    def alias(self) -> str | None:
-        return self.request.reason.split()[1] if self.request and self.request.reason.startswith("alias ") else None
-
 
 def event_name(body: Mapping[str, Any]) -> str:
     """``<entity>.<action>`` of an MLflow webhook body."""
@@ -182,8 +173,8 @@ def event_name(body: Mapping[str, Any]) -> str:
 def map_webhook_event(body: Mapping[str, Any], config: TriggerConfig) -> MappedEvent:
     """Map an MLflow webhook body (``{"entity", "action", "timestamp", "data"}``) to a run request.
 
-    - ``model_version_alias.created`` (also sent when an alias moves): a run when the alias is watched
-      (configured, or the model's ``modelops.alias``: that one needs the registry read anyway).
+    - ``model_version_alias.created`` (also sent when an alias moves): a run when the alias is one of the
+      configured ones (``MODELOPS_TRIGGER_ALIASES``; a model's ``modelops.alias`` only steers the nightly run).
     - ``model_version_tag.set`` with ``modelops.optimize=true``: a run for that version (explicit request).
     - ``model_version.created``: a run only when ``MODELOPS_TRIGGER_ON_VERSION_CREATED`` is on.
 
@@ -199,9 +190,9 @@ def map_webhook_event(body: Mapping[str, Any], config: TriggerConfig) -> MappedE
         alias = str(data.get("alias") or "")
         if not alias:
             return MappedEvent(None, ignored="alias event without an alias")
-        # An alias outside the configured list may still be the model's own modelops.alias (checked later).
-        return MappedEvent(alias_request(name, version, alias, "webhook"),
-                           needs_opt_in_check=check or alias not in config.aliases)
+        if alias not in config.aliases:
+            return MappedEvent(None, ignored=f"alias {alias} is not watched ({', '.join(config.aliases)})")
+        return MappedEvent(alias_request(name, version, alias, "webhook"), needs_opt_in_check=check)
     if kind == EVENT_TAG_SET:
         if data.get("key") != TAG_OPT_IN or not is_true(data.get("value")):
             return MappedEvent(None, ignored=f"tag {data.get('key')!r} is not the opt-in tag")
@@ -222,9 +213,6 @@ def admit(mapped: MappedEvent, model_tags: Mapping[str, str] | None, config: Tri
         return mapped.ignored
     if mapped.needs_opt_in_check and not config.manages(model_tags):
         return f"model {mapped.request.model_name} is not opted in ({TAG_OPT_IN}=true)"
-    alias = mapped.alias
-    if alias and alias not in config.watched_aliases(model_tags):
-        return f"alias {alias} is not watched"
     return ""
 
 
@@ -242,7 +230,7 @@ def wanted_runs(registered_models: Iterable[Any], config: TriggerConfig) -> list
         if not config.manages(tags):
             continue
         aliases = dict(getattr(rm, "aliases", None) or {})
-        for alias in config.watched_aliases(tags):
+        for alias in config.aliases:
             if alias in aliases:
                 req = alias_request(rm.name, str(aliases[alias]), alias, "reconcile")
                 wanted[req.run_id] = req

@@ -1,0 +1,341 @@
+"""Triggers without servers: run ids, event mapping, signatures, replay guard, fingerprint, planner, receiver."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from modelops.triggers import events as ev
+from modelops.triggers.fingerprint import (
+    FingerprintContext,
+    changed_parts,
+    fingerprint_inputs,
+    parse_pins,
+    recipe_versions,
+    worker_library_versions,
+)
+from modelops.triggers.planner import CountingClient, OptimizeDefaults, plan_nightly
+from modelops.triggers.signature import ReplayGuard, WebhookRejected, load_secret, secret_path, sign, verify
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = ev.TriggerConfig()
+
+
+# -- run ids and event mapping ---------------------------------------------------------------------
+def test_run_ids_are_deterministic_and_safe():
+    assert ev.run_id_for("digits", 3, "alias", "champion") == "mlflow__digits__v3__alias-champion"
+    assert ev.run_id_for("digits", "3", "stage", "production") == ev.run_id_for("digits", 3, "stage", "production")
+    odd = ev.run_id_for("team/model name", 1, "alias", "champion")
+    assert odd.startswith("mlflow__team_model_name-") and " " not in odd and "/" not in odd
+    assert odd != ev.run_id_for("team_model_name", 1, "alias", "champion")  # sanitising cannot collide
+    assert len(ev.run_id_for("m" * 400, 1, "alias", "champion")) <= ev.MAX_RUN_ID
+
+
+def _body(kind: str, **data) -> dict:
+    entity, action = kind.rsplit(".", 1)
+    return {"entity": entity, "action": action, "timestamp": "2026-01-01T00:00:00+00:00", "data": data}
+
+
+def test_alias_event_maps_to_a_pinned_version_run():
+    mapped = ev.map_webhook_event(_body("model_version_alias.created", name="m", alias="champion", version="4"), CONFIG)
+    assert mapped.request.run_id == "mlflow__m__v4__alias-champion"
+    assert mapped.request.conf == {"model_name": "m", "model_version": "4", "model_alias": None}
+    assert mapped.needs_opt_in_check
+    assert ev.admit(mapped, {ev.TAG_OPT_IN: "true"}, CONFIG) == ""
+    assert "not opted in" in ev.admit(mapped, {}, CONFIG)
+    assert "not opted in" in ev.admit(mapped, None, CONFIG)  # model unknown to the registry
+
+
+def test_unwatched_alias_is_ignored_without_a_registry_read():
+    mapped = ev.map_webhook_event(_body("model_version_alias.created", name="m", alias="blue", version="2"), CONFIG)
+    assert mapped.request is None and "not watched" in mapped.ignored
+
+
+def test_scope_all_needs_no_registry_read_for_configured_aliases():
+    config = ev.TriggerConfig(scope="all")
+    mapped = ev.map_webhook_event(_body("model_version_alias.created", name="m", alias="production", version="2"),
+                                  config)
+    assert not mapped.needs_opt_in_check and ev.admit(mapped, None, config) == ""
+
+
+def test_opt_in_tag_on_a_version_is_an_explicit_request():
+    mapped = ev.map_webhook_event(_body("model_version_tag.set", name="m", version="5", key=ev.TAG_OPT_IN,
+                                        value="True"), CONFIG)
+    assert mapped.request.run_id == "mlflow__m__v5__tag-optimize" and not mapped.needs_opt_in_check
+    other = ev.map_webhook_event(_body("model_version_tag.set", name="m", version="5", key="x", value="true"), CONFIG)
+    assert other.request is None and "not the opt-in tag" in other.ignored
+
+
+def test_version_created_only_when_configured_and_other_events_ignored():
+    body = _body("model_version.created", name="m", version="1", source="s3://x")
+    assert ev.map_webhook_event(body, CONFIG).request is None
+    config = ev.TriggerConfig.from_env({"MODELOPS_TRIGGER_ON_VERSION_CREATED": "1"})
+    assert ev.map_webhook_event(body, config).request.run_id == "mlflow__m__v1__created"
+    assert ev.map_webhook_event(_body("registered_model.created", name="m"), CONFIG).request is None
+    assert ev.map_webhook_event(_body("model_version_alias.created", name="m", alias="champion"), CONFIG).request is None
+
+
+def test_config_from_env():
+    config = ev.TriggerConfig.from_env({"MODELOPS_TRIGGER_ALIASES": "gold, champion,gold",
+                                        "MODELOPS_RECONCILE_INTERVAL_S": "5", "MODELOPS_TRIGGER_STAGES": "Production"})
+    assert config.aliases == ("gold", "champion") and config.poll_interval_s == 5 and config.stages == ("Production",)
+    with pytest.raises(ValueError):
+        ev.TriggerConfig.from_env({"MODELOPS_TRIGGER_SCOPE": "some"})
+
+
+def _rm(name, tags=None, aliases=None, stages=None):
+    versions = [SimpleNamespace(version=v, current_stage=s) for v, s in (stages or {}).items()]
+    return SimpleNamespace(name=name, tags=tags or {}, aliases=aliases or {}, latest_versions=versions)
+
+
+def test_wanted_runs_from_a_registry_snapshot():
+    opted = {ev.TAG_OPT_IN: "true"}
+    models = [
+        _rm("a", opted, {"champion": "3", "other": "1"}, {"2": "Production", "1": "Archived"}),
+        _rm("b", {}, {"champion": "9"}, {"9": "Production"}),  # not opted in
+        _rm("c", {**opted, ev.TAG_ALIAS: "blue"}, {"blue": "7", "production": "5"}, {"6": "Staging"}),
+    ]
+    ids = [r.run_id for r in ev.wanted_runs(models, CONFIG)]
+    assert ids == ["mlflow__a__v2__stage-production", "mlflow__a__v3__alias-champion",
+                   "mlflow__c__v5__alias-production", "mlflow__c__v6__stage-staging"]
+    assert len(ev.wanted_runs(models, ev.TriggerConfig(scope="all"))) == 6
+    req = ev.wanted_runs(models, CONFIG)[0]
+    assert ev.RunRequest.from_json(json.loads(json.dumps(req.to_json()))) == req
+
+
+# -- signatures and replays ------------------------------------------------------------------------
+def _signed(secret: str, body: bytes, ts: int | None = None, delivery: str = "d-1") -> dict[str, str]:
+    ts_text = str(int(time.time()) if ts is None else ts)
+    return {"X-MLflow-Delivery-Id": delivery, "X-MLflow-Timestamp": ts_text,
+            "X-MLflow-Signature": sign(secret, delivery, ts_text, body)}
+
+
+def test_signature_matches_mlflows_own_signer():
+    from mlflow.webhooks.delivery import _generate_hmac_signature
+
+    assert sign("s3cret", "id", "123", '{"a": 1}') == _generate_hmac_signature("s3cret", "id", "123", '{"a": 1}')
+
+
+def test_verify_accepts_authentic_and_rejects_forged_stale_or_incomplete():
+    body = b'{"entity": "model_version_alias", "action": "created", "data": {}}'
+    headers = _signed("s3cret", body)
+    assert verify("s3cret", {k.lower(): v for k, v in headers.items()}, body)[0] == "d-1"
+    cases = [
+        ("wrong", headers, body, 401),
+        ("s3cret", headers, body + b" ", 401),  # body altered
+        ("s3cret", _signed("s3cret", body, ts=int(time.time()) - 301), body, 400),
+        ("s3cret", _signed("s3cret", body, ts=int(time.time()) + 400), body, 400),
+        ("s3cret", {k: v for k, v in headers.items() if k != "X-MLflow-Signature"}, body, 401),
+        ("s3cret", {**headers, "X-MLflow-Timestamp": "soon"}, body, 400),
+    ]
+    for secret, hdrs, payload, code in cases:
+        with pytest.raises(WebhookRejected) as info:
+            verify(secret, hdrs, payload)
+        assert info.value.status == code
+    rotated = {**headers, "X-MLflow-Signature": "v1,AAAA " + headers["X-MLflow-Signature"]}
+    assert verify("s3cret", rotated, body)[0] == "d-1"
+
+
+def test_replay_guard_claims_once_and_survives_reopen(tmp_path):
+    db = tmp_path / "d.db"
+    guard = ReplayGuard(db)
+    assert guard.claim("x") and not guard.claim("x")
+    assert not ReplayGuard(db).claim("x")  # persisted
+    guard.release("x")
+    assert guard.claim("x")
+    guard.finish("x", "run", "created")
+    assert guard.outcomes() == {"x": "created"}
+    assert oct(db.stat().st_mode & 0o777) == "0o600"
+
+
+def test_secret_lookup_order(tmp_path):
+    assert load_secret({}, None) is None
+    path = secret_path(tmp_path)
+    path.parent.mkdir()
+    path.write_text("from-file\n")
+    assert load_secret({"MODELOPS_STACK_DIR": str(tmp_path)}) == "from-file"
+    assert load_secret({"MODELOPS_STACK_DIR": str(tmp_path), "MODELOPS_WEBHOOK_SECRET": "env"}) == "env"
+
+
+# -- fingerprint and planner -----------------------------------------------------------------------
+def test_worker_pins_and_recipe_hashes():
+    pins = parse_pins(["torch==2.13.0", "onnxruntime-gpu==1.24.0 ; platform_system=='Linux'", "numpy==1.26.4", "# x"])
+    assert pins == {"onnxruntime-gpu": "1.24.0", "torch": "2.13.0"}
+    assert {"torch", "onnx", "onnxruntime"} <= set(worker_library_versions({}))
+    from model_recipes import RECIPES
+
+    versions = recipe_versions(RECIPES)
+    assert set(versions) == {*RECIPES, "auto"} and all(len(v) == 12 for v in versions.values())
+
+
+CTX = FingerprintContext({"torch": "2.13.0", "onnxruntime": "1.32.0"}, {"auto": "r1", "digits_cnn": "r2"}, "cpu")
+DEFAULTS = OptimizeDefaults(("ort_fp32", "ort_int8_dynamic"))
+
+
+def test_fingerprint_moves_with_each_input():
+    base = fingerprint_inputs("m", "3", DEFAULTS.for_model({}), CTX)
+    assert base.digest == fingerprint_inputs("m", "3", DEFAULTS.for_model({}), CTX).digest
+    newer = FingerprintContext({**CTX.libraries, "onnxruntime": "1.33.0"}, CTX.recipes, CTX.device)
+    variations = [
+        fingerprint_inputs("m", "4", DEFAULTS.for_model({}), CTX),
+        fingerprint_inputs("m", "3", DEFAULTS.for_model({}), newer),
+        fingerprint_inputs("m", "3", DEFAULTS.for_model({"modelops.latency_slo_ms": "50"}), CTX),
+        fingerprint_inputs("m", "3", DEFAULTS.for_model({}), CTX, recipe="digits_cnn"),
+        fingerprint_inputs("m", "3", DEFAULTS.for_model({}), FingerprintContext(CTX.libraries, CTX.recipes, "H100")),
+    ]
+    assert len({v.digest for v in variations} | {base.digest}) == 6
+    assert changed_parts(base.to_json(), variations[1]) == ["libraries.onnxruntime"]
+
+
+class FakeRegistry:
+    """search_registered_models (filter on the opt-in tag, paged) + get_model_version_by_alias, as MlflowClient."""
+
+    def __init__(self, models: list[SimpleNamespace], versions: dict[tuple[str, str], SimpleNamespace]):
+        self.models, self.versions = models, versions
+
+    def search_registered_models(self, filter_string=None, max_results=100, page_token=None):
+        assert filter_string == ev.OPT_IN_FILTER
+        matching = [m for m in self.models if ev.is_true(m.tags.get(ev.TAG_OPT_IN))]
+        start = int(page_token or 0)
+        page = matching[start:start + max_results]
+        token = str(start + max_results) if start + max_results < len(matching) else None
+        return _Page(page, token)
+
+    def get_model_version_by_alias(self, name, alias):
+        model = next(m for m in self.models if m.name == name)
+        if alias not in model.aliases:
+            raise RuntimeError(f"RESOURCE_DOES_NOT_EXIST: alias {alias} not found")
+        return self.versions[(name, model.aliases[alias])]
+
+
+class _Page(list):
+    def __init__(self, items, token):
+        super().__init__(items)
+        self.token = token
+
+
+def test_planner_skips_unchanged_starts_changed_and_counts_calls():
+    opted = {ev.TAG_OPT_IN: "true"}
+    same = fingerprint_inputs("same", "1", DEFAULTS.for_model({}), CTX).digest
+    models = [_rm("same", opted, {"champion": "1"}), _rm("changed", opted, {"champion": "2"}),
+              _rm("new", opted, {"champion": "1"}), _rm("noalias", opted), _rm("failed", opted, {"champion": "1"}),
+              _rm("manual", opted, {"champion": "1"}), _rm("off", {}, {"champion": "1"})]
+    versions = {
+        ("same", "1"): SimpleNamespace(version="1", tags={ev.TAG_FINGERPRINT: same, "modelops.status": "deployed"}),
+        ("changed", "2"): SimpleNamespace(version="2", tags={ev.TAG_FINGERPRINT: "old", "modelops.status": "deployed"}),
+        ("new", "1"): SimpleNamespace(version="1", tags={}),
+        ("failed", "1"): SimpleNamespace(version="1", tags={
+            ev.TAG_FINGERPRINT: fingerprint_inputs("failed", "1", DEFAULTS.for_model({}), CTX).digest,
+            "modelops.status": "failed"}),
+        ("manual", "1"): SimpleNamespace(version="1", tags={"modelops.status": "deployed"}),
+    }
+    # "inline": the search result already holds the aliased (newest) version with its tags: no lookup.
+    inline = _rm("inline", opted, {"champion": "4"})
+    inline.latest_versions = [SimpleNamespace(version="4", current_stage="None", tags={})]
+    models.append(inline)
+    plan = plan_nightly(FakeRegistry(models, versions), CTX, DEFAULTS, page_size=2)
+    actions = {i.model: (i.action, i.reason) for i in plan.items}
+    assert set(actions) == {"same", "changed", "new", "noalias", "failed", "manual", "inline"}
+    assert actions["inline"][0] == "start"
+    assert actions["same"][0] == "skip" and "unchanged" in actions["same"][1]
+    assert actions["changed"][0] == "start" and "changed" in actions["changed"][1]
+    assert actions["new"][0] == "start" and actions["failed"][0] == "start"
+    assert actions["noalias"] == ("skip", "alias champion is not set")
+    assert actions["manual"][0] == "adopt"
+    started = {i.model: i.request for i in plan.to_start}
+    assert started["changed"].run_id.startswith("nightly__changed__v2__fp-")
+    assert started["changed"].conf["variants"] == ["ort_fp32", "ort_int8_dynamic"]
+    # 7 opted-in models, 2 per page -> 4 searches; lookups only where the search result lacks the version
+    assert plan.registry_calls == {"search_registered_models": 4, "get_model_version_by_alias": 5}
+    assert plan.summary()["registry_calls_per_model"] == round(9 / 7, 3)
+
+
+def test_counting_client_passes_attributes_through():
+    client = CountingClient(SimpleNamespace(x=1, f=lambda a: a + 1))
+    assert client.x == 1 and client.f(1) == 2 and client.calls == {"f": 1}
+
+
+# -- the receiver (FastAPI app) with the Airflow side faked -------------------------------------------
+@pytest.fixture()
+def receiver(tmp_path, monkeypatch):
+    import modelops_webhook as hook
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("MODELOPS_WEBHOOK_SECRET", "s3cret")
+    monkeypatch.setenv("MODELOPS_WEBHOOK_DB", str(tmp_path / "deliveries.db"))
+    monkeypatch.setattr(hook, "_guard", None)
+    created: list[tuple[str, dict]] = []
+    monkeypatch.setattr(hook, "create_run", lambda req, dag_id: created.append((req.run_id, req.conf)) or "created")
+    monkeypatch.setattr(hook, "registered_model_tags", lambda name: {ev.TAG_OPT_IN: "true"} if name == "m" else {})
+    return TestClient(hook.app), created
+
+
+def _post(client, body: dict, secret: str = "s3cret", delivery: str = "d-1", ts: int | None = None):
+    raw = json.dumps(body).encode()
+    return client.post("/mlflow/webhook", content=raw, headers=_signed(secret, raw, ts, delivery))
+
+
+def test_receiver_accepts_then_creates_the_run(receiver):
+    client, created = receiver
+    resp = _post(client, _body("model_version_alias.created", name="m", alias="champion", version="2"))
+    assert resp.status_code == 202 and resp.json()["run_id"] == "mlflow__m__v2__alias-champion"
+    assert created == [("mlflow__m__v2__alias-champion", {"model_name": "m", "model_version": "2",
+                                                          "model_alias": None})]
+
+
+def test_receiver_rejects_forged_stale_and_replayed(receiver):
+    client, created = receiver
+    body = _body("model_version_alias.created", name="m", alias="champion", version="2")
+    assert _post(client, body, secret="guess").status_code == 401
+    assert _post(client, body, ts=int(time.time()) - 600).status_code == 400
+    assert client.post("/mlflow/webhook", content=b"{}").status_code == 401
+    assert created == []
+    assert _post(client, body, delivery="once").status_code == 202
+    assert _post(client, body, delivery="once").status_code == 409
+    assert len(created) == 1
+
+
+def test_receiver_ignores_models_not_opted_in_and_other_events(receiver):
+    client, created = receiver
+    assert _post(client, _body("model_version_alias.created", name="x", alias="champion", version="1"),
+                 delivery="a").status_code == 202
+    assert _post(client, _body("registered_model.created", name="m"), delivery="b").json()["status"] == "ignored"
+    assert created == []
+    assert client.get("/health").json()["secret_configured"] is True
+
+
+# -- DAG files -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dag_file", ["registry_reconcile.py", "nightly_reoptimize.py"])
+def test_trigger_dag_files_are_cheap_to_import(dag_file):
+    """Parsing must not pull in mlflow, torch or the receiver's FastAPI app."""
+    code = (
+        "import sys; sys.path[:0] = [{!r}, {!r}];"
+        "import runpy; runpy.run_path({!r});"
+        "heavy = [m for m in ('torch', 'mlflow', 'onnx', 'great_expectations', 'boto3', 'modelops_webhook',"
+        " 'requests') if m in sys.modules];"
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    ).format(str(REPO), str(REPO / "plugins"), str(REPO / "dags" / dag_file))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_trigger_dags_load_and_are_wired():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert not {k: v for k, v in bag.import_errors.items() if "reconcile" in k or "nightly" in k}
+    reconcile, nightly = bag.dags["registry_reconcile"], bag.dags["nightly_reoptimize"]
+    assert reconcile.task_ids == ["reconcile"] and reconcile.max_active_runs == 1
+    import runpy
+
+    registry = runpy.run_path(str(REPO / "dags" / "registry_reconcile.py"))["REGISTRY"]
+    assert [type(w.trigger).__name__ for w in registry.watchers] == ["RegistryPollTrigger"]
+    assert registry.watchers[0].trigger.serialize()[0] == "modelops_plugin.RegistryPollTrigger"
+    assert set(nightly.task_ids) == {"plan", "start", "summarize"}
+    assert "summarize" in nightly.get_task("start").downstream_task_ids
