@@ -93,7 +93,9 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
     spec["rollout"] = int(params.get("rollout", 100))
     spec["triton_bucket"] = settings.triton_bucket
     storage.write_json(spec_uri_of(spec), spec)
-    set_version_tags(client, resolved.name, resolved.version, {TAG_STATUS: "optimizing", TAG_RUN_ID: run_id})
+    set_version_tags(
+        client, resolved.name, resolved.version, {TAG_STATUS: "optimizing", TAG_RUN_ID: run_id, "modelops.recipe": recipe}
+    )
     clear_version_tag(client, resolved.name, resolved.version, TAG_ERROR)
     log.info("resolved %s v%s (recipe %s); run %s; spec %s", resolved.name, resolved.version, recipe, run_id, spec_uri_of(spec))
     return {
