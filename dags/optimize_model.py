@@ -1,8 +1,8 @@
 """optimize_model: one registered MLflow model version -> the fastest accurate Triton deployment.
 
-resolve -> export -> optimize -> validate -> benchmark -> select -> publish -> deploy -> record
+resolve -> export -> optimize -> compile -> validate -> benchmark -> select -> publish -> deploy -> record
 
-Heavy steps (export, optimize, validate, benchmark) run through the step operator (local subprocess
+Heavy steps (export, optimize, compile, validate, benchmark) run through the step operator (local subprocess
 in the worker environment, or a GPU pod with MODELOPS_EXECUTION=kubernetes). This file is wiring only:
 every import here is cheap, the work happens in ``operators.pipeline_tasks`` at run time.
 """
@@ -120,7 +120,14 @@ def optimize_model():
         return pipeline_tasks.record(meta["spec_uri"], selection, deployment)
 
     meta = resolve()
-    heavy = [step_operator(step, SPEC) for step in ("export", "optimize", "validate", "benchmark")]
+    heavy = [
+        step_operator("export", SPEC),
+        step_operator("optimize", SPEC),
+        # TensorRT engines: skipped (exit 99) where there is no GPU; validate runs either way.
+        step_operator("compile", SPEC),
+        step_operator("validate", SPEC, trigger_rule="none_failed"),
+        step_operator("benchmark", SPEC),
+    ]
     meta >> heavy[0]
     for upstream, downstream in itertools.pairwise(heavy):
         upstream >> downstream

@@ -14,7 +14,18 @@ from modelops.settings import Settings
 log = logging.getLogger(__name__)
 
 DEFAULT_VARIANTS = ["ort_fp32", "ort_int8_dynamic"]
-KNOWN_VARIANTS = ["ort_fp32", "ort_int8_dynamic"]
+# ORT variants run (and are benchmarked) on CPU; ModelOpt Q/DQ and TensorRT engines target GPUs
+# (ModelOpt needs `make modelopt`; TensorRT engines are built by the compile step on a GPU node).
+KNOWN_VARIANTS = [
+    "ort_fp32",
+    "ort_int8_dynamic",
+    "ort_int8_static",
+    "modelopt_int8",
+    "modelopt_fp8",
+    "trt_fp16",
+    "trt_int8",
+    "trt_fp8",
+]
 DEFAULT_BENCHMARK = {"concurrency": [1, 4], "batch_size": 1, "measurement_interval_ms": 1000, "max_trials": 6, "threads": 2}
 
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-HEAVY = ("export", "optimize", "validate", "benchmark")
+HEAVY = ("export", "optimize", "compile", "validate", "benchmark")
 SPEC_URI = "s3://modelops-artifacts/runs/digits_cnn/3/abc123/spec.json"
 
 
