@@ -12,7 +12,22 @@ from typing import Any
 
 import numpy as np
 
+import re
+
 from modelops.steps._common import StepError, first_line
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def root_cause(exc: BaseException) -> str:
+    """The innermost cause's first line, without terminal colours.
+
+    The dynamo exporter wraps the useful error (e.g. ``DispatchError: No ONNX function found for
+    aten._linalg_svd``) in a generic ``ConversionError``; users need the operator, not the wrapper.
+    """
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return _ANSI.sub("", first_line(exc))
 
 log = logging.getLogger("model_recipes.torch_export")
 
@@ -51,11 +66,11 @@ def export_torch(model: Any, io: Any, inputs: dict[str, np.ndarray], path: Path,
         return "dynamo"
     except Exception as exc:
         if isinstance(model, torch.fx.GraphModule):
-            raise StepError(f"cannot export to ONNX: {first_line(exc)}") from exc
-        log.warning("dynamo exporter failed (%s); trying the legacy exporter", first_line(exc))
+            raise StepError(f"cannot export to ONNX: {root_cause(exc)}") from exc
+        log.warning("dynamo exporter failed (%s); trying the legacy exporter", root_cause(exc))
         dyn_axes = {n: {0: "batch"} for n in io.input_names + io.output_names} if batched else None
         try:
             torch.onnx.export(model, args, str(path), dynamo=False, dynamic_axes=dyn_axes, **common)
         except Exception as exc2:
-            raise StepError(f"cannot export to ONNX: dynamo: {first_line(exc)}; legacy: {first_line(exc2)}") from exc2
+            raise StepError(f"cannot export to ONNX: dynamo: {root_cause(exc)}; legacy: {root_cause(exc2)}") from exc2
         return "legacy"
