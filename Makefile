@@ -9,7 +9,7 @@ PIP_QUIET := -q --disable-pip-version-check
 # pip prints one line per package for the machine's optional local indexes; keep the log readable.
 PIP_FILTER := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup orchestrator worker tools demo test test-unit test-worker test-integration bench stack-up stack-down lint clean
+.PHONY: setup orchestrator worker modelopt tools demo test test-unit test-worker test-integration bench stack-up stack-down lint clean
 
 setup: orchestrator worker tools
 
@@ -28,6 +28,15 @@ $(WORKER)/.installed: requirements-worker.txt requirements-worker-nodeps.txt pyp
 	set -o pipefail; $(WORKER)/bin/pip install $(PIP_QUIET) -r requirements-worker.txt -r requirements-dev.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	set -o pipefail; $(WORKER)/bin/pip install $(PIP_QUIET) --no-deps -r requirements-worker-nodeps.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	set -o pipefail; $(WORKER)/bin/pip install $(PIP_QUIET) --no-deps -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	touch $@
+
+# NVIDIA ModelOpt (INT8/FP8 Q/DQ for TensorRT) pins onnx/onnxruntime-gpu versions of its own: separate env,
+# optional (about 4 min and 2 GB); without it the modelopt_* variants are skipped with this hint.
+modelopt: .venv-modelopt/.installed
+.venv-modelopt/.installed: requirements-modelopt.txt
+	test -x .venv-modelopt/bin/python || $(PY) -m venv .venv-modelopt
+	set -o pipefail; .venv-modelopt/bin/pip install $(PIP_QUIET) -r requirements-modelopt.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	set -o pipefail; .venv-modelopt/bin/pip install $(PIP_QUIET) --no-deps -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	touch $@
 
 tools: .tools/.installed

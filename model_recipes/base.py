@@ -196,6 +196,11 @@ class Recipe:
         """Deterministic inputs for parity and smoke checks."""
         return random_inputs(io, n, self.sample_seed)
 
+    def calibration_data(self, io: IOSpec, n: int = 128) -> dict[str, np.ndarray]:
+        """Inputs for static quantization. Recipes with their own data override this to keep calibration
+        apart from the rows the accuracy gate scores; the default reuses the first ``n`` eval rows."""
+        return {k: v[:n] for k, v in self.eval_data(io)[0].items()}
+
     def eval_data(self, io: IOSpec) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """Inputs to score candidates on, and true labels when the recipe has them."""
         raise NotImplementedError

@@ -83,7 +83,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
 DEMO_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "digits": ("digits", "digits_cnn", {}),
     "tabular": ("tabular", "wine_classifier", {}),
-    "minilm": ("minilm", "minilm_embedder", {"variants": ["ort_fp32", "ort_int8_dynamic", "ort_int8_static"]}),
+    "minilm": ("minilm", "minilm_embedder", {}),
     "mobilenet": ("mobilenet", "mobilenet_v2", {"latency_slo_ms": 500.0}),
 }
 DEFAULT_DEMO = ("digits", "tabular", "minilm", "mobilenet")

@@ -5,5 +5,5 @@ on stderr. A step reads the run spec (written by ``resolve``) and the results of
 ``<run prefix>/<step>/result.json``; it writes its own result to ``--result`` and to the same place.
 """
 
-HEAVY_STEPS = ("export", "optimize", "validate", "benchmark")
+HEAVY_STEPS = ("export", "optimize", "compile", "validate", "benchmark")
 EXIT_SKIPPED = 99

@@ -1,7 +1,9 @@
-"""Optimize step: one candidate ONNX per requested variant, built with ONNX Runtime's own tools.
+"""Optimize step: one candidate ONNX per requested variant (ONNX Runtime tools, and ModelOpt for TensorRT).
 
-Variants are data (:data:`VARIANTS`: name -> builder). A failing variant is marked ``failed`` with its
-reason and the others continue; the step fails only when every variant fails.
+Variants are data (:data:`VARIANTS`: name -> builder of a :class:`VariantContext`). A failing variant is
+marked ``failed`` with its reason, one that does not apply here ``skipped``, and the others continue; the
+step fails only when every variant it built failed. TensorRT engine variants (``trt_*``) belong to the
+compile step; optimize builds the Q/DQ candidates they start from.
 """
 
 from __future__ import annotations
@@ -10,22 +12,63 @@ import logging
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
+from modelops.steps.compile import ENGINES
 from modelops.storage import Storage, join
 
 log = logging.getLogger("modelops.steps.optimize")
+
+ONNXRUNTIME = "onnxruntime"
+TENSORRT = "tensorrt"  # Q/DQ candidates meant for TensorRT (explicit quantization), not a CPU speed-up
+
+
+def transformer_hints(src: Path) -> dict[str, Any] | None:
+    """The recipe's hint for ONNX Runtime's transformer optimizer, read from the ONNX metadata; None without one.
+
+    A recipe that exports a BERT-like encoder writes ``modelops.ort_model_type`` (e.g. ``bert``),
+    ``modelops.num_heads`` and ``modelops.hidden_size`` into ``metadata_props`` at export
+    (``model_recipes.text_embedding``), so this builder needs no recipe object.
+    """
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    if not props.get("modelops.ort_model_type"):
+        return None
+    return {
+        "model_type": props["modelops.ort_model_type"],
+        "num_heads": int(props.get("modelops.num_heads") or 0),
+        "hidden_size": int(props.get("modelops.hidden_size") or 0),
+    }
 
 
 def ort_fp32(src: Path, dest: Path) -> None:
     """ORT graph optimizations (ORT_ENABLE_EXTENDED: constant folding, Conv/Gemm/activation fusions) saved offline.
 
+    For a model carrying :func:`transformer_hints` (BERT-like encoders), ONNX Runtime's transformer optimizer
+    runs instead: it fuses embeddings + LayerNorm, attention, bias + GELU and skip + LayerNorm, which the
+    generic graph optimizations do not (ORT applies its own runtime optimizations on top when it loads).
     The result holds CPU-provider fused ops (com.microsoft domain): it is meant for ORT on CPU.
     """
     import onnxruntime as ort
 
+    hints = transformer_hints(src)
+    if hints:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        # opt_level=0: only the transformer fusions offline; the session applies the rest at load time
+        optimized = optimize_model(str(src), opt_level=0, use_gpu=False, **hints)
+        fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
+        log.info("transformer optimizer (%s): fused %s", hints, fused)
+        if not fused.get("Attention") and not fused.get("MultiHeadAttention"):
+            log.warning("transformer optimizer fused no attention: the export does not match its patterns")
+        optimized.save_model_to_file(str(dest))
+        return
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.optimized_model_filepath = str(dest)
@@ -50,65 +93,304 @@ def ort_int8_dynamic(src: Path, dest: Path) -> None:
     pre.unlink(missing_ok=True)
 
 
-VARIANTS: dict[str, Callable[[Path, Path], None]] = {
-    "ort_fp32": ort_fp32,
-    "ort_int8_dynamic": ort_int8_dynamic,
+# -------------------------------------------------------------------------------- builders with context
+
+
+class VariantSkipped(Exception):
+    """The variant does not apply here (e.g. no ModelOpt environment): status ``skipped``, not ``failed``."""
+
+
+@dataclass
+class VariantContext:
+    """What a builder gets: paths, the run spec, the recipe and the model's I/O.
+
+    ``recipe``/``io`` are None when the recipe could not be loaded (builders that need them fail with
+    ``recipe_error``). ``artifacts`` is filled by the builder with extra files to upload next to the
+    candidate (name -> local path), even when it then fails (logs). ``shared`` is one dict for all the
+    variants of a run (cached eval/calibration data).
+    """
+
+    src: Path
+    dest: Path
+    spec: dict[str, Any]
+    recipe: Any | None
+    io: Any | None
+    workdir: Path
+    recipe_error: str | None = None
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def need_recipe(self) -> tuple[Any, Any]:
+        if self.recipe is None or self.io is None:
+            raise RuntimeError(f"needs the recipe's data: {self.recipe_error or 'no recipe/io given'}")
+        return self.recipe, self.io
+
+    def calibration(self) -> tuple[dict[str, np.ndarray], str]:
+        """The recipe's calibration inputs (see :func:`modelops.quantization.static.calibration_inputs`), cached."""
+        from modelops.quantization.static import StaticQuantConfig, calibration_inputs
+
+        if "calibration" not in self.shared:
+            recipe, io = self.need_recipe()
+            rows = StaticQuantConfig.from_spec(self.spec.get("static_quant")).calibration_rows
+            self.shared["calibration"] = calibration_inputs(recipe, io, rows)
+        return self.shared["calibration"]
+
+    def scorer(self) -> tuple[Callable[[Path], float], float]:
+        """``(score(model) -> recipe metric vs the source on the eval data, source metric)``, cached."""
+        from modelops.quantization.static import run_model
+
+        if "scorer" not in self.shared:
+            recipe, io = self.need_recipe()
+            eval_inputs, labels = recipe.eval_data(io)
+            reference = run_model(self.src, eval_inputs)[0]
+
+            def score(model: Path) -> float:
+                return float(recipe.metric(run_model(model, eval_inputs)[0], labels, reference))
+
+            self.shared["scorer"] = (score, float(recipe.metric(reference, labels, reference)))
+        return self.shared["scorer"]
+
+
+Builder = Callable[[VariantContext], "dict[str, Any] | None"]
+
+
+def paths_builder(fn: Callable[[Path, Path], None]) -> Builder:
+    """Adapt a ``builder(src, dest)`` (no recipe needed) to the context signature."""
+
+    def build(ctx: VariantContext) -> None:
+        fn(ctx.src, ctx.dest)
+
+    build.__doc__ = fn.__doc__
+    return build
+
+
+def ort_int8_static(ctx: VariantContext) -> dict[str, Any]:
+    """Static INT8 QDQ (U8S8, per-channel), calibrated on the recipe's data, sensitive nodes left in fp32."""
+    from modelops.quantization.static import StaticQuantConfig, quantize_static_auto
+
+    recipe, _ = ctx.need_recipe()
+    config = StaticQuantConfig.from_spec(ctx.spec.get("static_quant"))
+    calibration, calibration_source = ctx.calibration()
+    score, source_metric = ctx.scorer()
+    outcome = quantize_static_auto(
+        ctx.src,
+        ctx.dest,
+        calibration,
+        score,
+        metric_name=recipe.metric_name,
+        source_metric=source_metric,
+        tolerance=float(ctx.spec.get("accuracy_tolerance", 0.01)),
+        workdir=ctx.workdir,
+        config=config,
+    )
+    ctx.shared["static_excluded"] = list(outcome.excluded_nodes)  # ModelOpt INT8 reuses them (same failure mode)
+    return {
+        "quantization": {
+            "method": "onnxruntime.quantize_static",
+            "format": "QDQ",
+            "activation_type": config.activation_type,
+            "weight_type": config.weight_type,
+            "per_channel": config.per_channel,
+            "calibrate_method": config.calibrate_method,
+            "calibration": calibration_source,
+            **outcome.to_dict(),
+        }
+    }
+
+
+def modelopt_exclusions(ctx: VariantContext, mode: str) -> tuple[list[str], str | None]:
+    """Nodes ModelOpt keeps in high precision, and where the list came from.
+
+    ``spec.modelopt.nodes_to_exclude`` wins; otherwise INT8 takes the nodes ``ort_int8_static`` measured as too
+    sensitive in this run (an INT8 Q/DQ graph loses accuracy at the same layers whatever runs it). FP8 keeps
+    its wider dynamic range and gets none by default.
+    """
+    explicit = (ctx.spec.get("modelopt") or {}).get("nodes_to_exclude")
+    if explicit:
+        return list(explicit), "spec.modelopt.nodes_to_exclude"
+    if mode == "int8" and ctx.shared.get("static_excluded"):
+        return list(ctx.shared["static_excluded"]), "ort_int8_static sensitivity"
+    return [], None
+
+
+def modelopt_builder(mode: str) -> Builder:
+    """ModelOpt ``mode`` (int8|fp8) Q/DQ for TensorRT, run in the ModelOpt environment (a subprocess)."""
+
+    def build(ctx: VariantContext) -> dict[str, Any]:
+        from modelops.quantization.modelopt_cli import ModelOptUnavailable, modelopt_python, run_modelopt
+
+        python = modelopt_python()
+        if python is None:
+            raise VariantSkipped("ModelOpt environment not installed: make modelopt")
+        calibration, calibration_source = ctx.calibration()
+        calib = ctx.workdir / "calibration.npz"
+        np.savez(calib, **calibration)
+        ctx.artifacts["modelopt.log"] = ctx.workdir / "modelopt.log"
+        exclude, exclude_source = modelopt_exclusions(ctx, mode)
+        try:
+            summary = run_modelopt(
+                ctx.src,
+                ctx.dest,
+                mode,
+                calib,
+                python=python,
+                log_path=ctx.artifacts["modelopt.log"],
+                nodes_to_exclude=exclude,
+            )
+        except ModelOptUnavailable as exc:
+            raise VariantSkipped(str(exc)) from None
+        if summary.get("quantize_linear", 0) == 0:
+            notes = "; ".join(summary.get("notes") or []) or "no reason logged"
+            raise RuntimeError(f"ModelOpt {mode} quantized no node: {notes}")
+        return {"modelopt": {**summary, "calibration": calibration_source, "nodes_to_exclude_from": exclude_source}}
+
+    build.__doc__ = f"ModelOpt {mode.upper()} Q/DQ ONNX (TensorRT input), calibrated on CPU in .venv-modelopt."
+    return build
+
+
+VARIANTS: dict[str, Builder] = {
+    "ort_fp32": paths_builder(ort_fp32),
+    "ort_int8_dynamic": paths_builder(ort_int8_dynamic),
+    "ort_int8_static": ort_int8_static,
+    "modelopt_int8": modelopt_builder("int8"),
+    "modelopt_fp8": modelopt_builder("fp8"),
 }
+# what runs a variant's candidate (recorded even when the variant fails or is skipped)
+RUNTIMES: dict[str, str] = {"modelopt_int8": TENSORRT, "modelopt_fp8": TENSORRT}
 
 
 def check_variants(variants: list[str]) -> None:
-    unknown = [v for v in variants if v not in VARIANTS]
+    """Every name is an optimize variant or a compile (TensorRT engine) variant; at least one."""
+    known = sorted([*VARIANTS, *ENGINES])
+    unknown = [v for v in variants if v not in VARIANTS and v not in ENGINES]
     if unknown:
-        raise StepError(f"unknown variant(s) {unknown}; known: {sorted(VARIANTS)}")
+        raise StepError(f"unknown variant(s) {unknown}; known: {known}")
     if not variants:
-        raise StepError(f"no variants requested; known: {sorted(VARIANTS)}")
+        raise StepError(f"no variants requested; known: {known}")
 
 
-def build_candidate(variant: str, src: Path, dest: Path) -> dict[str, Any]:
-    """Build one variant and smoke-load it; returns ``{"status","path","size_bytes","reason"}`` (never raises)."""
+def onnx_variants(variants: list[str]) -> list[str]:
+    """The candidates optimize builds, in :data:`VARIANTS` order: the requested ONNX variants plus the Q/DQ
+    sources the requested engines need."""
+    wanted = [v for v in variants if v in VARIANTS]
+    for engine in (v for v in variants if v in ENGINES):
+        source = ENGINES[engine].source
+        if source and source not in wanted:
+            wanted.append(source)
+    return sorted(wanted, key=list(VARIANTS).index)  # registry order: ort_int8_static before modelopt_int8
+
+
+def build_candidate(variant: str, ctx: VariantContext) -> dict[str, Any]:
+    """Build one variant and smoke-load it on CPU (never raises).
+
+    Returns:
+        ``{"status": done|failed|skipped, "path", "size_bytes", "reason", "runtime", "artifacts", ...}`` plus the
+        builder's extra fields. ``runtime`` is ``onnxruntime`` or ``tensorrt`` (Q/DQ models for TensorRT: they
+        need not load in ONNX Runtime on CPU; ``cpu_loadable`` says whether they do).
+    """
     import onnxruntime as ort
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    ctx.dest.parent.mkdir(parents=True, exist_ok=True)
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    base: dict[str, Any] = {"path": None, "size_bytes": 0, "runtime": RUNTIMES.get(variant, ONNXRUNTIME)}
+    base["artifacts"] = ctx.artifacts
     try:
-        VARIANTS[variant](src, dest)
-        ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])  # it must at least load on CPU
+        extra = VARIANTS[variant](ctx) or {}
+    except VariantSkipped as exc:
+        log.info("variant %s skipped: %s", variant, exc)
+        return {**base, "status": "skipped", "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - an optional variant fails with status, not an exception
         log.warning("variant %s failed: %s", variant, first_line(exc))
-        return {"status": "failed", "path": None, "size_bytes": 0, "reason": first_line(exc)}
-    return {"status": "done", "path": dest, "size_bytes": dest.stat().st_size, "reason": None}
+        return {**base, "status": "failed", "reason": first_line(exc)}
+    runtime = extra.pop("runtime", base["runtime"])
+    try:
+        ort.InferenceSession(str(ctx.dest), providers=["CPUExecutionProvider"])  # it must at least load on CPU
+        cpu_error = None
+    except Exception as exc:  # noqa: BLE001
+        cpu_error = first_line(exc)
+    if cpu_error and runtime == ONNXRUNTIME:
+        log.warning("variant %s does not load in ONNX Runtime: %s", variant, cpu_error)
+        return {**base, "status": "failed", "reason": cpu_error}
+    if runtime == TENSORRT:
+        extra["cpu_loadable"] = cpu_error is None
+        extra["cpu_load_error"] = cpu_error
+    return {
+        **base,
+        **extra,
+        "status": "done",
+        "path": ctx.dest,
+        "size_bytes": ctx.dest.stat().st_size,
+        "runtime": runtime,
+        "reason": None,
+    }
 
 
-def optimize_model(src: Path, variants: list[str], out_dir: Path) -> dict[str, dict[str, Any]]:
-    """Build every variant from ``src`` into ``out_dir/<variant>/model.onnx``.
+def optimize_model(
+    src: Path,
+    variants: list[str],
+    out_dir: Path,
+    *,
+    spec: dict[str, Any] | None = None,
+    recipe: Any | None = None,
+    io: Any | None = None,
+    recipe_error: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Build every ONNX variant from ``src`` into ``out_dir/<variant>/model.onnx``.
+
+    Engine variants (``trt_*``) are compile's: they are not built here, but the Q/DQ candidate an engine is
+    built from is (see :func:`onnx_variants`).
 
     Raises:
-        StepError: unknown variant names, or every variant failed.
+        StepError: unknown variant names, or every variant built here failed (skipped ones do not count).
     """
     check_variants(variants)
-    results = {v: build_candidate(v, src, out_dir / v / "model.onnx") for v in variants}
-    if not any(r["status"] == "done" for r in results.values()):
+    shared: dict[str, Any] = {}
+    results = {}
+    for v in onnx_variants(variants):
+        ctx = VariantContext(
+            src, out_dir / v / "model.onnx", spec or {}, recipe, io, out_dir / v / "work", recipe_error, shared=shared
+        )
+        results[v] = build_candidate(v, ctx)
+    statuses = {r["status"] for r in results.values()}
+    if results and "done" not in statuses and "failed" in statuses:
         reasons = "; ".join(f"{v}: {r['reason']}" for v, r in results.items())
         raise StepError(f"every variant failed: {reasons}")
     return results
 
 
+def load_recipe(spec: dict[str, Any], export: dict[str, Any]) -> tuple[Any | None, Any | None, str | None]:
+    """``(recipe, io, error)``: the recipe object and export's I/O, or the reason they are unavailable."""
+    try:
+        from model_recipes import get_recipe
+        from model_recipes.base import IOSpec
+
+        return get_recipe(spec["recipe"]), IOSpec.from_dict(export["io"], export.get("max_batch_size")), None
+    except Exception as exc:  # noqa: BLE001 - only the variants that need the recipe fail
+        return None, None, f"recipe {spec.get('recipe')!r} unavailable: {first_line(exc)}"
+
+
 def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
-    """The step: download export's ONNX, build the candidates, upload them."""
+    """The step: download export's ONNX, build the candidates, upload them (and their extra artifacts)."""
     variants = list(spec.get("variants") or [])
     check_variants(variants)
     export = load_result(storage, spec, "export")
+    recipe, io, recipe_error = load_recipe(spec, export)
     with tempfile.TemporaryDirectory(prefix="modelops-optimize-") as tmp:
         src = storage.download_file(export["outputs"]["onnx"], Path(tmp) / "source.onnx")
-        results = optimize_model(src, variants, Path(tmp) / "out")
+        results = optimize_model(
+            src, variants, Path(tmp) / "out", spec=spec, recipe=recipe, io=io, recipe_error=recipe_error
+        )
         candidates: dict[str, Any] = {}
         for variant, res in results.items():
-            uri = storage.upload_file(res["path"], join(variant_prefix(spec, variant), "model.onnx")) if res["path"] else None
-            candidates[variant] = {
-                "status": res["status"],
-                "onnx": uri,
-                "size_bytes": res["size_bytes"],
-                "reason": res["reason"],
+            prefix = variant_prefix(spec, variant)
+            path, artifacts = res.pop("path"), res.pop("artifacts")
+            res["onnx"] = storage.upload_file(path, join(prefix, "model.onnx")) if path else None
+            res["artifacts"] = {
+                name: storage.upload_file(local, join(prefix, name))
+                for name, local in artifacts.items()
+                if local.is_file()
             }
+            candidates[variant] = res
         source_size = src.stat().st_size
     return {"status": "done", "candidates": candidates, "source_size_bytes": source_size}
 
