@@ -7,12 +7,11 @@ the functions (this module is only loaded in the worker environment).
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-import re
 
 from modelops.steps._common import StepError, first_line
 

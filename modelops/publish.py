@@ -94,13 +94,16 @@ def publish_candidate(
         raise PublishError(f"variant {variant!r} has no optimized model to publish")
     with tempfile.TemporaryDirectory(prefix="modelops-publish-") as tmp:
         onnx_path = storage.download_file(candidate["onnx"], Path(tmp) / "src" / "model.onnx")
+        # text-in recipes serve another contract than the ONNX model's (export's serving_kind/serving_io + tokenizer)
+        assets_uri = export_result["outputs"].get("serving_assets")
         root = build_model_dir(
             Path(tmp) / deployment,
             name=deployment,
-            kind="onnxruntime",
+            kind=export_result.get("serving_kind") or "onnxruntime",
             model_path=onnx_path,
-            io=export_result["io"],
+            io=export_result.get("serving_io") or export_result["io"],
             max_batch_size=int(export_result["max_batch_size"]),
+            assets=storage.download_dir(assets_uri, Path(tmp) / "assets") if assets_uri else None,
         )
         manifest = build_manifest(root, spec, variant, deployment, export_result.get("versions", {}))
         for rel in manifest["files"]:

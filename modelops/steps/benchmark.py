@@ -12,7 +12,7 @@ import logging
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from modelops.settings import Settings
 from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
 from modelops.storage import Storage, join
 from modelops.triton.local_server import TritonProcess, TritonStartError
-from modelops.triton.model_dir import build_model_dir
+from modelops.triton.model_dir import ONNX_FILE_KINDS, build_model_dir
 
 log = logging.getLogger("modelops.steps.benchmark")
 
@@ -45,6 +45,7 @@ class Target:
     kind: str  # a key of modelops.triton.model_dir.MODEL_KINDS
     model_path: Path
     expected: dict[str, np.ndarray] | None = None
+    assets: Path | None = None  # kinds in model_dir.ASSET_KINDS: export's serving_assets (tokenizer)
 
 
 def _shapes(io: dict[str, Any]) -> dict[str, list[int]] | None:
@@ -91,6 +92,7 @@ def benchmark_target(
         io=io,
         max_batch_size=max_batch_size,
         threads=perf.threads,
+        assets=target.assets,
     )
     try:
         with TritonProcess(repo, [name], log_path=triton_log, settings=tools) as triton:
@@ -129,6 +131,30 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: npz[k] for k in npz.files}
 
 
+def _json_ready(array: np.ndarray) -> np.ndarray:
+    """UTF-8 bytes (npz keeps text as ``S``) -> object array of str; other arrays unchanged."""
+    if array.dtype.kind == "S":
+        return np.char.decode(array, "utf-8").astype(object)
+    return array.astype(object) if array.dtype.kind == "U" else array
+
+
+def _serving_inputs(
+    storage: Storage, export: dict[str, Any], work: Path
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray], Path, Path]:
+    """For recipes whose clients send other tensors than the ONNX model takes (text): what Triton sees.
+
+    Returns ``(serving_io, client samples, source outputs on them, assets dir, perf_analyzer input JSON)``.
+    BYTES samples become object arrays of str (the JSON that ``TritonProcess.infer`` sends).
+    """
+    outputs, io = export["outputs"], export["serving_io"]
+    npz = _load_npz(storage.download_file(outputs["serving_samples"], work / "serving_samples.npz"))
+    samples = {t["name"]: _json_ready(npz[t["name"]]) for t in io["inputs"]}
+    expected = {t["name"]: npz[f"output:{t['name']}"] for t in io["outputs"]}
+    assets = storage.download_dir(outputs["serving_assets"], work / "serving_assets")
+    perf_data = storage.download_file(outputs["perf_input_data"], work / "perf_input_data.json")
+    return io, samples, expected, assets, perf_data
+
+
 def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
     """The step: baseline first (its failure fails the step), then every accepted candidate."""
     export = load_result(storage, spec, "export")
@@ -141,9 +167,17 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
         work = Path(tmp)
         all_samples = _load_npz(storage.download_file(export["outputs"]["samples"], work / "samples.npz"))
         samples = {t["name"]: all_samples[t["name"]] for t in io["inputs"]}
-        baseline_dir = storage.download_dir(export["outputs"]["source_model"], work / "source_model")
+        baseline_kind = export.get("baseline_kind", "pytorch")
+        if baseline_kind in ONNX_FILE_KINDS:  # the source is an ONNX model: serve export's as-is copy
+            baseline_path = storage.download_file(export["outputs"]["onnx"], work / "source_model" / "model.onnx")
+        else:
+            baseline_path = storage.download_dir(export["outputs"]["source_model"], work / "source_model")
         expected_src = {t["name"]: all_samples[f"output:{t['name']}"] for t in io["outputs"]}
-        targets = [Target(BASELINE, export.get("baseline_kind", "pytorch"), baseline_dir, expected_src)]
+        candidate_kind, assets = export.get("serving_kind") or "onnxruntime", None
+        if export.get("serving_io"):  # text in: serve, smoke-check and measure with what clients send
+            io, samples, expected_src, assets, perf_data = _serving_inputs(storage, export, work)
+            perf = replace(perf, input_data=str(perf_data))
+        targets = [Target(BASELINE, baseline_kind, baseline_path, expected_src, assets)]
         for variant, res in validate["candidates"].items():
             if res.get("status") != "accepted":
                 continue
@@ -151,7 +185,7 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
                 optimize["candidates"][variant]["onnx"], work / "models" / variant / "model.onnx"
             )
             expected = _load_npz(storage.download_file(res["sample_outputs"], work / "models" / variant / "sample.npz"))
-            targets.append(Target(variant, "onnxruntime", onnx, expected))
+            targets.append(Target(variant, candidate_kind, onnx, expected, assets))
         for target in targets:
             res = benchmark_target(target, io=io, max_batch_size=mbs, perf=perf, work=work / "runs", samples=samples)
             vprefix = variant_prefix(spec, target.variant)
@@ -165,6 +199,8 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
             if target.variant == BASELINE and res["status"] != "done":
                 raise StepError(f"baseline ({target.kind} in Triton) failed: {res['reason']}")
     settings = {**perf.as_dict(), "max_batch_size": mbs, "instance_count": 1}
+    if export.get("serving_io"):  # the JSON perf_analyzer read, not the temporary copy
+        settings["input_data"] = export["outputs"]["perf_input_data"]
     return {"status": "done", "variants": variants, "settings": settings}
 
 

@@ -36,6 +36,8 @@ class ExportOutcome:
     exporter: str
     baseline_kind: str  # Triton model kind serving the source model in its own framework
     versions: dict[str, str]
+    # recipes whose clients see other tensors than the ONNX model (text in): model_recipes' write_serving_artifacts
+    serving: dict[str, Any] | None = None
 
 
 def read_mlmodel(model_dir: Path) -> dict[str, Any]:
@@ -116,8 +118,10 @@ def export_model(
     recipe = get_recipe(recipe_name)
     mlmodel = mlmodel or read_mlmodel(model_dir)
     try:
-        io = recipe.io(mlmodel)
-    except ValueError as exc:
+        # recipes that read I/O from the model file itself (onnx_generic) define io_from_model_dir
+        from_dir = getattr(recipe, "io_from_model_dir", None)
+        io = from_dir(model_dir, mlmodel) if from_dir else recipe.io(mlmodel)
+    except (ValueError, FileNotFoundError) as exc:
         raise StepError(f"cannot read the model's tensor signature: {exc}") from exc
     try:
         model = recipe.load(model_dir)
@@ -167,7 +171,11 @@ def export_model(
     samples_path = out_dir / "samples.npz"
     np.savez(samples_path, **samples, **{f"output:{n}": r for n, r in zip(io.output_names, reference, strict=True)})
     log.info("exported with the %s exporter, parity max abs diff %.3g", exporter, worst)
-    return ExportOutcome(onnx_path, samples_path, io, worst, exporter, recipe.baseline_kind, recipe.library_versions())
+    serving_hook = getattr(recipe, "write_serving_artifacts", None)
+    serving = serving_hook(model, reference, out_dir / "serving") if serving_hook else None
+    return ExportOutcome(
+        onnx_path, samples_path, io, worst, exporter, recipe.baseline_kind, recipe.library_versions(), serving
+    )
 
 
 def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
@@ -187,9 +195,11 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
         samples_uri = storage.upload_file(outcome.samples_path, join(prefix, "samples.npz"))
         source_model_uri = join(prefix, "source_model")
         storage.upload_dir(model_dir, source_model_uri)
+        serving = _upload_serving(storage, prefix, outcome.serving)
+    serving_outputs = serving.pop("serving_outputs", {})
     return {
         "status": "done",
-        "outputs": {"onnx": onnx_uri, "samples": samples_uri, "source_model": source_model_uri},
+        "outputs": {"onnx": onnx_uri, "samples": samples_uri, "source_model": source_model_uri, **serving_outputs},
         "metrics": {"parity_max_abs_diff": outcome.parity_max_abs_diff},
         "io": outcome.io.to_dict(),
         "max_batch_size": outcome.io.max_batch_size,
@@ -198,6 +208,30 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
         "recipe": spec["recipe"],
         "baseline_kind": outcome.baseline_kind,
         "versions": outcome.versions,
+        **serving,
+    }
+
+
+def _upload_serving(storage: Storage, prefix: str, serving: dict[str, Any] | None) -> dict[str, Any]:
+    """Upload a recipe's serving artifacts; returns the extra result keys (none for tensor-in recipes).
+
+    ``serving_kind`` (the Triton model kind of the candidates), ``serving_io`` (what clients send and get)
+    and under ``outputs``: ``serving_assets`` (directory shipped at ``1/tokenizer/``), ``serving_samples``
+    (npz of client inputs, e.g. ``text`` bytes ``[n, 1]``, with the source outputs ``output:<name>``) and
+    ``perf_input_data`` (perf_analyzer's ``--input-data`` JSON).
+    """
+    if not serving:
+        return {}
+    base = join(prefix, "serving")
+    storage.upload_dir(serving["assets"], join(base, "assets"))
+    return {
+        "serving_kind": serving["serving_kind"],
+        "serving_io": serving["serving_io"],
+        "serving_outputs": {
+            "serving_assets": join(base, "assets"),
+            "serving_samples": storage.upload_file(serving["samples"], join(base, "serving_samples.npz")),
+            "perf_input_data": storage.upload_file(serving["perf_input_data"], join(base, "perf_input_data.json")),
+        },
     }
 
 

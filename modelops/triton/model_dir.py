@@ -9,6 +9,7 @@ Layout::
     <name>/1/model.py          python-backend model (onnxruntime or pytorch runtime)
     <name>/1/model.onnx        kind "onnxruntime"
     <name>/1/model/...         kind "pytorch": the MLflow model directory (MLmodel, data/...)
+    <name>/1/tokenizer/...     kinds "onnxruntime_text"/"transformers_text": tokenizer.json + serving.json
 """
 
 from __future__ import annotations
@@ -27,10 +28,16 @@ PYTHON_TEMPLATES = TEMPLATES_DIR / "python"
 MODEL_KINDS: dict[str, str] = {
     "onnxruntime": "onnxruntime_model.py",
     "pytorch": "pytorch_model.py",
+    "sklearn": "sklearn_model.py",
+    "onnxruntime_text": "onnxruntime_text_model.py",  # raw text in: tokenizer + ONNX Runtime encoder
+    "transformers_text": "transformers_text_model.py",  # raw text in: tokenizer + the MLflow model in PyTorch eager
 }
 # kinds whose model is a single ONNX file at 1/model.onnx; every other kind ships an MLflow model
 # directory at 1/model/ (the source model served in its own framework).
-ONNX_FILE_KINDS: frozenset[str] = frozenset({"onnxruntime"})
+ONNX_FILE_KINDS: frozenset[str] = frozenset({"onnxruntime", "onnxruntime_text"})
+# kinds that also ship assets (a tokenizer: tokenizer.json + serving.json), copied to 1/<ASSETS_DIR>/
+ASSET_KINDS: frozenset[str] = frozenset({"onnxruntime_text", "transformers_text"})
+ASSETS_DIR = "tokenizer"
 
 # numpy dtype name -> Triton data type
 TRITON_DTYPES: dict[str, str] = {
@@ -116,6 +123,7 @@ def build_model_dir(
     max_batch_size: int,
     instance_count: int = 1,
     threads: int = 2,
+    assets: Path | None = None,
 ) -> Path:
     """Write a complete Triton model directory at ``dest`` (whose last component must be ``name``).
 
@@ -129,6 +137,8 @@ def build_model_dir(
         max_batch_size: Triton's max_batch_size.
         instance_count: CPU instances.
         threads: intra-op threads per instance.
+        assets: for :data:`ASSET_KINDS`, the directory copied to ``1/tokenizer/`` (export's
+            ``outputs.serving_assets``: ``tokenizer.json`` + ``serving.json``).
 
     Returns:
         ``dest``.
@@ -143,6 +153,8 @@ def build_model_dir(
         raise ValueError(f"kind {kind!r} needs an .onnx file, got {model_path}")
     if kind not in ONNX_FILE_KINDS and not (model_path / "MLmodel").is_file():
         raise ValueError(f"kind {kind!r} needs an MLflow model directory (with MLmodel), got {model_path}")
+    if kind in ASSET_KINDS and (assets is None or not (Path(assets) / "tokenizer.json").is_file()):
+        raise ValueError(f"kind {kind!r} needs assets with a tokenizer.json (export's serving_assets), got {assets}")
     if dest.exists():
         shutil.rmtree(dest)
     version_dir = dest / "1"
@@ -153,4 +165,6 @@ def build_model_dir(
         shutil.copyfile(model_path, version_dir / "model.onnx")
     else:
         shutil.copytree(model_path, version_dir / "model")
+    if kind in ASSET_KINDS and assets is not None:
+        shutil.copytree(assets, version_dir / ASSETS_DIR)
     return dest
