@@ -175,7 +175,8 @@ def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]
             spec["triton_bucket"],
             spec["model_name"],
             publication["deployment"],
-            samples_uri=export["outputs"]["samples"],
+            # text-in recipes: Triton is asked with raw text (serving samples), not the ONNX token ids
+            samples_uri=export["outputs"].get("serving_samples") or export["outputs"]["samples"],
             candidate_outputs_uri=verdict["sample_outputs"],
             run_id=spec["run_id"],
             rollout_percent=int(spec.get("rollout", 100)),

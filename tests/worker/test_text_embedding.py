@@ -23,7 +23,7 @@ pytest.importorskip("onnxruntime")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from model_recipes import select_recipe
-from model_recipes.text_embedding import RECIPE, PERF_SEQ_LEN, save_local, tokenize
+from model_recipes.text_embedding import PERF_SEQ_LEN, RECIPE, save_local, tokenize
 from model_recipes.text_sentences import EVAL_SENTENCES, SAMPLE_SENTENCES
 from modelops.settings import Settings
 from modelops.steps import benchmark, export, optimize, validate
