@@ -181,6 +181,11 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
         for variant, res in validate["candidates"].items():
             if res.get("status") != "accepted":
                 continue
+            if optimize["candidates"][variant].get("runtime") == "tensorrt":
+                # ModelOpt Q/DQ models are TensorRT inputs: timing them in the CPU python backend says nothing
+                variants[variant] = {"status": "skipped", "kind": "tensorrt", "points": [],
+                                     "reason": "targets TensorRT: benchmarked as an engine on a GPU node"}
+                continue
             onnx = storage.download_file(
                 optimize["candidates"][variant]["onnx"], work / "models" / variant / "model.onnx"
             )
