@@ -208,3 +208,22 @@ class Recipe:
     def metric(self, outputs: np.ndarray, labels: np.ndarray | None, source_outputs: np.ndarray) -> float:
         """Score the first output of a candidate; higher is better."""
         raise NotImplementedError
+
+
+def registration_record(
+    info: Any, run: Any, name: str, alias: str | None, *, accuracy: float, serialization: str | None
+) -> dict[str, Any]:
+    """Point ``alias`` at the version ``log_model`` registered and describe it (what demo registration prints)."""
+    from mlflow import MlflowClient
+
+    version = str(info.registered_model_version)
+    if alias:
+        MlflowClient().set_registered_model_alias(name, alias, version)
+    return {
+        "name": name,
+        "version": version,
+        "alias": alias,
+        "accuracy": accuracy,
+        "run_id": run.info.run_id,
+        "serialization": serialization,
+    }

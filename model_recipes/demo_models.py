@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model_recipes.base import registration_record
 from model_recipes.digits_cnn import accuracy, digits_split
 
 SEED = 0
@@ -180,7 +181,6 @@ def register(kind: str, name: str, alias: str | None = None, serialization: str 
     """
     import mlflow
     import mlflow.pytorch
-    from mlflow import MlflowClient
 
     if kind in EXTERNAL_KINDS:
         import importlib
@@ -202,17 +202,7 @@ def register(kind: str, name: str, alias: str | None = None, serialization: str 
             serialization_format=serialization,
             metadata=recipe_metadata(kind),
         )
-    version = str(info.registered_model_version)
-    if alias:
-        MlflowClient().set_registered_model_alias(name, alias, version)
-    return {
-        "name": name,
-        "version": version,
-        "alias": alias,
-        "accuracy": round(trained.accuracy, 4),
-        "run_id": run.info.run_id,
-        "serialization": serialization,
-    }
+    return registration_record(info, run, name, alias, accuracy=round(trained.accuracy, 4), serialization=serialization)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model_recipes.base import IOSpec, Recipe, TensorSpec, io_from_signature
+from model_recipes.base import IOSpec, Recipe, TensorSpec, io_from_signature, registration_record
 
 log = logging.getLogger("model_recipes.mobilenet_v2")
 
@@ -345,7 +345,6 @@ def register_demo(name: str, alias: str | None = None, serialization: str | None
     """
     import mlflow
     import mlflow.pytorch
-    from mlflow import MlflowClient
 
     serialization = serialization or "pt2"
     model = load_pretrained()
@@ -366,14 +365,4 @@ def register_demo(name: str, alias: str | None = None, serialization: str | None
             metadata={"modelops.recipe": RECIPE_NAME},
             pip_requirements=pip_requirements(),
         )
-    version = str(info.registered_model_version)
-    if alias:
-        MlflowClient().set_registered_model_alias(name, alias, version)
-    return {
-        "name": name,
-        "version": version,
-        "alias": alias,
-        "accuracy": round(prob, 4),
-        "run_id": run.info.run_id,
-        "serialization": serialization,
-    }
+    return registration_record(info, run, name, alias, accuracy=round(prob, 4), serialization=serialization)

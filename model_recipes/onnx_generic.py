@@ -22,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from model_recipes.base import DEFAULT_MAX_BATCH_SIZE, IOSpec, Recipe, TensorSpec, io_from_signature, random_inputs
+from model_recipes.base import (
+    DEFAULT_MAX_BATCH_SIZE,
+    IOSpec,
+    Recipe,
+    TensorSpec,
+    io_from_signature,
+    random_inputs,
+    registration_record,
+)
 from model_recipes.pytorch_generic import mean_cosine
 
 RECIPE_NAME = "onnx_generic"
@@ -225,7 +233,6 @@ def register_demo(name: str, alias: str | None = None, serialization: str | None
     """
     import mlflow
     import mlflow.onnx
-    from mlflow import MlflowClient
 
     model, example, accuracy = demo_onnx_model()
     mlflow.set_experiment(f"demo/{name}")
@@ -239,14 +246,4 @@ def register_demo(name: str, alias: str | None = None, serialization: str | None
             signature=_signature(model, example),
             pip_requirements=["onnxruntime"],
         )
-    version = str(info.registered_model_version)
-    if alias:
-        MlflowClient().set_registered_model_alias(name, alias, version)
-    return {
-        "name": name,
-        "version": version,
-        "alias": alias,
-        "accuracy": round(accuracy, 4),
-        "run_id": run.info.run_id,
-        "serialization": "onnx",
-    }
+    return registration_record(info, run, name, alias, accuracy=round(accuracy, 4), serialization="onnx")

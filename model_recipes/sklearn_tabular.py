@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from model_recipes.base import IOSpec, Recipe, TensorSpec
+from model_recipes.base import IOSpec, Recipe, TensorSpec, registration_record
 
 RECIPE_NAME = "sklearn_tabular"
 TEST_SIZE = 0.3
@@ -297,7 +297,6 @@ def register_demo(name: str, alias: str | None = None, serialization: str | None
     """
     import mlflow
     import mlflow.sklearn
-    from mlflow import MlflowClient
 
     serialization = serialization or "skops"
     model, acc, x_test = train_demo()
@@ -308,14 +307,4 @@ def register_demo(name: str, alias: str | None = None, serialization: str | None
         mlflow.log_params({"kind": "tabular", "dataset": "breast_cancer", "seed": SPLIT_SEED})
         mlflow.log_metric("heldout_accuracy", acc)
         info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name, **kwargs)
-    version = str(info.registered_model_version)
-    if alias:
-        MlflowClient().set_registered_model_alias(name, alias, version)
-    return {
-        "name": name,
-        "version": version,
-        "alias": alias,
-        "accuracy": round(acc, 4),
-        "run_id": run.info.run_id,
-        "serialization": serialization,
-    }
+    return registration_record(info, run, name, alias, accuracy=round(acc, 4), serialization=serialization)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model_recipes.base import IOSpec, Recipe, TensorSpec
+from model_recipes.base import IOSpec, Recipe, TensorSpec, registration_record
 from model_recipes.pytorch_generic import mean_cosine
 from model_recipes.text_sentences import CALIBRATION_SENTENCES, EVAL_SENTENCES, SAMPLE_SENTENCES, TOPIC_SIZE
 
@@ -501,7 +501,6 @@ def register_demo(name: str, alias: str | None = None, serialization: str | None
     """
     import mlflow
     import mlflow.sentence_transformers
-    from mlflow import MlflowClient
 
     model = _demo_model()
     mlflow.set_experiment(DEMO_EXPERIMENT.format(name=name))
@@ -515,17 +514,7 @@ def register_demo(name: str, alias: str | None = None, serialization: str | None
             metadata={"modelops.recipe": "text_embedding"},
             pip_requirements=pip_requirements(),
         )
-    version = str(info.registered_model_version)
-    if alias:
-        MlflowClient().set_registered_model_alias(name, alias, version)
-    return {
-        "name": name,
-        "version": version,
-        "alias": alias,
-        "accuracy": 1.0,
-        "run_id": run.info.run_id,
-        "serialization": serialization or "safetensors",
-    }
+    return registration_record(info, run, name, alias, accuracy=1.0, serialization=serialization or "safetensors")
 
 
 RECIPE = TextEmbedding()
