@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,7 +142,7 @@ def random_inputs(io: IOSpec, n: int, seed: int) -> dict[str, np.ndarray]:
     return out
 
 
-class Recipe:
+class Recipe(ABC):
     """Base recipe for ``mlflow.pytorch`` models with a tensor signature.
 
     Subclasses set ``name``/``metric_name`` and implement :meth:`eval_data` and :meth:`metric`. Recipes
@@ -201,13 +202,13 @@ class Recipe:
         apart from the rows the accuracy gate scores; the default reuses the first ``n`` eval rows."""
         return {k: v[:n] for k, v in self.eval_data(io)[0].items()}
 
+    @abstractmethod
     def eval_data(self, io: IOSpec) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """Inputs to score candidates on, and true labels when the recipe has them."""
-        raise NotImplementedError
 
+    @abstractmethod
     def metric(self, outputs: np.ndarray, labels: np.ndarray | None, source_outputs: np.ndarray) -> float:
         """Score the first output of a candidate; higher is better."""
-        raise NotImplementedError
 
 
 def registration_record(

@@ -26,10 +26,10 @@ from torch import nn
 
 from model_recipes import UnsupportedModel, select_recipe
 from modelops.settings import Settings
-from modelops.steps import benchmark, export, optimize, validate
-from modelops.steps._common import StepError, run_step
+from modelops.steps import benchmark, export
+from modelops.steps._common import StepError
+from tests.worker.stepkit import Pipelines, step, write_spec
 
-STEPS = {"export": export.run, "optimize": optimize.run, "validate": validate.run, "benchmark": benchmark.run}
 RECIPES = ("sklearn_tabular", "onnx_generic", "mobilenet_v2")
 FLAVORS = {"sklearn_tabular": "sklearn", "onnx_generic": "onnx", "mobilenet_v2": "pytorch"}
 
@@ -66,28 +66,26 @@ def make_spec(tmp: Path, recipe: str, model_dir: Path, **overrides: Any) -> Path
         "benchmark": {"concurrency": [1], "batch_size": 1, "measurement_interval_ms": 500, "max_trials": 3,
                       "threads": 2},
     }  # fmt: skip
-    spec.update(overrides)
-    path = tmp / "spec.json"
-    path.write_text(json.dumps(spec))
-    return path
+    return write_spec(tmp, spec, **overrides)
 
 
-def step(name: str, spec_path: Path) -> dict[str, Any]:
-    result_path = spec_path.parent / f"{name}.result.json"
-    rc = run_step(name, STEPS[name], ["--spec", str(spec_path), "--result", str(result_path)])
-    assert rc == 0, f"{name} exited {rc}"
-    return json.loads(result_path.read_text())
+
+@pytest.fixture(scope="session")
+def pipelines(saved, tmp_path_factory) -> Pipelines:
+    """export, optimize and validate a saved model (once per recipe); results keyed by step."""
+
+    def build(recipe: str) -> dict[str, Any]:
+        model_dir, info = saved[recipe]
+        spec_path = make_spec(tmp_path_factory.mktemp(f"run-{recipe}"), recipe, model_dir)
+        results = {name: step(name, spec_path) for name in ("export", "optimize", "validate")}
+        return {"recipe": recipe, "model_dir": model_dir, "info": info, "spec_path": spec_path, **results}
+
+    return Pipelines(build)
 
 
-@pytest.fixture(scope="module", params=RECIPES)
-def pipeline(request, saved, tmp_path_factory) -> dict[str, Any]:
-    """export, optimize and validate one saved model; results keyed by step."""
-    recipe = request.param
-    model_dir, info = saved[recipe]
-    tmp = tmp_path_factory.mktemp(f"run-{recipe}")
-    spec_path = make_spec(tmp, recipe, model_dir)
-    results = {name: step(name, spec_path) for name in ("export", "optimize", "validate")}
-    return {"recipe": recipe, "model_dir": model_dir, "info": info, "spec_path": spec_path, **results}
+@pytest.fixture(params=RECIPES)
+def pipeline(request, pipelines) -> dict[str, Any]:
+    return pipelines(request.param)
 
 
 def test_recipe_is_selected_from_the_saved_mlmodel(pipeline):
@@ -148,9 +146,8 @@ def test_validate_metrics(pipeline):
             assert int8["status"] == "rejected" and "top1_agreement" in int8["reason"]
 
 
-def test_sklearn_onnx_outputs_are_triton_shaped(saved, pipeline):
-    if pipeline["recipe"] != "sklearn_tabular":
-        pytest.skip("sklearn only")
+def test_sklearn_onnx_outputs_are_triton_shaped(pipelines):
+    pipeline = pipelines("sklearn_tabular")
     import onnxruntime as ort
 
     from model_recipes.sklearn_tabular import dataset_split
@@ -164,9 +161,8 @@ def test_sklearn_onnx_outputs_are_triton_shaped(saved, pipeline):
     assert (label[:, 0] == proba.argmax(axis=1)).all()
 
 
-def test_onnx_as_is_copy_keeps_the_graph(pipeline):
-    if pipeline["recipe"] != "onnx_generic":
-        pytest.skip("onnx only")
+def test_onnx_as_is_copy_keeps_the_graph(pipelines):
+    pipeline = pipelines("onnx_generic")
     import onnx
     from onnx import numpy_helper
 
@@ -182,9 +178,8 @@ def test_onnx_as_is_copy_keeps_the_graph(pipeline):
     assert any(p.suffix == ".data" for p in pipeline["model_dir"].iterdir())
 
 
-def test_mobilenet_weights_and_eval_photos(pipeline):
-    if pipeline["recipe"] != "mobilenet_v2":
-        pytest.skip("mobilenet only")
+def test_mobilenet_weights_and_eval_photos(pipelines):
+    pipeline = pipelines("mobilenet_v2")
     from model_recipes.mobilenet_v2 import CAT_CLASSES, eval_images
 
     assert pipeline["info"]["sanity_class"] in CAT_CLASSES  # chelsea is a cat: the strict-loaded weights work
@@ -199,9 +194,8 @@ triton = pytest.mark.skipif(not Settings.from_env().tritonserver_bin.exists(), r
 
 
 @triton
-def test_sklearn_baseline_serves_in_triton(pipeline, tmp_path):
-    if pipeline["recipe"] != "sklearn_tabular":
-        pytest.skip("one Triton round trip of the new baseline template is enough")
+def test_sklearn_baseline_serves_in_triton(pipelines, tmp_path):
+    pipeline = pipelines("sklearn_tabular")
     from modelops.perf import PerfSettings
 
     res = pipeline["export"]

@@ -20,13 +20,13 @@ pytest.importorskip("onnxruntime")
 
 from model_recipes.demo_models import save_local
 from modelops.settings import Settings
-from modelops.steps import benchmark, export, optimize, validate
-from modelops.steps._common import StepError, run_step
+from modelops.steps import optimize
+from modelops.steps._common import StepError
 from modelops.steps.validate import validate_candidates
 from modelops.storage import Storage
+from tests.worker.stepkit import Pipelines, step, write_spec
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = {"export": export.run, "optimize": optimize.run, "validate": validate.run, "benchmark": benchmark.run}
 MODELS = {"digits": ("digits_cnn", "pt2"), "wine": ("pytorch_generic", "pickle")}
 
 
@@ -51,27 +51,25 @@ def make_spec(tmp: Path, kind: str, model_dir: Path, **overrides: Any) -> Path:
         "run_id": "t1", "run_prefix": str(tmp / "run"),
         "benchmark": {"concurrency": [1, 4], "batch_size": 1, "measurement_interval_ms": 500, "max_trials": 4, "threads": 2},
     }  # fmt: skip
-    spec.update(overrides)
-    path = tmp / "spec.json"
-    path.write_text(json.dumps(spec))
-    return path
+    return write_spec(tmp, spec, **overrides)
 
 
-def step(name: str, spec_path: Path) -> dict[str, Any]:
-    result_path = spec_path.parent / f"{name}.result.json"
-    rc = run_step(name, STEPS[name], ["--spec", str(spec_path), "--result", str(result_path)])
-    assert rc == 0, f"{name} exited {rc}"
-    return json.loads(result_path.read_text())
+
+@pytest.fixture(scope="session")
+def pipelines(saved_models, tmp_path_factory) -> Pipelines:
+    """export, optimize and validate a model (once per model); results keyed by step."""
+
+    def build(kind: str) -> dict[str, Any]:
+        spec_path = make_spec(tmp_path_factory.mktemp(f"run-{kind}"), kind, saved_models[kind])
+        results = {name: step(name, spec_path) for name in ("export", "optimize", "validate")}
+        return {"kind": kind, "spec_path": spec_path, "spec": json.loads(spec_path.read_text()), **results}
+
+    return Pipelines(build)
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
-def pipeline(request, saved_models, tmp_path_factory) -> dict[str, Any]:
-    """export, optimize and validate one model; results keyed by step."""
-    kind = request.param
-    tmp = tmp_path_factory.mktemp(f"run-{kind}")
-    spec_path = make_spec(tmp, kind, saved_models[kind])
-    results = {name: step(name, spec_path) for name in ("export", "optimize", "validate")}
-    return {"kind": kind, "spec_path": spec_path, "spec": json.loads(spec_path.read_text()), **results}
+@pytest.fixture(params=sorted(MODELS))
+def pipeline(request, pipelines) -> dict[str, Any]:
+    return pipelines(request.param)
 
 
 def test_export(pipeline):
@@ -224,9 +222,8 @@ triton = pytest.mark.skipif(not Settings.from_env().tritonserver_bin.exists(), r
 
 
 @triton
-def test_benchmark(pipeline):
-    if pipeline["kind"] != "digits":
-        pytest.skip("one model is enough for the Triton round trip (~30 s)")
+def test_benchmark(pipelines):
+    pipeline = pipelines("digits")
     res = step("benchmark", pipeline["spec_path"])
     variants = res["variants"]
     assert set(variants) == {"baseline", "ort_fp32", "ort_int8_dynamic"}
@@ -242,9 +239,8 @@ def test_benchmark(pipeline):
 
 
 @triton
-def test_benchmark_marks_an_unloadable_candidate_failed(pipeline, tmp_path):
-    if pipeline["kind"] != "wine":
-        pytest.skip("once is enough")
+def test_benchmark_marks_an_unloadable_candidate_failed(pipelines, tmp_path):
+    pipeline = pipelines("wine")
     from modelops.perf import PerfSettings
     from modelops.steps.benchmark import Target, benchmark_target
 

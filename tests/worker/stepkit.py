@@ -1,0 +1,39 @@
+"""Run steps in-process on local paths exactly as their CLIs do (shared by the worker tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from modelops.steps import benchmark, export, optimize, validate
+from modelops.steps._common import run_step
+
+STEPS = {"export": export.run, "optimize": optimize.run, "validate": validate.run, "benchmark": benchmark.run}
+
+
+def write_spec(tmp: Path, spec: dict[str, Any], **overrides: Any) -> Path:
+    """Write ``spec`` (with ``overrides``) to ``tmp/spec.json``."""
+    path = tmp / "spec.json"
+    path.write_text(json.dumps({**spec, **overrides}))
+    return path
+
+
+def step(name: str, spec_path: Path) -> dict[str, Any]:
+    """Run one step through its ``run_step`` frame; assert it succeeded and return its result."""
+    result_path = spec_path.parent / f"{name}.result.json"
+    rc = run_step(name, STEPS[name], ["--spec", str(spec_path), "--result", str(result_path)])
+    assert rc == 0, f"{name} exited {rc}"
+    return json.loads(result_path.read_text())
+
+
+class Pipelines:
+    """export -> optimize -> validate once per model, on demand, shared by every test that asks for it."""
+
+    def __init__(self, build):
+        self._build, self._done = build, {}
+
+    def __call__(self, key: str) -> dict[str, Any]:
+        if key not in self._done:
+            self._done[key] = self._build(key)
+        return self._done[key]
