@@ -29,7 +29,7 @@ VARIANTS = {
     "tabular": ["ort_fp32", "ort_int8_dynamic"],
     "digits": ["ort_fp32", "ort_int8_dynamic"],
 }
-BENCH = {"concurrency": [1, 2], "batch_size": 1, "measurement_interval_ms": 2000, "max_trials": 6, "threads": 2}
+BENCH = {"concurrency": [1, 2, 4, 8], "batch_size": 1, "measurement_interval_ms": 2000, "max_trials": 6, "threads": 2}
 
 
 def save_model(key: str, path: Path) -> None:
@@ -104,12 +104,15 @@ def summarize(recipe: str, validate: dict[str, Any], bench: dict[str, Any], timi
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    parser.add_argument("--workdir", help="keep the models, candidates and step results here (default: a temp dir)")
     args = parser.parse_args()
     results: dict[str, Any] = {"benchmark": BENCH, "models": {}}
     with tempfile.TemporaryDirectory(prefix="modelops-speedups-") as tmp:
+        work = Path(args.workdir).resolve() if args.workdir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for key in [m.strip() for m in args.models.split(",") if m.strip()]:
             print(f"== {key}", flush=True)
-            results["models"][key] = run_model(key, Path(tmp))
+            results["models"][key] = run_model(key, work)
             print(json.dumps(results["models"][key], indent=1)[:2000], flush=True)
     out = REPO / "bench" / "results" / "speedups.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -200,6 +200,29 @@ def output_error(candidate: np.ndarray, reference: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------- model
 
 
+def pre_process(src: Path, dest: Path) -> bool:
+    """onnxruntime's ``quant_pre_process`` (shape inference + basic optimizations) from ``src`` to ``dest``.
+
+    Returns False (and logs why) when it fails: pre-processing only improves quantization. It runs in a
+    scratch working directory because a failed symbolic shape inference dumps ``sym_shape_infer_temp.onnx``
+    and uuid-named external-data files into the current one.
+    """
+    import contextlib
+    import tempfile
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, dest = Path(src).resolve(), Path(dest).resolve()
+    with tempfile.TemporaryDirectory(prefix="quant-pre-") as scratch, contextlib.chdir(scratch):
+        try:
+            quant_pre_process(str(src), str(dest), skip_symbolic_shape=False)
+            return True
+        except Exception as exc:  # noqa: BLE001 - pre-processing only improves the result
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("quant_pre_process failed (%s); quantizing the graph as is", reason)
+            return False
+
+
 def prepare_model(src: Path, dest: Path) -> Path:
     """``quant_pre_process`` (shape inference + basic optimizations) and a name on every node.
 
@@ -207,14 +230,8 @@ def prepare_model(src: Path, dest: Path) -> Path:
     the source graph (named) when pre-processing fails.
     """
     import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        quant_pre_process(str(src), str(dest), skip_symbolic_shape=False)
-        model = onnx.load(str(dest))
-    except Exception as exc:  # noqa: BLE001 - pre-processing only improves the result
-        log.warning("quant_pre_process failed (%s); quantizing the source graph as is", str(exc).splitlines()[0])
-        model = onnx.load(str(src))
+    model = onnx.load(str(dest if pre_process(src, dest) else src))
     seen: set[str] = set()
     for index, node in enumerate(model.graph.node):
         if not node.name or node.name in seen:
