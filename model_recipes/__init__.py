@@ -51,6 +51,18 @@ def has_tensor_signature(mlmodel: dict[str, Any]) -> bool:
     return bool(inputs) and all(item.get("type") == "tensor" and "tensor-spec" in item for item in inputs)
 
 
+def source_flavor(mlmodel: dict[str, Any]) -> str:
+    """The MLflow flavor the model is loaded through: the first supported one, in selection order.
+
+    ``python_function`` only when the model has nothing else (it is then unsupported).
+    """
+    flavors = set((mlmodel.get("flavors") or {}).keys())
+    for flavor in (*(f for f, _ in FLAVOR_RECIPES), "pytorch"):
+        if flavor in flavors:
+            return flavor
+    return min(flavors - {"python_function"}, default="python_function" if flavors else "")
+
+
 def select_recipe(mlmodel: dict[str, Any]) -> str:
     """Pick the recipe for a registered model from its parsed ``MLmodel`` YAML.
 

@@ -212,7 +212,7 @@ class Recipe(ABC):
 
 
 def registration_record(
-    info: Any, run: Any, name: str, alias: str | None, *, accuracy: float, serialization: str | None
+    info: Any, run: Any, name: str, alias: str | None, *, accuracy: float | None, serialization: str | None
 ) -> dict[str, Any]:
     """Point ``alias`` at the version ``log_model`` registered and describe it (what demo registration prints)."""
     from mlflow import MlflowClient

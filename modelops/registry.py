@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from model_recipes import source_flavor
 from modelops.naming import experiment_name, run_prefix
 from modelops.storage import Storage, join
 
@@ -141,7 +142,7 @@ def build_spec(
         "alias": resolved.alias,
         "model_uri": f"models:/{resolved.name}/{resolved.version}",
         "source_uri": resolved.source_uri,
-        "flavor": "pytorch" if "pytorch" in resolved.flavors else (resolved.flavors[0] if resolved.flavors else ""),
+        "flavor": source_flavor(resolved.mlmodel),
         "recipe": recipe,
         "mlmodel": resolved.mlmodel,
         "variants": list(variants),

@@ -76,6 +76,9 @@ class Settings:
     triton_bucket: str
     mlflow_bucket: str
     kubernetes: KubernetesSettings
+    # Airflow pool of the local benchmark task (one slot: perf_analyzer runs of concurrent DAG runs would
+    # share the CPU and measure each other). Empty: Airflow's default pool. The stack sets and creates it.
+    benchmark_pool: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -92,6 +95,7 @@ class Settings:
             triton_bucket=_env("MODELOPS_TRITON_BUCKET", "triton"),
             mlflow_bucket=_env("MODELOPS_MLFLOW_BUCKET", "mlflow"),
             kubernetes=KubernetesSettings.from_env(),
+            benchmark_pool=_env("MODELOPS_BENCHMARK_POOL", ""),
         )
 
     # Serving tools (the nvidia-pytriton wheel's tritonserver, tritonclient 2.51's perf_analyzer).

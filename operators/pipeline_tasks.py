@@ -55,6 +55,7 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
         ResolveError,
         build_spec,
         clear_version_tag,
+        mark_failed,
         open_run,
         resolve_version,
         set_version_tags,
@@ -76,8 +77,13 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
             (params.get("model_alias") or "").strip() or None,
             settings.mlflow_bucket,
         )
+    except ResolveError as exc:
+        raise _fail(str(exc)) from None
+    try:
         recipe = select_recipe(resolved.mlmodel)
-    except (ResolveError, UnsupportedModel) as exc:
+    except UnsupportedModel as exc:
+        # the version exists: say on it why it was not optimized (the failure callback has no XCom yet)
+        mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}")
         raise _fail(str(exc)) from None
     run_params = {
         "model_name": resolved.name,

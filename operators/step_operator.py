@@ -161,4 +161,6 @@ def step_operator(step: str, spec: str, *, task_id: str | None = None, settings:
     task_id = task_id or step
     if settings.execution == "kubernetes":
         return kubernetes_step(step, spec, settings.kubernetes, gpu=step not in CPU_ONLY_STEPS, task_id=task_id, **kwargs)
+    if step == "benchmark" and settings.benchmark_pool:
+        kwargs.setdefault("pool", settings.benchmark_pool)  # one benchmark at a time on a shared machine
     return LocalStepOperator(step=step, spec=spec, task_id=task_id, **kwargs)

@@ -120,6 +120,8 @@ def _ensure(ctx: Context, name: str) -> None:
             process.say(f"{spec.name} (pid {record.pid}) is running but not healthy yet; waiting ...")
             process.wait_healthy(spec.name, record, lambda: spec.health(ctx), spec.timeout_s, log)
         process.say(f"{spec.name} already running (pid {record.pid})")
+        if spec.configure:
+            spec.configure(ctx)
         return
     check_ports_free({key: state.ports[key] for key in spec.ports})
     spec.prepare(ctx)
@@ -135,6 +137,8 @@ def _ensure(ctx: Context, name: str) -> None:
         state.save()
         raise
     process.say(f"{spec.name} healthy in {waited:.1f} s (pid {record.pid})")
+    if spec.configure:
+        spec.configure(ctx)
 
 
 def up(settings: Settings | None = None, services: Iterable[str] | None = None) -> dict[str, Any]:

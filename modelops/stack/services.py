@@ -30,6 +30,7 @@ from modelops.stack.state import HOST, StackError, StackState, write_private
 
 # Variables of the caller's environment that must not leak into a service (they would point it at
 # another stack, another venv or another Airflow home). MODELOPS_* settings are passed through.
+BENCHMARK_POOL = "modelops_benchmark"  # Airflow pool (1 slot) of the DAGs' benchmark tasks on this stack
 _SCRUBBED_PREFIXES = ("AIRFLOW_", "AIRFLOW__", "MLFLOW_", "AWS_")
 _SCRUBBED_NAMES = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "CONDA_PREFIX", "LD_LIBRARY_PATH")
 
@@ -86,16 +87,19 @@ class ServiceSpec:
     health: Callable[[Context], bool]
     prepare: Callable[[Context], None]
     stop_grace_s: float = 15.0  # SIGTERM -> SIGKILL
+    configure: Callable[[Context], None] | None = None  # after healthy, on every `up` (idempotent)
 
 
 # -- HTTP probing -----------------------------------------------------------------------------------
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never proxy 127.0.0.1
 
 
-def http(method: str, url: str, body: Any = None, timeout: float = 3.0) -> tuple[int, bytes]:
+def http(
+    method: str, url: str, body: Any = None, timeout: float = 3.0, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     """One HTTP request; returns (status, body) for any status, raises only on connection errors."""
     data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"} if data is not None else {}
+    headers = {**({"Content-Type": "application/json"} if data is not None else {}), **(headers or {})}
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with _OPENER.open(req, timeout=timeout) as resp:
@@ -303,6 +307,7 @@ def airflow_env(ctx: Context) -> dict[str, str]:
         "PATH": _path_with(airflow_home.shim_dir(state), ctx.orchestrator_bin),
         "PYTHONPATH": str(ctx.settings.repo_root),
         "MODELOPS_EXECUTION": "local",
+        "MODELOPS_BENCHMARK_POOL": BENCHMARK_POOL,
         "AIRFLOW_HOME": str(home),
         "AIRFLOW_CONFIG": str(home / "airflow.cfg"),
         "AIRFLOW__CORE__PARALLELISM": str(airflow_home.PARALLELISM),
@@ -328,6 +333,19 @@ def airflow_token(ctx: Context) -> str | None:
     if code not in (200, 201):
         return None
     return json.loads(raw).get("access_token")
+
+
+def _airflow_configure(ctx: Context) -> None:
+    """Create the benchmark pool (one slot) the DAGs' benchmark tasks run in; keep it if it exists."""
+    token = airflow_token(ctx)
+    if token is None:
+        raise StackError("airflow: no API token with the generated admin password")
+    body = {"name": BENCHMARK_POOL, "slots": 1, "include_deferred": False,
+            "description": "modelops: one perf_analyzer benchmark at a time (runs would measure each other)"}
+    code, raw = http("POST", f"{airflow_home.api_url(ctx.state)}/api/v2/pools", body=body, timeout=10.0,
+                     headers={"Authorization": f"Bearer {token}"})
+    if code not in (200, 201, 409):  # 409: it exists (a restart, or an operator changed its slots)
+        raise StackError(f"airflow: creating pool {BENCHMARK_POOL!r} failed: HTTP {code} {raw[:200]!r}")
 
 
 def _airflow_health(ctx: Context) -> bool:
@@ -394,5 +412,6 @@ SPECS: dict[str, ServiceSpec] = {
         env=airflow_env,
         health=_airflow_health,
         prepare=_airflow_prepare,
+        configure=_airflow_configure,
     ),
 }

@@ -70,3 +70,14 @@ def test_local_mode_uses_the_subprocess_operator(monkeypatch):
         from operators.step_operator import step_command
 
         step_command("nope", SPEC_URI, "/tmp/r.json")
+
+
+def test_local_benchmark_runs_in_the_benchmark_pool_when_one_is_set(monkeypatch):
+    from operators.step_operator import step_operator
+
+    monkeypatch.setenv("MODELOPS_EXECUTION", "local")
+    monkeypatch.delenv("MODELOPS_BENCHMARK_POOL", raising=False)
+    assert step_operator("benchmark", SPEC_URI).pool == "default_pool"  # a pool that may not exist never hangs it
+    monkeypatch.setenv("MODELOPS_BENCHMARK_POOL", "modelops_benchmark")
+    assert step_operator("benchmark", SPEC_URI).pool == "modelops_benchmark"
+    assert step_operator("export", SPEC_URI).pool == "default_pool"  # only the measurement is serialized

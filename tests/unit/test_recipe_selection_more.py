@@ -149,3 +149,14 @@ def test_sklearn_baseline_kind_has_a_triton_template():
     assert MODEL_KINDS["sklearn"] == "sklearn_model.py" and "sklearn" not in ONNX_FILE_KINDS
     assert (PYTHON_TEMPLATES / "sklearn_model.py").is_file()
     assert "onnxruntime" in ONNX_FILE_KINDS  # onnx_generic's baseline serves the as-is .onnx file
+
+
+@pytest.mark.parametrize(
+    ("text", "flavor"),
+    [(SKLEARN_MLMODEL, "sklearn"), (ONNX_MLMODEL, "onnx"), (MOBILENET_MLMODEL, "pytorch"),
+     (PYFUNC_ONLY_MLMODEL, "python_function")],
+)  # fmt: skip
+def test_source_flavor_is_the_one_the_recipe_loads_not_python_function(text, flavor):
+    from model_recipes import source_flavor
+
+    assert source_flavor(parse(text)) == flavor

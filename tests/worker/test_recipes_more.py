@@ -21,13 +21,12 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("skl2onnx")
 
-import torch
-from torch import nn
 
 from model_recipes import UnsupportedModel, select_recipe
 from modelops.settings import Settings
 from modelops.steps import benchmark, export
 from modelops.steps._common import StepError
+from tests.bad_models import save_pyfunc, save_unexportable
 from tests.worker.stepkit import Pipelines, step, write_spec
 
 RECIPES = ("sklearn_tabular", "onnx_generic", "mobilenet_v2")
@@ -219,34 +218,9 @@ def test_sklearn_baseline_serves_in_triton(pipelines, tmp_path):
 # --- bad cases -------------------------------------------------------------------------------------------
 
 
-class SpectralNorm(nn.Module):
-    """Scales a matrix by its singular values: ``aten::linalg_svdvals`` has no ONNX conversion."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = nn.Linear(4, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(1) / torch.linalg.svdvals(x).sum(dim=1, keepdim=True)
-
-
-def _save_unexportable(path: Path, serialization: str) -> None:
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
-
-    model = SpectralNorm().eval()
-    x = np.random.default_rng(0).standard_normal((3, 4, 4)).astype(np.float32)
-    with torch.inference_mode():
-        y = model(torch.from_numpy(x)).numpy()
-    mlflow.pytorch.save_model(
-        model, str(path), signature=infer_signature(x, y), input_example=(x,), serialization_format=serialization,
-        pip_requirements=["torch"],
-    )  # fmt: skip
-
-
 def test_unexportable_operator_is_named_in_one_line(tmp_path):
     # pickle: the legacy exporter, tried after dynamo, names the operator
-    _save_unexportable(tmp_path / "model", "pickle")
+    save_unexportable(tmp_path / "model", "pickle")
     with pytest.raises(StepError) as err:
         export.export_model(tmp_path / "model", "pytorch_generic", tmp_path / "out")
     msg = str(err.value)
@@ -255,7 +229,7 @@ def test_unexportable_operator_is_named_in_one_line(tmp_path):
 
 
 def test_unexportable_operator_is_named_for_pt2(tmp_path):
-    _save_unexportable(tmp_path / "model", "pt2")
+    save_unexportable(tmp_path / "model", "pt2")
     with pytest.raises(StepError) as err:
         export.export_model(tmp_path / "model", "pytorch_generic", tmp_path / "out")
     assert "linalg_svd" in str(err.value) and "\n" not in str(err.value)
@@ -275,14 +249,9 @@ def test_sklearn_model_without_signature_fails_export(tmp_path):
 
 
 def test_unsupported_flavor_fails_selection_naming_it(tmp_path):
-    import mlflow.pyfunc
     import yaml
 
-    class Echo(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input):
-            return model_input
-
-    mlflow.pyfunc.save_model(str(tmp_path / "model"), python_model=Echo(), pip_requirements=["mlflow"])
+    save_pyfunc(tmp_path / "model")
     mlmodel = yaml.safe_load((tmp_path / "model" / "MLmodel").read_text())
     with pytest.raises(UnsupportedModel) as err:
         select_recipe(mlmodel)
