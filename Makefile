@@ -69,6 +69,7 @@ test-integration: setup
 bench: setup
 	$(VENV)/bin/python bench/dag_import.py
 	$(VENV)/bin/python bench/e2e.py
+	$(WORKER)/bin/python bench/speedups.py
 
 clean:
 	-$(VENV)/bin/modelops stack down

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 STEPS = ("export", "optimize", "validate", "benchmark")
 DEFAULT_MODELS = ("minilm", "mobilenet", "tabular", "digits")
 VARIANTS = {
-    "minilm": ["ort_fp32", "ort_int8_dynamic"],
+    "minilm": ["ort_fp32", "ort_int8_dynamic", "ort_int8_static"],
     "mobilenet": ["ort_fp32", "ort_int8_dynamic"],
     "tabular": ["ort_fp32", "ort_int8_dynamic"],
     "digits": ["ort_fp32", "ort_int8_dynamic"],

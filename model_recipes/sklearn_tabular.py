@@ -129,6 +129,23 @@ def _finish_outputs(model: Any, names: list[str]) -> None:
             out.type.tensor_type.shape.dim.add().dim_value = 1
 
 
+def _dedupe_opsets(model: Any) -> None:
+    """Keep one ``opset_import`` per domain (the highest version).
+
+    skl2onnx 1.20 lists the default domain twice for regressors (``LinearRegressor``/``TreeEnsembleRegressor``,
+    no ``ai.onnx`` node); ONNX Runtime's quantizer then refuses the model ("Failed to find proper ai.onnx domain").
+    """
+    versions: dict[str, int] = {}
+    for opset in model.opset_import:
+        domain = "" if opset.domain == "ai.onnx" else opset.domain
+        versions[domain] = max(versions.get(domain, 0), opset.version)
+    if len(versions) == len(model.opset_import):
+        return
+    del model.opset_import[:]
+    for domain, version in versions.items():
+        model.opset_import.add(domain=domain, version=version)
+
+
 class SklearnTabular(Recipe):
     """``mlflow.sklearn`` classifiers and regressors on a float feature matrix; baseline served by scikit-learn."""
 
@@ -180,6 +197,7 @@ class SklearnTabular(Recipe):
             options=options,
         )
         _finish_outputs(onx, io.output_names)
+        _dedupe_opsets(onx)
         path.write_bytes(onx.SerializeToString())
         return "skl2onnx"
 
