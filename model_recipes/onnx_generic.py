@@ -123,10 +123,10 @@ class OnnxGeneric(Recipe):
         return io_from_graph(onnx_model_path(model_dir))
 
     def load(self, model_dir: Path) -> OnnxSource:
-        import onnxruntime as ort
+        from modelops import ort_cpu
 
         path = onnx_model_path(model_dir)
-        return OnnxSource(path, ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+        return OnnxSource(path, ort_cpu.session(path))  # the baseline deployment's session options
 
     def predict(self, model: OnnxSource, io: IOSpec, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """ONNX Runtime on the original file; outputs in ``io.outputs`` order."""

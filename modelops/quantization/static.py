@@ -176,14 +176,10 @@ class ArrayDataReader:
 
 
 def run_model(path: Path, inputs: dict[str, np.ndarray], chunk: int = RUN_CHUNK) -> list[np.ndarray]:
-    """Run an ONNX model with ONNX Runtime on CPU in chunks; outputs in graph order."""
-    import onnxruntime as ort
+    """Run an ONNX model on CPU in chunks, configured like the deployments; outputs in graph order."""
+    from modelops import ort_cpu
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    n = min(len(inputs[k]) for k in names)
-    parts = [session.run(None, {k: inputs[k][s : s + chunk] for k in names}) for s in range(0, n, chunk)]
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+    return ort_cpu.run_list(path, inputs, chunk)
 
 
 def output_error(candidate: np.ndarray, reference: np.ndarray) -> float:

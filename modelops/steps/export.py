@@ -75,16 +75,11 @@ def _as_single_file(path: Path) -> None:
         extra.unlink()
 
 
-def ort_run(onnx_path: Path, inputs: dict[str, np.ndarray], threads: int = 0) -> list[np.ndarray]:
-    """Run an ONNX model on CPU with onnxruntime; outputs in graph order."""
-    import onnxruntime as ort
+def ort_run(onnx_path: Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run an ONNX model on CPU, configured like the deployments; outputs in graph order."""
+    from modelops import ort_cpu
 
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    return session.run(None, {n: inputs[n] for n in names})
+    return ort_cpu.run_list(onnx_path, inputs)
 
 
 def export_model(

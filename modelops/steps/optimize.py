@@ -75,10 +75,14 @@ def ort_fp32(src: Path, dest: Path) -> None:
             log.warning("transformer optimizer fused no attention: the export does not match its patterns")
         optimized.save_model_to_file(str(dest))
         return
+    from modelops.ort_cpu import SERVING_DISABLED_OPTIMIZERS
+
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.optimized_model_filepath = str(dest)
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(
+        str(src), so, providers=["CPUExecutionProvider"], disabled_optimizers=list(SERVING_DISABLED_OPTIMIZERS)
+    )
     if not dest.exists():
         raise RuntimeError("onnxruntime wrote no optimized model")
 
@@ -290,7 +294,7 @@ def build_candidate(variant: str, ctx: VariantContext) -> dict[str, Any]:
         builder's extra fields. ``runtime`` is ``onnxruntime`` or ``tensorrt`` (Q/DQ models for TensorRT: they
         need not load in ONNX Runtime on CPU; ``cpu_loadable`` says whether they do).
     """
-    import onnxruntime as ort
+    from modelops import ort_cpu
 
     ctx.dest.parent.mkdir(parents=True, exist_ok=True)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
@@ -306,7 +310,7 @@ def build_candidate(variant: str, ctx: VariantContext) -> dict[str, Any]:
         return {**base, "status": "failed", "reason": first_line(exc)}
     runtime = extra.pop("runtime", base["runtime"])
     try:
-        ort.InferenceSession(str(ctx.dest), providers=["CPUExecutionProvider"])  # it must at least load on CPU
+        ort_cpu.session(ctx.dest)  # it must at least load on CPU
         cpu_error = None
     except Exception as exc:  # noqa: BLE001
         cpu_error = first_line(exc)

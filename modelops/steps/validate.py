@@ -30,15 +30,10 @@ TENSORRT_REASON = "needs TensorRT (GPU) to run"
 
 
 def run_onnx(onnx_path: Path, inputs: dict[str, np.ndarray], chunk: int = EVAL_CHUNK) -> dict[str, np.ndarray]:
-    """Run an ONNX model with onnxruntime on CPU in chunks; outputs keyed by name."""
-    import onnxruntime as ort
+    """Run an ONNX model on CPU in chunks, configured like the deployments; outputs keyed by name."""
+    from modelops import ort_cpu
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    in_names = [i.name for i in session.get_inputs()]
-    out_names = [o.name for o in session.get_outputs()]
-    n = len(next(iter(inputs.values())))
-    parts = [session.run(None, {k: inputs[k][s : s + chunk] for k in in_names}) for s in range(0, n, chunk)]
-    return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(out_names)}
+    return ort_cpu.run(onnx_path, inputs, chunk)
 
 
 def agreement(candidate: np.ndarray, source: np.ndarray) -> float | None:

@@ -86,3 +86,15 @@ def test_build_checks_name_and_model_path(tmp_path: Path):
         build_model_dir(tmp_path / "other", name="m", kind="onnxruntime", model_path=onnx, io=IO, max_batch_size=1)
     with pytest.raises(ValueError, match="MLflow model directory"):
         build_model_dir(tmp_path / "m", name="m", kind="pytorch", model_path=tmp_path, io=IO, max_batch_size=1)
+
+
+@pytest.mark.parametrize("template", ["onnxruntime_model.py", "onnxruntime_text_model.py"])
+def test_serving_sessions_disable_what_validation_disables(template):
+    """validate scores candidates with the deployments' ORT options: quantized numerics depend on them."""
+    import re
+
+    from modelops.ort_cpu import SERVING_DISABLED_OPTIMIZERS
+
+    text = (Path(__file__).resolve().parents[2] / "triton_repo_templates" / "python" / template).read_text()
+    (default,) = re.findall(r'params\.get\("ort_disabled_optimizers"\) or "([^"]*)"', text)
+    assert tuple(default.split(",")) == SERVING_DISABLED_OPTIMIZERS
