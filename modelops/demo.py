@@ -82,7 +82,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
 # demo model -> (kind for model_recipes.demo_models, registered name, DAG params beyond the defaults)
 DEMO_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "digits": ("digits", "digits_cnn", {}),
-    "tabular": ("tabular", "wine_classifier", {}),
+    "tabular": ("tabular", "breast_cancer_classifier", {}),
     "minilm": ("minilm", "minilm_embedder", {}),
     "mobilenet": ("mobilenet", "mobilenet_v2", {"latency_slo_ms": 500.0}),
 }
