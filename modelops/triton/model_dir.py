@@ -7,6 +7,7 @@ Layout::
 
     <name>/config.pbtxt
     <name>/1/model.py          python-backend model (onnxruntime or pytorch runtime)
+    <name>/1/modelops_serving.py  the helpers every model.py imports (config, batching, sessions, text)
     <name>/1/model.onnx        kind "onnxruntime"
     <name>/1/model/...         kind "pytorch": the MLflow model directory (MLmodel, data/...)
     <name>/1/tokenizer/...     kinds "onnxruntime_text"/"transformers_text": tokenizer.json + serving.json
@@ -23,6 +24,7 @@ from modelops.settings import REPO_ROOT
 
 TEMPLATES_DIR = REPO_ROOT / "triton_repo_templates"
 PYTHON_TEMPLATES = TEMPLATES_DIR / "python"
+SERVING_HELPERS = "modelops_serving.py"  # shipped next to every model.py (a deployment imports nothing else)
 
 # kind -> python-backend model file in triton_repo_templates/python
 MODEL_KINDS: dict[str, str] = {
@@ -161,6 +163,7 @@ def build_model_dir(
     version_dir.mkdir(parents=True)
     (dest / "config.pbtxt").write_text(config)
     shutil.copyfile(PYTHON_TEMPLATES / MODEL_KINDS[kind], version_dir / "model.py")
+    shutil.copyfile(PYTHON_TEMPLATES / SERVING_HELPERS, version_dir / SERVING_HELPERS)
     if kind in ONNX_FILE_KINDS:
         shutil.copyfile(model_path, version_dir / "model.onnx")
     else:

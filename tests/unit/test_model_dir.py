@@ -57,10 +57,12 @@ def test_build_onnxruntime_dir(tmp_path: Path):
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "1/model.onnx",
         "1/model.py",
+        "1/modelops_serving.py",
         "config.pbtxt",
     ]
     assert (out / "1" / "model.onnx").read_bytes() == b"onnx-bytes"
-    assert "ort.InferenceSession" in (out / "1" / "model.py").read_text()
+    assert "ort_session(" in (out / "1" / "model.py").read_text()
+    assert "ort.InferenceSession" in (out / "1" / "modelops_serving.py").read_text()
 
 
 def test_build_pytorch_dir_copies_mlflow_model(tmp_path: Path):
@@ -88,13 +90,13 @@ def test_build_checks_name_and_model_path(tmp_path: Path):
         build_model_dir(tmp_path / "m", name="m", kind="pytorch", model_path=tmp_path, io=IO, max_batch_size=1)
 
 
-@pytest.mark.parametrize("template", ["onnxruntime_model.py", "onnxruntime_text_model.py"])
-def test_serving_sessions_disable_what_validation_disables(template):
+def test_serving_sessions_disable_what_validation_disables():
     """validate scores candidates with the deployments' ORT options: quantized numerics depend on them."""
     import re
 
     from modelops.ort_cpu import SERVING_DISABLED_OPTIMIZERS
+    from modelops.triton.model_dir import PYTHON_TEMPLATES, SERVING_HELPERS
 
-    text = (Path(__file__).resolve().parents[2] / "triton_repo_templates" / "python" / template).read_text()
+    text = (PYTHON_TEMPLATES / SERVING_HELPERS).read_text()
     (default,) = re.findall(r'params\.get\("ort_disabled_optimizers"\) or "([^"]*)"', text)
     assert tuple(default.split(",")) == SERVING_DISABLED_OPTIMIZERS
