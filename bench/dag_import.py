@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from results_io import write_results
+
 REPO = Path(__file__).resolve().parent.parent
 RUNS = 5
 
@@ -36,9 +38,7 @@ def main() -> dict:
             "over_floor_s": round(med - results["floor_import_airflow_sdk_s"], 3),
         }
     results["floor_import_airflow_sdk_s"] = round(results["floor_import_airflow_sdk_s"], 3)
-    out = REPO / "bench" / "results" / "dag_import.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_results("dag_import", results)
     print(json.dumps(results, indent=2))
     return results
 

@@ -12,6 +12,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from results_io import write_results
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -52,9 +54,7 @@ def main() -> dict:
         "variants": summary and [{k: r[k] for k in ("variant", "metric", "throughput", "p50_ms", "p99_ms", "speedup")}
                                  for r in summary["rows"]],
     }
-    out = REPO / "bench" / "results" / "e2e.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_results("e2e", results)
     print(json.dumps(results, indent=2))
     return results
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from results_io import write_results
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ("export", "optimize", "validate", "benchmark")
@@ -114,9 +115,7 @@ def main() -> None:
             print(f"== {key}", flush=True)
             results["models"][key] = run_model(key, work)
             print(json.dumps(results["models"][key], indent=1)[:2000], flush=True)
-    out = REPO / "bench" / "results" / "speedups.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    out = write_results("speedups", results)
     print(f"wrote {out}")
 
 

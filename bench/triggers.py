@@ -22,6 +22,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from results_io import write_results
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
@@ -185,9 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["notes"] = ("push goes MLflow -> forwarding proxy (~1 ms) -> receiver; latency is measured from the "
                         "alias call starting to the run being visible in Airflow's REST API (polled every 50 ms). "
                         "pull latency is poll phase (0..interval) + the registry_reconcile run.")
-    out = REPO / "bench" / "results" / "triggers.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = write_results("triggers", results)
     print(f"wrote {out}")
     return results
 
