@@ -25,8 +25,8 @@ def _seconds(ti: dict) -> float | None:
 
 
 def main() -> dict:
-    from modelops import stack
-    from modelops.demo import DAG_ID, airflow_client, register_demo_model, run_optimize
+    from modelops.local import stack
+    from modelops.local.demo import DAG_ID, airflow_client, register_demo_model, run_optimize
     from modelops.settings import Settings
 
     t0 = time.monotonic()

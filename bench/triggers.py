@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(json.dumps(results, indent=1))
     from mlflow import MlflowClient
 
-    from modelops import stack, webhook_cli
-    from modelops.demo import airflow_client
+    from modelops.local import stack, webhook_cli
+    from modelops.local.demo import airflow_client
     from modelops.triggers.events import TriggerConfig
     from tests.integration import triggers_helpers as th
 

@@ -148,7 +148,7 @@ class Recipe(ABC):
     Subclasses set ``name``/``metric_name`` and implement :meth:`eval_data` and :meth:`metric`. Recipes
     for other frameworks override :meth:`load`, :meth:`predict`, :meth:`export_onnx`,
     :meth:`library_versions` and set ``baseline_kind`` (the Triton model kind that serves the source
-    model in its own framework: a key of ``modelops.triton.model_dir.MODEL_KINDS``).
+    model in its own framework: a key of ``modelops.serving.triton.model_dir.MODEL_KINDS``).
     """
 
     name: str = "base"

@@ -123,7 +123,7 @@ class OnnxGeneric(Recipe):
         return io_from_graph(onnx_model_path(model_dir))
 
     def load(self, model_dir: Path) -> OnnxSource:
-        from modelops import ort_cpu
+        from modelops.optimization import ort_cpu
 
         path = onnx_model_path(model_dir)
         return OnnxSource(path, ort_cpu.session(path))  # the baseline deployment's session options

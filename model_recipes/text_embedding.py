@@ -180,7 +180,7 @@ class TextEmbedding(Recipe):
 
     name = "text_embedding"
     metric_name = "cosine"
-    task = "embedding"  # modelops.gates: per-sample cosine gate (a [N, 384] output is not class scores)
+    task = "embedding"  # modelops.evaluation.gates: per-sample cosine gate (a [N, 384] output is not class scores)
     # per-sentence floor of the GX gate, for 99% of sentences; the mean must still reach 1 - tolerance (0.99).
     # Dynamic INT8 MiniLM: mean 0.993, ~6% of sentences in [0.985, 0.99), none below 0.985.
     gate_min_cosine = 0.98

@@ -48,7 +48,7 @@ def spec_uri_of(spec: dict[str, Any]) -> str:
 def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
     """Resolve the MLflow version, pick the recipe, open the MLflow run, write the run spec to S3."""
     from model_recipes import UnsupportedModel, select_recipe
-    from modelops.registry import (
+    from modelops.tracking.registry import (
         TAG_ERROR,
         TAG_RUN_ID,
         TAG_STATUS,
@@ -129,7 +129,7 @@ def _load(storage, spec_uri: str) -> dict[str, Any]:
 
 
 def select(spec_uri: str) -> dict[str, Any]:
-    from modelops.selection import select as select_winner
+    from modelops.evaluation.selection import select as select_winner
     from modelops.steps._common import load_result
 
     _, s3_hook, _ = _hooks()
@@ -148,7 +148,7 @@ def select(spec_uri: str) -> dict[str, Any]:
 def publish(spec_uri: str, selection: dict[str, Any]) -> dict[str, Any]:
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from modelops.publish import PublishError, publish_candidate
+    from modelops.serving.publish import PublishError, publish_candidate
     from modelops.steps._common import load_result
 
     if not selection.get("chosen"):
@@ -165,8 +165,8 @@ def publish(spec_uri: str, selection: dict[str, Any]) -> dict[str, Any]:
 
 
 def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]) -> dict[str, Any]:
-    from modelops.deploy import DeployError
-    from modelops.deploy import deploy as deploy_to_triton
+    from modelops.serving.deploy import DeployError
+    from modelops.serving.deploy import deploy as deploy_to_triton
     from modelops.steps._common import load_result
 
     _, s3_hook, triton_hook = _hooks()
@@ -192,7 +192,7 @@ def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]
 
 
 def record(spec_uri: str, selection: dict[str, Any], deployment: dict[str, Any] | None) -> dict[str, Any]:
-    from modelops.record import record_run
+    from modelops.tracking.record import record_run
     from modelops.steps._common import load_result
 
     mlflow_hook, s3_hook, triton_hook = _hooks()
@@ -212,7 +212,7 @@ def _experiment_id(mlflow_hook, spec: dict[str, Any]) -> str:
 
 def on_failure(context: dict[str, Any]) -> None:
     """Task failure callback: say why on the MLflow model version (status failed + error) and close the run."""
-    from modelops.registry import mark_failed
+    from modelops.tracking.registry import mark_failed
 
     ti = context.get("ti") or context.get("task_instance")
     exc = context.get("exception")

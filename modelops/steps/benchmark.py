@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from modelops.naming import slug
-from modelops.perf import PerfAnalyzerError, PerfSettings, run_perf_analyzer
+from modelops.contracts.naming import slug
+from modelops.evaluation.perf import PerfAnalyzerError, PerfSettings, run_perf_analyzer
 from modelops.settings import Settings
 from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
 from modelops.storage import Storage, join
-from modelops.triton.local_server import TritonProcess, TritonStartError
-from modelops.triton.model_dir import ONNX_FILE_KINDS, build_model_dir
+from modelops.serving.triton.local_server import TritonProcess, TritonStartError
+from modelops.serving.triton.model_dir import ONNX_FILE_KINDS, build_model_dir
 
 log = logging.getLogger("modelops.steps.benchmark")
 
@@ -42,7 +42,7 @@ class Target:
     """One thing to benchmark: a model kind and its file/directory, plus expected sample outputs."""
 
     variant: str
-    kind: str  # a key of modelops.triton.model_dir.MODEL_KINDS
+    kind: str  # a key of modelops.serving.triton.model_dir.MODEL_KINDS
     model_path: Path
     expected: dict[str, np.ndarray] | None = None
     assets: Path | None = None  # kinds in model_dir.ASSET_KINDS: export's serving_assets (tokenizer)

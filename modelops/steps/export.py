@@ -77,7 +77,7 @@ def _as_single_file(path: Path) -> None:
 
 def ort_run(onnx_path: Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run an ONNX model on CPU, configured like the deployments; outputs in graph order."""
-    from modelops import ort_cpu
+    from modelops.optimization import ort_cpu
 
     return ort_cpu.run_list(onnx_path, inputs)
 

@@ -75,7 +75,7 @@ def ort_fp32(src: Path, dest: Path) -> None:
             log.warning("transformer optimizer fused no attention: the export does not match its patterns")
         optimized.save_model_to_file(str(dest))
         return
-    from modelops.ort_cpu import SERVING_DISABLED_OPTIMIZERS
+    from modelops.optimization.ort_cpu import SERVING_DISABLED_OPTIMIZERS
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -91,7 +91,7 @@ def ort_int8_dynamic(src: Path, dest: Path) -> None:
     """Dynamic INT8: per-channel QInt8 weights, activations quantized at run time (quant_pre_process first)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from modelops.quantization.static import pre_process
+    from modelops.optimization.static_quant import pre_process
 
     pre = dest.with_name("preprocessed.onnx")
     model_input = pre if pre_process(src, pre) else src
@@ -132,8 +132,8 @@ class VariantContext:
         return self.recipe, self.io
 
     def calibration(self) -> tuple[dict[str, np.ndarray], str]:
-        """The recipe's calibration inputs (see :func:`modelops.quantization.static.calibration_inputs`), cached."""
-        from modelops.quantization.static import StaticQuantConfig, calibration_inputs
+        """The recipe's calibration inputs (see :func:`modelops.optimization.static_quant.calibration_inputs`), cached."""
+        from modelops.optimization.static_quant import StaticQuantConfig, calibration_inputs
 
         if "calibration" not in self.shared:
             recipe, io = self.need_recipe()
@@ -143,7 +143,7 @@ class VariantContext:
 
     def scorer(self) -> tuple[Callable[[Path], float], float]:
         """``(score(model) -> recipe metric vs the source on the eval data, source metric)``, cached."""
-        from modelops.quantization.static import run_model
+        from modelops.optimization.static_quant import run_model
 
         if "scorer" not in self.shared:
             recipe, io = self.need_recipe()
@@ -172,7 +172,7 @@ def paths_builder(fn: Callable[[Path, Path], None]) -> Builder:
 
 def ort_int8_static(ctx: VariantContext) -> dict[str, Any]:
     """Static INT8 QDQ (U8S8, per-channel), calibrated on the recipe's data, sensitive nodes left in fp32."""
-    from modelops.quantization.static import StaticQuantConfig, quantize_static_auto
+    from modelops.optimization.static_quant import StaticQuantConfig, quantize_static_auto
 
     recipe, _ = ctx.need_recipe()
     config = StaticQuantConfig.from_spec(ctx.spec.get("static_quant"))
@@ -223,7 +223,7 @@ def modelopt_builder(mode: str) -> Builder:
     """ModelOpt ``mode`` (int8|fp8) Q/DQ for TensorRT, run in the ModelOpt environment (a subprocess)."""
 
     def build(ctx: VariantContext) -> dict[str, Any]:
-        from modelops.quantization.modelopt_cli import ModelOptUnavailable, modelopt_python, run_modelopt
+        from modelops.optimization.modelopt_cli import ModelOptUnavailable, modelopt_python, run_modelopt
 
         python = modelopt_python()
         if python is None:
@@ -294,7 +294,7 @@ def build_candidate(variant: str, ctx: VariantContext) -> dict[str, Any]:
         builder's extra fields. ``runtime`` is ``onnxruntime`` or ``tensorrt`` (Q/DQ models for TensorRT: they
         need not load in ONNX Runtime on CPU; ``cpu_loadable`` says whether they do).
     """
-    from modelops import ort_cpu
+    from modelops.optimization import ort_cpu
 
     ctx.dest.parent.mkdir(parents=True, exist_ok=True)
     ctx.workdir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 The source is export's ONNX model, which export parity-checked against the framework. A candidate is
 accepted iff its metric >= source metric - tolerance, none of its outputs is NaN/inf, AND its per-sample
-comparison table passes the recipe's great-expectations suite (:mod:`modelops.gates`). The table and GX's
+comparison table passes the recipe's great-expectations suite (:mod:`modelops.evaluation.gates`). The table and GX's
 result are uploaded to ``<run prefix>/<variant>/comparison.csv`` and ``expectations.json``.
 """
 
@@ -31,7 +31,7 @@ TENSORRT_REASON = "needs TensorRT (GPU) to run"
 
 def run_onnx(onnx_path: Path, inputs: dict[str, np.ndarray], chunk: int = EVAL_CHUNK) -> dict[str, np.ndarray]:
     """Run an ONNX model on CPU in chunks, configured like the deployments; outputs keyed by name."""
-    from modelops import ort_cpu
+    from modelops.optimization import ort_cpu
 
     return ort_cpu.run(onnx_path, inputs, chunk)
 
@@ -100,7 +100,7 @@ def validate_candidate(
     callers pop them before writing JSON. A ``runtime="tensorrt"`` candidate that ORT cannot run is
     ``skipped`` (it is checked on a GPU instead), not failed.
     """
-    from modelops.gates import comparison_table, describe, thresholds_for, validate_table
+    from modelops.evaluation.gates import comparison_table, describe, thresholds_for, validate_table
 
     try:
         outputs = run_onnx(candidate_onnx, eval_inputs)

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 def stack():
     os.environ.setdefault("MODELOPS_STACK_DIR", str(REPO / ".stack-test"))
     os.environ.setdefault("MODELOPS_PORT_OFFSET", "100")
-    from modelops import stack as stack_mod
+    from modelops.local import stack as stack_mod
 
     status = stack_mod.up()
     env = stack_mod.client_env(status)
@@ -65,7 +65,7 @@ def triton(stack):
 
 @pytest.fixture(scope="session")
 def airflow(stack):
-    from modelops.demo import airflow_client
+    from modelops.local.demo import airflow_client
 
     return airflow_client(stack)
 
@@ -73,8 +73,8 @@ def airflow(stack):
 @pytest.fixture(scope="session")
 def register(stack, settings):
     """Train and register a demo model under a unique name; returns the registration record."""
-    from modelops import stack as stack_mod
-    from modelops.demo import register_demo_model
+    from modelops.local import stack as stack_mod
+    from modelops.local.demo import register_demo_model
 
     def _register(kind: str, alias: str | None = "champion", serialization: str | None = None, name: str | None = None):
         name = name or f"it_{kind}_{uuid.uuid4().hex[:6]}"

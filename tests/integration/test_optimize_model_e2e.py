@@ -14,7 +14,7 @@ DAG = "optimize_model"
 @pytest.fixture(scope="module")
 def digits_run(register, airflow, stack):
     reg = register("digits", alias="champion")
-    from modelops.demo import run_optimize
+    from modelops.local.demo import run_optimize
 
     run_id, state = run_optimize(airflow, {"model_name": reg["name"], "model_alias": "champion", "model_version": None},
                                  show_progress=False, timeout_s=1500)
@@ -40,8 +40,8 @@ def test_run_succeeds_and_deploys(digits_run, airflow):
 
 
 def test_deployment_is_immutable_verified_and_routed(digits_run, airflow, storage, settings):
-    from modelops.publish import verify_deployment
-    from modelops.routes import read_routes
+    from modelops.serving.publish import verify_deployment
+    from modelops.serving.routes import read_routes
 
     reg, run_id, _ = digits_run
     summary = airflow.xcom(DAG, run_id, "record")
@@ -57,7 +57,7 @@ def test_deployment_is_immutable_verified_and_routed(digits_run, airflow, storag
 
 
 def test_triton_answers_like_the_source_model(digits_run, airflow, storage, triton):
-    from modelops.deploy import load_npz, triton_infer
+    from modelops.serving.deploy import load_npz, triton_infer
 
     _reg, run_id, _ = digits_run
     summary = airflow.xcom(DAG, run_id, "record")
@@ -98,7 +98,7 @@ def test_mlflow_records_the_run(digits_run, airflow, mlflow_client):
 
 
 def test_unknown_model_fails_first_task_with_one_clear_line(airflow):
-    from modelops.demo import run_optimize
+    from modelops.local.demo import run_optimize
 
     run_id, state = run_optimize(airflow, {"model_name": "no_such_model_xyz", "model_alias": "champion",
                                            "model_version": None}, show_progress=False, timeout_s=600)

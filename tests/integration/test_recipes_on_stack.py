@@ -44,7 +44,7 @@ class Run:
 
 
 def _register_bad(settings, stack, kind: str) -> dict[str, Any]:
-    from modelops import stack as stack_mod
+    from modelops.local import stack as stack_mod
 
     name = f"it_bad_{kind}_{uuid.uuid4().hex[:6]}"
     proc = subprocess.run(
@@ -98,7 +98,7 @@ def test_recipe_runs_end_to_end_and_is_recorded(runs, kind, airflow, mlflow_clie
 
 def _serving_samples(airflow, storage, run: Run) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(inputs, source outputs) a client sends and expects: raw text for MiniLM, tensors otherwise."""
-    from modelops.deploy import load_npz
+    from modelops.serving.deploy import load_npz
 
     spec = storage.read_json(airflow.xcom(DAG, run.run_id, "resolve")["spec_uri"])
     outputs = storage.read_json(f"{spec['run_prefix']}/export/result.json")["outputs"]
@@ -109,7 +109,7 @@ def _serving_samples(airflow, storage, run: Run) -> tuple[dict[str, np.ndarray],
 
 @pytest.mark.parametrize("kind", RECIPES)
 def test_serving_triton_answers_like_the_source(runs, kind, airflow, storage, triton):
-    from modelops.deploy import triton_infer
+    from modelops.serving.deploy import triton_infer
 
     run = runs[kind]
     assert run.state == "success"
@@ -144,7 +144,7 @@ def test_mobilenet_int8_fails_the_gate_and_the_reason_is_recorded(runs, airflow,
 
 
 def test_unexportable_model_fails_export_naming_the_operator(runs, airflow, mlflow_client, storage, settings):
-    from modelops.routes import read_routes
+    from modelops.serving.routes import read_routes
 
     run = runs["unexportable"]
     states = airflow.task_states(DAG, run.run_id)

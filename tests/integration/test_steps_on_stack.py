@@ -34,9 +34,9 @@ def wine(register, settings, storage, tmp_path_factory):
 
 
 def test_second_architecture_published_and_served_like_the_source(wine, storage, triton, settings):
-    from modelops.deploy import deploy, load_npz, triton_infer
-    from modelops.publish import publish_candidate, verify_deployment
-    from modelops.routes import read_routes
+    from modelops.serving.deploy import deploy, load_npz, triton_infer
+    from modelops.serving.publish import publish_candidate, verify_deployment
+    from modelops.serving.routes import read_routes
     from modelops.steps._common import load_result
 
     reg, _meta, spec = wine
@@ -62,7 +62,7 @@ def test_second_architecture_published_and_served_like_the_source(wine, storage,
 
 def test_candidate_failing_accuracy_is_rejected_and_never_published(wine, storage, settings, tmp_path):
     """Replace the int8 candidate with a model of random weights: validate must reject it, select skip it."""
-    from modelops.selection import select
+    from modelops.evaluation.selection import select
     from modelops.steps._common import load_result, result_uri
 
     reg, _meta, spec = wine
@@ -105,12 +105,12 @@ def test_unknown_alias_and_version_fail_resolve_with_one_line(register, wine):
 
 
 def test_corrupt_artifact_fails_the_run_and_says_why_on_the_version(register, airflow, storage, mlflow_client, settings):
-    from modelops.demo import run_optimize
-    from modelops.routes import read_routes
+    from modelops.local.demo import run_optimize
+    from modelops.serving.routes import read_routes
 
     reg = register("digits", alias="champion")
     src = mlflow_client.get_model_version_download_uri(reg["name"], reg["version"])
-    from modelops.registry import to_s3_uri
+    from modelops.tracking.registry import to_s3_uri
 
     prefix = to_s3_uri(src, settings.mlflow_bucket)
     files = [u for u in storage.list(prefix) if u.endswith((".pt2", ".pth", ".pt"))]
@@ -135,9 +135,9 @@ def test_deployment_triton_cannot_load_leaves_routes_unchanged(wine, storage, tr
     """A published deployment whose model file is garbage (manifest consistent): load fails, routes stay."""
     import json
 
-    from modelops.deploy import DeployError, deploy
-    from modelops.publish import MANIFEST, file_table
-    from modelops.routes import read_routes
+    from modelops.serving.deploy import DeployError, deploy
+    from modelops.serving.publish import MANIFEST, file_table
+    from modelops.serving.routes import read_routes
     from modelops.steps._common import load_result
 
     reg, _meta, spec = wine
@@ -153,7 +153,7 @@ def test_deployment_triton_cannot_load_leaves_routes_unchanged(wine, storage, tr
         root = Path(tmp)
         (root / "1").mkdir()
         (root / "1" / "model.onnx").write_bytes(b"garbage, not onnx")
-        from modelops.triton.model_dir import build_model_dir
+        from modelops.serving.triton.model_dir import build_model_dir
 
         built = build_model_dir(root / deployment, name=deployment, kind="onnxruntime", model_path=root / "1" / "model.onnx",
                                 io=export["io"], max_batch_size=int(export["max_batch_size"]))
@@ -173,7 +173,7 @@ def test_deployment_triton_cannot_load_leaves_routes_unchanged(wine, storage, tr
 
 
 def test_deployment_without_manifest_is_never_loaded(wine, storage, triton, settings):
-    from modelops.deploy import DeployError, deploy
+    from modelops.serving.deploy import DeployError, deploy
 
     reg, _, _spec = wine
     deployment = f"{reg['name']}--v{reg['version']}-nomanifest"
@@ -185,7 +185,7 @@ def test_deployment_without_manifest_is_never_loaded(wine, storage, triton, sett
 
 
 def test_routes_conditional_write_on_real_s3(storage, settings):
-    from modelops.routes import RoutesConflict, read_routes, write_routes
+    from modelops.serving.routes import RoutesConflict, read_routes, write_routes
 
     model = f"routes_{uuid.uuid4().hex[:6]}"
     first = read_routes(storage, settings.triton_bucket, model)

@@ -25,7 +25,7 @@ RECONCILE_WAIT_S = TriggerConfig.from_env().poll_interval_s + 60  # one poll int
 @pytest.fixture(scope="module")
 def world(stack, mlflow_client, airflow):
     """Receiver behind a proxy, the MLflow webhook registered and live, the trigger DAGs unpaused."""
-    from modelops import webhook_cli
+    from modelops.local import webhook_cli
 
     th.unpause(airflow, "optimize_model", "registry_reconcile", "nightly_reoptimize")
     receiver = f"{stack['airflow']['url']}{webhook_cli.RECEIVER_PATH}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from modelops.airflow_api import AirflowAPI, AirflowAPIError
+from modelops.local.airflow_api import AirflowAPI, AirflowAPIError
 from modelops.triggers.events import TAG_OPT_IN
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modelops.gates import (
+from modelops.evaluation.gates import (
     GateResult,
     GateThresholds,
     comparison_table,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modelops.triton.model_dir import build_model_dir, render_config, triton_dtype
+from modelops.serving.triton.model_dir import build_model_dir, render_config, triton_dtype
 
 IO = {
     "inputs": [
@@ -94,8 +94,8 @@ def test_serving_sessions_disable_what_validation_disables():
     """validate scores candidates with the deployments' ORT options: quantized numerics depend on them."""
     import re
 
-    from modelops.ort_cpu import SERVING_DISABLED_OPTIMIZERS
-    from modelops.triton.model_dir import PYTHON_TEMPLATES, SERVING_HELPERS
+    from modelops.optimization.ort_cpu import SERVING_DISABLED_OPTIMIZERS
+    from modelops.serving.triton.model_dir import PYTHON_TEMPLATES, SERVING_HELPERS
 
     text = (PYTHON_TEMPLATES / SERVING_HELPERS).read_text()
     (default,) = re.findall(r'params\.get\("ort_disabled_optimizers"\) or "([^"]*)"', text)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modelops.perf import PerfAnalyzerError, PerfSettings, concurrency_range, parse_perf_csv, perf_analyzer_command
+from modelops.evaluation.perf import PerfAnalyzerError, PerfSettings, concurrency_range, parse_perf_csv, perf_analyzer_command
 
 DATA = Path(__file__).parent / "data" / "perf_analyzer.csv"
 
@@ -94,7 +94,7 @@ printf 'Concurrency,Inferences/Second,p50 latency,p90 latency,p95 latency,p99 la
 
 
 def test_run_falls_back_per_level_and_relaxes(tmp_path, monkeypatch):
-    from modelops.perf import run_perf_analyzer
+    from modelops.evaluation.perf import run_perf_analyzer
     from modelops.settings import Settings
 
     fake = tmp_path / "perf_analyzer"

@@ -144,7 +144,7 @@ def test_recipe_module_defines_recipe_and_register_demo(recipe):
 
 
 def test_sklearn_baseline_kind_has_a_triton_template():
-    from modelops.triton.model_dir import MODEL_KINDS, ONNX_FILE_KINDS, PYTHON_TEMPLATES
+    from modelops.serving.triton.model_dir import MODEL_KINDS, ONNX_FILE_KINDS, PYTHON_TEMPLATES
 
     assert MODEL_KINDS["sklearn"] == "sklearn_model.py" and "sklearn" not in ONNX_FILE_KINDS
     assert (PYTHON_TEMPLATES / "sklearn_model.py").is_file()

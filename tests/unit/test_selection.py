@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from modelops.selection import best_point, select
+from modelops.evaluation.selection import best_point, select
 
 
 def _bench(points_by_variant):

@@ -1,4 +1,4 @@
-"""Unit tests of the pure parts of modelops.stack: ports, credentials, state file, env and airflow.cfg rendering."""
+"""Unit tests of the pure parts of modelops.local.stack: ports, credentials, state file, env and airflow.cfg rendering."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from modelops.settings import REPO_ROOT, Settings
-from modelops.stack import airflow_home, manager, process
-from modelops.stack.endpoints import build_status, client_env
-from modelops.stack.state import (
+from modelops.local.stack import airflow_home, manager, process
+from modelops.local.stack.endpoints import build_status, client_env
+from modelops.local.stack.state import (
     DEFAULT_PORTS,
     Credentials,
     PortBusyError,
@@ -217,7 +217,7 @@ def test_status_before_first_up_has_no_secrets(settings: Settings) -> None:
 
 
 def test_service_env_scrubs_caller_stack_variables(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    from modelops.stack.services import Context, airflow_env
+    from modelops.local.stack.services import Context, airflow_env
 
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-the-caller")

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("great_expectations")
 
-from modelops.gates import GateThresholds, comparison_table, validate_table
+from modelops.evaluation.gates import GateThresholds, comparison_table, validate_table
 
 
 def _scores(n: int = 200, seed: int = 0) -> np.ndarray:

@@ -18,8 +18,8 @@ pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from model_recipes.base import IOSpec, TensorSpec
-from modelops.quantization import modelopt_cli
-from modelops.quantization.static import (
+from modelops.optimization import modelopt_cli
+from modelops.optimization.static_quant import (
     ArrayDataReader,
     Sensitivity,
     StaticQuantConfig,

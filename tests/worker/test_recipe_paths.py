@@ -154,7 +154,7 @@ def test_regressor_agreement_metric_catches_a_shifted_prediction():
 
 @triton
 def test_regressor_baseline_serves_in_triton(regressor, tmp_path):
-    from modelops.perf import PerfSettings
+    from modelops.evaluation.perf import PerfSettings
 
     res = regressor["export"]
     with np.load(res["outputs"]["samples"]) as npz:

@@ -195,7 +195,7 @@ triton = pytest.mark.skipif(not Settings.from_env().tritonserver_bin.exists(), r
 @triton
 def test_sklearn_baseline_serves_in_triton(pipelines, tmp_path):
     pipeline = pipelines("sklearn_tabular")
-    from modelops.perf import PerfSettings
+    from modelops.evaluation.perf import PerfSettings
 
     res = pipeline["export"]
     with np.load(res["outputs"]["samples"]) as npz:

@@ -241,7 +241,7 @@ def test_benchmark(pipelines):
 @triton
 def test_benchmark_marks_an_unloadable_candidate_failed(pipelines, tmp_path):
     pipeline = pipelines("wine")
-    from modelops.perf import PerfSettings
+    from modelops.evaluation.perf import PerfSettings
     from modelops.steps.benchmark import Target, benchmark_target
 
     bad = tmp_path / "garbage.onnx"

@@ -163,8 +163,8 @@ def test_triton_text_batch_equals_onnxruntime(pipeline, tmp_path):
     """Mixed lengths, an over-long text (truncated at 256 tokens) and non-ASCII in one request."""
     import onnxruntime as ort
 
-    from modelops.triton.local_server import TritonProcess
-    from modelops.triton.model_dir import build_model_dir
+    from modelops.serving.triton.local_server import TritonProcess
+    from modelops.serving.triton.model_dir import build_model_dir
 
     ex = pipeline["export"]
     onnx_path = Path(pipeline["optimize"]["candidates"]["ort_fp32"]["onnx"])

@@ -1,6 +1,6 @@
 """Helpers shared by the python-backend models; shipped next to each one as ``1/modelops_serving.py``.
 
-A deployment imports nothing from the modelops repository: ``modelops.triton.model_dir`` copies this file
+A deployment imports nothing from the modelops repository: ``modelops.serving.triton.model_dir`` copies this file
 into every version directory (the python backend's stub imports ``model.py`` with that directory on
 ``sys.path``), and the manifest covers it like any other file.
 
@@ -82,7 +82,7 @@ def ort_session(path, params):
     - ``ort_disabled_optimizers`` (default ``SkipLayerNormFusion``, comma-separated, "none" for none): ORT's
       SkipLayerNormalization CPU kernel was ~7x slower than the Add + LayerNormalization it replaces here
       (MiniLM, 2 threads, ORT 1.32: dynamic INT8 at batch 8 went 222 -> 248 sentences/s without it).
-      ``modelops.ort_cpu`` scores candidates with the same default.
+      ``modelops.optimization.ort_cpu`` scores candidates with the same default.
     """
     import onnxruntime as ort
 

@@ -1,6 +1,6 @@
 """Triton python-backend model: serve ``1/model.onnx`` with ONNX Runtime on CPU.
 
-Rendered into a deployment by modelops.triton.model_dir; reads tensor names, dtypes and the session
+Rendered into a deployment by modelops.serving.triton.model_dir; reads tensor names, dtypes and the session
 parameters from config.pbtxt (see ``modelops_serving.ort_session``). Requests of one dynamic batch run as
 a single ORT call.
 """

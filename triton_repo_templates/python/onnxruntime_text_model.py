@@ -1,6 +1,6 @@
 """Triton python-backend model: raw text in, sentence embedding out; tokenizer + ``1/model.onnx`` on ONNX Runtime.
 
-Rendered into a deployment by modelops.triton.model_dir (kind ``onnxruntime_text``). The input is one
+Rendered into a deployment by modelops.serving.triton.model_dir (kind ``onnxruntime_text``). The input is one
 TYPE_STRING tensor (``dims: [1]``, batched): one UTF-8 text per row. ``1/tokenizer/tokenizer.json`` and
 ``serving.json`` (max_seq_length, pad id) come from the text-embedding recipe's export; the ONNX model
 already pools and normalises, so its output is the embedding. All texts of one dynamic batch are

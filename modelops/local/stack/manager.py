@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from modelops.settings import Settings
-from modelops.stack import process
-from modelops.stack.endpoints import LABELS, SERVICES, build_status, log_path
-from modelops.stack.services import SPECS, Context
-from modelops.stack.state import (
+from modelops.local.stack import process
+from modelops.local.stack.endpoints import LABELS, SERVICES, build_status, log_path
+from modelops.local.stack.services import SPECS, Context
+from modelops.local.stack.state import (
     ServiceRecord,
     StackError,
     StackState,

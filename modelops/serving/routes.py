@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from modelops.naming import routes_uri
+from modelops.contracts.naming import routes_uri
 from modelops.storage import PreconditionFailed, Storage
 
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from modelops.triton.model_dir import MODEL_KINDS, build_model_dir, render_config
+from modelops.serving.triton.model_dir import MODEL_KINDS, build_model_dir, render_config
 
 __all__ = ["MODEL_KINDS", "build_model_dir", "render_config"]

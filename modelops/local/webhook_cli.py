@@ -24,8 +24,8 @@ EVENTS = ("model_version_alias.created", "model_version_tag.set", "model_version
 
 def _stack() -> tuple[Path, dict[str, Any]]:
     from modelops.settings import Settings
-    from modelops.stack.endpoints import build_status
-    from modelops.stack.state import StackError, StackState
+    from modelops.local.stack.endpoints import build_status
+    from modelops.local.stack.state import StackError, StackState
 
     settings = Settings.from_env()
     state = StackState.load(settings.stack_dir)
@@ -41,7 +41,7 @@ def receiver_url(status: dict[str, Any]) -> str:
 
 def ensure_secret(stack_dir: Path, rotate: bool = False) -> str:
     """The stack's webhook secret, generated (mode 600) on first use or when ``rotate``."""
-    from modelops.stack.state import write_private
+    from modelops.local.stack.state import write_private
 
     path = secret_path(stack_dir)
     if path.exists() and not rotate:
@@ -148,7 +148,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-if __name__ == "__main__":  # python -m modelops.webhook_cli register
+if __name__ == "__main__":  # python -m modelops.local.webhook_cli register
     top = argparse.ArgumentParser(prog="modelops")
     add_parser(top.add_subparsers(dest="command", required=True))
     ns = top.parse_args(["webhook", *sys.argv[1:]])

@@ -24,7 +24,7 @@ from typing import Any, Self
 
 from modelops.settings import Settings
 
-log = logging.getLogger("modelops.triton")
+log = logging.getLogger("modelops.serving.triton")
 
 LOG_TAIL_LINES = 25
 
@@ -235,7 +235,7 @@ class TritonProcess:
         """One inference over HTTP/JSON (numpy arrays in, numpy arrays out); for smoke checks, not speed."""
         import numpy as np
 
-        from modelops.triton.model_dir import TRITON_DTYPES
+        from modelops.serving.triton.model_dir import TRITON_DTYPES
 
         body = {
             "inputs": [

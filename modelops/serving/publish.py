@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modelops.naming import deployment_name, deployment_uri
+from modelops.contracts.naming import deployment_name, deployment_uri
 from modelops.storage import Storage, join
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def publish_candidate(
     Idempotent: if the deployment already has a valid manifest from the same model version and variant,
     it is reused (a retried or repeated run publishes nothing new).
     """
-    from modelops.triton.model_dir import build_model_dir
+    from modelops.serving.triton.model_dir import build_model_dir
 
     deployment = deployment_name(spec["model_name"], spec["model_version"], variant)
     uri = deployment_uri(triton_bucket, deployment)

@@ -4,7 +4,7 @@ ModelOpt 0.47 pins onnx~=1.21 and onnxruntime-gpu~=1.24, which conflict with the
 it lives in its own environment (``.venv-modelopt``, ``requirements-modelopt.txt``, ``make modelopt``) and
 runs as a subprocess::
 
-    .venv-modelopt/bin/python -m modelops.quantization.modelopt_cli \\
+    .venv-modelopt/bin/python -m modelops.optimization.modelopt_cli \\
         --src model.onnx --dest model.qdq.onnx --mode int8 --calib calibration.npz
 
 The last line of stdout is a JSON summary. The worker side calls :func:`run_modelopt`, which never imports
@@ -175,7 +175,7 @@ def run_modelopt(
     python = python or modelopt_python()
     if python is None:
         raise ModelOptUnavailable("ModelOpt environment not installed: make modelopt")
-    cmd = [str(python), "-m", "modelops.quantization.modelopt_cli", "--src", str(src), "--dest", str(dest)]
+    cmd = [str(python), "-m", "modelops.optimization.modelopt_cli", "--src", str(src), "--dest", str(dest)]
     cmd += ["--mode", mode, "--calib", str(calib)]
     for node in nodes_to_exclude:
         cmd += ["--exclude", node]
@@ -209,7 +209,7 @@ def last_error_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m modelops.quantization.modelopt_cli", description=__doc__.split("\n")[0]
+        prog="python -m modelops.optimization.modelopt_cli", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--src", type=Path, required=True, help="fp32 ONNX model")
     parser.add_argument("--dest", type=Path, required=True, help="output Q/DQ ONNX model")

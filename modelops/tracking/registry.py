@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from model_recipes import source_flavor
-from modelops.naming import experiment_name, run_prefix
+from modelops.contracts.naming import experiment_name, run_prefix
 from modelops.storage import Storage, join
 
 if TYPE_CHECKING:

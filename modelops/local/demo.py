@@ -13,8 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from modelops import stack
-from modelops.airflow_api import AirflowAPI
+from modelops.local import stack
+from modelops.local.airflow_api import AirflowAPI
 from modelops.settings import Settings
 
 DAG_ID = "optimize_model"

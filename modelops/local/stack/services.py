@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from modelops.settings import Settings
-from modelops.stack import airflow_home
-from modelops.stack.endpoints import (
+from modelops.local.stack import airflow_home
+from modelops.local.stack.endpoints import (
     build_status,
     client_env,
     mlflow_url,
@@ -26,7 +26,7 @@ from modelops.stack.endpoints import (
     s3_env,
     triton_repository,
 )
-from modelops.stack.state import HOST, StackError, StackState, write_private
+from modelops.local.stack.state import HOST, StackError, StackState, write_private
 
 # Variables of the caller's environment that must not leak into a service (they would point it at
 # another stack, another venv or another Airflow home). MODELOPS_* settings are passed through.

@@ -14,7 +14,7 @@ import shlex
 from pathlib import Path
 from string import Template
 
-from modelops.stack.state import HOST, StackState, write_private
+from modelops.local.stack.state import HOST, StackState, write_private
 
 TEMPLATE_NAME = "airflow.cfg.template"
 PARALLELISM = 4
@@ -66,7 +66,7 @@ def _shim_text(real_airflow: Path) -> str:
     return (
         "#!/bin/sh\n"
         "# Written by `modelops stack up`. `airflow standalone` runs `airflow <component>` from PATH; the\n"
-        "# scheduler and triggerer would otherwise serve logs on 0.0.0.0 (see modelops/stack/airflow_home.py).\n"
+        "# scheduler and triggerer would otherwise serve logs on 0.0.0.0 (see modelops/local/stack/airflow_home.py).\n"
         'case "$1" in\n'
         f'  scheduler|triggerer) exec {real} "$@" --skip-serve-logs ;;\n'
         "esac\n"

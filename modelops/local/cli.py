@@ -3,7 +3,7 @@
 modelops stack up [SERVICE ...]      start the embedded stack (SeaweedFS, MLflow, Triton, Airflow)
 modelops stack down [--purge]        stop it (data kept unless --purge)
 modelops stack status [--json]       endpoints and processes; --json also prints the credentials
-modelops demo                        the end-to-end demo (modelops/demo.py)
+modelops demo                        the end-to-end demo (modelops/local/demo.py)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from modelops.stack.endpoints import LABELS, SERVICES
+from modelops.local.stack.endpoints import LABELS, SERVICES
 
 
 def _stack_services(args: argparse.Namespace) -> list[str] | None:
@@ -22,7 +22,7 @@ def _stack_services(args: argparse.Namespace) -> list[str] | None:
 
 
 def _cmd_stack_up(args: argparse.Namespace) -> int:
-    from modelops import stack
+    from modelops.local import stack
 
     info = stack.up(services=_stack_services(args))
     _print_table(info)
@@ -30,14 +30,14 @@ def _cmd_stack_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_stack_down(args: argparse.Namespace) -> int:
-    from modelops import stack
+    from modelops.local import stack
 
     stack.down(services=_stack_services(args), purge=args.purge)
     return 0
 
 
 def _cmd_stack_status(args: argparse.Namespace) -> int:
-    from modelops import stack
+    from modelops.local import stack
 
     info = stack.status()
     if args.json:
@@ -86,7 +86,7 @@ def _print_table(info: dict[str, Any]) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from modelops.demo import main as demo_main
+    from modelops.local.demo import main as demo_main
 
     return demo_main(args)
 
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated demo models to register and optimize (default: digits,tabular,minilm,mobilenet)",
     )
     demo.set_defaults(func=_cmd_demo)
-    from modelops import webhook_cli
+    from modelops.local import webhook_cli
 
     webhook_cli.add_parser(commands)
     return parser
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``modelops`` console script."""
     args = build_parser().parse_args(argv)
-    from modelops.stack.state import StackError
+    from modelops.local.stack.state import StackError
 
     try:
         return int(args.func(args) or 0)

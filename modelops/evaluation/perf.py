@@ -17,7 +17,7 @@ from typing import Any
 
 from modelops.settings import Settings
 
-log = logging.getLogger("modelops.perf")
+log = logging.getLogger("modelops.evaluation.perf")
 
 _PERCENTILES = (
     ("p50_ms", "p50 latency"),

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from modelops.stack.state import ServiceRecord, StackError
+from modelops.local.stack.state import ServiceRecord, StackError
 
 # Popen objects of services started by this Python process: kept so that they are not garbage-collected
 # while running (ResourceWarning) and so that their exit status can be reaped (no zombies).

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from modelops.naming import deployment_uri
-from modelops.publish import InvalidDeployment, verify_deployment
-from modelops.routes import Routes, canary_weights, read_routes, write_routes
+from modelops.contracts.naming import deployment_uri
+from modelops.serving.publish import InvalidDeployment, verify_deployment
+from modelops.serving.routes import Routes, canary_weights, read_routes, write_routes
 from modelops.storage import Storage
 
 log = logging.getLogger(__name__)

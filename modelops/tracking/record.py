@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelops.registry import (
+from modelops.tracking.registry import (
     TAG_DEPLOYMENT,
     TAG_ERROR,
     TAG_RUN_ID,
@@ -22,7 +22,7 @@ from modelops.registry import (
     clear_version_tag,
     set_version_tags,
 )
-from modelops.report import render_report
+from modelops.tracking.report import render_report
 from modelops.storage import Storage
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from modelops.settings import Settings
-from modelops.stack.state import HOST, StackState
+from modelops.local.stack.state import HOST, StackState
 from modelops.storage import S3Config
 
 # Service keys, in start order; the label names the process in messages and its log file.

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger("modelops.quantization.static")
+log = logging.getLogger("modelops.optimization.static_quant")
 
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv")
 CALIBRATION_ROWS = 128
@@ -177,7 +177,7 @@ class ArrayDataReader:
 
 def run_model(path: Path, inputs: dict[str, np.ndarray], chunk: int = RUN_CHUNK) -> list[np.ndarray]:
     """Run an ONNX model on CPU in chunks, configured like the deployments; outputs in graph order."""
-    from modelops import ort_cpu
+    from modelops.optimization import ort_cpu
 
     return ort_cpu.run_list(path, inputs, chunk)
 
