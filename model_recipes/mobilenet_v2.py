@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from model_recipes.base import IOSpec, Recipe, TensorSpec, io_from_signature, registration_record
+from modelops.evaluation import metrics
 
 log = logging.getLogger("model_recipes.mobilenet_v2")
 
@@ -208,7 +209,7 @@ def _logits(outputs: np.ndarray) -> np.ndarray:
 
 def top1_agreement(outputs: np.ndarray, source_outputs: np.ndarray) -> float:
     """Share of rows whose arg-max class equals the source's."""
-    return float((_logits(outputs).argmax(axis=1) == _logits(source_outputs).argmax(axis=1)).mean())
+    return metrics.top1_agreement(outputs, source_outputs)
 
 
 def top5_agreement(outputs: np.ndarray, source_outputs: np.ndarray, k: int = 5) -> float:

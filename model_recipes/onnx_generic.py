@@ -32,6 +32,7 @@ from model_recipes.base import (
     registration_record,
 )
 from model_recipes.pytorch_generic import mean_cosine
+from modelops.evaluation import metrics
 
 RECIPE_NAME = "onnx_generic"
 EVAL_SAMPLES = 256
@@ -165,10 +166,9 @@ class OnnxGeneric(Recipe):
         self, outputs: np.ndarray, labels: np.ndarray | None, source_outputs: np.ndarray
     ) -> dict[str, float]:
         """``top1_agreement`` for class-score outputs ``[N, C > 1]``; nothing otherwise."""
-        cand, src = np.asarray(outputs), np.asarray(source_outputs)
-        if cand.ndim != 2 or cand.shape[1] < 2 or cand.dtype.kind != "f":
+        if not metrics.is_class_scores(outputs):
             return {}
-        return {"top1_agreement": float((cand.argmax(axis=1) == src.argmax(axis=1)).mean())}
+        return {"top1_agreement": metrics.top1_agreement(outputs, source_outputs)}
 
 
 RECIPE = OnnxGeneric()

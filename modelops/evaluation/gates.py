@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelops.evaluation.metrics import row_cosine
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -151,10 +153,7 @@ def comparison_table(
         s64, c64 = s_rows.astype(np.float64), c_rows.astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             if s64.shape[1] > 1:
-                num = (s64 * c64).sum(axis=1)
-                den = np.linalg.norm(s64, axis=1) * np.linalg.norm(c64, axis=1)
-                same = np.abs(s64 - c64).sum(axis=1) == 0  # two identical (even all-zero) rows agree
-                table["cosine"] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(same, 1.0, 0.0))
+                table["cosine"] = row_cosine(s64, c64)  # two identical (even all-zero) rows agree
             else:
                 scale = max(float(np.nanmean(np.abs(s64))), 1e-12)
                 table["rel_err"] = np.abs(c64[:, 0] - s64[:, 0]) / np.maximum(np.abs(s64[:, 0]), scale)

@@ -16,7 +16,8 @@ BERT-like encoders are the known case: the FFN down-projection MatMuls read GELU
 outliers, which a per-tensor uint8 activation scale cannot hold (ENVIRONMENT.md).
 
 Everything here is a function of paths and arrays (no storage, no recipe registry): the optimize step
-builds the ``score`` callable from the recipe.
+builds the ``score`` callable from the recipe. The graph side (calibration reader, pre-processing,
+node naming, one ``quantize_static`` call) lives in :mod:`modelops.optimization.qdq_graph`.
 """
 
 from __future__ import annotations
@@ -24,21 +25,53 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from modelops.evaluation.metrics import row_cosine
+from modelops.optimization.ort_cpu import run_list as run_model  # the name optimize.py and the tests use
+from modelops.optimization.qdq_graph import (  # re-exported: the public API of static quantization
+    CALIBRATION_BATCH,
+    CALIBRATION_ROWS,
+    QUANTIZABLE_OPS,
+    ArrayDataReader,
+    calibration_inputs,
+    pre_process,
+    prepare_model,
+    quantizable_nodes,
+    quantize_qdq,
+)
+
+__all__ = [
+    "CALIBRATION_BATCH",
+    "CALIBRATION_ROWS",
+    "QUANTIZABLE_OPS",
+    "ArrayDataReader",
+    "ExclusionOutcome",
+    "Sensitivity",
+    "StaticQuantConfig",
+    "calibration_inputs",
+    "greedy_exclusion",
+    "measure_sensitivity",
+    "output_error",
+    "passes",
+    "pre_process",
+    "prepare_model",
+    "quantizable_nodes",
+    "quantize_qdq",
+    "quantize_static_auto",
+    "rank",
+    "run_model",
+]
+
 log = logging.getLogger("modelops.optimization.static_quant")
 
-QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv")
-CALIBRATION_ROWS = 128
-CALIBRATION_BATCH = 16
 SENSITIVITY_ROWS = 32
 SENSITIVITY_BUDGET_S = 300.0
-RUN_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -113,181 +146,12 @@ def _json_float(value: float) -> float | None:
     return round(float(value), 6) if value is not None and math.isfinite(value) else None
 
 
-# ---------------------------------------------------------------------------------------------- data
-
-
-def calibration_inputs(recipe: Any, io: Any, rows: int = CALIBRATION_ROWS) -> tuple[dict[str, np.ndarray], str]:
-    """The recipe's calibration inputs, at most ``rows`` of them, and where they came from.
-
-    Uses ``recipe.calibration_data(io)`` when the recipe has it; otherwise the first ``rows`` rows of
-    ``recipe.eval_data(io)[0]`` (the default the Recipe interface will carry; calibrating on rows the gate
-    also scores on is optimistic, so recipes with a training split should override it).
-    """
-    method = getattr(recipe, "calibration_data", None)
-    if callable(method):
-        data, source = method(io), f"{getattr(recipe, 'name', type(recipe).__name__)}.calibration_data"
-    else:
-        data, source = recipe.eval_data(io)[0], "eval_data"
-    out = {name: np.ascontiguousarray(np.asarray(arr)[:rows]) for name, arr in data.items()}
-    n = {len(a) for a in out.values()}
-    if not out or n == {0}:
-        raise ValueError(f"recipe gave no calibration rows ({source})")
-    return out, f"{source}[:{min(n)}]"
-
-
-class ArrayDataReader:
-    """An ONNX Runtime ``CalibrationDataReader`` over in-memory arrays, ``batch`` rows per step.
-
-    It duck-types the abstract class (ORT's ``__subclasshook__`` accepts any class with ``get_next``),
-    so importing this module does not import onnxruntime.
-    """
-
-    def __init__(self, inputs: dict[str, np.ndarray], batch: int = CALIBRATION_BATCH) -> None:
-        self.inputs = inputs
-        self.batch = max(1, batch)
-        self.n = min(len(a) for a in inputs.values())
-        self.start, self.end, self.pos = 0, self.n, 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.pos >= self.end:
-            return None
-        stop = min(self.pos + self.batch, self.end)
-        feed = {k: v[self.pos : stop] for k, v in self.inputs.items()}
-        self.pos = stop
-        return feed
-
-    def __iter__(self) -> ArrayDataReader:
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        item = self.get_next()
-        if item is None:
-            raise StopIteration
-        return item
-
-    def __len__(self) -> int:
-        return self.n
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self.start, self.end, self.pos = start_index, min(end_index, self.n), start_index
-
-    def rewind(self) -> None:
-        self.pos = self.start
-
-
-def run_model(path: Path, inputs: dict[str, np.ndarray], chunk: int = RUN_CHUNK) -> list[np.ndarray]:
-    """Run an ONNX model on CPU in chunks, configured like the deployments; outputs in graph order."""
-    from modelops.optimization import ort_cpu
-
-    return ort_cpu.run_list(path, inputs, chunk)
-
-
 def output_error(candidate: np.ndarray, reference: np.ndarray) -> float:
     """``1 - mean per-row cosine`` of two equally shaped outputs (0 = identical direction); inf if not finite."""
-    a = np.asarray(candidate, dtype=np.float64).reshape(len(candidate), -1)
-    b = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+    if not (np.isfinite(candidate).all() and np.isfinite(reference).all()):
         return math.inf
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cos = np.where(den > 0, (a * b).sum(axis=1) / np.where(den > 0, den, 1.0), 1.0)
-    return float(max(0.0, 1.0 - cos.mean()))
-
-
-# ---------------------------------------------------------------------------------------------- model
-
-
-def pre_process(src: Path, dest: Path) -> bool:
-    """onnxruntime's ``quant_pre_process`` (shape inference + basic optimizations) from ``src`` to ``dest``.
-
-    Returns False (and logs why) when it fails: pre-processing only improves quantization. It runs in a
-    scratch working directory because a failed symbolic shape inference dumps ``sym_shape_infer_temp.onnx``
-    and uuid-named external-data files into the current one.
-    """
-    import contextlib
-    import tempfile
-
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    src, dest = Path(src).resolve(), Path(dest).resolve()
-    with tempfile.TemporaryDirectory(prefix="quant-pre-") as scratch, contextlib.chdir(scratch):
-        try:
-            quant_pre_process(str(src), str(dest), skip_symbolic_shape=False)
-            return True
-        except Exception as exc:  # noqa: BLE001 - pre-processing only improves the result
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            log.warning("quant_pre_process failed (%s); quantizing the graph as is", reason)
-            return False
-
-
-def prepare_model(src: Path, dest: Path) -> Path:
-    """``quant_pre_process`` (shape inference + basic optimizations) and a name on every node.
-
-    Node names are what the exclusion list refers to; unnamed nodes get ``<op_type>_<index>``. Falls back to
-    the source graph (named) when pre-processing fails.
-    """
-    import onnx
-
-    model = onnx.load(str(dest if pre_process(src, dest) else src))
-    seen: set[str] = set()
-    for index, node in enumerate(model.graph.node):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{index}"
-        seen.add(node.name)
-    onnx.save(model, str(dest))
-    return dest
-
-
-def quantizable_nodes(model_path: Path, op_types: Iterable[str] = QUANTIZABLE_OPS) -> list[tuple[str, str]]:
-    """``(name, op_type)`` of the nodes static QDQ would quantize and the policy may exclude, in graph order.
-
-    A MatMul qualifies only when one of its inputs is a constant (a weight): activation x activation MatMuls
-    (attention scores) are quantized along but are not candidates for exclusion.
-    """
-    import onnx
-
-    model = onnx.load(str(model_path), load_external_data=False)
-    consts = {i.name for i in model.graph.initializer}
-    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    wanted = set(op_types)
-    out = []
-    for node in model.graph.node:
-        if node.op_type not in wanted:
-            continue
-        if node.op_type == "MatMul" and not any(i in consts for i in node.input):
-            continue
-        out.append((node.name, node.op_type))
-    return out
-
-
-def quantize_qdq(
-    src: Path,
-    dest: Path,
-    config: StaticQuantConfig,
-    calibration: dict[str, np.ndarray] | None,
-    cache: Path,
-    *,
-    exclude: Iterable[str] = (),
-    only: Iterable[str] | None = None,
-) -> Path:
-    """One ``quantize_static`` call in QDQ format; calibration ranges come from (or go to) ``cache``."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    reader = ArrayDataReader(calibration, config.calibration_batch) if calibration is not None else None
-    quantize_static(
-        str(src),
-        str(dest),
-        calibration_data_reader=reader,
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(config.op_types),
-        per_channel=config.per_channel,
-        activation_type=getattr(QuantType, config.activation_type),
-        weight_type=getattr(QuantType, config.weight_type),
-        nodes_to_quantize=list(only) if only is not None else None,
-        nodes_to_exclude=list(exclude),
-        calibrate_method=getattr(CalibrationMethod, config.calibrate_method),
-        calibration_cache_path=str(cache),
-    )
-    return dest
+    # a zero-norm row is no evidence against a node (the search compares directions only)
+    return float(max(0.0, 1.0 - row_cosine(candidate, reference, degenerate=1.0).mean()))
 
 
 # ---------------------------------------------------------------------------------------------- policy

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from modelops.contracts.naming import deployment_uri
+from modelops.evaluation.metrics import top1_agreement
 from modelops.serving.publish import InvalidDeployment, verify_deployment
 from modelops.serving.routes import Routes, canary_weights, read_routes, write_routes
 from modelops.storage import Storage
@@ -76,7 +77,7 @@ def smoke_test(
         if name in got:
             diff_src = max(diff_src, float(np.max(np.abs(got[name].astype(np.float64) - ref))))
             if ref.ndim == 2 and ref.shape[1] > 1 and np.issubdtype(ref.dtype, np.floating) and not _is_embedding(name):
-                agreement = float(np.mean(np.argmax(got[name], axis=1) == np.argmax(ref, axis=1)))
+                agreement = top1_agreement(got[name], ref)
     batch = int(next(iter(inputs.values())).shape[0])
     return SmokeReport(diff_cand, diff_src, agreement, batch)
 
