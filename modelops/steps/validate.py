@@ -21,12 +21,11 @@ import numpy as np
 
 from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
 from modelops.storage import Storage, join
-from modelops.contracts.status import Status
-from modelops.contracts.variants import Runtime, get_variant
 
 log = logging.getLogger("modelops.steps.validate")
 
 EVAL_CHUNK = 256
+TENSORRT = "tensorrt"
 TENSORRT_REASON = "needs TensorRT (GPU) to run"
 
 
@@ -91,7 +90,7 @@ def validate_candidate(
     source_outputs: dict[str, np.ndarray],
     source_metric: float,
     tolerance: float,
-    runtime: str = Runtime.ONNXRUNTIME,
+    runtime: str = "onnxruntime",
 ) -> dict[str, Any]:
     """Score one candidate: the metric rule AND the GX expectation suite must pass.
 
@@ -106,9 +105,9 @@ def validate_candidate(
     try:
         outputs = run_onnx(candidate_onnx, eval_inputs)
     except Exception as exc:  # noqa: BLE001 - a broken candidate fails alone
-        if runtime == Runtime.TENSORRT:
-            return _not_run(Status.SKIPPED, source_metric, TENSORRT_REASON, f"onnxruntime: {first_line(exc)}")
-        return _not_run(Status.FAILED, source_metric, f"cannot run candidate: {first_line(exc)}")
+        if runtime == TENSORRT:
+            return _not_run("skipped", source_metric, TENSORRT_REASON, f"onnxruntime: {first_line(exc)}")
+        return _not_run("failed", source_metric, f"cannot run candidate: {first_line(exc)}")
     first = next(iter(source_outputs))
     cand, src = outputs[first], source_outputs[first]
     finite = all(bool(np.isfinite(o).all()) for o in outputs.values() if o.dtype.kind == "f")
@@ -121,7 +120,7 @@ def validate_candidate(
         log.warning("expectation failed: %s", describe(failed))
     reasons = [r for r in (gate(metric, source_metric, tolerance, finite, recipe.metric_name), verdict.reason()) if r]
     return {
-        "status": Status.REJECTED if reasons else Status.ACCEPTED,
+        "status": "rejected" if reasons else "accepted",
         "metric": metric if math.isfinite(metric) else None,
         "source_metric": source_metric,
         "max_abs_diff": max_abs_diff if math.isfinite(max_abs_diff) else None,
@@ -187,7 +186,7 @@ def validate_candidates(
     results: dict[str, dict[str, Any]] = {}
     for variant, path in candidates.items():
         started = time.perf_counter()
-        runtime = (runtimes or {}).get(variant) or Runtime.ONNXRUNTIME
+        runtime = (runtimes or {}).get(variant) or "onnxruntime"
         res = validate_candidate(recipe, path, eval_inputs, labels, source_outputs, source_metric, tolerance, runtime)
         _save_gate_artifacts(res, out_dir / variant if out_dir is not None else None)
         res["sample_outputs_path"] = None
@@ -225,14 +224,14 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
         samples_path = storage.download_file(export["outputs"]["samples"], work / "samples.npz")
         with np.load(samples_path) as npz:
             samples = {k: npz[k] for k in npz.files if not k.startswith("output:")}
-        done = {v: c for v, c in optimize["candidates"].items() if c.get("status") == Status.DONE}
+        done = {v: c for v, c in optimize["candidates"].items() if c.get("status") == "done"}
         # a TensorRT-only artifact (an engine, no ONNX) cannot be scored here: it is checked on a GPU
-        skipped = {v: _not_run(Status.SKIPPED, math.nan, TENSORRT_REASON) for v, c in done.items() if not c.get("onnx")}
+        skipped = {v: _not_run("skipped", math.nan, TENSORRT_REASON) for v, c in done.items() if not c.get("onnx")}
         todo = {v: c for v, c in done.items() if c.get("onnx")}
         if not todo and not skipped:
             raise StepError("optimize produced no candidate to validate")
         paths = {v: storage.download_file(c["onnx"], work / "candidates" / v / "model.onnx") for v, c in todo.items()}
-        runtimes = {v: get_variant(v).runtime for v in todo}
+        runtimes = {v: c.get("runtime") or "onnxruntime" for v, c in todo.items()}
         source_metric, metric_name, results = validate_candidates(
             spec["recipe"], export["io"], source, paths, tolerance, samples=samples, out_dir=work / "out",
             runtimes=runtimes,
@@ -251,7 +250,7 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
                 )
             candidates[variant] = res
     return {
-        "status": Status.DONE,
+        "status": "done",
         "source_metric": source_metric,
         "metric_name": metric_name,
         "accuracy_tolerance": tolerance,
