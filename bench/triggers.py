@@ -66,7 +66,7 @@ def bench_planner_fake(n: int, alias_on_newest: bool) -> dict[str, Any]:
     from model_recipes import RECIPES
     from modelops.triggers.fingerprint import FingerprintContext
     from modelops.triggers.planner import OptimizeDefaults, plan_nightly
-    from operators.pipeline_tasks import DEFAULT_VARIANTS
+    from modelops.contracts.variants import DEFAULT_VARIANTS
 
     context = FingerprintContext.current(RECIPES)
     plan = plan_nightly(FakeRegistry(n, alias_on_newest), context, OptimizeDefaults(tuple(DEFAULT_VARIANTS)))
@@ -80,7 +80,7 @@ def bench_planner_real(client: Any, n: int, th: Any, created: list[str]) -> dict
     from modelops.triggers.events import TAG_ALIAS
     from modelops.triggers.fingerprint import FingerprintContext
     from modelops.triggers.planner import OptimizeDefaults, plan_nightly
-    from operators.pipeline_tasks import DEFAULT_VARIANTS
+    from modelops.contracts.variants import DEFAULT_VARIANTS
 
     t0 = time.perf_counter()
     for _ in range(n):  # alias "bench" is watched by neither webhook nor reconcile: no run starts

@@ -14,12 +14,13 @@ in the ``MODELOPS_K8S_POOL`` pool (one slot per GPU). Schedule: ``MODELOPS_NIGHT
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
-NIGHTLY_CRON = os.environ.get("MODELOPS_NIGHTLY_CRON", "").strip() or "0 2 * * *"
+from modelops.settings import get_settings
+
+NIGHTLY_CRON = get_settings().triggers.nightly_cron
 
 
 @dag(
@@ -43,14 +44,13 @@ NIGHTLY_CRON = os.environ.get("MODELOPS_NIGHTLY_CRON", "").strip() or "0 2 * * *
 def nightly_reoptimize():
     @task
     def plan(params=None) -> dict:
-        from modelops_hooks import MlflowHook
-
         from model_recipes import RECIPES
         from modelops.triggers.fingerprint import FingerprintContext
         from modelops.triggers.planner import OptimizeDefaults, plan_nightly
-        from operators.pipeline_tasks import DEFAULT_VARIANTS
+        from modelops_airflow.hooks import MlflowHook
+        from modelops.contracts.variants import DEFAULT_VARIANTS
 
-        result = plan_nightly(MlflowHook().get_conn(), FingerprintContext.current(RECIPES),
+        result = plan_nightly(MlflowHook().get_client(), FingerprintContext.current(RECIPES),
                               OptimizeDefaults(tuple(DEFAULT_VARIANTS)))
         only = set(params.get("models") or [])
         if only:
@@ -65,16 +65,15 @@ def nightly_reoptimize():
 
     @task
     def start(planned: dict, params=None) -> dict:
-        from modelops_hooks import MlflowHook
-        from modelops_plugin import create_dag_runs
-
         from modelops.triggers.events import DAG_ID, RunRequest
         from modelops.triggers.planner import PlanItem, record_fingerprint
+        from modelops_airflow.hooks import AirflowApiHook, MlflowHook
 
         if params.get("dry_run"):
             return {}
-        outcomes = create_dag_runs([RunRequest.from_json(r) for r in planned["requests"]], DAG_ID)
-        client = MlflowHook().get_conn()
+        # Public REST API (connection airflow_api_default); an existing run id is the idempotent no-op.
+        outcomes = AirflowApiHook().create_dag_runs([RunRequest.from_json(r) for r in planned["requests"]], DAG_ID)
+        client = MlflowHook().get_client()
         for rec in planned["record"]:
             record_fingerprint(client, PlanItem(rec["model"], "start", "", rec["version"], rec["fingerprint"],
                                                 inputs=rec["inputs"]))

@@ -14,7 +14,8 @@ from datetime import timedelta
 
 from airflow.sdk import Param, dag, task
 
-from operators.pipeline_tasks import DEFAULT_VARIANTS, KNOWN_VARIANTS, on_failure
+from modelops.contracts.variants import DEFAULT_VARIANTS, VARIANT_NAMES, VARIANTS
+from operators.pipeline_tasks import on_failure
 from operators.step_operator import step_operator
 
 SPEC = "{{ ti.xcom_pull(task_ids='resolve')['spec_uri'] }}"
@@ -45,11 +46,20 @@ PARAMS = {
     "variants": Param(
         DEFAULT_VARIANTS,
         type="array",
-        items={"type": "string", "enum": KNOWN_VARIANTS},
+        items={"type": "string", "enum": VARIANT_NAMES},
         minItems=1,
         uniqueItems=True,
         title="Variants",
-        description="Optimized candidates to build, validate and benchmark against the PyTorch baseline.",
+        description="Optimized candidates to build, validate and benchmark against the source model: "
+        + "; ".join(f"{v.name}: {v.summary}" for v in VARIANTS.values()),
+    ),
+    "recipe": Param(
+        None,
+        type=["null", "string"],
+        pattern=r"^[a-z0-9_]+$",
+        title="Recipe",
+        description="Leave empty to pick the recipe from the MLflow flavor; or name one registered in the "
+        "modelops.recipes entry-point group (e.g. a recipe installed from another package).",
     ),
     "latency_slo_ms": Param(
         100.0,

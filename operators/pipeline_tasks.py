@@ -9,30 +9,27 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from modelops.contracts.variants import DEFAULT_VARIANTS
 from modelops.settings import Settings
+from modelops.contracts.status import Status
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VARIANTS = ["ort_fp32", "ort_int8_dynamic"]
-# ORT variants run (and are benchmarked) on CPU; ModelOpt Q/DQ and TensorRT engines target GPUs
-# (ModelOpt needs `make modelopt`; TensorRT engines are built by the compile step on a GPU node).
-KNOWN_VARIANTS = [
-    "ort_fp32",
-    "ort_int8_dynamic",
-    "ort_int8_static",
-    "modelopt_int8",
-    "modelopt_fp8",
-    "trt_fp16",
-    "trt_int8",
-    "trt_fp8",
-]
-DEFAULT_BENCHMARK = {"concurrency": [1, 4], "batch_size": 1, "measurement_interval_ms": 1000, "max_trials": 6, "threads": 2}
+def _hooks(context: dict[str, Any] | None = None):
+    """MLflow, S3 and Triton hooks on the connections the running DAG names in ``default_args``
+    (``mlflow_conn_id``, ``s3_conn_id``, ``triton_conn_id``; unset: ``mlflow_default``, ``s3_default``,
+    ``triton_default``)."""
+    from modelops_airflow.hooks import pipeline_hooks
 
+    if context is None:
+        from airflow.sdk import get_current_context
 
-def _hooks():
-    from modelops_hooks import MlflowHook, ModelOpsS3Hook, TritonHook
-
-    return MlflowHook(), ModelOpsS3Hook(), TritonHook()
+        try:
+            context = get_current_context()
+        except RuntimeError:  # not inside a task (a callback, a test): the default connections
+            context = {}
+    dag = context.get("dag")
+    return pipeline_hooks(getattr(dag, "default_args", None))
 
 
 def _fail(message: str):
@@ -46,12 +43,15 @@ def spec_uri_of(spec: dict[str, Any]) -> str:
 
 
 def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
-    """Resolve the MLflow version, pick the recipe, open the MLflow run, write the run spec to S3."""
-    from model_recipes import UnsupportedModel, select_recipe
+    """Resolve the MLflow version, pick the recipe, open the MLflow run, write the run spec to S3.
+
+    The spec (``modelops.contracts.RunSpec``) is complete when written: every later step reads it as is.
+    """
+    from modelops.contracts import SpecError, UnknownVariant
+    from modelops.contracts.naming import TAG_ERROR, TAG_RECIPE, TAG_RUN_ID, TAG_STATUS
+    from modelops.contracts.variants import check_variants
+    from modelops.recipes import UnsupportedModel, select_recipe
     from modelops.tracking.registry import (
-        TAG_ERROR,
-        TAG_RUN_ID,
-        TAG_STATUS,
         ResolveError,
         build_spec,
         clear_version_tag,
@@ -63,11 +63,11 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
 
     settings = Settings.from_env()
     mlflow_hook, s3_hook, _ = _hooks()
-    client, storage = mlflow_hook.get_conn(), s3_hook.storage()
-    variants = list(params.get("variants") or DEFAULT_VARIANTS)
-    unknown = sorted(set(variants) - set(KNOWN_VARIANTS))
-    if unknown:
-        raise _fail(f"unknown variants {unknown}; known: {KNOWN_VARIANTS}")
+    client, storage = mlflow_hook.get_client(), s3_hook.storage()
+    try:
+        variants = check_variants(list(params.get("variants") or DEFAULT_VARIANTS))
+    except UnknownVariant as exc:
+        raise _fail(str(exc)) from None
     try:
         resolved = resolve_version(
             client,
@@ -80,7 +80,7 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
     except ResolveError as exc:
         raise _fail(str(exc)) from None
     try:
-        recipe = select_recipe(resolved.mlmodel)
+        recipe = select_recipe(resolved.mlmodel, explicit=(params.get("recipe") or "").strip() or None)
     except UnsupportedModel as exc:
         # the version exists: say on it why it was not optimized (the failure callback has no XCom yet)
         mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}")
@@ -97,26 +97,31 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
         "execution": settings.execution,
     }
     run_id = open_run(client, resolved.name, resolved.version, airflow_run_id, run_params)
-    spec = build_spec(
-        resolved,
-        recipe,
-        run_id,
-        settings.artifacts_bucket,
-        variants=variants,
-        latency_slo_ms=float(params["latency_slo_ms"]),
-        accuracy_tolerance=float(params["accuracy_tolerance"]),
-        benchmark=DEFAULT_BENCHMARK,
-    )
-    spec["rollout"] = int(params.get("rollout", 100))
-    spec["triton_bucket"] = settings.triton_bucket
-    storage.write_json(spec_uri_of(spec), spec)
+    try:
+        spec = build_spec(
+            resolved,
+            recipe,
+            run_id,
+            settings.artifacts_bucket,
+            triton_bucket=settings.triton_bucket,
+            variants=variants,
+            latency_slo_ms=float(params["latency_slo_ms"]),
+            accuracy_tolerance=float(params["accuracy_tolerance"]),
+            rollout=int(params.get("rollout", 100)),
+        )
+    except SpecError as exc:
+        mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}", run_id)
+        raise _fail(str(exc)) from None
+    document = spec.to_json()
+    storage.write_json(spec_uri_of(document), document)
     set_version_tags(
-        client, resolved.name, resolved.version, {TAG_STATUS: "optimizing", TAG_RUN_ID: run_id, "modelops.recipe": recipe}
+        client, resolved.name, resolved.version, {TAG_STATUS: Status.OPTIMIZING, TAG_RUN_ID: run_id, TAG_RECIPE: recipe}
     )
     clear_version_tag(client, resolved.name, resolved.version, TAG_ERROR)
-    log.info("resolved %s v%s (recipe %s); run %s; spec %s", resolved.name, resolved.version, recipe, run_id, spec_uri_of(spec))
+    log.info("resolved %s v%s (recipe %s); run %s; spec %s", resolved.name, resolved.version, recipe, run_id,
+             spec_uri_of(document))  # fmt: skip
     return {
-        "spec_uri": spec_uri_of(spec),
+        "spec_uri": spec_uri_of(document),
         "model_name": resolved.name,
         "model_version": resolved.version,
         "run_id": run_id,
@@ -176,7 +181,7 @@ def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]
     verdict = load_result(storage, spec, "validate")["candidates"][selection["chosen"]]
     try:
         return deploy_to_triton(
-            triton_hook.get_conn(),
+            triton_hook.get_client(),
             storage,
             spec["triton_bucket"],
             spec["model_name"],
@@ -199,7 +204,7 @@ def record(spec_uri: str, selection: dict[str, Any], deployment: dict[str, Any] 
     storage = s3_hook.storage()
     spec = _load(storage, spec_uri)
     results = {step: load_result(storage, spec, step) for step in ("export", "optimize", "validate", "benchmark")}
-    summary = record_run(mlflow_hook.get_conn(), storage, spec, results, selection, deployment)
+    summary = record_run(mlflow_hook.get_client(), storage, spec, results, selection, deployment)
     summary["triton_url"] = f"http://{triton_hook.url()}"
     summary["mlflow_url"] = mlflow_hook.tracking_uri()
     summary["mlflow_run_url"] = f"{mlflow_hook.tracking_uri()}/#/experiments/{_experiment_id(mlflow_hook, spec)}/runs/{spec['run_id']}"
@@ -207,7 +212,7 @@ def record(spec_uri: str, selection: dict[str, Any], deployment: dict[str, Any] 
 
 
 def _experiment_id(mlflow_hook, spec: dict[str, Any]) -> str:
-    return mlflow_hook.get_conn().get_run(spec["run_id"]).info.experiment_id
+    return mlflow_hook.get_client().get_run(spec["run_id"]).info.experiment_id
 
 
 def on_failure(context: dict[str, Any]) -> None:
@@ -227,8 +232,8 @@ def on_failure(context: dict[str, Any]) -> None:
     if not meta:
         log.error("run failed before a model version was resolved: %s", error)
         return
-    mlflow_hook, _, _ = _hooks()
+    mlflow_hook, _, _ = _hooks(context)
     try:
-        mark_failed(mlflow_hook.get_conn(), meta["model_name"], meta["model_version"], error, meta.get("run_id"))
+        mark_failed(mlflow_hook.get_client(), meta["model_name"], meta["model_version"], error, meta.get("run_id"))
     except Exception as cb_exc:  # noqa: BLE001 - never mask the task's own failure
         log.error("could not record the failure on the model version: %s", cb_exc)

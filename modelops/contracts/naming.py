@@ -36,3 +36,17 @@ def routes_uri(triton_bucket: str, model: str) -> str:
 
 def experiment_name(model: str) -> str:
     return f"modelops/{model}"
+
+
+# MLflow model-version tags written after a run (ARCHITECTURE.md); values of TAG_STATUS: VERSION_STATUSES
+TAG_STATUS = "modelops.status"
+TAG_DEPLOYMENT = "modelops.deployment"
+TAG_VARIANT = "modelops.variant"
+TAG_SPEEDUP = "modelops.speedup"
+TAG_RUN_ID = "modelops.run_id"
+TAG_ERROR = "modelops.error"
+TAG_RECIPE = "modelops.recipe"  # the recipe resolve picked (also narrows nightly fingerprints)
+# triggers: registered-model / model-version tags read by the webhook, reconcile and nightly runs
+TAG_OPT_IN = "modelops.optimize"  # registered model (opt-in) or model version (explicit request)
+TAG_ALIAS = "modelops.alias"  # registered model: which alias the nightly run follows
+TAG_FINGERPRINT = "modelops.fingerprint"  # model version: fingerprint of the last nightly-started run

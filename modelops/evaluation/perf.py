@@ -10,11 +10,13 @@ import io
 import logging
 import os
 import subprocess
-from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict, Field
+
+from modelops.contracts.spec import BenchmarkSpec
 from modelops.settings import Settings
 
 log = logging.getLogger("modelops.evaluation.perf")
@@ -31,29 +33,23 @@ class PerfAnalyzerError(RuntimeError):
     """perf_analyzer failed or wrote no usable CSV; the message is one line."""
 
 
-@dataclass(frozen=True)
-class PerfSettings:
-    """What a benchmark measures. Mirrors the run spec's ``benchmark`` block."""
+class PerfSettings(BenchmarkSpec):
+    """What a benchmark measures: the run spec's ``benchmark`` block, read leniently (unknown keys ignored).
 
-    concurrency: list[int] = field(default_factory=lambda: [1, 4])
-    batch_size: int = 1
-    measurement_interval_ms: int = 1000
-    max_trials: int = 6
-    stability_percentage: int = 50
-    protocol: str = "http"
-    input_data: str = "random"
-    threads: int = 2
+    ``stability_percentage`` may exceed 100 here: a level that never stabilises is re-measured accepting any
+    spread (noted in the result).
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    stability_percentage: int = Field(50, ge=1)
 
     @classmethod
     def from_spec(cls, spec_benchmark: dict[str, Any] | None) -> PerfSettings:
-        data = dict(spec_benchmark or {})
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        if "concurrency" in known:
-            known["concurrency"] = [int(c) for c in known["concurrency"]]
-        return cls(**known)
+        return cls.model_validate(dict(spec_benchmark or {}))
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return self.model_dump(mode="json")
 
 
 def parse_perf_csv(text: str) -> list[dict[str, float]]:
@@ -189,7 +185,7 @@ def run_perf_analyzer(
         header, rows = "", []
         # Last resort on a busy machine: accept whatever the trials measured (the spread is recorded in notes),
         # rather than losing the variant. The CSV still carries perf_analyzer's own numbers.
-        relaxed = replace(settings, stability_percentage=10000)
+        relaxed = settings.model_copy(update={"stability_percentage": 10000})
         for level in settings.concurrency:
             conc = f"{level}:{level}:1"
             one, why = _run_once(command(conc, part, settings), env, part, timeout_s, log_path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from modelops.contracts.status import Status
 
 BASELINE = "baseline"
 
@@ -48,7 +49,7 @@ def best_point(points: list[dict[str, Any]], slo_ms: float) -> dict[str, Any] | 
 
 
 def _score(variant: str, bench: dict[str, Any] | None, slo_ms: float) -> VariantScore:
-    if not bench or bench.get("status") != "done" or not bench.get("points"):
+    if not bench or bench.get("status") != Status.DONE or not bench.get("points"):
         reason = (bench or {}).get("reason") or "not benchmarked"
         return VariantScore(variant, eligible=False, reason=f"benchmark failed: {reason}")
     point = best_point(bench["points"], slo_ms)
@@ -88,7 +89,7 @@ def select(validate: dict[str, Any], benchmark: dict[str, Any], slo_ms: float) -
         )
     scores: dict[str, VariantScore] = {}
     for variant, verdict in validate.get("candidates", {}).items():
-        if verdict.get("status") != "accepted":
+        if verdict.get("status") != Status.ACCEPTED:
             scores[variant] = VariantScore(variant, eligible=False, reason=verdict.get("reason") or verdict.get("status"))
             continue
         scores[variant] = _score(variant, bench.get(variant), slo_ms)

@@ -18,6 +18,8 @@ from typing import Any
 
 from modelops.contracts.naming import deployment_name, deployment_uri
 from modelops.storage import Storage, join
+from modelops.contracts.status import Status
+from modelops.contracts.variants import Device, get_variant
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ def file_table(root: Path) -> dict[str, dict[str, Any]]:
 
 
 def build_manifest(root: Path, spec: dict[str, Any], variant: str, deployment: str, versions: dict[str, str]) -> dict:
+    """The deployment's manifest: provenance, the Triton backend and device it is rendered for, sha256 per file."""
+    info, device = get_variant(variant), Device(spec.get("serving_device") or Device.CPU)
     return {
         "deployment": deployment,
         "model": spec["model_name"],
@@ -58,8 +62,8 @@ def build_manifest(root: Path, spec: dict[str, Any], variant: str, deployment: s
         "source_model_uri": spec["model_uri"],
         "source_artifacts": spec["source_uri"],
         "run_id": spec["run_id"],
-        "backend": "python/onnxruntime",
-        "target_device": "cpu",
+        "backend": f"{info.backend_on(device)}/{info.runtime}",
+        "target_device": str(device),
         "library_versions": versions,
         "files": file_table(root),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -89,8 +93,11 @@ def publish_candidate(
             raise PublishError(f"deployment {deployment} already exists for something else; refusing to overwrite")
         log.info("deployment %s already published by run %s; reusing it", deployment, manifest.get("run_id"))
         return {"deployment": deployment, "uri": uri, "manifest": manifest, "reused": True}
+    info, device = get_variant(variant), Device(spec.get("serving_device") or Device.CPU)
+    if not info.servable_on(device):
+        raise PublishError(f"cannot publish {variant}: {info.not_servable_reason(device)}")
     candidate = optimize_result.get("candidates", {}).get(variant) or {}
-    if candidate.get("status") != "done" or not candidate.get("onnx"):
+    if candidate.get("status") != Status.DONE or not candidate.get("onnx"):
         raise PublishError(f"variant {variant!r} has no optimized model to publish")
     with tempfile.TemporaryDirectory(prefix="modelops-publish-") as tmp:
         onnx_path = storage.download_file(candidate["onnx"], Path(tmp) / "src" / "model.onnx")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from modelops.contracts import ResultError, RunSpec, SpecError, Status, check_result
 from modelops.steps import EXIT_SKIPPED
 from modelops.storage import Storage, is_s3, join
 
@@ -48,12 +49,16 @@ def variant_prefix(spec: dict[str, Any], variant: str) -> str:
 
 
 def load_result(storage: Storage, spec: dict[str, Any], step: str) -> dict[str, Any]:
-    """The result an earlier step wrote; a clear error if it never ran."""
+    """The result an earlier step wrote, checked against its contract; a clear error if it never ran."""
     uri = result_uri(spec, step)
     try:
-        return storage.read_json(uri)
+        result = storage.read_json(uri)
     except FileNotFoundError:
         raise StepError(f"step {step!r} has no result at {uri}: run it first") from None
+    try:
+        return check_result(step, result)
+    except ResultError as exc:
+        raise StepError(f"{exc} ({uri})") from None
 
 
 def write_spec(storage: Storage, spec: dict[str, Any], step: str) -> None:
@@ -182,17 +187,18 @@ def run_step(step: str, fn: Callable[[dict[str, Any], Storage], dict[str, Any]],
     storage = Storage()
     started = time.time()
     try:
-        spec = storage.read_json(args.spec)
+        spec = RunSpec.parse(storage.read_json(args.spec)).to_json()
         write_spec(storage, spec, step)
         write_reproduce_script(storage, spec, step)
         result = fn(spec, storage)
-        result.setdefault("status", "done")
+        result.setdefault("status", Status.DONE)
+        check_result(step, result)
     except StepSkipped as exc:
-        result = {"status": "skipped", "reason": str(exc)}
+        result = {"status": Status.SKIPPED, "reason": str(exc)}
         _write(storage, args.result, spec if "spec" in locals() else None, step, result)
         print(f"{step}: skipped: {exc}", file=sys.stderr)
         return EXIT_SKIPPED
-    except StepError as exc:
+    except (StepError, SpecError, ResultError) as exc:
         print(f"{step}: error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:

@@ -12,7 +12,7 @@ import logging
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from modelops.steps._common import StepError, first_line, load_result, run_step,
 from modelops.storage import Storage, join
 from modelops.serving.triton.local_server import TritonProcess, TritonStartError
 from modelops.serving.triton.model_dir import ONNX_FILE_KINDS, build_model_dir
+from modelops.contracts.status import Status
+from modelops.contracts.variants import Device, get_variant
 
 log = logging.getLogger("modelops.steps.benchmark")
 
@@ -75,7 +77,7 @@ def benchmark_target(
     repo = vdir / "repo"
     triton_log, pa_log, csv_path = vdir / "triton.log", vdir / "perf_analyzer.log", vdir / "perf.csv"
     out: dict[str, Any] = {
-        "status": "failed",
+        "status": Status.FAILED,
         "kind": target.kind,
         "points": [],
         "csv_path": None,
@@ -161,6 +163,7 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
     validate = load_result(storage, spec, "validate")
     optimize = load_result(storage, spec, "optimize")
     perf = PerfSettings.from_spec(spec.get("benchmark"))
+    device = spec.get("serving_device") or Device.CPU  # the device of the Triton this step starts
     io, mbs = export["io"], int(export["max_batch_size"])
     variants: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="modelops-benchmark-") as tmp:
@@ -176,15 +179,15 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
         candidate_kind, assets = export.get("serving_kind") or "onnxruntime", None
         if export.get("serving_io"):  # text in: serve, smoke-check and measure with what clients send
             io, samples, expected_src, assets, perf_data = _serving_inputs(storage, export, work)
-            perf = replace(perf, input_data=str(perf_data))
+            perf = perf.model_copy(update={"input_data": str(perf_data)})
         targets = [Target(BASELINE, baseline_kind, baseline_path, expected_src, assets)]
         for variant, res in validate["candidates"].items():
-            if res.get("status") != "accepted":
+            if res.get("status") != Status.ACCEPTED:
                 continue
-            if optimize["candidates"][variant].get("runtime") == "tensorrt":
-                # ModelOpt Q/DQ models are TensorRT inputs: timing them in the CPU python backend says nothing
-                variants[variant] = {"status": "skipped", "kind": "tensorrt", "points": [],
-                                     "reason": "targets TensorRT: benchmarked as an engine on a GPU node"}
+            info = get_variant(variant)
+            if not info.servable_on(device):  # e.g. ModelOpt Q/DQ (TensorRT inputs) on the CPU Triton
+                variants[variant] = {"status": Status.SKIPPED, "kind": str(info.runtime), "points": [],
+                                     "reason": info.not_servable_reason(device)}
                 continue
             onnx = storage.download_file(
                 optimize["candidates"][variant]["onnx"], work / "models" / variant / "model.onnx"
@@ -201,12 +204,12 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
             res["csv"] = storage.upload_file(csv_local, join(vprefix, "perf.csv")) if csv_local else None
             res["log"] = join(vprefix, "triton.log")
             variants[target.variant] = res
-            if target.variant == BASELINE and res["status"] != "done":
+            if target.variant == BASELINE and res["status"] != Status.DONE:
                 raise StepError(f"baseline ({target.kind} in Triton) failed: {res['reason']}")
     settings = {**perf.as_dict(), "max_batch_size": mbs, "instance_count": 1}
     if export.get("serving_io"):  # the JSON perf_analyzer read, not the temporary copy
         settings["input_data"] = export["outputs"]["perf_input_data"]
-    return {"status": "done", "variants": variants, "settings": settings}
+    return {"status": Status.DONE, "variants": variants, "settings": settings}
 
 
 if __name__ == "__main__":

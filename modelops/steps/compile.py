@@ -1,9 +1,10 @@
 """Compile step: TensorRT engines (``model.plan``) from the candidate ONNX models, on the GPU they will serve on.
 
-``python -m modelops.steps.compile --spec spec.json --result result.json``. Engine variants are data
-(:data:`ENGINES`): ``trt_fp16`` is built from export's fp32 ONNX with the FP16 flag; ``trt_int8`` and
-``trt_fp8`` from optimize's ModelOpt Q/DQ candidates (explicit quantization: the scales are in the graph,
-no calibrator). Each engine gets one optimization profile from the model's dynamic shapes (batch
+``python -m modelops.steps.compile --spec spec.json --result result.json``. The compile variants and
+what each is built from are the registry's (:data:`modelops.contracts.variants.VARIANTS`); how each is
+built is data here (:data:`ENGINES`): ``trt_fp16`` from export's fp32 ONNX with the FP16 flag;
+``trt_int8`` and ``trt_fp8`` from optimize's ModelOpt Q/DQ candidates (explicit quantization: the scales
+are in the graph, no calibrator). Each engine gets one optimization profile from the model's dynamic shapes (batch
 min/opt/max from the spec, sequence-like dims from the spec or recipe), reuses a timing cache kept under
 the run prefix, and is tagged with the GPU product and TensorRT version it was built with (result and
 ``engine.json`` sidecar), since a plan only runs on that GPU model and TensorRT version.
@@ -27,8 +28,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from modelops.contracts.variants import BuildStep, built_by, get_variant
 from modelops.steps._common import StepSkipped, first_line, load_result, run_step, step_prefix, variant_prefix
 from modelops.storage import Storage, join
+from modelops.contracts.status import Status
 
 log = logging.getLogger("modelops.steps.compile")
 
@@ -45,7 +48,6 @@ class EngineRecipe:
 
     Attributes:
         precision: fp16 | int8 | fp8 (recorded; the flags decide).
-        source: optimize candidate the engine is built from; None = export's fp32 ONNX.
         strongly_typed: build a STRONGLY_TYPED network (tensor types from the ONNX graph, no precision flags).
         flags: ``trt.BuilderFlag`` names set on the builder config (weakly typed networks only).
         fallback_flags: flags used instead when this TensorRT has no STRONGLY_TYPED network flag (< 9).
@@ -53,7 +55,6 @@ class EngineRecipe:
     """
 
     precision: str
-    source: str | None
     strongly_typed: bool = False
     flags: tuple[str, ...] = ()
     fallback_flags: tuple[str, ...] = ()
@@ -62,13 +63,12 @@ class EngineRecipe:
 
 ENGINES: dict[str, EngineRecipe] = {
     # fp32 ONNX; TensorRT picks fp16 kernels where faster
-    "trt_fp16": EngineRecipe("fp16", None, flags=("FP16",)),
+    "trt_fp16": EngineRecipe("fp16", flags=("FP16",)),
     # INT8 Q/DQ with an fp32 remainder: weakly typed, INT8 for the Q/DQ-bracketed layers, FP16 for the rest
-    "trt_int8": EngineRecipe("int8", "modelopt_int8", flags=("INT8", "FP16")),
+    "trt_int8": EngineRecipe("int8", flags=("INT8", "FP16")),
     # FP8 Q/DQ with an fp16 remainder: strongly typed, as ModelOpt recommends (trtexec --stronglyTyped)
     "trt_fp8": EngineRecipe(
         "fp8",
-        "modelopt_fp8",
         strongly_typed=True,
         fallback_flags=("FP8", "FP16"),
         min_compute_capability=FP8_MIN_COMPUTE_CAPABILITY,
@@ -135,11 +135,12 @@ def profile_shapes(shape: Sequence[int], batched: bool, batch: Triple, variable:
 
 
 def batch_triple(spec: dict[str, Any], max_batch_size: int) -> Triple:
-    """min/opt/max batch: 1 / ``engine.opt_batch`` (8) / the model's ``max_batch_size``, clipped to be ordered."""
+    """min/opt/max batch: ``engine.min_batch`` (1) / ``engine.opt_batch`` (8) / ``engine.max_batch`` (the model's
+    ``max_batch_size``), clipped to be ordered."""
     engine = spec.get("engine") or {}
-    top = max(1, int(engine.get("max_batch", max_batch_size or 1)))
-    low = max(1, min(int(engine.get("min_batch", 1)), top))
-    return low, max(low, min(int(engine.get("opt_batch", DEFAULT_OPT_BATCH)), top)), top
+    top = max(1, int(engine.get("max_batch") or max_batch_size or 1))
+    low = max(1, min(int(engine.get("min_batch") or 1), top))
+    return low, max(low, min(int(engine.get("opt_batch") or DEFAULT_OPT_BATCH), top)), top
 
 
 def variable_triple(spec: dict[str, Any], recipe: Any | None = None) -> Triple:
@@ -148,8 +149,8 @@ def variable_triple(spec: dict[str, Any], recipe: Any | None = None) -> Triple:
     if engine.get("variable_dim"):
         low, opt, top = (int(x) for x in engine["variable_dim"])
         return low, opt, top
-    top = int(getattr(recipe, "max_sequence_length", DEFAULT_VARIABLE_DIM[2]) or DEFAULT_VARIABLE_DIM[2])
-    opt = min(int(getattr(recipe, "opt_sequence_length", DEFAULT_VARIABLE_DIM[1]) or DEFAULT_VARIABLE_DIM[1]), top)
+    top = int((recipe.max_sequence_length if recipe is not None else None) or DEFAULT_VARIABLE_DIM[2])
+    opt = min(int((recipe.opt_sequence_length if recipe is not None else None) or DEFAULT_VARIABLE_DIM[1]), top)
     return 1, opt, top
 
 
@@ -266,20 +267,21 @@ def trtexec_command(build: EngineBuild, onnx_name: str, timing_cache_name: str) 
 
 
 def requested_engines(spec: dict[str, Any]) -> list[str]:
-    return [v for v in spec.get("variants") or [] if v in ENGINES]
+    """The requested variants the registry says compile builds, in registry order."""
+    return built_by(BuildStep.COMPILE, list(spec.get("variants") or []))
 
 
 def engine_source(
     variant: str, export: dict[str, Any], optimize: dict[str, Any] | None
 ) -> tuple[str | None, str | None]:
     """``(onnx uri, None)`` to build from, or ``(None, reason)`` when the source candidate is not there."""
-    source = ENGINES[variant].source
+    source = get_variant(variant).source
     if source is None:
         return export["outputs"]["onnx"], None
     cand = ((optimize or {}).get("candidates") or {}).get(source)
     if not cand:
         return None, f"needs the {source} candidate, which optimize did not build"
-    if cand.get("status") != "done" or not cand.get("onnx"):
+    if cand.get("status") != Status.DONE or not cand.get("onnx"):
         return None, f"source candidate {source} is {cand.get('status')}: {cand.get('reason')}"
     return cand["onnx"], None
 
@@ -311,7 +313,8 @@ def compile_engines(
     batch = batch_triple(spec, int(export.get("max_batch_size") or 1)) if batched else (1, 1, 1)
     variable = variable_triple(spec, recipe)
     cache_name = f"timing-{gpu.slug()}-trt{trt.__version__}.cache"
-    cache_uri = join(spec.get("timing_cache_prefix") or step_prefix(spec, "compile"), cache_name)
+    cache_prefix = (spec.get("engine") or {}).get("timing_cache_prefix") or step_prefix(spec, "compile")
+    cache_uri = join(cache_prefix, cache_name)
     timing_cache = work / cache_name
     if storage.exists(cache_uri):
         storage.download_file(cache_uri, timing_cache)
@@ -333,7 +336,7 @@ def compile_engines(
                 f"{recipe_.precision} needs compute capability >= {need}; {gpu.name} has {gpu.compute_capability}",
             )
         if uri is None:
-            engines[variant] = {"status": "skipped", "reason": reason, "plan": None, **tag}
+            engines[variant] = {"status": Status.SKIPPED, "reason": reason, "plan": None, **tag}
             continue
         local = storage.download_file(uri, work / variant / "model.onnx")
         plan = work / variant / "model.plan"
@@ -343,7 +346,7 @@ def compile_engines(
             )
         except Exception as exc:  # noqa: BLE001 - one engine fails alone
             log.warning("engine %s failed: %s", variant, first_line(exc))
-            engines[variant] = {"status": "failed", "reason": first_line(exc), "plan": None, "source_onnx": uri, **tag}
+            engines[variant] = {"status": Status.FAILED, "reason": first_line(exc), "plan": None, "source_onnx": uri, **tag}
             continue
         prefix = variant_prefix(spec, variant)
         sidecar = {**tag, **asdict(build), "variant": variant, "source_onnx": uri, "built_at": time.time()}
@@ -351,19 +354,19 @@ def compile_engines(
         script += f"set -euo pipefail\n{trtexec_command(build, 'model.onnx', cache_name)}\n"
         storage.write_bytes(join(prefix, "reproduce_engine.sh"), script.encode())
         engines[variant] = {
-            "status": "done",
+            "status": Status.DONE,
             "reason": None,
             "plan": storage.upload_file(plan, join(prefix, "model.plan")),
             "sidecar": storage.write_json(join(prefix, "engine.json"), sidecar),
             "source_onnx": uri,
-            "runtime": "tensorrt",
+            "runtime": get_variant(variant).runtime,
             **tag,
             **asdict(build),
         }
         log.info("engine %s: %d bytes in %.1f s on %s", variant, build.plan_bytes, build.build_seconds, gpu.name)
     if timing_cache.is_file():
         storage.upload_file(timing_cache, cache_uri)
-    return {"status": "done", "engines": engines, **tag, "timing_cache": cache_uri if timing_cache.is_file() else None}
+    return {"status": Status.DONE, "engines": engines, **tag, "timing_cache": cache_uri if timing_cache.is_file() else None}
 
 
 def run(
@@ -371,14 +374,14 @@ def run(
 ) -> dict[str, Any]:
     """The step. Skips (exit 99) without engine variants, without a GPU, or without TensorRT."""
     if not requested_engines(spec):
-        raise StepSkipped(f"no TensorRT engine variant requested (known: {', '.join(ENGINES)})")
+        raise StepSkipped(f"no TensorRT engine variant requested (known: {', '.join(built_by(BuildStep.COMPILE))})")
     gpu = gpu or detect_gpu()
     if gpu is None:
         raise StepSkipped("no NVIDIA GPU visible (nvidia-smi lists none): TensorRT engines are built on a GPU worker")
     trt = trt or _import_tensorrt()
     recipe = None
     try:
-        from model_recipes import get_recipe
+        from modelops.recipes import get_recipe
 
         recipe = get_recipe(spec["recipe"])
     except Exception as exc:  # noqa: BLE001 - only the sequence-length defaults come from the recipe

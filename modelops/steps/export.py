@@ -19,6 +19,7 @@ import numpy as np
 
 from modelops.steps._common import StepError, first_line, run_step, step_prefix
 from modelops.storage import Storage, join
+from modelops.contracts.status import Status
 
 log = logging.getLogger("modelops.steps.export")
 
@@ -31,12 +32,12 @@ PARITY_SAMPLES = 8
 class ExportOutcome:
     onnx_path: Path
     samples_path: Path
-    io: Any  # model_recipes.base.IOSpec
+    io: Any  # modelops.recipes.IOSpec
     parity_max_abs_diff: float
     exporter: str
     baseline_kind: str  # Triton model kind serving the source model in its own framework
     versions: dict[str, str]
-    # recipes whose clients see other tensors than the ONNX model (text in): model_recipes' write_serving_artifacts
+    # recipes whose clients see other tensors than the ONNX model (text in): Recipe.write_serving_artifacts
     serving: dict[str, Any] | None = None
 
 
@@ -51,7 +52,7 @@ def read_mlmodel(model_dir: Path) -> dict[str, Any]:
 
 def _complete_io(io: Any, outputs: list[np.ndarray]) -> Any:
     """Name/shape outputs from what the model really returns when the signature does not match."""
-    from model_recipes.base import IOSpec, TensorSpec
+    from modelops.recipes import IOSpec, TensorSpec
 
     if len(io.outputs) == len(outputs):
         return io
@@ -96,7 +97,7 @@ def export_model(
 
     Args:
         model_dir: local MLflow model directory (holds ``MLmodel``).
-        recipe_name: a key of ``model_recipes.RECIPES``.
+        recipe_name: an installed recipe (``modelops.recipes.known_recipes()``).
         out_dir: where ``model.onnx`` and ``samples.npz`` are written.
         mlmodel: the parsed MLmodel (read from ``model_dir`` when None).
         opset: ONNX opset.
@@ -108,14 +109,13 @@ def export_model(
     """
     import onnx
 
-    from model_recipes import get_recipe
+    from modelops.recipes import get_recipe
 
     recipe = get_recipe(recipe_name)
     mlmodel = mlmodel or read_mlmodel(model_dir)
     try:
-        # recipes that read I/O from the model file itself (onnx_generic) define io_from_model_dir
-        from_dir = getattr(recipe, "io_from_model_dir", None)
-        io = from_dir(model_dir, mlmodel) if from_dir else recipe.io(mlmodel)
+        # recipes that read I/O from the model file itself (onnx_generic) override io_from_model_dir
+        io = recipe.io_from_model_dir(model_dir, mlmodel)
     except (ValueError, FileNotFoundError) as exc:
         raise StepError(f"cannot read the model's tensor signature: {exc}") from exc
     try:
@@ -166,8 +166,7 @@ def export_model(
     samples_path = out_dir / "samples.npz"
     np.savez(samples_path, **samples, **{f"output:{n}": r for n, r in zip(io.output_names, reference, strict=True)})
     log.info("exported with the %s exporter, parity max abs diff %.3g", exporter, worst)
-    serving_hook = getattr(recipe, "write_serving_artifacts", None)
-    serving = serving_hook(model, reference, out_dir / "serving") if serving_hook else None
+    serving = recipe.write_serving_artifacts(model, reference, out_dir / "serving")
     return ExportOutcome(
         onnx_path, samples_path, io, worst, exporter, recipe.baseline_kind, recipe.library_versions(), serving
     )
@@ -193,7 +192,7 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
         serving = _upload_serving(storage, prefix, outcome.serving)
     serving_outputs = serving.pop("serving_outputs", {})
     return {
-        "status": "done",
+        "status": Status.DONE,
         "outputs": {"onnx": onnx_uri, "samples": samples_uri, "source_model": source_model_uri, **serving_outputs},
         "metrics": {"parity_max_abs_diff": outcome.parity_max_abs_diff},
         "io": outcome.io.to_dict(),

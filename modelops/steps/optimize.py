@@ -1,9 +1,11 @@
 """Optimize step: one candidate ONNX per requested variant (ONNX Runtime tools, and ModelOpt for TensorRT).
 
-Variants are data (:data:`VARIANTS`: name -> builder of a :class:`VariantContext`). A failing variant is
-marked ``failed`` with its reason, one that does not apply here ``skipped``, and the others continue; the
-step fails only when every variant it built failed. TensorRT engine variants (``trt_*``) belong to the
-compile step; optimize builds the Q/DQ candidates they start from.
+Which variants exist, which step builds each and what runs it is the registry's
+(:data:`modelops.contracts.variants.VARIANTS`); this module maps each optimize variant to its builder
+(:data:`BUILDERS`: name -> builder of a :class:`VariantContext`). A failing variant is marked ``failed``
+with its reason, one that does not apply here ``skipped``, and the others continue; the step fails only
+when every variant it built failed. Compile variants (TensorRT engines) are not built here, but the Q/DQ
+candidates they start from are.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from typing import Any
 import numpy as np
 
 from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
-from modelops.steps.compile import ENGINES
+from modelops.contracts.variants import Runtime, get_variant, optimize_targets
+from modelops.contracts.variants import check_variants as check_registry
 from modelops.storage import Storage, join
+from modelops.contracts.status import Status
 
 log = logging.getLogger("modelops.steps.optimize")
 
-ONNXRUNTIME = "onnxruntime"
-TENSORRT = "tensorrt"  # Q/DQ candidates meant for TensorRT (explicit quantization), not a CPU speed-up
 
 
 def transformer_hints(src: Path) -> dict[str, Any] | None:
@@ -254,36 +256,27 @@ def modelopt_builder(mode: str) -> Builder:
     return build
 
 
-VARIANTS: dict[str, Builder] = {
+BUILDERS: dict[str, Builder] = {
     "ort_fp32": paths_builder(ort_fp32),
     "ort_int8_dynamic": paths_builder(ort_int8_dynamic),
     "ort_int8_static": ort_int8_static,
     "modelopt_int8": modelopt_builder("int8"),
     "modelopt_fp8": modelopt_builder("fp8"),
 }
-# what runs a variant's candidate (recorded even when the variant fails or is skipped)
-RUNTIMES: dict[str, str] = {"modelopt_int8": TENSORRT, "modelopt_fp8": TENSORRT}
 
 
 def check_variants(variants: list[str]) -> None:
-    """Every name is an optimize variant or a compile (TensorRT engine) variant; at least one."""
-    known = sorted([*VARIANTS, *ENGINES])
-    unknown = [v for v in variants if v not in VARIANTS and v not in ENGINES]
-    if unknown:
-        raise StepError(f"unknown variant(s) {unknown}; known: {known}")
-    if not variants:
-        raise StepError(f"no variants requested; known: {known}")
+    """Every name is in the variant registry; at least one (:class:`StepError` otherwise)."""
+    try:
+        check_registry(variants)
+    except ValueError as exc:
+        raise StepError(str(exc)) from None
 
 
 def onnx_variants(variants: list[str]) -> list[str]:
-    """The candidates optimize builds, in :data:`VARIANTS` order: the requested ONNX variants plus the Q/DQ
-    sources the requested engines need."""
-    wanted = [v for v in variants if v in VARIANTS]
-    for engine in (v for v in variants if v in ENGINES):
-        source = ENGINES[engine].source
-        if source and source not in wanted:
-            wanted.append(source)
-    return sorted(wanted, key=list(VARIANTS).index)  # registry order: ort_int8_static before modelopt_int8
+    """The candidates optimize builds, in registry order: the requested optimize variants plus the Q/DQ
+    sources the requested compile variants are built from."""
+    return optimize_targets(variants)
 
 
 def build_candidate(variant: str, ctx: VariantContext) -> dict[str, Any]:
@@ -298,32 +291,32 @@ def build_candidate(variant: str, ctx: VariantContext) -> dict[str, Any]:
 
     ctx.dest.parent.mkdir(parents=True, exist_ok=True)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
-    base: dict[str, Any] = {"path": None, "size_bytes": 0, "runtime": RUNTIMES.get(variant, ONNXRUNTIME)}
+    base: dict[str, Any] = {"path": None, "size_bytes": 0, "runtime": get_variant(variant).runtime}
     base["artifacts"] = ctx.artifacts
     try:
-        extra = VARIANTS[variant](ctx) or {}
+        extra = BUILDERS[variant](ctx) or {}
     except VariantSkipped as exc:
         log.info("variant %s skipped: %s", variant, exc)
-        return {**base, "status": "skipped", "reason": str(exc)}
+        return {**base, "status": Status.SKIPPED, "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - an optional variant fails with status, not an exception
         log.warning("variant %s failed: %s", variant, first_line(exc))
-        return {**base, "status": "failed", "reason": first_line(exc)}
-    runtime = extra.pop("runtime", base["runtime"])
+        return {**base, "status": Status.FAILED, "reason": first_line(exc)}
+    runtime = base["runtime"]
     try:
         ort_cpu.session(ctx.dest)  # it must at least load on CPU
         cpu_error = None
     except Exception as exc:  # noqa: BLE001
         cpu_error = first_line(exc)
-    if cpu_error and runtime == ONNXRUNTIME:
+    if cpu_error and runtime == Runtime.ONNXRUNTIME:
         log.warning("variant %s does not load in ONNX Runtime: %s", variant, cpu_error)
-        return {**base, "status": "failed", "reason": cpu_error}
-    if runtime == TENSORRT:
+        return {**base, "status": Status.FAILED, "reason": cpu_error}
+    if runtime == Runtime.TENSORRT:
         extra["cpu_loadable"] = cpu_error is None
         extra["cpu_load_error"] = cpu_error
     return {
         **base,
         **extra,
-        "status": "done",
+        "status": Status.DONE,
         "path": ctx.dest,
         "size_bytes": ctx.dest.stat().st_size,
         "runtime": runtime,
@@ -367,8 +360,7 @@ def optimize_model(
 def load_recipe(spec: dict[str, Any], export: dict[str, Any]) -> tuple[Any | None, Any | None, str | None]:
     """``(recipe, io, error)``: the recipe object and export's I/O, or the reason they are unavailable."""
     try:
-        from model_recipes import get_recipe
-        from model_recipes.base import IOSpec
+        from modelops.recipes import IOSpec, get_recipe
 
         return get_recipe(spec["recipe"]), IOSpec.from_dict(export["io"], export.get("max_batch_size")), None
     except Exception as exc:  # noqa: BLE001 - only the variants that need the recipe fail
@@ -398,7 +390,7 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
             }
             candidates[variant] = res
         source_size = src.stat().st_size
-    return {"status": "done", "candidates": candidates, "source_size_bytes": source_size}
+    return {"status": Status.DONE, "candidates": candidates, "source_size_bytes": source_size}
 
 
 if __name__ == "__main__":

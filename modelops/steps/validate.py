@@ -21,11 +21,12 @@ import numpy as np
 
 from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
 from modelops.storage import Storage, join
+from modelops.contracts.status import Status
+from modelops.contracts.variants import Runtime, get_variant
 
 log = logging.getLogger("modelops.steps.validate")
 
 EVAL_CHUNK = 256
-TENSORRT = "tensorrt"
 TENSORRT_REASON = "needs TensorRT (GPU) to run"
 
 
@@ -57,14 +58,11 @@ def extra_metrics(recipe: Any, outputs: np.ndarray, labels: np.ndarray | None, s
 
     A failing extra metric is logged and left out: it informs, it does not gate.
     """
-    fn = getattr(recipe, "extra_metrics", None)
-    if not callable(fn):
-        return {}
     try:
-        raw = fn(outputs, labels, source) or {}
+        raw = recipe.extra_metrics(outputs, labels, source) or {}
         return {str(k): float(v) for k, v in raw.items() if v is not None}
     except Exception as exc:  # noqa: BLE001 - informative metrics never fail a candidate
-        log.warning("extra metrics of recipe %s failed: %s", getattr(recipe, "name", "?"), first_line(exc))
+        log.warning("extra metrics of recipe %s failed: %s", recipe.name, first_line(exc))
         return {}
 
 
@@ -90,7 +88,7 @@ def validate_candidate(
     source_outputs: dict[str, np.ndarray],
     source_metric: float,
     tolerance: float,
-    runtime: str = "onnxruntime",
+    runtime: str = Runtime.ONNXRUNTIME,
 ) -> dict[str, Any]:
     """Score one candidate: the metric rule AND the GX expectation suite must pass.
 
@@ -105,9 +103,9 @@ def validate_candidate(
     try:
         outputs = run_onnx(candidate_onnx, eval_inputs)
     except Exception as exc:  # noqa: BLE001 - a broken candidate fails alone
-        if runtime == TENSORRT:
-            return _not_run("skipped", source_metric, TENSORRT_REASON, f"onnxruntime: {first_line(exc)}")
-        return _not_run("failed", source_metric, f"cannot run candidate: {first_line(exc)}")
+        if runtime == Runtime.TENSORRT:
+            return _not_run(Status.SKIPPED, source_metric, TENSORRT_REASON, f"onnxruntime: {first_line(exc)}")
+        return _not_run(Status.FAILED, source_metric, f"cannot run candidate: {first_line(exc)}")
     first = next(iter(source_outputs))
     cand, src = outputs[first], source_outputs[first]
     finite = all(bool(np.isfinite(o).all()) for o in outputs.values() if o.dtype.kind == "f")
@@ -120,7 +118,7 @@ def validate_candidate(
         log.warning("expectation failed: %s", describe(failed))
     reasons = [r for r in (gate(metric, source_metric, tolerance, finite, recipe.metric_name), verdict.reason()) if r]
     return {
-        "status": "rejected" if reasons else "accepted",
+        "status": Status.REJECTED if reasons else Status.ACCEPTED,
         "metric": metric if math.isfinite(metric) else None,
         "source_metric": source_metric,
         "max_abs_diff": max_abs_diff if math.isfinite(max_abs_diff) else None,
@@ -158,7 +156,7 @@ def validate_candidates(
     """Gate every candidate ONNX against ``source_onnx`` on the recipe's eval data.
 
     Args:
-        recipe_name: a key of ``model_recipes.RECIPES``.
+        recipe_name: an installed recipe (``modelops.recipes.known_recipes()``).
         io_dict: export's ``io`` (``{"inputs": [...], "outputs": [...]}``).
         source_onnx: the parity-checked export.
         candidates: variant -> candidate ONNX path.
@@ -172,8 +170,7 @@ def validate_candidates(
         ``(source_metric, metric_name, {variant: result})``; results carry ``sample_outputs_path``,
         ``comparison_path`` and ``expectations_path`` (None without ``out_dir``).
     """
-    from model_recipes import get_recipe
-    from model_recipes.base import IOSpec
+    from modelops.recipes import IOSpec, get_recipe
 
     recipe = get_recipe(recipe_name)
     io = IOSpec.from_dict(io_dict)
@@ -186,7 +183,7 @@ def validate_candidates(
     results: dict[str, dict[str, Any]] = {}
     for variant, path in candidates.items():
         started = time.perf_counter()
-        runtime = (runtimes or {}).get(variant) or "onnxruntime"
+        runtime = (runtimes or {}).get(variant) or Runtime.ONNXRUNTIME
         res = validate_candidate(recipe, path, eval_inputs, labels, source_outputs, source_metric, tolerance, runtime)
         _save_gate_artifacts(res, out_dir / variant if out_dir is not None else None)
         res["sample_outputs_path"] = None
@@ -224,14 +221,14 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
         samples_path = storage.download_file(export["outputs"]["samples"], work / "samples.npz")
         with np.load(samples_path) as npz:
             samples = {k: npz[k] for k in npz.files if not k.startswith("output:")}
-        done = {v: c for v, c in optimize["candidates"].items() if c.get("status") == "done"}
+        done = {v: c for v, c in optimize["candidates"].items() if c.get("status") == Status.DONE}
         # a TensorRT-only artifact (an engine, no ONNX) cannot be scored here: it is checked on a GPU
-        skipped = {v: _not_run("skipped", math.nan, TENSORRT_REASON) for v, c in done.items() if not c.get("onnx")}
+        skipped = {v: _not_run(Status.SKIPPED, math.nan, TENSORRT_REASON) for v, c in done.items() if not c.get("onnx")}
         todo = {v: c for v, c in done.items() if c.get("onnx")}
         if not todo and not skipped:
             raise StepError("optimize produced no candidate to validate")
         paths = {v: storage.download_file(c["onnx"], work / "candidates" / v / "model.onnx") for v, c in todo.items()}
-        runtimes = {v: c.get("runtime") or "onnxruntime" for v, c in todo.items()}
+        runtimes = {v: get_variant(v).runtime for v in todo}
         source_metric, metric_name, results = validate_candidates(
             spec["recipe"], export["io"], source, paths, tolerance, samples=samples, out_dir=work / "out",
             runtimes=runtimes,
@@ -250,7 +247,7 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
                 )
             candidates[variant] = res
     return {
-        "status": "done",
+        "status": Status.DONE,
         "source_metric": source_metric,
         "metric_name": metric_name,
         "accuracy_tolerance": tolerance,

@@ -12,18 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelops.tracking.registry import (
-    TAG_DEPLOYMENT,
-    TAG_ERROR,
-    TAG_RUN_ID,
-    TAG_SPEEDUP,
-    TAG_STATUS,
-    TAG_VARIANT,
-    clear_version_tag,
-    set_version_tags,
-)
+from modelops.contracts.naming import TAG_DEPLOYMENT, TAG_ERROR, TAG_RUN_ID, TAG_SPEEDUP, TAG_STATUS, TAG_VARIANT
+from modelops.tracking.registry import clear_version_tag, set_version_tags
 from modelops.tracking.report import render_report
 from modelops.storage import Storage
+from modelops.contracts.status import Status
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -73,12 +66,12 @@ def _gate_summary(expectations: dict[str, Any] | None) -> dict[str, Any] | None:
 def _status(variant: str, verdict: dict[str, Any], score: dict[str, Any], chosen: str | None) -> str:
     """chosen | source | rejected/failed (accuracy gate) | excluded (benchmark failed or SLO missed) | slower."""
     if variant == chosen:
-        return "chosen"
+        return Status.CHOSEN
     if variant == "baseline":
-        return "source"
-    if verdict.get("status") != "accepted":
-        return verdict.get("status") or "failed"
-    return "slower" if score["eligible"] else "excluded"
+        return Status.SOURCE
+    if verdict.get("status") != Status.ACCEPTED:
+        return verdict.get("status") or Status.FAILED
+    return Status.SLOWER if score["eligible"] else Status.EXCLUDED
 
 
 def plot_throughput_vs_p99(benchmark: dict[str, Any], slo_ms: float, path: Path) -> Path:
@@ -153,9 +146,9 @@ def plot_accuracy_vs_throughput(
 def not_built(optimize: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Variants optimize could not build (failed, or skipped e.g. TensorRT without a GPU), with the reason."""
     return {
-        variant: {"status": cand.get("status") or "failed", "reason": cand.get("reason")}
+        variant: {"status": cand.get("status") or Status.FAILED, "reason": cand.get("reason")}
         for variant, cand in optimize.get("candidates", {}).items()
-        if cand.get("status") != "done"
+        if cand.get("status") != Status.DONE
     }
 
 
@@ -287,7 +280,7 @@ def record_run(
     name, version = spec["model_name"], spec["model_version"]
     if deployment:
         tags = {
-            TAG_STATUS: "deployed",
+            TAG_STATUS: Status.DEPLOYED,
             TAG_DEPLOYMENT: deployment["deployment"],
             TAG_VARIANT: selection["chosen"],
             TAG_SPEEDUP: selection["speedup"],
@@ -295,7 +288,7 @@ def record_run(
         }
         clear_version_tag(client, spec["model_name"], spec["model_version"], TAG_ERROR)
     else:
-        tags = {TAG_STATUS: "rejected", TAG_RUN_ID: run_id, TAG_ERROR: selection.get("reason") or "no candidate"}
+        tags = {TAG_STATUS: Status.REJECTED, TAG_RUN_ID: run_id, TAG_ERROR: selection.get("reason") or "no candidate"}
     set_version_tags(client, name, version, tags)
     for key in (TAG_STATUS, TAG_DEPLOYMENT, TAG_VARIANT, TAG_SPEEDUP):
         if key in tags:

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from model_recipes import source_flavor
-from modelops.contracts.naming import experiment_name, run_prefix
+from modelops.contracts.naming import TAG_ERROR, TAG_RUN_ID, TAG_STATUS, experiment_name, run_prefix
+from modelops.contracts.spec import RunSpec
+from modelops.contracts.status import Status
+from modelops.recipes import source_flavor
 from modelops.storage import Storage, join
 
 if TYPE_CHECKING:
@@ -21,13 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TAG_STATUS = "modelops.status"
-TAG_DEPLOYMENT = "modelops.deployment"
-TAG_VARIANT = "modelops.variant"
-TAG_SPEEDUP = "modelops.speedup"
-TAG_RUN_ID = "modelops.run_id"
-TAG_ERROR = "modelops.error"
-STATUSES = ("optimizing", "deployed", "failed", "rejected")
 
 
 class ResolveError(Exception):
@@ -130,28 +125,38 @@ def build_spec(
     run_id: str,
     artifacts_bucket: str,
     *,
+    triton_bucket: str,
     variants: list[str],
     latency_slo_ms: float,
     accuracy_tolerance: float,
-    benchmark: dict[str, Any],
-) -> dict[str, Any]:
-    """The run spec every step reads (see ``modelops.steps``)."""
-    return {
-        "model_name": resolved.name,
-        "model_version": resolved.version,
-        "alias": resolved.alias,
-        "model_uri": f"models:/{resolved.name}/{resolved.version}",
-        "source_uri": resolved.source_uri,
-        "flavor": source_flavor(resolved.mlmodel),
-        "recipe": recipe,
-        "mlmodel": resolved.mlmodel,
-        "variants": list(variants),
-        "latency_slo_ms": float(latency_slo_ms),
-        "accuracy_tolerance": float(accuracy_tolerance),
-        "run_id": run_id,
-        "run_prefix": run_prefix(artifacts_bucket, resolved.name, resolved.version, run_id),
-        "benchmark": dict(benchmark),
-    }
+    rollout: int = 100,
+    benchmark: dict[str, Any] | None = None,
+) -> RunSpec:
+    """The run spec every step reads, complete: every block at its defaults unless given (see ``RunSpec``).
+
+    Raises:
+        SpecError: a value is out of range or a variant unknown (one line naming the field).
+    """
+    return RunSpec.parse(
+        {
+            "model_name": resolved.name,
+            "model_version": resolved.version,
+            "alias": resolved.alias,
+            "model_uri": f"models:/{resolved.name}/{resolved.version}",
+            "source_uri": resolved.source_uri,
+            "flavor": source_flavor(resolved.mlmodel),
+            "recipe": recipe,
+            "mlmodel": resolved.mlmodel,
+            "variants": list(variants),
+            "latency_slo_ms": float(latency_slo_ms),
+            "accuracy_tolerance": float(accuracy_tolerance),
+            "rollout": int(rollout),
+            "run_id": run_id,
+            "run_prefix": run_prefix(artifacts_bucket, resolved.name, resolved.version, run_id),
+            "triton_bucket": triton_bucket,
+            "benchmark": dict(benchmark or {}),
+        }
+    )
 
 
 def set_version_tags(client: MlflowClient, name: str, version: str, tags: dict[str, Any]) -> None:
@@ -170,7 +175,7 @@ def clear_version_tag(client: MlflowClient, name: str, version: str, key: str) -
 
 def mark_failed(client: MlflowClient, name: str, version: str, error: str, run_id: str | None = None) -> None:
     """Record a failed run on the model version (and close the MLflow run) without hiding the first error."""
-    tags = {TAG_STATUS: "failed", TAG_ERROR: error.splitlines()[0][:500] if error else "unknown error"}
+    tags = {TAG_STATUS: Status.FAILED, TAG_ERROR: error.splitlines()[0][:500] if error else "unknown error"}
     if run_id:
         tags[TAG_RUN_ID] = run_id
     set_version_tags(client, name, version, tags)

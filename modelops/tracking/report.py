@@ -1,15 +1,20 @@
 """The per-run HTML report: variants table, embedded plots, and why each variant was not chosen.
 
-A pure renderer over ``record``'s summary (plain string templates with every value escaped; no template
-engine, so it renders in either environment). ``record`` logs the result to MLflow as ``report.html``.
+A pure renderer over ``record``'s summary: the page is the Jinja2 template ``templates/report.html.j2``
+(shipped as package data, autoescaped; Jinja2 is in both environments). ``record`` logs the result to
+MLflow as ``report.html``.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import math
 from typing import Any
+
+import jinja2
+
+from modelops.contracts.status import Status
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -21,33 +26,44 @@ tr.excluded, tr.skipped { background: #fff8e1; }
 .muted { color: #777; } img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 code { background: #f6f6f6; padding: 0 3px; }
 """
+TEMPLATE = "report.html.j2"
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+@functools.cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("modelops.tracking", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+class _Record(dict):
+    """A dict whose missing keys read as None in the template, as ``dict.get`` did in the f-string renderer."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+def _lenient(value: Any) -> Any:
+    if isinstance(value, dict):
+        return _Record({k: _lenient(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return [_lenient(v) for v in value]
+    return value
 
 
 def fmt(value: Any, digits: int = 4) -> str:
-    """A table cell: numbers to ``digits`` significant digits, None/NaN as an en dash."""
+    """A table cell (not escaped): numbers to ``digits`` significant digits, None/NaN as an en dash."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.{digits}g}"
-    return _e(value)
-
-
-def _extras(extra: dict[str, Any] | None) -> str:
-    return "<br>".join(f"{_e(k)}={fmt(v)}" for k, v in sorted((extra or {}).items())) or "–"
-
-
-def _gate(expectations: dict[str, Any] | None) -> str:
-    if not expectations:
-        return "–"
-    if expectations.get("success"):
-        return "passed"
-    return f"failed {len(expectations.get('failed') or [])}"
+    return str(value)
 
 
 def why_not_chosen(row: dict[str, Any], chosen: dict[str, Any] | None) -> str:
@@ -59,66 +75,6 @@ def why_not_chosen(row: dict[str, Any], chosen: dict[str, Any] | None) -> str:
             f"{fmt(row.get('throughput'))} vs {fmt(chosen.get('throughput'))} infer/s"
         )
     return row.get("reason") or status or "unknown"
-
-
-def _img(title: str, png: bytes) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<h3>{_e(title)}</h3>\n<img alt="{_e(title)}" src="data:image/png;base64,{data}">'
-
-
-def _variants_table(summary: dict[str, Any]) -> str:
-    metric_name = summary.get("metric_name") or "metric"
-    head = (
-        "<tr><th class='l'>variant</th><th class='l'>status</th>"
-        f"<th>{_e(metric_name)}</th><th class='l'>extra metrics</th><th>p50 ms</th><th>p99 ms</th>"
-        "<th>throughput (infer/s)</th><th>concurrency</th><th>speedup vs baseline</th><th>gate</th></tr>"
-    )
-    body = []
-    for row in summary.get("rows", []):
-        status = row.get("status") or ""
-        body.append(
-            f"<tr class='{_e(status)}'><td class='l'>{_e(row['variant'])}</td><td class='l'>{_e(status)}</td>"
-            f"<td>{fmt(row.get('metric'))}</td><td class='l'>{_extras(row.get('extra_metrics'))}</td>"
-            f"<td>{fmt(row.get('p50_ms'))}</td><td>{fmt(row.get('p99_ms'))}</td>"
-            f"<td>{fmt(row.get('throughput'))}</td><td>{fmt(row.get('concurrency'))}</td>"
-            f"<td>{fmt(row.get('speedup'), 3)}{'×' if row.get('speedup') is not None else ''}</td>"
-            f"<td>{_gate(row.get('expectations'))}</td></tr>"
-        )
-    return f"<table>\n{head}\n" + "\n".join(body) + "\n</table>"
-
-
-def _failed_table(failed: list[dict[str, Any]]) -> str:
-    rows = "\n".join(
-        f"<tr><td class='l'><code>{_e(f.get('expectation'))}</code></td><td class='l'>{_e(f.get('column') or '–')}</td>"
-        f"<td>{fmt(f.get('observed'))}</td><td class='l'>{_e(f.get('expected'))}</td>"
-        f"<td class='l'>{_e(f.get('detail'))}</td></tr>"
-        for f in failed
-    )
-    return (
-        "<table><tr><th class='l'>failed expectation</th><th class='l'>column</th><th>observed</th>"
-        f"<th class='l'>expected</th><th class='l'>detail</th></tr>\n{rows}\n</table>"
-    )
-
-
-def _why_section(summary: dict[str, Any]) -> str:
-    rows = summary.get("rows", [])
-    chosen = next((r for r in rows if r.get("status") == "chosen"), None)
-    losers = [r for r in rows if r.get("status") not in ("chosen", "source")]
-    not_built = summary.get("not_built") or {}
-    if not losers and not not_built:
-        return "<p class='muted'>Every candidate was chosen or there were none.</p>"
-    parts = ["<ul>"]
-    for variant, info in not_built.items():
-        status = info.get("status") or "failed"
-        parts.append(f"<li><b>{_e(variant)}</b> ({_e(status)} in optimize): {_e(info.get('reason') or status)}</li>")
-    for row in losers:
-        item = f"<li><b>{_e(row['variant'])}</b> ({_e(row.get('status'))}): {_e(why_not_chosen(row, chosen))}"
-        failed = (row.get("expectations") or {}).get("failed") or []
-        if failed:
-            item += f"\n<br>Suite <code>{_e(row['expectations'].get('suite', ''))}</code>:\n" + _failed_table(failed)
-        parts.append(item + "</li>")
-    parts.append("</ul>")
-    return "\n".join(parts)
 
 
 def render_report(summary: dict[str, Any], plots: dict[str, bytes] | None = None) -> str:
@@ -136,33 +92,19 @@ def render_report(summary: dict[str, Any], plots: dict[str, bytes] | None = None
     Returns:
         A self-contained HTML page (no external resources).
     """
-    title = f"ModelOps report: {summary.get('model')} version {summary.get('model_version')}"
-    if summary.get("chosen"):
-        outcome = (
-            f"Chosen <b>{_e(summary['chosen'])}</b> at {fmt(summary.get('speedup'), 3)}× the baseline's throughput"
-            + (f", deployed as <code>{_e(summary['deployment'])}</code>." if summary.get("deployment") else ".")
-        )
-    else:
-        outcome = f"No variant chosen: {_e(summary.get('reason') or 'no candidate')}"
-    rules = (
-        f"Accuracy gate: {_e(summary.get('metric_name') or 'metric')} ≥ source ({fmt(summary.get('source_metric'))})"
-        f" − tolerance {fmt(summary.get('accuracy_tolerance'))}, and the recipe's expectation suite on the"
-        f" per-sample comparison table. Latency SLO: p99 ≤ {fmt(summary.get('latency_slo_ms'))} ms; the chosen"
-        " variant has the highest throughput under it."
+    summary = _lenient(summary)
+    rows = summary.get("rows") or []
+    chosen = next((r for r in rows if r.get("status") == Status.CHOSEN), None)
+    losers = [r for r in rows if r.get("status") not in (Status.CHOSEN, Status.SOURCE)]
+    return _environment().get_template(TEMPLATE).render(
+        summary=summary,
+        title=f"ModelOps report: {summary.get('model')} version {summary.get('model_version')}",
+        css=_CSS,
+        metric_name=summary.get("metric_name") or "metric",
+        rows=rows,
+        losers=[(row, why_not_chosen(row, chosen)) for row in losers],
+        not_built=summary.get("not_built") or {},
+        failed=str(Status.FAILED),
+        images=[(t, base64.b64encode(png).decode("ascii")) for t, png in (plots or {}).items()],
+        format_cell=fmt,
     )
-    images = "\n".join(_img(t, png) for t, png in (plots or {}).items())
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title><style>{_CSS}</style></head>
-<body>
-<h1>{_e(title)}</h1>
-<p class="muted">MLflow run {_e(summary.get("run_id"))}</p>
-<p>{outcome}</p>
-<p>{rules}</p>
-<h2>Variants</h2>
-{_variants_table(summary)}
-<h2>Why the others were not chosen</h2>
-{_why_section(summary)}
-<h2>Plots</h2>
-{images or "<p class='muted'>No benchmark points to plot.</p>"}
-</body></html>
-"""

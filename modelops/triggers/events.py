@@ -14,18 +14,17 @@ explicit request for that version and is honoured whatever the scope.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelops.contracts.naming import TAG_ALIAS, TAG_FINGERPRINT, TAG_OPT_IN  # noqa: F401 - re-exported
+from modelops.settings import TRIGGER_SCOPES, Settings
+
 DAG_ID = "optimize_model"
-TAG_OPT_IN = "modelops.optimize"  # registered model (opt-in) or model version (explicit request)
-TAG_ALIAS = "modelops.alias"  # registered model: which alias the nightly run follows
-TAG_FINGERPRINT = "modelops.fingerprint"  # model version: fingerprint of the last nightly-started run
 TRUE_VALUES = frozenset({"true", "1", "yes", "on"})
-SCOPES = ("opted_in", "all")
+SCOPES = TRIGGER_SCOPES
 OPT_IN_FILTER = f"tags.`{TAG_OPT_IN}` = 'true'"
 
 EVENT_ALIAS_CREATED = "model_version_alias.created"
@@ -41,12 +40,6 @@ def is_true(value: Any) -> bool:
     return str(value or "").strip().lower() in TRUE_VALUES
 
 
-def _csv(raw: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
-    if raw is None or not raw.strip():
-        return default
-    return tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
-
-
 @dataclass(frozen=True)
 class TriggerConfig:
     """Which registry events start runs. Build it with :meth:`from_env`."""
@@ -60,22 +53,11 @@ class TriggerConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TriggerConfig:
-        """Read ``MODELOPS_TRIGGER_ALIASES`` / ``_STAGES`` / ``_SCOPE`` / ``_ON_VERSION_CREATED`` and
-        ``MODELOPS_RECONCILE_INTERVAL_S``; unset means the defaults above."""
-        env = os.environ if environ is None else environ
-        scope = env.get("MODELOPS_TRIGGER_SCOPE", "").strip() or cls.scope
-        if scope not in SCOPES:
-            raise ValueError(f"MODELOPS_TRIGGER_SCOPE must be one of {SCOPES}, got {scope!r}")
-        interval = float(env.get("MODELOPS_RECONCILE_INTERVAL_S", "").strip() or cls.poll_interval_s)
-        if interval <= 0:
-            raise ValueError(f"MODELOPS_RECONCILE_INTERVAL_S must be > 0, got {interval:g}")
-        return cls(
-            aliases=_csv(env.get("MODELOPS_TRIGGER_ALIASES"), cls.aliases),
-            stages=_csv(env.get("MODELOPS_TRIGGER_STAGES"), cls.stages),
-            scope=scope,
-            on_version_created=is_true(env.get("MODELOPS_TRIGGER_ON_VERSION_CREATED")),
-            poll_interval_s=interval,
-        )
+        """The ``triggers`` group of :class:`modelops.settings.Settings` (``MODELOPS_TRIGGER_*``,
+        ``MODELOPS_RECONCILE_INTERVAL_S``) of ``environ`` (default ``os.environ``), read at call time."""
+        triggers = Settings.from_env(environ).triggers
+        return cls(aliases=triggers.aliases, stages=triggers.stages, scope=triggers.scope,
+                   on_version_created=triggers.on_version_created, poll_interval_s=triggers.reconcile_interval_s)
 
     def manages(self, model_tags: Mapping[str, str] | None) -> bool:
         """Whether registry events of a model with these tags start runs (scope / opt-in)."""

@@ -115,7 +115,7 @@ def test_nightly_starts_changed_fingerprints_and_skips_unchanged(world, pulled, 
     from model_recipes import RECIPES
     from modelops.triggers.fingerprint import FingerprintContext
     from modelops.triggers.planner import OptimizeDefaults, plan_nightly
-    from operators.pipeline_tasks import DEFAULT_VARIANTS
+    from modelops.contracts.variants import DEFAULT_VARIANTS
 
     same, changed, fresh = th.unique("trig_same"), th.unique("trig_changed"), th.unique("trig_fresh")
     world["models"] += [same, changed, fresh]

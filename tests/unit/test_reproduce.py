@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+from modelops.contracts import RunSpec
 from modelops.steps._common import render_reproduce_script, run_step, write_reproduce_script
 from modelops.storage import Storage
 
@@ -14,7 +15,14 @@ SECRET = "do-not-leak-0123456789"
 
 
 def _spec(prefix: str) -> dict:
-    return {"run_id": "r1", "model_name": "digits", "model_version": "3", "run_prefix": prefix, "recipe": "digits_cnn"}
+    return {
+        "run_id": "r1", "model_name": "digits", "model_version": "3", "run_prefix": prefix, "recipe": "digits_cnn",
+        "source_uri": f"{prefix}-source",
+    }  # fmt: skip
+
+
+# the smallest result that keeps validate's contract (modelops.contracts.results.ValidateResult)
+VALIDATE_RESULT = {"source_metric": 1.0, "metric_name": "accuracy", "accuracy_tolerance": 0.01, "candidates": {}}
 
 
 def test_s3_script_names_secrets_and_never_writes_their_values():
@@ -53,10 +61,12 @@ def test_run_step_writes_spec_and_script_that_reruns_the_step(tmp_path, monkeypa
     calls = []
     rc = run_step(
         "validate",
-        lambda spec, storage: calls.append(spec) or {},
+        lambda spec, storage: calls.append(spec) or dict(VALIDATE_RESULT),
         ["--spec", str(spec_path), "--result", str(tmp_path / "r.json")],
     )
-    assert rc == 0 and calls == [_spec(str(prefix))]
+    # the step gets the spec completed by its contract: every block at its defaults
+    assert rc == 0 and calls == [RunSpec.parse(_spec(str(prefix))).to_json()]
+    assert calls[0]["benchmark"]["concurrency"] == [1, 4] and calls[0]["engine"]["opt_batch"] == 8
     script = prefix / "validate" / "reproduce.sh"
     assert json.loads((prefix / "validate" / "spec.json").read_text()) == calls[0]
     assert os.access(script, os.X_OK) and SECRET not in script.read_text()

@@ -1,0 +1,152 @@
+"""The run spec: everything a step reads, written once by ``resolve`` and never patched afterwards.
+
+``resolve`` builds a :class:`RunSpec` and writes it to ``<run prefix>/spec.json``; every step CLI
+(``python -m modelops.steps.<step> --spec ...``) validates it with :meth:`RunSpec.parse` before doing any
+work, so a hand-edited or stale spec fails with one line naming the field. Each block a step reads
+(``benchmark``, ``static_quant``, ``modelopt``, ``engine``) is present with its defaults, so a step never
+guesses a default of its own and ``<step>/spec.json`` shows exactly what ran.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from modelops.contracts.variants import DEFAULT_VARIANTS, Device, check_variants
+
+
+class SpecError(ValueError):
+    """The spec is not a valid run spec; the message is one line naming the field."""
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BenchmarkSpec(_Block):
+    """How benchmark measures each candidate (perf_analyzer)."""
+
+    concurrency: list[int] = Field(default_factory=lambda: [1, 4], min_length=1)
+    batch_size: int = Field(1, ge=1)
+    measurement_interval_ms: int = Field(1000, ge=100)
+    max_trials: int = Field(6, ge=1)
+    stability_percentage: int = Field(50, ge=1, le=100)
+    protocol: Literal["http", "grpc"] = "http"
+    input_data: str = "random"
+    threads: int = Field(2, ge=1)
+
+
+class StaticQuantSpec(_Block):
+    """Knobs of ``ort_int8_static`` (calibrated QDQ with automatic sensitive-layer exclusion)."""
+
+    per_channel: bool = True
+    activation_type: Literal["QUInt8", "QInt8"] = "QUInt8"
+    weight_type: Literal["QInt8", "QUInt8"] = "QInt8"
+    calibrate_method: Literal["MinMax", "Entropy", "Percentile", "Distribution"] = "MinMax"
+    op_types: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
+    calibration_rows: int = Field(128, ge=1)
+    calibration_batch: int = Field(16, ge=1)
+    sensitivity_rows: int = Field(32, ge=1)
+    sensitivity_budget_s: float = Field(300.0, gt=0)
+    max_excluded: int | None = Field(None, ge=0, description="None: a quarter of the quantizable nodes, at least 1")
+
+
+class ModelOptSpec(_Block):
+    """NVIDIA ModelOpt Q/DQ (``modelopt_int8``/``modelopt_fp8``)."""
+
+    nodes_to_exclude: list[str] | None = Field(
+        None, description="None: INT8 keeps the nodes ort_int8_static found too sensitive; FP8 excludes none"
+    )
+
+
+class EngineSpec(_Block):
+    """TensorRT optimization profile of the compile step."""
+
+    min_batch: int = Field(1, ge=1)
+    opt_batch: int = Field(8, ge=1)
+    max_batch: int | None = Field(None, ge=1, description="None: the model's max_batch_size")
+    variable_dim: tuple[int, int, int] | None = Field(
+        None, description="min/opt/max of non-batch dynamic dims; None: the recipe's sequence lengths"
+    )
+    timing_cache_prefix: str | None = Field(
+        None, description="where timing caches are kept and reused; None: <run prefix>/compile"
+    )
+
+
+class RunSpec(BaseModel):
+    """The spec of one optimization run (ARCHITECTURE.md, step CLI contract)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_name: str = Field(min_length=1)
+    model_version: str = Field(min_length=1)
+    alias: str | None = None
+    model_uri: str = ""  # models:/<name>/<version>
+    source_uri: str  # the MLflow model directory (holds MLmodel)
+    flavor: str = ""
+    recipe: str = Field(min_length=1)
+    mlmodel: dict[str, Any] = Field(default_factory=dict)
+    variants: list[str] = Field(default_factory=lambda: list(DEFAULT_VARIANTS))
+    latency_slo_ms: float = Field(100.0, gt=0)
+    accuracy_tolerance: float = Field(0.01, ge=0, le=1)
+    rollout: int = Field(100, ge=1, le=100, description="percent of traffic for the new deployment")
+    run_id: str = ""  # the MLflow run
+    run_prefix: str = Field(min_length=1)  # s3://<artifacts>/runs/<model>/<version>/<run id>
+    triton_bucket: str = "triton"
+    serving_device: Device = Field(
+        Device.CPU, description="device of the Triton that benchmarks and serves (cpu: the embedded python backend)"
+    )
+    benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+    static_quant: StaticQuantSpec = Field(default_factory=StaticQuantSpec)
+    modelopt: ModelOptSpec = Field(default_factory=ModelOptSpec)
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+
+    @field_validator("model_version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, value: list[str]) -> list[str]:
+        return check_variants(list(value))  # UnknownVariant is a ValueError: pydantic reports it on the field
+
+    @model_validator(mode="after")
+    def _mlmodel_has_flavors(self) -> RunSpec:
+        if self.mlmodel and "flavors" not in self.mlmodel:
+            raise ValueError("mlmodel has no 'flavors' section")
+        return self
+
+    @classmethod
+    def parse(cls, data: dict[str, Any] | str | bytes) -> RunSpec:
+        """Validate a spec document (dict or JSON text).
+
+        Raises:
+            SpecError: one line naming the first invalid field and why.
+        """
+        try:
+            if isinstance(data, (str, bytes)):
+                data = json.loads(data)
+            if not isinstance(data, dict):
+                raise SpecError(f"run spec must be a JSON object, got {type(data).__name__}")
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(f"invalid run spec: {one_line(exc)}") from None
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"run spec is not JSON: {exc}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document (what ``spec.json`` holds)."""
+        return self.model_dump(mode="json")
+
+
+def one_line(exc: ValidationError) -> str:
+    """The first error of a pydantic ValidationError as ``field.path: message`` (plus how many more)."""
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"]) or "spec"
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {msg}{more}"

@@ -1,0 +1,147 @@
+"""The variant registry: every candidate the pipeline can build, what builds it and what serves it.
+
+One table (:data:`VARIANTS`) is read by the DAG's ``variants`` Param, resolve's validation, the optimize
+and compile steps (which variants are theirs, what an engine is built from), validate and benchmark
+(which candidates this Triton can run) and publish (the manifest's backend and device). A variant whose
+serving backend is not available on a device is marked here, once: :meth:`Variant.backend_on`.
+
+Pure data: no heavy import (the DAG file reads it at parse time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class BuildStep(StrEnum):
+    """The heavy step that builds a variant's artifact."""
+
+    OPTIMIZE = "optimize"
+    COMPILE = "compile"
+
+
+class ArtifactFormat(StrEnum):
+    ONNX = "onnx"  # a plain (graph-optimized or integer-quantized) ONNX model
+    ONNX_QDQ = "onnx_qdq"  # ONNX with QuantizeLinear/DequantizeLinear pairs (explicit quantization)
+    TENSORRT_PLAN = "tensorrt_plan"  # a serialized TensorRT engine (GPU model and TensorRT version specific)
+
+
+class Runtime(StrEnum):
+    """What executes the artifact."""
+
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
+
+
+class Device(StrEnum):
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+# Triton backends (the ``backend`` field of config.pbtxt)
+PYTHON_BACKEND = "python"  # our python-backend model running ONNX Runtime on CPU (the embedded stack)
+ONNXRUNTIME_BACKEND = "onnxruntime"
+TENSORRT_BACKEND = "tensorrt"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One buildable candidate.
+
+    Attributes:
+        name: the contract name (``variants`` param, run artifact folder, deployment name suffix).
+        built_by: the step that builds it.
+        artifact: the format of what is built.
+        runtime: what executes it.
+        target_device: the device it is meant to be served on (and benchmarked on).
+        backends: the Triton backend that serves it, per device; a device that is absent cannot serve it.
+        source: the variant it is built from (engines from Q/DQ candidates); None = export's ONNX model.
+        summary: one line for the UI and the README.
+    """
+
+    name: str
+    built_by: BuildStep
+    artifact: ArtifactFormat
+    runtime: Runtime
+    target_device: Device
+    backends: dict[Device, str] = field(default_factory=dict)
+    source: str | None = None
+    summary: str = ""
+
+    def backend_on(self, device: Device | str) -> str | None:
+        """The Triton backend that serves this variant on ``device``; None when it cannot be served there."""
+        return self.backends.get(Device(device))
+
+    def servable_on(self, device: Device | str) -> bool:
+        return self.backend_on(device) is not None
+
+    def not_servable_reason(self, device: Device | str) -> str:
+        """Why this variant is not validated/benchmarked/served on ``device`` (one line)."""
+        where = ", ".join(f"{b} on {d}" for d, b in self.backends.items()) or "no Triton backend"
+        return f"{self.name} runs on {self.runtime} ({where}); not served by a {Device(device)} Triton"
+
+
+_ORT_SERVING = {Device.CPU: PYTHON_BACKEND, Device.GPU: ONNXRUNTIME_BACKEND}
+_QDQ_SERVING = {Device.GPU: ONNXRUNTIME_BACKEND}  # with the TensorRT execution accelerator
+_PLAN_SERVING = {Device.GPU: TENSORRT_BACKEND}
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("ort_fp32", BuildStep.OPTIMIZE, ArtifactFormat.ONNX, Runtime.ONNXRUNTIME, Device.CPU, _ORT_SERVING,
+                summary="ONNX Runtime graph-optimized fp32 (transformer optimizer for BERT-like models)"),
+        Variant("ort_int8_dynamic", BuildStep.OPTIMIZE, ArtifactFormat.ONNX, Runtime.ONNXRUNTIME, Device.CPU,
+                _ORT_SERVING, summary="ONNX Runtime dynamic per-channel INT8"),
+        Variant("ort_int8_static", BuildStep.OPTIMIZE, ArtifactFormat.ONNX_QDQ, Runtime.ONNXRUNTIME, Device.CPU,
+                _ORT_SERVING, summary="ONNX Runtime calibrated QDQ INT8, sensitive layers kept in fp32"),
+        Variant("modelopt_int8", BuildStep.OPTIMIZE, ArtifactFormat.ONNX_QDQ, Runtime.TENSORRT, Device.GPU,
+                _QDQ_SERVING, summary="NVIDIA ModelOpt INT8 Q/DQ for TensorRT (make modelopt)"),
+        Variant("modelopt_fp8", BuildStep.OPTIMIZE, ArtifactFormat.ONNX_QDQ, Runtime.TENSORRT, Device.GPU,
+                _QDQ_SERVING, summary="NVIDIA ModelOpt FP8 Q/DQ for TensorRT (make modelopt)"),
+        Variant("trt_fp16", BuildStep.COMPILE, ArtifactFormat.TENSORRT_PLAN, Runtime.TENSORRT, Device.GPU,
+                _PLAN_SERVING, summary="TensorRT engine, fp16 kernels where faster (GPU only)"),
+        Variant("trt_int8", BuildStep.COMPILE, ArtifactFormat.TENSORRT_PLAN, Runtime.TENSORRT, Device.GPU,
+                _PLAN_SERVING, source="modelopt_int8", summary="TensorRT INT8 engine from the ModelOpt Q/DQ model"),
+        Variant("trt_fp8", BuildStep.COMPILE, ArtifactFormat.TENSORRT_PLAN, Runtime.TENSORRT, Device.GPU,
+                _PLAN_SERVING, source="modelopt_fp8", summary="TensorRT FP8 engine from the ModelOpt Q/DQ model"),
+    )
+}  # fmt: skip
+
+VARIANT_NAMES: list[str] = list(VARIANTS)
+DEFAULT_VARIANTS: list[str] = ["ort_fp32", "ort_int8_dynamic"]
+
+
+class UnknownVariant(ValueError):
+    """A variant name that is not in the registry (one line, lists the known names)."""
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise UnknownVariant(f"unknown variant {name!r}; known: {VARIANT_NAMES}") from None
+
+
+def check_variants(names: list[str]) -> list[str]:
+    """``names`` unchanged when every one is known and there is at least one; else :class:`UnknownVariant`."""
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise UnknownVariant(f"unknown variant(s) {unknown}; known: {VARIANT_NAMES}")
+    if not names:
+        raise UnknownVariant(f"no variants requested; known: {VARIANT_NAMES}")
+    return names
+
+
+def built_by(step: BuildStep | str, names: list[str] | None = None) -> list[str]:
+    """The variants (of ``names``, default all, in registry order) that ``step`` builds."""
+    wanted = VARIANT_NAMES if names is None else names
+    return [n for n in VARIANT_NAMES if n in wanted and VARIANTS[n].built_by == BuildStep(step)]
+
+
+def optimize_targets(names: list[str]) -> list[str]:
+    """What optimize builds for a request, in registry order: the requested optimize variants plus the
+    sources the requested compile variants are built from."""
+    wanted = set(built_by(BuildStep.OPTIMIZE, names))
+    wanted |= {VARIANTS[n].source for n in built_by(BuildStep.COMPILE, names) if VARIANTS[n].source}
+    return [n for n in VARIANT_NAMES if n in wanted]
