@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model_recipes.base import IOSpec
 from model_recipes.pytorch_generic import PyTorchGeneric
+from modelops.recipes import IOSpec
 
 TEST_SIZE = 0.3
 SPLIT_SEED = 0

@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from model_recipes.base import IOSpec, Recipe, TensorSpec, io_from_signature, registration_record
+from model_recipes.base import TorchRecipe, registration_record
 from modelops.evaluation import metrics
+from modelops.recipes import IOSpec, TensorSpec, io_from_signature
 
 log = logging.getLogger("model_recipes.mobilenet_v2")
 
@@ -235,7 +236,7 @@ def class_name(index: int) -> str:
     return str(class_names.get(int(index), f"class {index}")).split(",")[0]
 
 
-class MobileNetV2Recipe(Recipe):
+class MobileNetV2Recipe(TorchRecipe):
     """ImageNet MobileNetV2 logged with ``mlflow.pytorch``; baseline served as PyTorch eager."""
 
     name = RECIPE_NAME

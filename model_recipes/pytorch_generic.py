@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from model_recipes.base import IOSpec, Recipe, random_inputs
+from model_recipes.base import TorchRecipe
 from modelops.evaluation.metrics import mean_cosine  # re-exported: other recipes import it from here
+from modelops.recipes import IOSpec, random_inputs
 
 EVAL_SAMPLES = 256
 EVAL_SEED = 1
 
 
-class PyTorchGeneric(Recipe):
+class PyTorchGeneric(TorchRecipe):
     """Shapes and dtypes from the signature; metric = mean cosine similarity vs the source outputs."""
 
     name = "pytorch_generic"

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from model_recipes.base import IOSpec, Recipe, TensorSpec, registration_record
+from model_recipes.base import registration_record
 from modelops.evaluation import metrics
+from modelops.recipes import IOSpec, Recipe, TensorSpec
 
 RECIPE_NAME = "sklearn_tabular"
 TEST_SIZE = 0.3

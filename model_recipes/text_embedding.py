@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model_recipes.base import IOSpec, Recipe, TensorSpec, registration_record
+from model_recipes.base import TorchRecipe, registration_record
 from model_recipes.pytorch_generic import mean_cosine
 from model_recipes.text_encoder import (  # re-exported: tests and callers import them from this module
     DEFAULT_MAX_SEQ_LEN,
@@ -50,6 +50,7 @@ from model_recipes.text_encoder import (  # re-exported: tests and callers impor
 from model_recipes.text_sentences import CALIBRATION_SENTENCES, EVAL_SENTENCES, SAMPLE_SENTENCES, TOPIC_SIZE
 from model_recipes.text_tokens import packaged_model_dir, pad_token_id, perf_texts, tokenize
 from modelops.evaluation import metrics as row_metrics
+from modelops.recipes import IOSpec, TensorSpec
 
 if TYPE_CHECKING:
     import tokenizers
@@ -72,7 +73,7 @@ ORT_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "di
 DEMO_EXPERIMENT = "demo/{name}"
 
 
-class TextEmbedding(Recipe):
+class TextEmbedding(TorchRecipe):
     """Sentence embeddings: cosine to the source on 200 held-out sentences, plus nearest-neighbour agreement."""
 
     name = "text_embedding"

@@ -1,6 +1,6 @@
 """PyTorch -> ONNX: run the source model on numpy inputs, export with a dynamic batch axis.
 
-The default ``predict``/``export_onnx`` of :class:`model_recipes.base.Recipe`. torch is imported inside
+The default ``predict``/``export_onnx`` of :class:`model_recipes.base.TorchRecipe`. torch is imported inside
 the functions (this module is only loaded in the worker environment).
 """
 
@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from modelops.steps._common import StepError, first_line
+from modelops.recipes import StepError
+from modelops.steps._common import first_line
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -96,20 +96,22 @@ def infer_task(source: np.ndarray, labels: np.ndarray | None) -> str:
 
 
 def thresholds_for(recipe: Any, tolerance: float, source: np.ndarray, labels: np.ndarray | None) -> GateThresholds:
-    """The recipe's gate: its declared ``task`` (or the inferred one) with thresholds from ``tolerance``."""
-    task = getattr(recipe, "task", None) or infer_task(source, labels)
+    """The recipe's gate: its declared ``task`` (or the inferred one) with thresholds from ``tolerance``.
+
+    ``recipe`` is a ``modelops.recipes.Recipe``: ``task``, ``gate_mostly``, ``gate_min_cosine`` and
+    ``gate_max_rel_err`` default to None there, meaning the defaults below.
+    """
+    task = recipe.task or infer_task(source, labels)
     if task not in TASKS:
         raise ValueError(f"recipe task {task!r} is not one of {TASKS}")
-    mostly = float(getattr(recipe, "gate_mostly", DEFAULT_MOSTLY))
+    mostly = float(DEFAULT_MOSTLY if recipe.gate_mostly is None else recipe.gate_mostly)
     if task == "classification":
         return GateThresholds(task, min_agreement=max(0.0, 1.0 - tolerance), mostly=mostly)
     if task == "embedding":
-        return GateThresholds(
-            task, min_cosine=float(getattr(recipe, "gate_min_cosine", 1.0 - tolerance)), mostly=mostly
-        )
-    return GateThresholds(
-        task, max_rel_err=float(getattr(recipe, "gate_max_rel_err", DEFAULT_MAX_REL_ERR)), mostly=mostly
-    )
+        min_cosine = 1.0 - tolerance if recipe.gate_min_cosine is None else recipe.gate_min_cosine
+        return GateThresholds(task, min_cosine=float(min_cosine), mostly=mostly)
+    max_rel_err = DEFAULT_MAX_REL_ERR if recipe.gate_max_rel_err is None else recipe.gate_max_rel_err
+    return GateThresholds(task, max_rel_err=float(max_rel_err), mostly=mostly)
 
 
 def _rows(a: np.ndarray) -> np.ndarray:

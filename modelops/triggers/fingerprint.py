@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -21,8 +20,7 @@ from modelops.settings import REPO_ROOT, Settings
 
 # Worker libraries whose versions change what an optimization produces.
 WORKER_LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "tensorrt", "nvidia-modelopt")
-VERSIONS_FILE_ENV = "MODELOPS_WORKER_VERSIONS_FILE"  # JSON {"torch": "2.13.0", ...} written by the worker image
-SHARED_RECIPE_MODULES = ("base.py", "torch_export.py")  # code every recipe runs
+VERSIONS_FILE_ENV = "MODELOPS_WORKER_VERSIONS_FILE"  # Settings.tools.worker_versions_file: JSON {"torch": "2.13.0", ...}
 _PIN = re.compile(r"^\s*([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?\s*==\s*([^\s;#]+)")
 
 
@@ -47,42 +45,46 @@ def worker_library_versions(environ: Mapping[str, str] | None = None, repo_root:
     ``MODELOPS_WORKER_VERSIONS_FILE`` (JSON written when the worker image is built) wins; otherwise the
     pins of ``requirements-worker.txt``, which is what the embedded worker venv is installed from.
     """
-    env = os.environ if environ is None else environ
-    explicit = env.get(VERSIONS_FILE_ENV, "").strip()
-    if explicit:
-        data = json.loads(Path(explicit).read_text())
+    explicit = Settings.from_env(environ).tools.worker_versions_file
+    if explicit is not None:
+        data = json.loads(explicit.read_text())
         return {_norm(k): str(v) for k, v in sorted(data.items()) if _norm(k) in {_norm(w) for w in WORKER_LIBRARIES}}
     path = repo_root / "requirements-worker.txt"
     return parse_pins(path.read_text().splitlines()) if path.exists() else {}
 
 
-def _file_hash(paths: Iterable[Path]) -> str:
+def _source_hash(sources: Mapping[str, Path | None]) -> str:
+    """sha256 over ``module name + source`` of each module (a missing file hashes as empty), 12 hex chars."""
     digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes() if path.exists() else b"")
+    for module, path in sorted(sources.items()):
+        digest.update(module.encode())
+        digest.update(path.read_bytes() if path is not None and path.exists() else b"")
     return digest.hexdigest()[:12]
 
 
-def _module_file(folder: Path, target: str) -> Path:
-    return folder / f"{target.split(':', 1)[0].rsplit('.', 1)[-1]}.py"
+def recipe_versions(recipes: Mapping[str, str] | None = None, repo_root: Path | None = None) -> dict[str, str]:
+    """recipe name -> content hash of its code; ``auto`` hashes every recipe's code together.
 
-
-def recipe_versions(recipes: Mapping[str, str], repo_root: Path = REPO_ROOT) -> dict[str, str]:
-    """recipe name -> content hash of its module plus the shared recipe code; ``auto`` hashes all of them.
+    A recipe's code is its implementation module (found through the ``modelops.recipes`` entry point),
+    every module of its own package that it imports, transitively, and the core recipe interface whose
+    defaults it runs (:mod:`modelops.recipes.sources`). Nothing is imported: the files are located and read.
 
     Args:
-        recipes: ``model_recipes.RECIPES`` (name -> "module:attribute"); passed in because modelops does
-            not import model_recipes (dependency direction).
-        repo_root: where ``model_recipes/`` lies.
+        recipes: name -> ``"module:attribute"`` of the recipes to hash; None: every installed recipe.
+        repo_root: unused; kept for callers of the former signature.
 
     A content hash instead of a hand-bumped number: a recipe change nobody remembered to version still
     re-optimizes the models it serves.
     """
-    folder = repo_root / "model_recipes"
-    shared = [folder / name for name in SHARED_RECIPE_MODULES]
-    versions = {name: _file_hash([_module_file(folder, target), *shared]) for name, target in recipes.items()}
-    versions["auto"] = _file_hash([*(_module_file(folder, t) for t in recipes.values()), folder / "__init__.py", *shared])
+    from modelops.recipes import recipe_infos
+    from modelops.recipes.sources import CORE_MODULES, module_file, recipe_sources
+
+    del repo_root
+    targets = dict(recipes) if recipes is not None else {n: i.target for n, i in recipe_infos().items()}
+    core = {module: module_file(module) for module in CORE_MODULES}
+    per_recipe = {name: {**core, **recipe_sources(target.partition(":")[0])} for name, target in targets.items()}
+    versions = {name: _source_hash(sources) for name, sources in per_recipe.items()}
+    versions["auto"] = _source_hash({m: p for sources in per_recipe.values() for m, p in sources.items()})
     return versions
 
 
@@ -103,10 +105,15 @@ class FingerprintContext:
     device: str
 
     @classmethod
-    def current(cls, recipes: Mapping[str, str], settings: Settings | None = None) -> FingerprintContext:
-        """The context of this installation (worker pins, recipe code, execution target)."""
+    def current(cls, recipes: Mapping[str, str] | None = None, settings: Settings | None = None) -> FingerprintContext:
+        """The context of this installation (worker pins, recipe code, execution target).
+
+        Args:
+            recipes: name -> ``"module:attribute"``; None: the recipes installed through entry points.
+            settings: defaults to ``Settings.from_env()``.
+        """
         settings = settings or Settings.from_env()
-        return cls(worker_library_versions(), recipe_versions(recipes, settings.repo_root), target_device(settings))
+        return cls(worker_library_versions(), recipe_versions(recipes), target_device(settings))
 
 
 @dataclass(frozen=True)

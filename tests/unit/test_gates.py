@@ -17,6 +17,7 @@ from modelops.evaluation.gates import (
     infer_task,
     thresholds_for,
 )
+from modelops.recipes import Recipe
 
 
 def test_table_for_classifier_scores():
@@ -63,20 +64,26 @@ def test_infer_task(source, labels, task):
     assert infer_task(source, labels) == task
 
 
+def _recipe(**attrs) -> Recipe:
+    """A recipe whose gate settings are ``attrs`` (the data hooks are never called by thresholds_for)."""
+
+    class Stub(Recipe):
+        load = predict = export_onnx = eval_data = metric = None  # type: ignore[assignment]
+
+    Stub.__abstractmethods__ = frozenset()
+    return type("R", (Stub,), attrs)()
+
+
 def test_thresholds_follow_tolerance_and_recipe_overrides():
     scores = np.zeros((4, 10), np.float32)
-    assert thresholds_for(object(), 0.02, scores, np.zeros(4)) == GateThresholds("classification", min_agreement=0.98)
+    assert thresholds_for(_recipe(), 0.02, scores, np.zeros(4)) == GateThresholds("classification", min_agreement=0.98)
+    assert thresholds_for(_recipe(), 0.02, np.zeros((4, 1)), None).max_rel_err == 0.05
 
-    class Embedder:
-        task = "embedding"
-        gate_min_cosine = 0.995
-        gate_mostly = 0.9
-
-    th = thresholds_for(Embedder(), 0.01, scores, None)
+    th = thresholds_for(_recipe(task="embedding", gate_min_cosine=0.995, gate_mostly=0.9), 0.01, scores, None)
     assert th == GateThresholds("embedding", min_cosine=0.995, mostly=0.9)
     assert th.suite_name == "accuracy_gate.embedding.cosine>=0.995@0.9"
     with pytest.raises(ValueError, match="task 'ranking'"):
-        thresholds_for(type("R", (), {"task": "ranking"})(), 0.01, scores, None)
+        thresholds_for(_recipe(task="ranking"), 0.01, scores, None)
 
 
 def test_failed_entry_for_aggregate_and_per_row_expectations():

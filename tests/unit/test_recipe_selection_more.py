@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model_recipes import RECIPES, UnsupportedModel, select_recipe
+from modelops.recipes import UnsupportedModel, recipe_infos, select_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,7 +132,7 @@ def test_flavorless_mlmodel_is_unsupported():
 
 @pytest.mark.parametrize("recipe", ["sklearn_tabular", "onnx_generic", "mobilenet_v2"])
 def test_recipe_module_defines_recipe_and_register_demo(recipe):
-    module, _, attr = RECIPES[recipe].partition(":")
+    module, _, attr = recipe_infos()[recipe].target.partition(":")
     tree = ast.parse((REPO / (module.replace(".", "/") + ".py")).read_text())
     assigned = {
         t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)
@@ -157,6 +157,6 @@ def test_sklearn_baseline_kind_has_a_triton_template():
      (PYFUNC_ONLY_MLMODEL, "python_function")],
 )  # fmt: skip
 def test_source_flavor_is_the_one_the_recipe_loads_not_python_function(text, flavor):
-    from model_recipes import source_flavor
+    from modelops.recipes import source_flavor
 
     assert source_flavor(parse(text)) == flavor

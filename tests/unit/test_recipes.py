@@ -1,4 +1,4 @@
-"""select_recipe rules, in the light registry (no torch, no numpy needed)."""
+"""select_recipe rules over the installed entry points, in the light registry (no torch, no numpy needed)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import sys
 
 import pytest
 
-from model_recipes import RECIPES, UnsupportedModel, get_recipe, has_tensor_signature, select_recipe
+from modelops.recipes import UnsupportedModel, get_recipe, has_tensor_signature, recipe_infos, select_recipe
 
 TENSOR_SIG = {
     "inputs": json.dumps([{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 13]}}]),
     "outputs": json.dumps([{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 3]}}]),
 }
+BUILT_IN = ("pytorch_generic", "digits_cnn", "mobilenet_v2", "text_embedding", "sklearn_tabular", "onnx_generic")
 COLUMN_SIG = {"inputs": json.dumps([{"type": "double", "name": "a", "required": True}]), "outputs": None}
 
 
@@ -65,7 +66,7 @@ def test_get_recipe_unknown_name():
 
 def test_registry_module_imports_no_heavy_library():
     code = (
-        "import sys, model_recipes as m; m.select_recipe({'flavors': {'pytorch': {}}, 'metadata': "
+        "import sys, modelops.recipes as m; m.select_recipe({'flavors': {'pytorch': {}}, 'metadata': "
         "{'modelops.recipe': 'digits_cnn'}}); "
         "heavy = [x for x in ('torch', 'onnx', 'onnxruntime', 'mlflow', 'numpy') if x in sys.modules]; print(heavy)"
     )
@@ -74,4 +75,36 @@ def test_registry_module_imports_no_heavy_library():
 
 
 def test_every_recipe_points_at_a_module_attribute():
-    assert all(":" in target and target.startswith("model_recipes.") for target in RECIPES.values())
+    infos = recipe_infos()
+    assert {"pytorch_generic", "digits_cnn", "mobilenet_v2", "text_embedding", "sklearn_tabular", "onnx_generic"} <= set(
+        infos
+    )
+    assert all(info.target.startswith("model_recipes.") for name, info in infos.items() if name in BUILT_IN)
+
+
+def test_explicit_recipe_wins_over_metadata_and_flavor():
+    model = mlmodel(flavors=("onnx",), signature=None, metadata={"modelops.recipe": "digits_cnn"})
+    assert select_recipe(model, explicit="mobilenet_v2") == "mobilenet_v2"
+    assert select_recipe(mlmodel(flavors=("xgboost",)), explicit="pytorch_generic") == "pytorch_generic"
+    assert select_recipe(model, explicit=None) == "digits_cnn"
+
+
+def test_unknown_explicit_recipe_lists_the_known_ones_in_one_line():
+    with pytest.raises(UnsupportedModel) as err:
+        select_recipe(mlmodel(), explicit="nope")
+    msg = str(err.value)
+    assert msg.startswith("unknown recipe 'nope'; known: [") and "'digits_cnn'" in msg and "\n" not in msg
+
+
+def test_flavor_rules_follow_the_descriptors_order():
+    # sentence_transformers (text, order 10) before sklearn (20) before onnx (30) before pytorch (90)
+    assert select_recipe(mlmodel(flavors=("pytorch", "sentence_transformers"))) == "text_embedding"
+    assert select_recipe(mlmodel(flavors=("onnx", "sklearn"), signature=None)) == "sklearn_tabular"
+    assert select_recipe(mlmodel(flavors=("pytorch", "onnx"), signature=None)) == "onnx_generic"
+
+
+def test_model_recipes_keeps_its_old_names_as_a_facade():
+    import model_recipes
+
+    assert model_recipes.select_recipe is select_recipe
+    assert model_recipes.RECIPES["digits_cnn"] == "model_recipes.digits_cnn:RECIPE"

@@ -17,7 +17,6 @@ import pytest
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from model_recipes.base import IOSpec, TensorSpec
 from modelops.optimization import modelopt_cli
 from modelops.optimization.static_quant import (
     ArrayDataReader,
@@ -32,6 +31,7 @@ from modelops.optimization.static_quant import (
     rank,
     run_model,
 )
+from modelops.recipes import IOSpec, TensorSpec
 from modelops.steps import optimize
 from modelops.steps._common import StepError
 from modelops.storage import Storage
