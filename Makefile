@@ -9,7 +9,7 @@ PIP_QUIET := -q --disable-pip-version-check
 # pip prints one line per package for the machine's optional local indexes; keep the log readable.
 PIP_FILTER := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup orchestrator worker modelopt tools demo test test-unit test-worker test-integration bench stack-up stack-down lint clean
+.PHONY: setup orchestrator worker modelopt tools demo test test-unit test-worker test-integration bench docs stack-up stack-down lint clean
 
 setup: orchestrator worker tools
 
@@ -70,6 +70,10 @@ bench: setup
 	$(VENV)/bin/python bench/dag_import.py
 	$(VENV)/bin/python bench/e2e.py
 	$(WORKER)/bin/python bench/speedups.py
+
+# README's configuration table, generated from modelops/settings.py (tests/unit/test_settings.py checks it)
+docs: orchestrator
+	$(VENV)/bin/python -m modelops.settings --update-readme README.md
 
 clean:
 	-$(VENV)/bin/modelops stack down

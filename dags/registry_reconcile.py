@@ -13,13 +13,14 @@ Triggering this DAG by hand reconciles the whole registry.
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, AssetWatcher, dag, task
 from modelops_plugin import RegistryPollTrigger
 
-POLL_INTERVAL_S = float(os.environ.get("MODELOPS_RECONCILE_INTERVAL_S", "").strip() or 60)
+from modelops.settings import get_settings
+
+POLL_INTERVAL_S = get_settings().triggers.reconcile_interval_s
 
 REGISTRY = Asset(
     name="modelops_mlflow_registry",

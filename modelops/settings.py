@@ -1,122 +1,270 @@
-"""One settings object for paths, execution mode, buckets and Kubernetes placement.
+"""One settings tree for paths, execution mode, buckets, tools, Kubernetes placement, triggers and the webhook.
 
-Everything that differs between the embedded stack and a cluster is read here, from the environment,
-so that the rest of the code never looks at ``os.environ`` itself (except the stack launcher, which
-writes the environment of the processes it starts).
+Every ``MODELOPS_*`` variable the code reads is declared here once (``validation_alias`` = the variable,
+with its default and a one-line description), so the rest of the code never looks at ``os.environ`` for
+them (the stack launcher and the reproduce script still *write* variables for child processes).
+Rules: a blank variable means its default; a bad value raises :class:`SettingsError` with one line naming
+the variable. Settings are built per call (:meth:`Settings.from_env`, a fraction of a millisecond), so a
+changed environment is seen at once. The README's configuration table is generated from this tree:
+``python -m modelops.settings --update-readme README.md`` (``make docs``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 EXECUTION_MODES = ("local", "kubernetes")
+TRIGGER_SCOPES = ("opted_in", "all")
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # GPU Feature Discovery
+TABLE_START = "<!-- settings-table:start -->"
+TABLE_END = "<!-- settings-table:end -->"
+_PYTRITON = Path("pytriton") / "pytriton" / "tritonserver"
+_PERF_ANALYZER = Path("tritonclient") / "tritonclient-2.51.0.data" / "data" / "bin" / "perf_analyzer"
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("modelops_settings_environ", default=None)
 
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
-    return value or default
+class SettingsError(ValueError):
+    """A ``MODELOPS_*`` variable has a bad value; the message is one line naming it."""
 
 
-@dataclass(frozen=True)
-class KubernetesSettings:
+def _var(name: str, description: str, default: Any = None, *, shown: str | None = None, **kwargs: Any) -> Any:
+    """A setting read from the variable ``name``; ``shown`` is its default as the README prints it."""
+    extra = {"shown_default": shown} if shown is not None else None
+    if "default_factory" in kwargs:
+        return Field(validation_alias=name, description=description, json_schema_extra=extra, **kwargs)
+    return Field(default, validation_alias=name, description=description, json_schema_extra=extra, **kwargs)
+
+
+def _csv(value: Any) -> Any:
+    """``"a, b,a"`` -> ``("a", "b")`` (order kept, duplicates dropped); other values pass through."""
+    if isinstance(value, str):
+        return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    return value
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True)
+
+
+class KubernetesSettings(_Group):
     """Placement of heavy steps when ``MODELOPS_EXECUTION=kubernetes``."""
 
-    namespace: str = "modelops"
-    image: str = "modelops/worker:latest"
-    gpu_resource: str = "nvidia.com/gpu"  # or a MIG resource such as nvidia.com/mig-1g.10gb
-    gpu_count: int = 1
-    cpu: str = "4"
-    memory: str = "16Gi"
-    node_selector: dict[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
-    gpu_product: str = ""  # GPU Feature Discovery label value, e.g. NVIDIA-H100-80GB-HBM3
-    priority_class: str = "modelops-gpu"
-    service_account: str = "modelops-worker"
-    s3_secret: str = "modelops-s3"  # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL
-    pool: str = "gpu"
+    namespace: str = _var("MODELOPS_K8S_NAMESPACE", "Namespace of the step pods.", "modelops")
+    image: str = _var("MODELOPS_K8S_IMAGE", "Worker image the step pods run.", "modelops/worker:latest")
+    gpu_resource: str = _var("MODELOPS_K8S_GPU_RESOURCE", "GPU resource to request, or a MIG resource such as "
+                             "nvidia.com/mig-1g.10gb.", "nvidia.com/gpu")
+    gpu_count: int = _var("MODELOPS_K8S_GPU_COUNT", "GPUs (or MIG slices) per GPU step.", 1, ge=0)
+    cpu: str = _var("MODELOPS_K8S_CPU", "CPU request of a step pod.", "4")
+    memory: str = _var("MODELOPS_K8S_MEMORY", "Memory request and limit of a step pod.", "16Gi")
+    gpu_product: str = _var("MODELOPS_K8S_GPU_PRODUCT", "GPU Feature Discovery product (e.g. NVIDIA-H100-80GB-HBM3); "
+                            "adds the nvidia.com/gpu.product node selector.", "")
+    node_selector: dict[str, str] = _var(
+        "MODELOPS_K8S_NODE_SELECTOR", "Node selector of GPU steps, a JSON object.",
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"}, shown='{"nvidia.com/gpu.present": "true"}',
+        validate_default=True,
+    )
+    priority_class: str = _var("MODELOPS_K8S_PRIORITY_CLASS", "Priority class of GPU step pods.", "modelops-gpu")
+    service_account: str = _var("MODELOPS_K8S_SERVICE_ACCOUNT", "Service account of the step pods.", "modelops-worker")
+    s3_secret: str = _var("MODELOPS_K8S_S3_SECRET", "Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and "
+                          "AWS_ENDPOINT_URL, mounted into the pods.", "modelops-s3")
+    pool: str = _var("MODELOPS_K8S_POOL", "Airflow pool of GPU steps (one slot per GPU).", "gpu")
 
+    @field_validator("node_selector", mode="before")
     @classmethod
-    def from_env(cls) -> KubernetesSettings:
-        node_selector = json.loads(os.environ["MODELOPS_K8S_NODE_SELECTOR"]) if os.environ.get(
-            "MODELOPS_K8S_NODE_SELECTOR"
-        ) else {"nvidia.com/gpu.present": "true"}
-        gpu_product = _env("MODELOPS_K8S_GPU_PRODUCT", "")
-        if gpu_product:
-            node_selector = {**node_selector, "nvidia.com/gpu.product": gpu_product}
-        return cls(
-            namespace=_env("MODELOPS_K8S_NAMESPACE", cls.namespace),
-            image=_env("MODELOPS_K8S_IMAGE", cls.image),
-            gpu_resource=_env("MODELOPS_K8S_GPU_RESOURCE", cls.gpu_resource),
-            gpu_count=int(_env("MODELOPS_K8S_GPU_COUNT", str(cls.gpu_count))),
-            cpu=_env("MODELOPS_K8S_CPU", cls.cpu),
-            memory=_env("MODELOPS_K8S_MEMORY", cls.memory),
-            node_selector=node_selector,
-            gpu_product=gpu_product,
-            priority_class=_env("MODELOPS_K8S_PRIORITY_CLASS", cls.priority_class),
-            service_account=_env("MODELOPS_K8S_SERVICE_ACCOUNT", cls.service_account),
-            s3_secret=_env("MODELOPS_K8S_S3_SECRET", cls.s3_secret),
-            pool=_env("MODELOPS_K8S_POOL", cls.pool),
-        )
+    def _parse_selector(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError('must be a JSON object such as {"label": "value"}') from None
+        return value
+
+    @field_validator("node_selector", mode="after")
+    @classmethod
+    def _add_gpu_product(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        product = info.data.get("gpu_product")
+        return {**value, GPU_PRODUCT_LABEL: product} if product else value
 
 
-@dataclass(frozen=True)
-class Settings:
+class ToolSettings(_Group):
+    """Serving and optimization tools; unset paths are derived from ``tools_dir`` or the repository."""
+
+    tritonserver: Path | None = _var("MODELOPS_TRITONSERVER", "tritonserver binary.",
+                                     shown=f"<tools dir>/{_PYTRITON}/bin/tritonserver")
+    triton_backends: Path | None = _var("MODELOPS_TRITON_BACKENDS", "Triton backends directory.",
+                                        shown=f"<tools dir>/{_PYTRITON}/backends")
+    perf_analyzer: Path | None = _var("MODELOPS_PERF_ANALYZER", "perf_analyzer binary (tritonclient 2.51).",
+                                      shown=f"<tools dir>/{_PERF_ANALYZER}")
+    ld_library_path: str = _var("MODELOPS_TOOLS_LD_LIBRARY_PATH", "LD_LIBRARY_PATH entries tritonserver and "
+                                "perf_analyzer need.", "", shown="contents of <tools dir>/ld_library_path")
+    modelopt_python: Path | None = _var("MODELOPS_MODELOPT_PYTHON", "Interpreter of the NVIDIA ModelOpt "
+                                        "environment (make modelopt).", shown="<repo>/.venv-modelopt/bin/python")
+    worker_versions_file: Path | None = _var("MODELOPS_WORKER_VERSIONS_FILE", "JSON of worker library versions "
+                                             "written by the worker image (nightly fingerprint).",
+                                             shown="pins of requirements-worker.txt")
+
+
+class StackSettings(_Group):
+    """The embedded dev stack (``modelops stack``); its state directory is ``Settings.stack_dir``."""
+
+    port_offset: int = _var("MODELOPS_PORT_OFFSET", "Shift of every stack port (a second stack beside the first).", 0)
+    orchestrator_bin: Path | None = _var("MODELOPS_ORCHESTRATOR_BIN", "bin/ of the orchestrator venv (weed, mlflow, "
+                                         "airflow).", shown="<repo>/.venv/bin, else the running interpreter's")
+
+
+class TriggerSettings(_Group):
+    """Which registry events, polls and schedules start ``optimize_model`` runs."""
+
+    aliases: tuple[str, ...] = _var("MODELOPS_TRIGGER_ALIASES", "Watched model aliases, comma-separated.",
+                                    ("champion", "production"))
+    stages: tuple[str, ...] = _var("MODELOPS_TRIGGER_STAGES", "Watched legacy stages, comma-separated.",
+                                   ("Production", "Staging"))
+    scope: Literal["opted_in", "all"] = _var("MODELOPS_TRIGGER_SCOPE", "opted_in: models tagged "
+                                             "modelops.optimize=true; all: every model.", "opted_in")
+    on_version_created: bool = _var("MODELOPS_TRIGGER_ON_VERSION_CREATED", "Start a run for every new model "
+                                    "version.", False)
+    reconcile_interval_s: float = _var("MODELOPS_RECONCILE_INTERVAL_S", "Seconds between registry polls of "
+                                       "registry_reconcile.", 60.0, gt=0)
+    nightly_cron: str = _var("MODELOPS_NIGHTLY_CRON", "Cron schedule (UTC) of nightly_reoptimize.", "0 2 * * *")
+
+    @field_validator("aliases", "stages", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _csv(value)
+
+
+class WebhookSettings(_Group):
+    """The MLflow webhook receiver on Airflow's API server."""
+
+    secret: SecretStr | None = _var("MODELOPS_WEBHOOK_SECRET", "HMAC secret of the MLflow webhook.",
+                                    shown="read from the secret file")
+    secret_file: Path | None = _var("MODELOPS_WEBHOOK_SECRET_FILE", "File holding the webhook secret.",
+                                    shown="<MODELOPS_STACK_DIR>/webhook/secret when that variable is set")
+    db: Path | None = _var("MODELOPS_WEBHOOK_DB", "SQLite replay guard of webhook deliveries.",
+                           shown="$AIRFLOW_HOME/modelops/webhook_deliveries.db")
+
+
+class _EnvironSource(PydanticBaseSettingsSource):
+    """Reads each field's variable (its ``validation_alias``) from the environment, nested groups included.
+
+    The environment is ``os.environ`` unless :meth:`Settings.from_env` was given a mapping. Values are
+    stripped; blank ones are left out, so the field keeps its default.
+    """
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # unused: __call__ walks
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        environ = _ENVIRON.get()
+        return _collect(self.settings_cls, os.environ if environ is None else environ)
+
+
+def _collect(model: type[BaseModel], environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, _Group):
+            group = _collect(info.annotation, environ)
+            if group:
+                values[name] = group
+        elif isinstance(info.validation_alias, str):
+            raw = (environ.get(info.validation_alias) or "").strip()
+            if raw:
+                values[info.validation_alias] = raw
+    return values
+
+
+class Settings(BaseSettings):
     """Paths and choices of this installation. Build it with :meth:`from_env`."""
 
-    repo_root: Path
-    stack_dir: Path
-    tools_dir: Path
-    worker_python: Path
-    execution: str
-    artifacts_bucket: str
-    triton_bucket: str
-    mlflow_bucket: str
-    kubernetes: KubernetesSettings
-    # Airflow pool of the local benchmark task (one slot: perf_analyzer runs of concurrent DAG runs would
-    # share the CPU and measure each other). Empty: Airflow's default pool. The stack sets and creates it.
-    benchmark_pool: str = ""
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True)
+
+    repo_root: Path = Field(REPO_ROOT, description="The repository (not configurable).")
+    stack_dir: Path = _var("MODELOPS_STACK_DIR", "State directory of the embedded stack.",
+                           default_factory=lambda: REPO_ROOT / ".stack", shown="<repo>/.stack")
+    tools_dir: Path = _var("MODELOPS_TOOLS_DIR", "tritonserver and perf_analyzer installation (make tools).",
+                           default_factory=lambda: REPO_ROOT / ".tools", shown="<repo>/.tools")
+    worker_python: Path = _var("MODELOPS_WORKER_PYTHON", "Interpreter of the worker environment (local steps).",
+                               default_factory=lambda: REPO_ROOT / ".venv-worker" / "bin" / "python",
+                               shown="<repo>/.venv-worker/bin/python")
+    execution: Literal["local", "kubernetes"] = _var("MODELOPS_EXECUTION", "Where heavy steps run: local "
+                                                     "subprocesses or Kubernetes pods.", "local")
+    artifacts_bucket: str = _var("MODELOPS_ARTIFACTS_BUCKET", "S3 bucket of run artifacts.", "modelops-artifacts")
+    triton_bucket: str = _var("MODELOPS_TRITON_BUCKET", "S3 bucket of the Triton model repository.", "triton")
+    mlflow_bucket: str = _var("MODELOPS_MLFLOW_BUCKET", "S3 bucket of MLflow artifacts.", "mlflow")
+    # One slot: perf_analyzer runs of concurrent DAG runs would share the CPU and measure each other.
+    benchmark_pool: str = _var("MODELOPS_BENCHMARK_POOL", "Airflow pool of local benchmark tasks (the stack "
+                               "creates modelops_benchmark).", "", shown="default_pool")
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    tools: ToolSettings = Field(default_factory=ToolSettings)
+    stack: StackSettings = Field(default_factory=StackSettings)
+    triggers: TriggerSettings = Field(default_factory=TriggerSettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+
+    @field_validator("stack_dir", "tools_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.resolve()  # relative to the working directory, as the variables always were
 
     @classmethod
-    def from_env(cls) -> Settings:
-        execution = _env("MODELOPS_EXECUTION", "local")
-        if execution not in EXECUTION_MODES:
-            raise ValueError(f"MODELOPS_EXECUTION must be one of {EXECUTION_MODES}, got {execution!r}")
-        return cls(
-            repo_root=REPO_ROOT,
-            stack_dir=Path(_env("MODELOPS_STACK_DIR", str(REPO_ROOT / ".stack"))).resolve(),
-            tools_dir=Path(_env("MODELOPS_TOOLS_DIR", str(REPO_ROOT / ".tools"))).resolve(),
-            worker_python=Path(_env("MODELOPS_WORKER_PYTHON", str(REPO_ROOT / ".venv-worker" / "bin" / "python"))),
-            execution=execution,
-            artifacts_bucket=_env("MODELOPS_ARTIFACTS_BUCKET", "modelops-artifacts"),
-            triton_bucket=_env("MODELOPS_TRITON_BUCKET", "triton"),
-            mlflow_bucket=_env("MODELOPS_MLFLOW_BUCKET", "mlflow"),
-            kubernetes=KubernetesSettings.from_env(),
-            benchmark_pool=_env("MODELOPS_BENCHMARK_POOL", ""),
-        )
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, then the variables of the tree; no .env or secrets directory."""
+        return init_settings, _EnvironSource(settings_cls)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings of ``environ`` (default ``os.environ``).
+
+        Raises:
+            SettingsError: a variable has a bad value (one line per variable, naming it).
+        """
+        token = _ENVIRON.set(environ)
+        try:
+            return cls()
+        except ValidationError as err:
+            raise SettingsError(_one_line(err)) from None
+        finally:
+            _ENVIRON.reset(token)
+
+    def is_set(self, name: str) -> bool:
+        """Whether the root setting ``name`` came from the environment rather than its default."""
+        return name in self.model_fields_set
 
     # Serving tools (the nvidia-pytriton wheel's tritonserver, tritonclient 2.51's perf_analyzer).
     @property
     def tritonserver_bin(self) -> Path:
-        return Path(_env("MODELOPS_TRITONSERVER", str(self.tools_dir / "pytriton" / "pytriton" / "tritonserver" / "bin" / "tritonserver")))
+        return self.tools.tritonserver or self.tools_dir / _PYTRITON / "bin" / "tritonserver"
 
     @property
     def triton_backends_dir(self) -> Path:
-        return Path(_env("MODELOPS_TRITON_BACKENDS", str(self.tools_dir / "pytriton" / "pytriton" / "tritonserver" / "backends")))
+        return self.tools.triton_backends or self.tools_dir / _PYTRITON / "backends"
 
     @property
     def perf_analyzer_bin(self) -> Path:
-        return Path(_env("MODELOPS_PERF_ANALYZER", str(self.tools_dir / "tritonclient" / "tritonclient-2.51.0.data" / "data" / "bin" / "perf_analyzer")))
+        return self.tools.perf_analyzer or self.tools_dir / _PERF_ANALYZER
 
     @property
     def tool_library_path(self) -> str:
         """LD_LIBRARY_PATH entries that tritonserver and perf_analyzer need (see ENVIRONMENT.md)."""
-        env = _env("MODELOPS_TOOLS_LD_LIBRARY_PATH", "")
-        if env:
-            return env
+        if self.tools.ld_library_path:
+            return self.tools.ld_library_path
         lib_file = self.tools_dir / "ld_library_path"
         return lib_file.read_text().strip() if lib_file.exists() else ""
 
@@ -125,5 +273,77 @@ class Settings:
         return self.stack_dir / "stack.json"
 
 
-def get_settings() -> Settings:
-    return Settings.from_env()
+def _one_line(err: ValidationError) -> str:
+    """``MODELOPS_X must be ..., got 'value'`` for each failed variable, joined with ``; ``."""
+    problems = []
+    for item in err.errors():
+        var = next((str(p) for p in reversed(item["loc"]) if str(p).startswith("MODELOPS_")), ".".join(map(str, item["loc"])))
+        if item["type"] == "int_parsing":
+            what = "must be an integer"
+        elif item["type"] == "float_parsing":
+            what = "must be a number"
+        else:
+            what = item["msg"].removeprefix("Value error, ").replace("Input should be", "must be", 1)
+        problems.append(f"{var} {what}, got {item['input']!r}")
+    return "; ".join(problems)
+
+
+def get_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The current settings, built per call (no cache: tests and processes may change the environment)."""
+    return Settings.from_env(environ)
+
+
+# -- the README table --------------------------------------------------------------------------------
+def _leaves(model: type[BaseModel]) -> Iterator[tuple[str, Any]]:
+    for info in model.model_fields.values():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, _Group):
+            yield from _leaves(info.annotation)
+        elif isinstance(info.validation_alias, str):
+            yield info.validation_alias, info
+
+
+def _shown(info: Any) -> str:
+    extra = info.json_schema_extra or {}
+    if "shown_default" in extra:
+        return str(extra["shown_default"])
+    value = info.default
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "(empty)" if value in ("", None) else str(value)
+
+
+def settings_table() -> str:
+    """The Markdown table of every ``MODELOPS_*`` variable: name, default, description."""
+    rows = ["| variable | default | description |", "|---|---|---|"]
+    for var, info in _leaves(Settings):
+        default = _shown(info).replace("|", "\\|")
+        rows.append(f"| `{var}` | `{default}` | {(info.description or '').replace('|', chr(92) + '|')} |")
+    return "\n".join(rows) + "\n"
+
+
+def readme_with_table(text: str) -> str:
+    """``text`` with the block between :data:`TABLE_START` and :data:`TABLE_END` replaced by the table."""
+    start, end = text.find(TABLE_START), text.find(TABLE_END)
+    if start < 0 or end < start:
+        raise SettingsError(f"README has no {TABLE_START} ... {TABLE_END} block")
+    return text[: start + len(TABLE_START)] + "\n" + settings_table() + text[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``--markdown`` prints the table; ``--update-readme PATH`` rewrites it in place."""
+    parser = argparse.ArgumentParser(prog="python -m modelops.settings", description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--markdown", action="store_true", help="print the configuration table")
+    group.add_argument("--update-readme", metavar="PATH", type=Path, help="rewrite the table in this README")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(settings_table(), end="")
+    else:
+        args.update_readme.write_text(readme_with_table(args.update_readme.read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

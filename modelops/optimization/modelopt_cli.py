@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ENV_VAR = "MODELOPS_MODELOPT_PYTHON"
+ENV_VAR = "MODELOPS_MODELOPT_PYTHON"  # Settings.tools.modelopt_python
 DEFAULT_ENV = REPO_ROOT / ".venv-modelopt"
 MODES = ("int8", "fp8")
 # the non-quantized part of the graph: fp32 keeps INT8 Q/DQ runnable by ONNX Runtime on CPU (validate);
@@ -66,8 +66,9 @@ class ModelOptFailed(Exception):
 
 def modelopt_python() -> Path | None:
     """The ModelOpt environment's interpreter: ``$MODELOPS_MODELOPT_PYTHON`` or ``<repo>/.venv-modelopt``; None if absent."""
-    explicit = os.environ.get(ENV_VAR)
-    candidate = Path(explicit) if explicit else DEFAULT_ENV / "bin" / "python"
+    from modelops.settings import Settings  # here, not at the top: this file also runs in the ModelOpt venv
+
+    candidate = Settings.from_env().tools.modelopt_python or DEFAULT_ENV / "bin" / "python"
     return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
 
 

@@ -18,6 +18,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from modelops.settings import Settings
+
 SIGNATURE_HEADER = "X-MLflow-Signature"
 DELIVERY_ID_HEADER = "X-MLflow-Delivery-Id"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"
@@ -151,14 +153,14 @@ def new_secret() -> str:
 def load_secret(environ: Mapping[str, str] | None = None, stack_dir: Path | str | None = None) -> str | None:
     """The webhook secret: ``MODELOPS_WEBHOOK_SECRET``, else the file named by ``MODELOPS_WEBHOOK_SECRET_FILE``,
     else ``<MODELOPS_STACK_DIR>/webhook/secret``; None when there is none (every delivery is then refused)."""
-    env = os.environ if environ is None else environ
-    if env.get(SECRET_ENV, "").strip():
-        return env[SECRET_ENV].strip()
-    path_text = env.get(SECRET_FILE_ENV, "").strip()
-    if path_text:
-        path = Path(path_text)
+    settings = Settings.from_env(environ)
+    if settings.webhook.secret is not None:
+        return settings.webhook.secret.get_secret_value()
+    if settings.webhook.secret_file is not None:
+        path = settings.webhook.secret_file
     else:
-        base = stack_dir or env.get("MODELOPS_STACK_DIR", "").strip()
+        # only an explicit stack dir: the default one may hold another stack's secret
+        base = stack_dir or (settings.stack_dir if settings.is_set("stack_dir") else None)
         if not base:
             return None
         path = secret_path(base)

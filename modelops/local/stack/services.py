@@ -50,9 +50,9 @@ class Context:
     def orchestrator_bin(self) -> Path:
         """bin/ of the orchestrator venv (weed, mlflow, airflow): MODELOPS_ORCHESTRATOR_BIN, <repo>/.venv/bin
         or the running interpreter's bin/."""
-        explicit = os.environ.get("MODELOPS_ORCHESTRATOR_BIN", "").strip()
-        if explicit:
-            return Path(explicit)
+        explicit = self.settings.stack.orchestrator_bin
+        if explicit is not None:
+            return explicit
         repo_venv = self.settings.repo_root / ".venv" / "bin"
         return repo_venv if (repo_venv / "airflow").exists() else Path(sys.executable).parent
 

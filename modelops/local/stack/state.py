@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelops.settings import Settings, SettingsError
+
 HOST = "127.0.0.1"
 STATE_VERSION = 1
 
@@ -55,13 +57,10 @@ class PortBusyError(StackError):
 # -- ports ------------------------------------------------------------------------------------------
 def port_offset_from_env(environ: Mapping[str, str] | None = None) -> int:
     """``MODELOPS_PORT_OFFSET`` as an int (default 0); a clear error when it is not a usable integer."""
-    raw = (os.environ if environ is None else environ).get("MODELOPS_PORT_OFFSET", "").strip()
-    if not raw:
-        return 0
     try:
-        offset = int(raw)
-    except ValueError:
-        raise StackError(f"MODELOPS_PORT_OFFSET must be an integer, got {raw!r}") from None
+        offset = Settings.from_env(environ).stack.port_offset
+    except SettingsError as err:
+        raise StackError(str(err)) from None
     allocate_ports(offset)  # validates the range
     return offset
 
