@@ -20,6 +20,7 @@ from modelops.contracts.naming import deployment_uri
 from modelops.evaluation.metrics import top1_agreement
 from modelops.serving.publish import InvalidDeployment, verify_deployment
 from modelops.serving.routes import Routes, canary_weights, read_routes, write_routes
+from modelops.serving.triton import client as triton_client
 from modelops.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -43,18 +44,8 @@ def load_npz(storage: Storage, uri: str) -> dict[str, np.ndarray]:
 
 
 def triton_infer(client: Any, model: str, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
-    """One HTTP inference through ``tritonclient.http``."""
-    import tritonclient.http as httpclient
-    from tritonclient.utils import np_to_triton_dtype
-
-    req = []
-    for name, array in inputs.items():
-        tensor = httpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(np.ascontiguousarray(array))
-        req.append(tensor)
-    outs = [httpclient.InferRequestedOutput(n) for n in output_names]
-    response = client.infer(model, req, outputs=outs)
-    return {n: response.as_numpy(n) for n in output_names}
+    """One HTTP inference through ``tritonclient.http`` (see :func:`modelops.serving.triton.client.infer`)."""
+    return triton_client.infer(client, model, inputs, output_names)
 
 
 def smoke_test(
@@ -126,8 +117,7 @@ def deploy(
         report = smoke_test(client, deployment, load_npz(storage, samples_uri), load_npz(storage, candidate_outputs_uri))
     except (InferenceServerException, DeployError) as exc:
         _unload_quietly(client, deployment, keep=set(before.weights()))
-        msg = exc.message() if isinstance(exc, InferenceServerException) else str(exc)
-        first = (msg or type(exc).__name__).strip().splitlines()[0]
+        first = triton_client.error_text(exc).splitlines()[0]
         raise DeployError(f"Triton could not serve {deployment}: {first}") from None
     weights = canary_weights(before.weights(), deployment, rollout_percent)
     after = write_routes(storage, triton_bucket, before, weights, by=run_id)

@@ -1,6 +1,7 @@
 """Detached service processes: spawn, liveness (pid + start time), health waiting and stop.
 
-Linux only: liveness and process-group scans read ``/proc``.
+Liveness and process-group scans go through ``psutil``. A pid is only "ours" when its start time matches
+the one recorded at spawn, so a recycled pid never counts as a running service.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+
+import psutil
 
 from modelops.local.stack.state import ServiceRecord, StackError
 
@@ -34,19 +37,31 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of ``/proc/<pid>/stat`` after the command name (index 0 = state), or None."""
+_GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _ticks(proc: psutil.Process) -> int:
+    # psutil's create_time is boot time + start ticks / CLK_TCK: inverting it gives back the exact integer the
+    # state file has always stored (``/proc/<pid>/stat`` starttime), so existing .stack/ records stay valid
+    return round((proc.create_time() - psutil.boot_time()) * _CLOCK_TICKS)
+
+
+def _live(pid: int) -> psutil.Process | None:
+    """The process ``pid`` when it exists and is not a zombie, else None."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        proc = psutil.Process(pid)
+        return None if proc.status() in _GONE else proc
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return None
-    return raw[raw.rfind(")") + 2 :].split()
 
 
 def start_ticks(pid: int) -> int | None:
-    """The process start time in clock ticks since boot (``/proc/<pid>/stat`` field 22), or None."""
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields else None
+    """The process start time in clock ticks since boot (from ``psutil``'s create time), or None."""
+    try:
+        return _ticks(psutil.Process(pid))
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return None
 
 
 def _reap(pid: int) -> None:
@@ -61,10 +76,13 @@ def is_running(record: ServiceRecord) -> bool:
     if not record.pid:
         return False
     _reap(record.pid)
-    fields = _stat_fields(record.pid)
-    if fields is None or fields[0] in ("Z", "X"):
+    proc = _live(record.pid)
+    if proc is None:
         return False
-    return record.start_ticks is None or int(fields[19]) == record.start_ticks
+    try:
+        return record.start_ticks is None or _ticks(proc) == record.start_ticks
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 def exit_code(pid: int) -> int | None:
@@ -130,12 +148,14 @@ def wait_healthy(
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of process group ``pgid``."""
     members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    for proc in psutil.process_iter(["status"]):
+        if proc.info["status"] in _GONE:
             continue
-        fields = _stat_fields(int(entry))
-        if fields and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            members.append(int(entry))
+        try:
+            if os.getpgid(proc.pid) == pgid:
+                members.append(proc.pid)
+        except (ProcessLookupError, PermissionError):
+            continue
     return members
 
 

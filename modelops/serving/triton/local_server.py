@@ -8,25 +8,25 @@ the pytriton wheel's libs).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from modelops.serving.triton import client as triton_client
 from modelops.settings import Settings
 
 log = logging.getLogger("modelops.serving.triton")
 
 LOG_TAIL_LINES = 25
+PROBE_TIMEOUT_S = 2.0  # one health/readiness probe while waiting for the server
+UNLOAD_TIMEOUT_S = 120.0
 
 
 class TritonStartError(RuntimeError):
@@ -36,6 +36,22 @@ class TritonStartError(RuntimeError):
         super().__init__(f"{reason}\n--- tritonserver log (tail) ---\n{log_tail}" if log_tail else reason)
         self.reason = reason
         self.log_tail = log_tail
+
+
+class _Refused(Exception):
+    """Triton refused a call (or could not be reached): the HTTP status (``"0"`` without one) and its message."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(f"({code}): {text}")
+        self.code, self.text = code, text
+
+
+def _answers(probe: Callable[..., bool], *args: str) -> bool:
+    """A liveness/readiness probe's answer; False while the server cannot be reached or refuses."""
+    try:
+        return bool(probe(*args))
+    except Exception:  # noqa: BLE001 - any failure of a probe means "not ready yet"
+        return False
 
 
 def free_port() -> int:
@@ -183,79 +199,58 @@ class TritonProcess:
         return TritonStartError(failure_reason(tail, default), tail)
 
     def wait_ready(self, models: Iterable[str], timeout_s: float) -> None:
-        """Poll ``/v2/health/live`` and ``/v2/models/<m>/ready`` until all are ready."""
+        """Poll server liveness and each model's readiness until all are ready."""
         deadline = time.monotonic() + timeout_s
         pending = list(models)
-        while True:
-            if self.process is not None and self.process.poll() is not None:
-                raise self._fail(f"tritonserver exited with code {self.process.returncode}")
-            if self._get("/v2/health/live") == 200:
-                pending = [m for m in pending if self._get(f"/v2/models/{m}/ready") != 200]
-                if not pending:
-                    return
-            if time.monotonic() > deadline:
-                raise self._fail(f"models {pending} not ready after {timeout_s:.0f} s")
-            time.sleep(0.2)
-
-    def _get(self, path: str) -> int:
+        probe = triton_client.http_client(self.http_url, PROBE_TIMEOUT_S)
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as resp:
-                return int(resp.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
-        except (urllib.error.URLError, OSError):
-            return 0
+            while True:
+                if self.process is not None and self.process.poll() is not None:
+                    raise self._fail(f"tritonserver exited with code {self.process.returncode}")
+                if _answers(probe.is_server_live):
+                    pending = [m for m in pending if not _answers(probe.is_model_ready, m)]
+                    if not pending:
+                        return
+                if time.monotonic() > deadline:
+                    raise self._fail(f"models {pending} not ready after {timeout_s:.0f} s")
+                time.sleep(0.2)
+        finally:
+            probe.close()
 
-    def _post(self, path: str, body: dict[str, Any] | None = None, timeout_s: float = 120.0) -> tuple[int, str]:
-        req = urllib.request.Request(
-            f"http://{self.http_url}{path}",
-            data=json.dumps(body or {}).encode(),
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
+    def _call(self, timeout_s: float, call: Callable[[Any], Any]) -> Any:
+        """``call(client)`` on a ``tritonclient.http`` client with ``timeout_s``; refusals raise ``_Refused``."""
+        from tritonclient.utils import InferenceServerException
+
+        client = triton_client.http_client(self.http_url, timeout_s)
         try:
-            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-                return int(resp.status), resp.read().decode(errors="replace")
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read().decode(errors="replace")
+            return call(client)
+        except (InferenceServerException, OSError) as exc:
+            raise _Refused(triton_client.error_status(exc), triton_client.error_text(exc)[:400]) from None
+        finally:
+            client.close()
 
     def load_model(self, name: str, timeout_s: float | None = None) -> None:
         """Load (or reload) a model through the repository API and wait until it is ready."""
-        code, body = self._post(f"/v2/repository/models/{name}/load", timeout_s=timeout_s or self.timeout_s)
-        if code != 200:
-            raise TritonStartError(f"loading {name!r} failed ({code}): {body.strip()[:400]}", log_tail(self.log_path))
+        try:
+            self._call(timeout_s or self.timeout_s, lambda c: c.load_model(name))
+        except _Refused as exc:
+            raise TritonStartError(
+                f"loading {name!r} failed ({exc.code}): {exc.text}", log_tail(self.log_path)
+            ) from None
         self.wait_ready([name], timeout_s or self.timeout_s)
 
     def unload_model(self, name: str) -> None:
-        code, body = self._post(f"/v2/repository/models/{name}/unload")
-        if code != 200:
-            raise RuntimeError(f"unloading {name!r} failed ({code}): {body.strip()[:400]}")
+        try:
+            self._call(UNLOAD_TIMEOUT_S, lambda c: c.unload_model(name))
+        except _Refused as exc:
+            raise RuntimeError(f"unloading {name!r} failed ({exc.code}): {exc.text}") from None
 
     def infer(self, model: str, inputs: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
-        """One inference over HTTP/JSON (numpy arrays in, numpy arrays out); for smoke checks, not speed."""
-        import numpy as np
-
-        from modelops.serving.triton.model_dir import TRITON_DTYPES
-
-        body = {
-            "inputs": [
-                {
-                    "name": name,
-                    "shape": list(arr.shape),
-                    "datatype": TRITON_DTYPES[str(arr.dtype)].removeprefix("TYPE_").replace("STRING", "BYTES"),
-                    "data": arr.ravel().tolist(),
-                }
-                for name, arr in inputs.items()
-            ]
-        }
-        code, text = self._post(f"/v2/models/{model}/infer", body, timeout_s=timeout_s)
-        if code != 200:
-            raise RuntimeError(f"inference on {model!r} failed ({code}): {text.strip()[:400]}")
-        out = {}
-        for tensor in json.loads(text)["outputs"]:
-            dtype = {v.removeprefix("TYPE_"): k for k, v in TRITON_DTYPES.items()}.get(tensor["datatype"], "float32")
-            out[tensor["name"]] = np.asarray(tensor["data"], dtype=dtype).reshape(tensor["shape"])
-        return out
+        """One inference (numpy arrays in, numpy arrays out; BYTES outputs as bytes); for smoke checks, not speed."""
+        try:
+            return self._call(timeout_s, lambda c: triton_client.infer(c, model, inputs))
+        except _Refused as exc:
+            raise RuntimeError(f"inference on {model!r} failed ({exc.code}): {exc.text}") from None
 
     def stop(self, grace_s: float = 15.0) -> int | None:
         """SIGTERM, wait ``grace_s``, then SIGKILL the server's process group (its python stubs)."""

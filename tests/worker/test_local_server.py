@@ -1,0 +1,65 @@
+"""TritonProcess against a real tritonserver: readiness, inference, load/unload errors (tritonclient.http)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("tritonclient.http")
+
+from modelops.serving.triton.local_server import TritonProcess, TritonStartError
+from modelops.serving.triton.model_dir import build_model_dir
+from modelops.settings import Settings
+
+pytestmark = pytest.mark.skipif(not Settings.from_env().tritonserver_bin.exists(), reason="tritonserver not installed")
+
+
+def _plus_one(path: Path) -> Path:
+    """``y = x + 1`` on float32 ``[batch, 4]``."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "one"], ["y"])], "plus_one", [x], [y], [one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_triton_process_serves_infers_and_reports_refusals(tmp_path):
+    io = {
+        "inputs": [{"name": "x", "dtype": "float32", "dims": [4]}],
+        "outputs": [{"name": "y", "dtype": "float32", "dims": [4]}],
+    }
+    repo = tmp_path / "repo"
+    build_model_dir(
+        repo / "plus_one", name="plus_one", kind="onnxruntime", model_path=_plus_one(tmp_path / "m.onnx"),
+        io=io, max_batch_size=8,
+    )  # fmt: skip
+    with TritonProcess(repo, ["plus_one"], log_path=tmp_path / "triton.log", timeout_s=90) as server:
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        got = server.infer("plus_one", {"x": x})
+        assert set(got) == {"y"} and got["y"].dtype == np.float32
+        np.testing.assert_array_equal(got["y"], x + 1)
+        with pytest.raises(RuntimeError, match=r"^inference on 'nope' failed \(\d+\): "):
+            server.infer("nope", {"x": x})
+        with pytest.raises(TritonStartError, match=r"^loading 'missing' failed \(\d+\): ") as err:
+            server.load_model("missing", timeout_s=30)
+        assert "\n" not in err.value.reason
+        server.unload_model("plus_one")
+        with pytest.raises(RuntimeError, match="inference on 'plus_one' failed"):
+            server.infer("plus_one", {"x": x})
+        server.load_model("plus_one", timeout_s=60)  # reload waits until ready again
+        np.testing.assert_array_equal(server.infer("plus_one", {"x": x})["y"], x + 1)
+    assert server.process is None
+
+
+def test_start_fails_with_the_log_reason(tmp_path):
+    with pytest.raises(TritonStartError) as err:
+        TritonProcess(tmp_path / "empty", ["absent"], log_path=tmp_path / "triton.log", timeout_s=30).start()
+    assert err.value.reason and "\n" not in err.value.reason
