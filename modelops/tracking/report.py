@@ -14,6 +14,8 @@ from typing import Any
 
 import jinja2
 
+from modelops.contracts.status import Status
+
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
@@ -92,8 +94,8 @@ def render_report(summary: dict[str, Any], plots: dict[str, bytes] | None = None
     """
     summary = _lenient(summary)
     rows = summary.get("rows") or []
-    chosen = next((r for r in rows if r.get("status") == "chosen"), None)
-    losers = [r for r in rows if r.get("status") not in ("chosen", "source")]
+    chosen = next((r for r in rows if r.get("status") == Status.CHOSEN), None)
+    losers = [r for r in rows if r.get("status") not in (Status.CHOSEN, Status.SOURCE)]
     return _environment().get_template(TEMPLATE).render(
         summary=summary,
         title=f"ModelOps report: {summary.get('model')} version {summary.get('model_version')}",
@@ -102,7 +104,7 @@ def render_report(summary: dict[str, Any], plots: dict[str, bytes] | None = None
         rows=rows,
         losers=[(row, why_not_chosen(row, chosen)) for row in losers],
         not_built=summary.get("not_built") or {},
-        failed="failed",
+        failed=str(Status.FAILED),
         images=[(t, base64.b64encode(png).decode("ascii")) for t, png in (plots or {}).items()],
         format_cell=fmt,
     )
