@@ -1,6 +1,7 @@
 """The four services of the embedded stack: command line, environment, preparation and health check.
 
-SeaweedFS (S3) -> MLflow -> Triton -> Airflow, each a real server bound to 127.0.0.1. Nothing here imports
+SeaweedFS (S3) -> MLflow -> Triton -> Airflow (its definition in :mod:`~modelops.local.stack.airflow_service`),
+each a real server bound to 127.0.0.1. Nothing here imports
 Airflow, MLflow or Triton: the stack only spawns their binaries and talks HTTP (and boto3 for S3).
 """
 
@@ -8,108 +9,25 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import urllib.error
-import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelops.settings import Settings
-from modelops.local.stack import airflow_home
-from modelops.local.stack.endpoints import (
-    build_status,
-    client_env,
-    mlflow_url,
-    s3_endpoint,
-    s3_env,
-    triton_repository,
+from modelops.local.stack.airflow_service import (
+    BENCHMARK_POOL,
+    _airflow_command,
+    _airflow_configure,
+    _airflow_health,
+    _airflow_prepare,
+    airflow_env,
+    airflow_token,
 )
-from modelops.local.stack.state import HOST, StackError, StackState, write_private
+from modelops.local.stack.endpoints import mlflow_url, s3_endpoint, s3_env, triton_repository
+from modelops.local.stack.service_spec import Context, ServiceSpec, _path_with, http
+from modelops.local.stack.state import HOST, StackError, write_private
+from modelops.settings import Settings
 
-# Variables of the caller's environment that must not leak into a service (they would point it at
-# another stack, another venv or another Airflow home). MODELOPS_* settings are passed through.
-BENCHMARK_POOL = "modelops_benchmark"  # Airflow pool (1 slot) of the DAGs' benchmark tasks on this stack
-_SCRUBBED_PREFIXES = ("AIRFLOW_", "AIRFLOW__", "MLFLOW_", "AWS_")
-_SCRUBBED_NAMES = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "CONDA_PREFIX", "LD_LIBRARY_PATH")
-
-
-@dataclass
-class Context:
-    """What a service definition needs: the stack state and the installation settings."""
-
-    state: StackState
-    settings: Settings
-
-    @property
-    def status(self) -> dict[str, Any]:
-        return build_status(self.state, self.settings, running={})
-
-    @property
-    def orchestrator_bin(self) -> Path:
-        """bin/ of the orchestrator venv (weed, mlflow, airflow): MODELOPS_ORCHESTRATOR_BIN, <repo>/.venv/bin
-        or the running interpreter's bin/."""
-        explicit = self.settings.stack.orchestrator_bin
-        if explicit is not None:
-            return explicit
-        repo_venv = self.settings.repo_root / ".venv" / "bin"
-        return repo_venv if (repo_venv / "airflow").exists() else Path(sys.executable).parent
-
-    def binary(self, name: str) -> Path:
-        path = self.orchestrator_bin / name
-        if not path.exists():
-            raise StackError(f"{name} not found at {path}; install the orchestrator environment (requirements.txt)")
-        return path
-
-    def base_env(self) -> dict[str, str]:
-        """The caller's environment minus stack-sensitive variables, plus MODELOPS_STACK_DIR/PORT_OFFSET."""
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(_SCRUBBED_PREFIXES) and key not in _SCRUBBED_NAMES
-        }
-        env["MODELOPS_STACK_DIR"] = str(self.state.stack_dir)
-        env["MODELOPS_PORT_OFFSET"] = str(self.state.port_offset)
-        return env
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """How to run and probe one service."""
-
-    name: str
-    ports: tuple[str, ...]
-    requires: tuple[str, ...]
-    timeout_s: float
-    command: Callable[[Context], list[str]]
-    env: Callable[[Context], dict[str, str]]
-    health: Callable[[Context], bool]
-    prepare: Callable[[Context], None]
-    stop_grace_s: float = 15.0  # SIGTERM -> SIGKILL
-    configure: Callable[[Context], None] | None = None  # after healthy, on every `up` (idempotent)
-
-
-# -- HTTP probing -----------------------------------------------------------------------------------
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never proxy 127.0.0.1
-
-
-def http(
-    method: str, url: str, body: Any = None, timeout: float = 3.0, headers: dict[str, str] | None = None
-) -> tuple[int, bytes]:
-    """One HTTP request; returns (status, body) for any status, raises only on connection errors."""
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {**({"Content-Type": "application/json"} if data is not None else {}), **(headers or {})}
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with _OPENER.open(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def _path_with(*dirs: Path) -> str:
-    return os.pathsep.join([*(str(d) for d in dirs), os.environ.get("PATH", "/usr/bin:/bin")])
+# the stack manager and the tests import these from here; they live in service_spec / airflow_service
+__all__ = ["BENCHMARK_POOL", "SPECS", "Context", "ServiceSpec", "airflow_env", "airflow_token", "http", "s3_client"]
 
 
 # -- SeaweedFS --------------------------------------------------------------------------------------
@@ -285,78 +203,6 @@ def _triton_health(ctx: Context) -> bool:
     if http("GET", f"{base}/v2/health/live")[0] != 200:
         return False
     return http("POST", f"{base}/v2/repository/index", body={})[0] == 200
-
-
-# -- Airflow ----------------------------------------------------------------------------------------
-def _airflow_prepare(ctx: Context) -> None:
-    airflow_home.prepare(ctx.state, ctx.settings.repo_root, ctx.binary("airflow"))
-
-
-def _airflow_command(ctx: Context) -> list[str]:
-    return [str(ctx.binary("airflow")), "standalone"]
-
-
-def airflow_env(ctx: Context) -> dict[str, str]:
-    """Environment of ``airflow standalone`` (and so of its scheduler, workers and tasks)."""
-    state, creds = ctx.state, ctx.state.credentials
-    home = airflow_home.airflow_home(state)
-    api = airflow_home.api_url(state)
-    return {
-        **ctx.base_env(),
-        **client_env(ctx.status),  # AWS_*, MLFLOW_TRACKING_URI, AIRFLOW_CONN_*, MODELOPS_STACK_DIR
-        "PATH": _path_with(airflow_home.shim_dir(state), ctx.orchestrator_bin),
-        "PYTHONPATH": str(ctx.settings.repo_root),
-        "MODELOPS_EXECUTION": "local",
-        "MODELOPS_BENCHMARK_POOL": BENCHMARK_POOL,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW_CONFIG": str(home / "airflow.cfg"),
-        "AIRFLOW__CORE__PARALLELISM": str(airflow_home.PARALLELISM),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__FERNET_KEY": creds.airflow_fernet_key,
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{creds.airflow_username}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(airflow_home.passwords_file(state)),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
-        "AIRFLOW__API__HOST": HOST,
-        "AIRFLOW__API__PORT": str(state.ports["airflow"]),
-        "AIRFLOW__API__SECRET_KEY": creds.airflow_api_secret_key,
-        "AIRFLOW__API_AUTH__JWT_SECRET": creds.airflow_jwt_secret,
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(state.ports["airflow_worker_log"]),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(state.ports["airflow_trigger_log"]),
-    }
-
-
-def airflow_token(ctx: Context) -> str | None:
-    """A JWT from ``POST /auth/token`` with the generated admin password, or None."""
-    creds = ctx.state.credentials
-    body = {"username": creds.airflow_username, "password": creds.airflow_password}
-    code, raw = http("POST", f"{airflow_home.api_url(ctx.state)}/auth/token", body=body)
-    if code not in (200, 201):
-        return None
-    return json.loads(raw).get("access_token")
-
-
-def _airflow_configure(ctx: Context) -> None:
-    """Create the benchmark pool (one slot) the DAGs' benchmark tasks run in; keep it if it exists."""
-    token = airflow_token(ctx)
-    if token is None:
-        raise StackError("airflow: no API token with the generated admin password")
-    body = {"name": BENCHMARK_POOL, "slots": 1, "include_deferred": False,
-            "description": "modelops: one perf_analyzer benchmark at a time (runs would measure each other)"}
-    code, raw = http("POST", f"{airflow_home.api_url(ctx.state)}/api/v2/pools", body=body, timeout=10.0,
-                     headers={"Authorization": f"Bearer {token}"})
-    if code not in (200, 201, 409):  # 409: it exists (a restart, or an operator changed its slots)
-        raise StackError(f"airflow: creating pool {BENCHMARK_POOL!r} failed: HTTP {code} {raw[:200]!r}")
-
-
-def _airflow_health(ctx: Context) -> bool:
-    code, raw = http("GET", f"{airflow_home.api_url(ctx.state)}/api/v2/monitor/health")
-    if code != 200:
-        return False
-    health = json.loads(raw)
-    required = ["metadatabase", "scheduler", *(["dag_processor"] if "dag_processor" in health else [])]
-    if any((health.get(c) or {}).get("status") != "healthy" for c in required):
-        return False
-    return airflow_token(ctx) is not None
 
 
 SPECS: dict[str, ServiceSpec] = {
