@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelops.contracts.naming import TAG_DEPLOYMENT, TAG_ERROR, TAG_RUN_ID, TAG_SPEEDUP, TAG_STATUS, TAG_VARIANT
+from modelops.contracts.status import Status
+from modelops.storage import Storage
 from modelops.tracking.registry import clear_version_tag, set_version_tags
 from modelops.tracking.report import render_report
-from modelops.storage import Storage
-from modelops.contracts.status import Status
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -74,11 +74,28 @@ def _status(variant: str, verdict: dict[str, Any], score: dict[str, Any], chosen
     return Status.SLOWER if score["eligible"] else Status.EXCLUDED
 
 
-def plot_throughput_vs_p99(benchmark: dict[str, Any], slo_ms: float, path: Path) -> Path:
+def _pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display; imported only when a plot is drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, ax: Any, path: Path) -> Path:
+    """The finish both plots share: grid, legend, PNG at ``path``; the figure is closed."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_throughput_vs_p99(benchmark: dict[str, Any], slo_ms: float, path: Path) -> Path:
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for variant, res in benchmark.get("variants", {}).items():
@@ -98,12 +115,7 @@ def plot_throughput_vs_p99(benchmark: dict[str, Any], slo_ms: float, path: Path)
     ax.set_xlabel("p99 latency (ms)")
     ax.set_ylabel("throughput (infer/s)")
     ax.set_title("perf_analyzer: throughput vs p99 per variant")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_accuracy_vs_throughput(
@@ -120,10 +132,7 @@ def plot_accuracy_vs_throughput(
             points.append((row["variant"], float(throughput), float(row["metric"]), row.get("status")))
     if not points:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     markers = {"chosen": "*", "source": "s", "rejected": "x", "failed": "x", "excluded": "v"}
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -135,12 +144,7 @@ def plot_accuracy_vs_throughput(
     ax.set_xlabel("best throughput (infer/s)")
     ax.set_ylabel(metric_name)
     ax.set_title(f"accuracy vs throughput per variant ({metric_name})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def not_built(optimize: dict[str, Any]) -> dict[str, dict[str, Any]]:
