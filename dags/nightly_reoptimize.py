@@ -45,10 +45,10 @@ def nightly_reoptimize():
     @task
     def plan(params=None) -> dict:
         from model_recipes import RECIPES
+        from modelops.contracts.variants import DEFAULT_VARIANTS
         from modelops.triggers.fingerprint import FingerprintContext
         from modelops.triggers.planner import OptimizeDefaults, plan_nightly
         from modelops_airflow.hooks import MlflowHook
-        from modelops.contracts.variants import DEFAULT_VARIANTS
 
         result = plan_nightly(MlflowHook().get_client(), FingerprintContext.current(RECIPES),
                               OptimizeDefaults(tuple(DEFAULT_VARIANTS)))

@@ -7,26 +7,47 @@ runs on that event and creates each run under the same deterministic run id the 
 (``mlflow__<model>__v<version>__alias-<alias>`` / ``__stage-<stage>``): a run the webhook already started
 is left alone, so push and pull together start exactly one run per registry fact.
 
+Tasks: ``plan`` turns the event's requests (or, when triggered by hand, the whole registry) into one
+``TriggerDagRunOperator`` call per run that does not exist yet; ``start`` is that operator, mapped, with
+``trigger_run_id`` = the deterministic run id and ``skip_when_already_exists`` (a run created between the
+plan and the trigger, e.g. by the webhook, makes its mapped task skip, never a second run).
+
 Stage transitions (deprecated in MLflow, still used) fire no webhook at all: this is their only path.
-Triggering this DAG by hand reconciles the whole registry.
+Triggering this DAG by hand reconciles the whole registry. Connections: ``mlflow_conn_id`` in the
+trigger and the ``plan`` task (``MLFLOW_CONN_ID`` below).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Asset, AssetWatcher, dag, task
-from modelops_plugin import RegistryPollTrigger
 
 from modelops.settings import get_settings
+from modelops.triggers.events import DAG_ID
+from modelops_airflow.triggers import RegistryPollTrigger
 
 POLL_INTERVAL_S = get_settings().triggers.reconcile_interval_s
+MLFLOW_CONN_ID = "mlflow_default"
 
 REGISTRY = Asset(
     name="modelops_mlflow_registry",
-    uri="modelops://mlflow-registry/promotions",
-    watchers=[AssetWatcher(name="mlflow_registry_poll", trigger=RegistryPollTrigger(poll_interval=POLL_INTERVAL_S))],
+    # "x-": a scheme no provider normalizes, so parsing this file never loads the providers' URI handlers
+    # (the amazon provider's would import boto3).
+    uri="x-modelops://mlflow-registry/promotions",
+    watchers=[AssetWatcher(name="mlflow_registry_poll",
+                           trigger=RegistryPollTrigger(poll_interval=POLL_INTERVAL_S, mlflow_conn_id=MLFLOW_CONN_ID))],
 )
+
+
+def trigger_kwargs(requests: list[dict], existing: set[str] | frozenset[str] = frozenset()) -> list[dict]:
+    """One ``TriggerDagRunOperator`` kwargs dict per run request whose run id is not in ``existing``."""
+    from modelops.triggers.events import RunRequest
+
+    wanted = {r.run_id: r for r in map(RunRequest.from_json, requests)}
+    return [{"trigger_run_id": run_id, "conf": req.conf, "note": req.note}
+            for run_id, req in sorted(wanted.items()) if run_id not in existing]
 
 
 @dag(
@@ -42,31 +63,35 @@ REGISTRY = Asset(
 )
 def registry_reconcile():
     @task
-    def reconcile(triggering_asset_events=None) -> dict:
-        from modelops_plugin import create_dag_runs
-
-        from modelops.triggers.events import RunRequest, TriggerConfig, search_models, wanted_runs
-
-        config = TriggerConfig.from_env()
-        requests: dict[str, RunRequest] = {}
-        for events in (triggering_asset_events or {}).values():
-            for event in events:
-                for item in ((event.extra or {}).get("payload") or {}).get("requests", []):
-                    req = RunRequest.from_json(item)
-                    requests[req.run_id] = req
+    def plan(triggering_asset_events=None, ti=None) -> list[dict]:
+        """The runs to create: the event's requests (all the registry calls for when run by hand), less those
+        that exist (one execution-API count per request keeps the mapped fan-out to what is new)."""
+        requests = [item for events in (triggering_asset_events or {}).values() for event in events
+                    for item in ((event.extra or {}).get("payload") or {}).get("requests", [])]
         if not requests:  # triggered by hand: reconcile everything the registry calls for
-            from modelops_hooks import MlflowHook
+            from modelops.triggers.events import TriggerConfig, search_models, wanted_runs
+            from modelops_airflow.hooks import MlflowHook
 
-            requests = {r.run_id: r for r in wanted_runs(search_models(MlflowHook().get_conn(), config), config)}
-        outcomes = create_dag_runs(requests.values(), config.dag_id)
-        created = sorted(run_id for run_id, outcome in outcomes.items() if outcome == "created")
-        for run_id in created:
-            print(f"started {config.dag_id} run {run_id}: {requests[run_id].reason}")
-        print(f"reconciled {len(outcomes)} registry fact(s): {len(created)} run(s) started, "
-              f"{len(outcomes) - len(created)} already had one")
-        return {"started": created, "existing": sorted(set(outcomes) - set(created))}
+            config = TriggerConfig.from_env()
+            client = MlflowHook(mlflow_conn_id=MLFLOW_CONN_ID).get_client()
+            requests = [r.to_json() for r in wanted_runs(search_models(client, config), config)]
+        run_ids = {item["run_id"] for item in requests}
+        existing = {run_id for run_id in run_ids if ti.get_dr_count(dag_id=DAG_ID, run_ids=[run_id])}
+        todo = trigger_kwargs(requests, existing)
+        for item in todo:
+            print(f"to start: {DAG_ID} run {item['trigger_run_id']}: {item['note']}")
+        print(f"reconciled {len(run_ids)} registry fact(s): {len(todo)} run(s) to start, "
+              f"{len(existing)} already had one")
+        return todo
 
-    reconcile()
+    TriggerDagRunOperator.partial(
+        task_id="start",
+        trigger_dag_id=DAG_ID,
+        logical_date=None,  # runs are identified by their run id only, as the webhook creates them
+        skip_when_already_exists=True,
+        wait_for_completion=False,
+        openlineage_inject_parent_info=False,  # the conf is optimize_model's params, nothing else
+    ).expand_kwargs(plan())
 
 
 registry_reconcile()

@@ -42,7 +42,14 @@ def step_command(step: str, spec: str, result: str) -> list[str]:
 
 
 class LocalStepOperator(BaseOperator):
-    """Run one step in the worker environment as a subprocess (the embedded stack's executor)."""
+    """Run one step in the worker environment as a subprocess (the embedded stack's executor).
+
+    Args:
+        step: one of ``modelops.steps.HEAVY_STEPS``.
+        spec: the run spec's URI (templated).
+        s3_conn_id: the aws connection whose endpoint and keys the step gets as ``AWS_*`` variables (a DAG
+            may set it for every step in ``default_args``).
+    """
 
     template_fields = ("spec",)
     ui_color = "#d9ecf2"
@@ -54,11 +61,11 @@ class LocalStepOperator(BaseOperator):
         self.s3_conn_id = s3_conn_id
 
     def _env(self) -> dict[str, str]:
-        from modelops_hooks import ModelOpsS3Hook
+        from modelops_airflow.hooks import ModelOpsS3Hook
 
         settings = Settings.from_env()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__"))}
-        env.update(ModelOpsS3Hook(self.s3_conn_id).get_conn().as_env())
+        env.update(ModelOpsS3Hook(aws_conn_id=self.s3_conn_id).s3_config().as_env())
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.repo_root), env.get("PYTHONPATH", "")]))
         env["PYTHONUNBUFFERED"] = "1"
         return env

@@ -8,9 +8,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-for extra in (REPO, REPO / "plugins"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
+if str(REPO) not in sys.path:  # modelops, modelops_airflow (the plugin package), operators, model_recipes
+    sys.path.insert(0, str(REPO))
 
 if "AIRFLOW_HOME" not in os.environ or "modelops-test-airflow" not in os.environ["AIRFLOW_HOME"]:
     os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="modelops-test-airflow-")

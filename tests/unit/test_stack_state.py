@@ -202,7 +202,8 @@ def test_status_shape_and_client_env(settings: Settings) -> None:
         "conn_type": "aws",
         "login": creds.s3_access_key,
         "password": creds.s3_secret_key,
-        "extra": {"endpoint_url": "http://127.0.0.1:8433", "region_name": "us-east-1"},
+        "extra": {"endpoint_url": "http://127.0.0.1:8433", "region_name": "us-east-1",
+                  "config_kwargs": {"s3": {"addressing_style": "path"}}},
     }
     triton = json.loads(env["AIRFLOW_CONN_TRITON_DEFAULT"])
     assert (triton["port"], triton["extra"]) == (8100, {"grpc_port": 8101, "metrics_port": 8102})

@@ -264,8 +264,9 @@ def test_counting_client_passes_attributes_through():
 # -- the receiver (FastAPI app) with the Airflow side faked -------------------------------------------
 @pytest.fixture()
 def receiver(tmp_path, monkeypatch):
-    import modelops_webhook as hook
     from fastapi.testclient import TestClient
+
+    import modelops_airflow.webhook as hook
 
     monkeypatch.setenv("MODELOPS_WEBHOOK_SECRET", "s3cret")
     monkeypatch.setenv("MODELOPS_WEBHOOK_DB", str(tmp_path / "deliveries.db"))
@@ -317,10 +318,10 @@ def test_trigger_dag_files_are_cheap_to_import(dag_file):
     code = (
         "import sys; sys.path[:0] = [{!r}, {!r}];"
         "import runpy; runpy.run_path({!r});"
-        "heavy = [m for m in ('torch', 'mlflow', 'onnx', 'great_expectations', 'boto3', 'modelops_webhook',"
+        "heavy = [m for m in ('torch', 'mlflow', 'onnx', 'great_expectations', 'boto3', 'modelops_airflow.webhook',"
         " 'requests') if m in sys.modules];"
         "print(heavy); sys.exit(1 if heavy else 0)"
-    ).format(str(REPO), str(REPO / "plugins"), str(REPO / "dags" / dag_file))
+    ).format(str(REPO), str(REPO), str(REPO / "dags" / dag_file))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -331,11 +332,11 @@ def test_trigger_dags_load_and_are_wired():
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert not {k: v for k, v in bag.import_errors.items() if "reconcile" in k or "nightly" in k}
     reconcile, nightly = bag.dags["registry_reconcile"], bag.dags["nightly_reoptimize"]
-    assert reconcile.task_ids == ["reconcile"] and reconcile.max_active_runs == 1
+    assert reconcile.task_ids == ["plan", "start"] and reconcile.max_active_runs == 1
     import runpy
 
     registry = runpy.run_path(str(REPO / "dags" / "registry_reconcile.py"))["REGISTRY"]
     assert [type(w.trigger).__name__ for w in registry.watchers] == ["RegistryPollTrigger"]
-    assert registry.watchers[0].trigger.serialize()[0] == "modelops_plugin.RegistryPollTrigger"
+    assert registry.watchers[0].trigger.serialize()[0] == "modelops_airflow.triggers.RegistryPollTrigger"
     assert set(nightly.task_ids) == {"plan", "start", "summarize"}
     assert "summarize" in nightly.get_task("start").downstream_task_ids

@@ -101,15 +101,21 @@ def build_status(state: StackState, settings: Settings, running: Mapping[str, bo
 
 
 def airflow_connections(status: Mapping[str, Any]) -> dict[str, str]:
-    """``AIRFLOW_CONN_*`` variables (Airflow's JSON connection format) for mlflow, s3 and triton."""
-    s3, mlflow, triton = status["s3"], status["mlflow"], status["triton"]
+    """``AIRFLOW_CONN_*`` variables (Airflow's JSON connection format) for mlflow, s3, triton and airflow_api.
+
+    ``mlflow_default``/``triton_default`` are ``http`` connections (``HttpHook``), ``s3_default`` an ``aws`` one
+    (``S3Hook``: keys as login/password, ``endpoint_url`` and path-style addressing in the extra), and
+    ``airflow_api_default`` names the API server and its user for runs created through the REST API.
+    """
+    s3, mlflow, triton, airflow = status["s3"], status["mlflow"], status["triton"], status["airflow"]
     conns = {
         "AIRFLOW_CONN_MLFLOW_DEFAULT": {"conn_type": "http", "host": HOST, "port": mlflow["port"], "schema": "http"},
         "AIRFLOW_CONN_S3_DEFAULT": {
             "conn_type": "aws",
             "login": s3["access_key"],
             "password": s3["secret_key"],
-            "extra": {"endpoint_url": s3["endpoint"], "region_name": s3.get("region", REGION)},
+            "extra": {"endpoint_url": s3["endpoint"], "region_name": s3.get("region", REGION),
+                      "config_kwargs": {"s3": {"addressing_style": "path"}}},
         },
         "AIRFLOW_CONN_TRITON_DEFAULT": {
             "conn_type": "http",
@@ -117,6 +123,14 @@ def airflow_connections(status: Mapping[str, Any]) -> dict[str, str]:
             "port": triton["http_port"],
             "schema": "http",
             "extra": {"grpc_port": triton["grpc_port"], "metrics_port": triton["metrics_port"]},
+        },
+        "AIRFLOW_CONN_AIRFLOW_API_DEFAULT": {
+            "conn_type": "http",
+            "host": HOST,
+            "port": airflow["port"],
+            "schema": "http",
+            "login": airflow["username"],
+            "password": airflow["password"],
         },
     }
     return {name: json.dumps(conn, sort_keys=True) for name, conn in conns.items()}
@@ -137,7 +151,7 @@ def client_env(status: Mapping[str, Any]) -> dict[str, str]:
     """Environment variables a client process needs to reach the stack described by ``status``.
 
     AWS_ENDPOINT_URL, MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION
-    (and AWS_REGION), MLFLOW_TRACKING_URI, the three AIRFLOW_CONN_* JSON strings, MODELOPS_STACK_DIR and
+    (and AWS_REGION), MLFLOW_TRACKING_URI, the four AIRFLOW_CONN_* JSON strings, MODELOPS_STACK_DIR and
     MODELOPS_PORT_OFFSET.
     """
     return {

@@ -3,10 +3,11 @@
 ``POST /modelops/mlflow/webhook`` is not behind Airflow's login (MLflow cannot log in): each delivery is
 authenticated by its HMAC signature instead (``modelops.triggers.signature``), must be fresh (5 min) and
 its delivery id must be new (a SQLite table under AIRFLOW_HOME). The answer comes before any registry or
-database work: 202 with the deterministic run id, or 200 "ignored"; the run row is created right after,
-in the background, with ``airflow.api.common.trigger_dag`` (the API server owns the metadata database).
-A run id that exists already makes the creation a no-op, so MLflow retries, replays that got past the
-guard and the registry reconcile can never start a second run.
+database work: 202 with the deterministic run id, or 200 "ignored"; the run is created right after, in
+the background, through Airflow's public REST API (``POST /api/v2/dags/<dag>/dagRuns`` with the run id,
+by ``AirflowApiHook`` on the ``airflow_api_default`` connection: API URL, login, password). A run id that
+exists already answers 409, the idempotent no-op, so MLflow retries, replays that got past the guard and
+the registry reconcile can never start a second run.
 
 The secret is read per request (cached by file mtime) from ``MODELOPS_WEBHOOK_SECRET``,
 ``MODELOPS_WEBHOOK_SECRET_FILE`` or ``<MODELOPS_STACK_DIR>/webhook/secret`` (``modelops webhook register``
@@ -24,31 +25,36 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from modelops.settings import Settings
 from modelops.triggers.events import MappedEvent, RunRequest, TriggerConfig, admit, event_name, map_webhook_event
 from modelops.triggers.signature import ReplayGuard, WebhookRejected, load_secret, verify
+
+if TYPE_CHECKING:
+    from modelops_airflow.hooks import AirflowApiHook
 
 log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/mlflow/webhook"
 URL_PREFIX = "/modelops"
-DB_ENV = "MODELOPS_WEBHOOK_DB"
+AIRFLOW_API_CONN_ID = "airflow_api_default"  # the REST API user the receiver creates runs as
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the registry is reached directly
 
 app = FastAPI(title="ModelOps MLflow webhook", description="MLflow registry events -> optimize_model runs")
 _guard_lock = threading.Lock()
 _guard: ReplayGuard | None = None
+_api: AirflowApiHook | None = None
 
 
 def deliveries_db() -> Path:
     """The replay-guard database: ``MODELOPS_WEBHOOK_DB`` or ``$AIRFLOW_HOME/modelops/webhook_deliveries.db``."""
-    explicit = os.environ.get(DB_ENV, "").strip()
-    if explicit:
-        return Path(explicit)
+    explicit = Settings.from_env().webhook.db
+    if explicit is not None:
+        return explicit
     home = os.environ.get("AIRFLOW_HOME", "").strip() or str(Path.home() / "airflow")
     return Path(home) / "modelops" / "webhook_deliveries.db"
 
@@ -110,7 +116,7 @@ async def mlflow_webhook(request: Request, background: BackgroundTasks) -> JSONR
 # -- after the answer ------------------------------------------------------------------------------
 def _tracking_uri() -> str:
     try:
-        from modelops_hooks import MlflowHook
+        from modelops_airflow.hooks import MlflowHook
 
         return MlflowHook().tracking_uri()
     except Exception:  # noqa: BLE001 - no connection in this process: the stack's env names the server too
@@ -131,19 +137,16 @@ def registered_model_tags(name: str, timeout: float = 10.0) -> dict[str, str] | 
     return {t["key"]: t.get("value", "") for t in tags}
 
 
-def create_run(request: RunRequest, dag_id: str, user: str = "mlflow-webhook") -> str:
-    """Create the run row (state queued) unless a run with that id exists: ``created`` or ``exists``."""
-    from airflow.api.common.trigger_dag import trigger_dag
-    from airflow.exceptions import DagRunAlreadyExists
-    from airflow.utils.types import DagRunTriggeredByType
-    from sqlalchemy.exc import IntegrityError
+def create_run(request: RunRequest, dag_id: str) -> str:
+    """Queue the run through the REST API unless a run with that id exists: ``created`` or ``exists``."""
+    global _api
+    from modelops_airflow.hooks import AirflowApiHook
 
-    try:
-        trigger_dag(dag_id, run_id=request.run_id, conf=request.conf, note=request.note,
-                    triggered_by=DagRunTriggeredByType.REST_API, triggering_user_name=user)
-    except (DagRunAlreadyExists, IntegrityError):  # IntegrityError: a concurrent creation of the same id won
-        return "exists"
-    return "created"
+    with _guard_lock:
+        if _api is None:  # one hook per process: it keeps its API token between deliveries
+            _api = AirflowApiHook(AIRFLOW_API_CONN_ID)
+        api = _api
+    return api.create_dag_run(dag_id, request.run_id, request.conf, request.note)
 
 
 def start_mapped_run(mapped: MappedEvent, delivery_id: str, config: TriggerConfig, received_at: float) -> str:

@@ -1,0 +1,250 @@
+"""Hooks, one per external service, on the provider hooks; each hands ``modelops`` the client it takes.
+
+==================  ===============  =========================  ===============================================
+hook                default conn id  base                       gives
+==================  ===============  =========================  ===============================================
+``MlflowHook``      mlflow_default   ``HttpHook`` (http)        ``get_client()`` -> ``mlflow.MlflowClient``
+``TritonHook``      triton_default   ``HttpHook`` (http)        ``get_client()`` -> ``tritonclient.http`` client
+``ModelOpsS3Hook``  s3_default       ``S3Hook`` (aws)           ``storage()`` -> ``modelops.storage.Storage``
+``AirflowApiHook``  airflow_api_...  ``HttpHook`` (http)        ``create_dag_run()`` through the REST API v2
+==================  ===============  =========================  ===============================================
+
+``get_conn()`` keeps the provider's meaning (a ``requests.Session`` for the HTTP hooks, a boto3 S3 client for
+S3); every hook takes its connection id as a constructor argument (``mlflow_conn_id``, ``triton_conn_id``,
+``aws_conn_id``, ``airflow_api_conn_id``) and has ``test_connection()``. Heavy clients (mlflow, tritonclient)
+are imported when asked for, so importing this module costs the provider hooks only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from airflow.providers.http.hooks.http import HttpHook
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from requests import Response, Session
+
+    from modelops.storage import S3Config, Storage
+    from modelops.triggers.events import RunRequest
+
+CREATED, EXISTS = "created", "exists"
+# The connection-id arguments operators take and DAGs may set in ``default_args``, with their defaults.
+CONN_ID_DEFAULTS: dict[str, str] = {"mlflow_conn_id": "mlflow_default", "s3_conn_id": "s3_default",
+                                    "triton_conn_id": "triton_default"}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+class MlflowHook(HttpHook):
+    """The MLflow tracking server and model registry (http connection: host, port, schema)."""
+
+    conn_name_attr = "mlflow_conn_id"
+    default_conn_name = "mlflow_default"
+    conn_type = "http"
+    hook_name = "MLflow"
+
+    def __init__(self, mlflow_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(method="GET", http_conn_id=mlflow_conn_id, **kwargs)
+        self.mlflow_conn_id = mlflow_conn_id
+
+    def tracking_uri(self) -> str:
+        """The server's base URL, e.g. ``http://127.0.0.1:5000``."""
+        return self.url_from_endpoint("").rstrip("/")
+
+    def get_client(self) -> MlflowClient:
+        """An ``MlflowClient`` for tracking and registry on this server."""
+        from mlflow import MlflowClient
+
+        uri = self.tracking_uri()
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """GET ``/health`` (answered by every MLflow server)."""
+        try:
+            self.run("/health", extra_options={"timeout": 10})
+            return True, f"MLflow answers at {self.tracking_uri()}"
+        except Exception as exc:  # noqa: BLE001 - reported to the UI as text
+            return False, _first_line(exc)
+
+
+class TritonHook(HttpHook):
+    """An NVIDIA Triton server (http connection; extra ``grpc_port``, ``metrics_port``)."""
+
+    conn_name_attr = "triton_conn_id"
+    default_conn_name = "triton_default"
+    conn_type = "http"
+    hook_name = "NVIDIA Triton"
+    # Connection extras that describe Triton, not HTTP headers (HttpHook sends unknown extras as headers).
+    NON_HEADER_EXTRAS = ("grpc_port", "metrics_port")
+
+    def __init__(self, triton_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(method="GET", http_conn_id=triton_conn_id, **kwargs)
+        self.triton_conn_id = triton_conn_id
+
+    def get_conn(self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None) -> Session:
+        """The provider's session, without the Triton-only extras as headers."""
+        session = super().get_conn(headers, extra_options)
+        for key in self.NON_HEADER_EXTRAS:
+            session.headers.pop(key, None)
+        return session
+
+    def url(self) -> str:
+        """``host:port`` of the HTTP endpoint (the form ``tritonclient.http`` takes)."""
+        conn = self.get_connection(self.triton_conn_id)
+        host = (conn.host or "").split("://", 1)[-1].rstrip("/")
+        return f"{host}:{conn.port or 8000}"
+
+    def get_client(self):
+        """A ``tritonclient.http.InferenceServerClient`` for this server."""
+        import tritonclient.http as httpclient
+
+        return httpclient.InferenceServerClient(url=self.url(), network_timeout=120.0, connection_timeout=10.0)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """GET ``/v2/health/live`` (KServe v2 liveness)."""
+        try:
+            self.run("/v2/health/live", extra_options={"timeout": 10})
+            return True, f"Triton at {self.url()} is live"
+        except Exception as exc:  # noqa: BLE001
+            return False, _first_line(exc)
+
+
+class ModelOpsS3Hook(S3Hook):
+    """The S3 store of artifacts and the Triton repository (aws connection: keys, extra ``endpoint_url``)."""
+
+    conn_name_attr = "aws_conn_id"
+    default_conn_name = "s3_default"
+    conn_type = "aws"
+    hook_name = "ModelOps S3"
+
+    def __init__(self, aws_conn_id: str | None = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(aws_conn_id=aws_conn_id, **kwargs)
+
+    def s3_config(self) -> S3Config:
+        """Endpoint, keys and region resolved the way every AWS hook resolves them, for ``modelops``."""
+        from modelops.storage import S3Config
+
+        creds = self.get_credentials()
+        return S3Config(endpoint_url=self.conn_config.endpoint_url, access_key=creds.access_key,
+                        secret_key=creds.secret_key, region=self.conn_region_name or "us-east-1")
+
+    def storage(self) -> Storage:
+        """A ``modelops.storage.Storage`` on this store."""
+        from modelops.storage import Storage
+
+        return Storage(self.s3_config())
+
+    def test_connection(self) -> tuple[bool, str]:
+        """List the buckets (AwsBaseHook's STS check does not apply to an S3-only endpoint)."""
+        try:
+            buckets = [b["Name"] for b in self.get_conn().list_buckets().get("Buckets", [])]
+            return True, f"buckets: {', '.join(buckets) or '(none)'}"
+        except Exception as exc:  # noqa: BLE001
+            return False, _first_line(exc)
+
+
+class AirflowApiHook(HttpHook):
+    """Airflow's public REST API v2 (http connection: API server URL, login and password of an API user).
+
+    Tokens come from ``POST /auth/token`` and are kept for this hook's lifetime (renewed once on a 401);
+    neither the password nor the token is ever logged.
+    """
+
+    conn_name_attr = "airflow_api_conn_id"
+    default_conn_name = "airflow_api_default"
+    conn_type = "http"
+    hook_name = "Airflow REST API"
+
+    def __init__(self, airflow_api_conn_id: str = default_conn_name, timeout: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(method="POST", http_conn_id=airflow_api_conn_id, **kwargs)
+        self.airflow_api_conn_id = airflow_api_conn_id
+        self.timeout = timeout
+        self._token: str | None = None
+
+    def _session(self) -> Session:
+        session = self.get_conn()
+        session.auth = None  # the API takes a bearer token, not the connection's basic auth
+        return session
+
+    def _login(self, session: Session) -> str:
+        conn = self.get_connection(self.airflow_api_conn_id)
+        if not conn.login:
+            raise ValueError(f"connection {self.airflow_api_conn_id!r} has no login for Airflow's /auth/token")
+        resp = session.post(self.url_from_endpoint("/auth/token"), timeout=self.timeout,
+                            json={"username": conn.login, "password": conn.password or ""})
+        if resp.status_code not in (200, 201):
+            raise PermissionError(f"Airflow API login as {conn.login!r} refused: HTTP {resp.status_code}")
+        return resp.json()["access_token"]
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Response:
+        """``method`` on ``/api/v2<path>`` with a bearer token; the response whatever its status."""
+        session = self._session()
+        for attempt in range(2):
+            if self._token is None:
+                self._token = self._login(session)
+            resp = session.request(method, self.url_from_endpoint(f"/api/v2{path}"), timeout=self.timeout,
+                                   headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
+            if resp.status_code != 401 or attempt:
+                return resp
+            self._token = None  # expired: log in again once
+        raise AssertionError("unreachable")
+
+    def create_dag_run(self, dag_id: str, run_id: str, conf: dict[str, Any] | None = None,
+                       note: str | None = None) -> str:
+        """Queue a run of ``dag_id`` under ``run_id``: ``created``, or ``exists`` when that run id is taken.
+
+        Raises:
+            RuntimeError: the API refused the run for another reason (unknown DAG, bad conf, ...).
+        """
+        body: dict[str, Any] = {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}}
+        if note:
+            body["note"] = note
+        resp = self.request("POST", f"/dags/{dag_id}/dagRuns", json=body)
+        if resp.status_code in (200, 201):
+            return CREATED
+        if resp.status_code == 409:  # a run with this id exists: the idempotent no-op
+            return EXISTS
+        detail = resp.text.strip().splitlines()[0][:200] if resp.text.strip() else ""
+        raise RuntimeError(f"creating run {run_id} of {dag_id} failed: HTTP {resp.status_code} {detail}")
+
+    def create_dag_runs(self, requests: Iterable[RunRequest], dag_id: str) -> dict[str, str]:
+        """One :meth:`create_dag_run` per request; run id -> ``created`` or ``exists``."""
+        return {r.run_id: self.create_dag_run(dag_id, r.run_id, r.conf, r.note) for r in requests}
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Log in and read ``/api/v2/version``."""
+        try:
+            resp = self.request("GET", "/version")
+            if resp.status_code != 200:
+                return False, f"GET /api/v2/version -> HTTP {resp.status_code}"
+            return True, f"Airflow {resp.json().get('version', '?')} at {self.url_from_endpoint('')}"
+        except Exception as exc:  # noqa: BLE001
+            return False, _first_line(exc)
+
+
+def pipeline_hooks(overrides: Mapping[str, Any] | None = None) -> tuple[MlflowHook, ModelOpsS3Hook, TritonHook]:
+    """The MLflow, S3 and Triton hooks on the connections ``overrides`` names (e.g. a DAG's ``default_args``).
+
+    Args:
+        overrides: may hold ``mlflow_conn_id``, ``s3_conn_id``, ``triton_conn_id``; other keys are ignored,
+            missing ones take :data:`CONN_ID_DEFAULTS`.
+
+    Raises:
+        ValueError: a connection id is set but not a non-empty string.
+    """
+    ids = dict(CONN_ID_DEFAULTS)
+    for key in CONN_ID_DEFAULTS:
+        value = (overrides or {}).get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{key} must be a non-empty connection id, got {value!r}")
+        ids[key] = value.strip()
+    return (MlflowHook(mlflow_conn_id=ids["mlflow_conn_id"]), ModelOpsS3Hook(aws_conn_id=ids["s3_conn_id"]),
+            TritonHook(triton_conn_id=ids["triton_conn_id"]))
