@@ -20,11 +20,15 @@ SERVING_DISABLED_OPTIMIZERS: tuple[str, ...] = ("SkipLayerNormFusion",)
 CHUNK = 256
 
 
-def session(model: Path | str | bytes, threads: int = 0) -> Any:
-    """A CPU ``InferenceSession`` of a model path (or serialized bytes), configured like the deployments."""
+def session(model: Path | str | bytes, threads: int = 0, options: Any | None = None) -> Any:
+    """A CPU ``InferenceSession`` of a model path (or serialized bytes), configured like the deployments.
+
+    ``options`` (an ``onnxruntime.SessionOptions``) adds settings of the caller's, e.g. an
+    ``optimized_model_filepath`` to save the graph ORT optimized; the serving optimizer set still applies.
+    """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = options or ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     source = model if isinstance(model, bytes) else str(model)

@@ -13,14 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelops.contracts.spec import StaticQuantSpec
+
 if TYPE_CHECKING:
     from modelops.optimization.static_quant import StaticQuantConfig
 
 log = logging.getLogger("modelops.optimization.static_quant")
 
-QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv")
-CALIBRATION_ROWS = 128
-CALIBRATION_BATCH = 16
+# defaults of the run spec's static_quant block (modelops.contracts.spec.StaticQuantSpec)
+QUANTIZABLE_OPS: tuple[str, ...] = StaticQuantSpec.model_fields["op_types"].default
+CALIBRATION_ROWS: int = StaticQuantSpec.model_fields["calibration_rows"].default
+CALIBRATION_BATCH: int = StaticQuantSpec.model_fields["calibration_batch"].default
 
 
 # ---------------------------------------------------------------------------------------------- data

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from modelops.contracts.spec import StaticQuantSpec
 from modelops.evaluation.metrics import row_cosine
 from modelops.optimization.ort_cpu import run_list as run_model  # the name optimize.py and the tests use
 from modelops.optimization.qdq_graph import (  # re-exported: the public API of static quantization
@@ -70,37 +71,16 @@ __all__ = [
 
 log = logging.getLogger("modelops.optimization.static_quant")
 
-SENSITIVITY_ROWS = 32
-SENSITIVITY_BUDGET_S = 300.0
-
-
-@dataclass(frozen=True)
-class StaticQuantConfig:
-    """Knobs of :func:`quantize_static_auto` (the spec's ``static_quant`` mapping overrides them)."""
-
-    per_channel: bool = True
-    activation_type: str = "QUInt8"
-    weight_type: str = "QInt8"
-    calibrate_method: str = "MinMax"
-    op_types: tuple[str, ...] = QUANTIZABLE_OPS
-    calibration_rows: int = CALIBRATION_ROWS
-    calibration_batch: int = CALIBRATION_BATCH
-    sensitivity_rows: int = SENSITIVITY_ROWS
-    sensitivity_budget_s: float = SENSITIVITY_BUDGET_S
-    max_excluded: int | None = None  # None: a quarter of the quantizable nodes, at least 1
+class StaticQuantConfig(StaticQuantSpec):
+    """Knobs of :func:`quantize_static_auto`: the run spec's ``static_quant`` block (its defaults live there)."""
 
     @classmethod
     def from_spec(cls, overrides: dict[str, Any] | None) -> StaticQuantConfig:
         """Build from the spec's ``static_quant`` mapping; unknown keys are an error, not silently ignored."""
-        overrides = dict(overrides or {})
-        unknown = set(overrides) - set(cls.__dataclass_fields__)
+        unknown = set(overrides or {}) - set(cls.model_fields)
         if unknown:
-            raise ValueError(
-                f"unknown static_quant option(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
-            )
-        if "op_types" in overrides:
-            overrides["op_types"] = tuple(overrides["op_types"])
-        return cls(**overrides)
+            raise ValueError(f"unknown static_quant option(s) {sorted(unknown)}; known: {sorted(cls.model_fields)}")
+        return cls.model_validate(dict(overrides or {}))
 
     def cap(self, n_nodes: int) -> int:
         """How many nodes the policy may leave in float."""

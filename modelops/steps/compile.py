@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from modelops.contracts.variants import BuildStep, built_by, get_variant
-from modelops.steps._common import StepSkipped, first_line, load_result, run_step, step_prefix, variant_prefix
+from modelops.steps._common import (
+    StepSkipped,
+    first_line,
+    load_result,
+    result_uri,
+    run_step,
+    step_prefix,
+    variant_prefix,
+)
 from modelops.storage import Storage, join
 from modelops.contracts.status import Status
 
@@ -287,10 +295,9 @@ def engine_source(
 
 
 def _load_optimize(storage: Storage, spec: dict[str, Any]) -> dict[str, Any] | None:
-    try:
-        return load_result(storage, spec, "optimize")
-    except Exception:  # noqa: BLE001 - trt_fp16 only needs export
-        return None
+    if not storage.exists(result_uri(spec, "optimize")):
+        return None  # trt_fp16 only needs export; a result that breaks its contract still fails the step
+    return load_result(storage, spec, "optimize")
 
 
 def _import_tensorrt() -> Any:

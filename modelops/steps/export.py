@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from modelops.optimization import ort_cpu
 from modelops.steps._common import StepError, first_line, run_step, step_prefix
 from modelops.storage import Storage, join
 from modelops.contracts.status import Status
@@ -74,13 +75,6 @@ def _as_single_file(path: Path) -> None:
     onnx.save_model(model, str(path), save_as_external_data=False)
     for extra in path.parent.glob(path.name + ".*"):
         extra.unlink()
-
-
-def ort_run(onnx_path: Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run an ONNX model on CPU, configured like the deployments; outputs in graph order."""
-    from modelops.optimization import ort_cpu
-
-    return ort_cpu.run_list(onnx_path, inputs)
 
 
 def export_model(
@@ -149,7 +143,7 @@ def export_model(
     worst, worst_name = 0.0, io.output_names[0]
     for batch in (samples, {k: v[:1] for k, v in samples.items()}):
         ref = reference if batch is samples else [r[:1] for r in reference]
-        got = ort_run(onnx_path, batch)
+        got = ort_cpu.run_list(onnx_path, batch)
         for name, r, g in zip(io.output_names, ref, got, strict=True):
             if r.shape != g.shape:
                 raise StepError(

@@ -77,14 +77,12 @@ def ort_fp32(src: Path, dest: Path) -> None:
             log.warning("transformer optimizer fused no attention: the export does not match its patterns")
         optimized.save_model_to_file(str(dest))
         return
-    from modelops.optimization.ort_cpu import SERVING_DISABLED_OPTIMIZERS
+    from modelops.optimization import ort_cpu
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.optimized_model_filepath = str(dest)
-    ort.InferenceSession(
-        str(src), so, providers=["CPUExecutionProvider"], disabled_optimizers=list(SERVING_DISABLED_OPTIMIZERS)
-    )
+    ort_cpu.session(src, options=so)  # loading writes the optimized graph to dest
     if not dest.exists():
         raise RuntimeError("onnxruntime wrote no optimized model")
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from modelops.optimization import ort_cpu
 from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
 from modelops.storage import Storage, join
 from modelops.contracts.status import Status
@@ -28,13 +29,6 @@ log = logging.getLogger("modelops.steps.validate")
 
 EVAL_CHUNK = 256
 TENSORRT_REASON = "needs TensorRT (GPU) to run"
-
-
-def run_onnx(onnx_path: Path, inputs: dict[str, np.ndarray], chunk: int = EVAL_CHUNK) -> dict[str, np.ndarray]:
-    """Run an ONNX model on CPU in chunks, configured like the deployments; outputs keyed by name."""
-    from modelops.optimization import ort_cpu
-
-    return ort_cpu.run(onnx_path, inputs, chunk)
 
 
 def agreement(candidate: np.ndarray, source: np.ndarray) -> float | None:
@@ -101,7 +95,7 @@ def validate_candidate(
     from modelops.evaluation.gates import comparison_table, describe, thresholds_for, validate_table
 
     try:
-        outputs = run_onnx(candidate_onnx, eval_inputs)
+        outputs = ort_cpu.run(candidate_onnx, eval_inputs, EVAL_CHUNK)
     except Exception as exc:  # noqa: BLE001 - a broken candidate fails alone
         if runtime == Runtime.TENSORRT:
             return _not_run(Status.SKIPPED, source_metric, TENSORRT_REASON, f"onnxruntime: {first_line(exc)}")
@@ -175,7 +169,7 @@ def validate_candidates(
     recipe = get_recipe(recipe_name)
     io = IOSpec.from_dict(io_dict)
     eval_inputs, labels = recipe.eval_data(io)
-    source_outputs = run_onnx(source_onnx, eval_inputs)
+    source_outputs = ort_cpu.run(source_onnx, eval_inputs, EVAL_CHUNK)
     first = next(iter(source_outputs))
     source_metric = float(recipe.metric(source_outputs[first], labels, source_outputs[first]))
     if not math.isfinite(source_metric):
@@ -188,7 +182,7 @@ def validate_candidates(
         _save_gate_artifacts(res, out_dir / variant if out_dir is not None else None)
         res["sample_outputs_path"] = None
         if samples is not None and out_dir is not None and res["status"] in ("accepted", "rejected"):
-            sample_out = run_onnx(path, {n: samples[n] for n in io.input_names})
+            sample_out = ort_cpu.run(path, {n: samples[n] for n in io.input_names}, EVAL_CHUNK)
             dest = out_dir / variant / "sample_outputs.npz"
             dest.parent.mkdir(parents=True, exist_ok=True)
             np.savez(dest, **sample_out)

@@ -37,3 +37,21 @@ class Pipelines:
         if key not in self._done:
             self._done[key] = self._build(key)
         return self._done[key]
+
+
+def run_spec(prefix: Path, **fields: Any) -> dict[str, Any]:
+    """A run spec that keeps the contract (``RunSpec``): the required fields plus ``fields``."""
+    base = {"model_name": "m", "model_version": "1", "source_uri": str(prefix.parent / "source_model"),
+            "recipe": "pytorch_generic", "run_prefix": str(prefix)}  # fmt: skip
+    return {**base, **fields}
+
+
+def export_result(onnx: Path | str, inputs: list[dict[str, Any]], max_batch_size: int = 64) -> dict[str, Any]:
+    """An export result that keeps its contract (``ExportResult``), for tests that start at optimize."""
+    return {
+        "status": "done",
+        "outputs": {"onnx": str(onnx), "samples": str(onnx) + ".npz", "source_model": str(onnx) + ".src"},
+        "metrics": {"parity_max_abs_diff": 0.0}, "io": {"inputs": inputs, "outputs": []},
+        "max_batch_size": max_batch_size, "opset": 17, "exporter": "test", "recipe": "pytorch_generic",
+        "baseline_kind": "pytorch", "versions": {},
+    }  # fmt: skip

@@ -21,6 +21,7 @@ from modelops.steps import compile as compile_step
 from modelops.steps._common import StepSkipped, run_step
 from modelops.steps.compile import ENGINES, EngineBuildError, GpuInfo, build_engine, detect_gpu, profile_shapes
 from modelops.storage import Storage
+from tests.worker.stepkit import export_result, run_spec
 
 onnx = pytest.importorskip("onnx")
 
@@ -205,15 +206,13 @@ def run_dir(tmp_path: Path) -> dict[str, Any]:
     src = tiny_onnx(tmp_path / "export.onnx")
     qdq = tiny_onnx(tmp_path / "qdq.onnx")
     storage = Storage()
-    storage.write_json(str(prefix / "export" / "result.json"), {
-        "outputs": {"onnx": str(src)}, "max_batch_size": 64,
-        "io": {"inputs": [{"name": "x", "dtype": "float32", "dims": [4]}], "outputs": []},
-    })  # fmt: skip
-    storage.write_json(str(prefix / "optimize" / "result.json"), {"candidates": {
+    storage.write_json(str(prefix / "export" / "result.json"),
+                       export_result(src, [{"name": "x", "dtype": "float32", "dims": [4]}]))  # fmt: skip
+    storage.write_json(str(prefix / "optimize" / "result.json"), {"status": "done", "candidates": {
         "modelopt_int8": {"status": "done", "onnx": str(qdq), "runtime": "tensorrt"},
         "modelopt_fp8": {"status": "done", "onnx": str(qdq), "runtime": "tensorrt"},
     }})  # fmt: skip
-    spec = {"run_prefix": str(prefix), "recipe": "pytorch_generic", "variants": ["ort_fp32", *ENGINES]}
+    spec = run_spec(prefix, variants=["ort_fp32", *ENGINES])
     return {"spec": spec, "storage": storage, "prefix": prefix, "tmp": tmp_path}
 
 
@@ -361,6 +360,7 @@ def test_run_on_fp8_gpu_and_missing_sources(run_dir):
     optimize["candidates"]["modelopt_int8"] = {
         "status": "skipped",
         "reason": "ModelOpt environment not installed: make modelopt",
+        "runtime": "tensorrt",
     }
     del optimize["candidates"]["modelopt_fp8"]
     storage.write_json(str(prefix / "optimize" / "result.json"), optimize)

@@ -35,6 +35,7 @@ from modelops.recipes import IOSpec, TensorSpec
 from modelops.steps import optimize
 from modelops.steps._common import StepError
 from modelops.storage import Storage
+from tests.worker.stepkit import export_result
 
 HAS_MODELOPT = modelopt_cli.modelopt_python() is not None
 
@@ -282,10 +283,8 @@ def test_optimize_run_uploads_candidates_with_runtime(tmp_path, no_modelopt, mon
     src = outlier_mlp(tmp_path / "m.onnx")
     prefix = tmp_path / "run"
     storage = Storage()
-    storage.write_json(str(prefix / "export" / "result.json"), {
-        "outputs": {"onnx": str(src)}, "max_batch_size": 64,
-        "io": {"inputs": [{"name": "x", "dtype": "float32", "dims": [16]}], "outputs": []},
-    })  # fmt: skip
+    storage.write_json(str(prefix / "export" / "result.json"),
+                       export_result(src, [{"name": "x", "dtype": "float32", "dims": [16]}]))  # fmt: skip
     monkeypatch.setattr(optimize, "load_recipe", lambda spec, export: (CosineRecipe((16,)), io_of((16,)), None))
     spec = {
         "run_prefix": str(prefix),
