@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from modelops.contracts.status import Status
 from modelops.contracts.variants import BuildStep, built_by, get_variant
+from modelops.optimization.gpu import GpuInfo, detect_gpu
 from modelops.steps._common import (
     StepSkipped,
     first_line,
@@ -39,7 +39,6 @@ from modelops.steps._common import (
     variant_prefix,
 )
 from modelops.storage import Storage, join
-from modelops.contracts.status import Status
 
 log = logging.getLogger("modelops.steps.compile")
 
@@ -82,43 +81,6 @@ ENGINES: dict[str, EngineRecipe] = {
         min_compute_capability=FP8_MIN_COMPUTE_CAPABILITY,
     ),
 }
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    """The GPU an engine is built on (``nvidia-smi``)."""
-
-    name: str
-    compute_capability: str | None = None  # "9.0"
-    driver: str | None = None
-
-    def capability(self) -> tuple[int, int] | None:
-        if not self.compute_capability:
-            return None
-        major, _, minor = self.compute_capability.partition(".")
-        return int(major), int(minor or 0)
-
-    def slug(self) -> str:
-        return re.sub(r"[^A-Za-z0-9]+", "-", self.name).strip("-").lower() or "gpu"
-
-
-def detect_gpu(runner: Callable[..., Any] = subprocess.run) -> GpuInfo | None:
-    """The first GPU ``nvidia-smi`` lists (name, compute capability, driver), or None without one."""
-    for fields in ("name,compute_cap,driver_version", "name,driver_version"):  # old drivers lack compute_cap
-        try:
-            proc = runner(
-                ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=30, check=False,
-            )  # fmt: skip
-        except (OSError, subprocess.SubprocessError):
-            return None
-        lines = [ln for ln in (proc.stdout or "").splitlines() if ln.strip()]
-        if proc.returncode == 0 and lines:
-            parts = [p.strip() for p in lines[0].split(",")]
-            if fields.startswith("name,compute_cap"):
-                return GpuInfo(parts[0], parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else None)
-            return GpuInfo(parts[0], None, parts[1] if len(parts) > 1 else None)
-    return None
 
 
 # ------------------------------------------------------------------------------------------ shapes
