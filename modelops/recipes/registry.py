@@ -18,7 +18,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from modelops.recipes.api import Recipe
 
 log = logging.getLogger("modelops.recipes")
 
@@ -218,7 +221,7 @@ def select_recipe(mlmodel: Mapping[str, Any], explicit: str | None = None) -> st
 
 # -- loading ----------------------------------------------------------------------------------------
 @cache
-def _load_recipe(name: str) -> Any:
+def _load_recipe(name: str) -> Recipe:
     from modelops.recipes.api import Recipe
 
     info = registry().infos[name]
@@ -234,7 +237,7 @@ def _load_recipe(name: str) -> Any:
     return obj
 
 
-def get_recipe(name: str) -> Any:
+def get_recipe(name: str) -> Recipe:
     """Import the recipe's implementation (heavy: numpy, torch at call time) and return the recipe object.
 
     Args:
