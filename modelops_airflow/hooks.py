@@ -17,7 +17,7 @@ are imported when asked for, so importing this module costs the provider hooks o
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -39,6 +39,14 @@ CONN_ID_DEFAULTS: dict[str, str] = {"mlflow_conn_id": "mlflow_default", "s3_conn
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _probe(check: Callable[[], str]) -> tuple[bool, str]:
+    """``test_connection``'s answer: ``(True, what check() says)`` or ``(False, the error's first line)``."""
+    try:
+        return True, check()
+    except Exception as exc:  # noqa: BLE001 - reported to the UI as text
+        return False, _first_line(exc)
 
 
 class MlflowHook(HttpHook):
@@ -66,11 +74,12 @@ class MlflowHook(HttpHook):
 
     def test_connection(self) -> tuple[bool, str]:
         """GET ``/health`` (answered by every MLflow server)."""
-        try:
+
+        def check() -> str:
             self.run("/health", extra_options={"timeout": 10})
-            return True, f"MLflow answers at {self.tracking_uri()}"
-        except Exception as exc:  # noqa: BLE001 - reported to the UI as text
-            return False, _first_line(exc)
+            return f"MLflow answers at {self.tracking_uri()}"
+
+        return _probe(check)
 
 
 class TritonHook(HttpHook):
@@ -108,11 +117,12 @@ class TritonHook(HttpHook):
 
     def test_connection(self) -> tuple[bool, str]:
         """GET ``/v2/health/live`` (KServe v2 liveness)."""
-        try:
+
+        def check() -> str:
             self.run("/v2/health/live", extra_options={"timeout": 10})
-            return True, f"Triton at {self.url()} is live"
-        except Exception as exc:  # noqa: BLE001
-            return False, _first_line(exc)
+            return f"Triton at {self.url()} is live"
+
+        return _probe(check)
 
 
 class ModelOpsS3Hook(S3Hook):
@@ -142,11 +152,12 @@ class ModelOpsS3Hook(S3Hook):
 
     def test_connection(self) -> tuple[bool, str]:
         """List the buckets (AwsBaseHook's STS check does not apply to an S3-only endpoint)."""
-        try:
+
+        def check() -> str:
             buckets = [b["Name"] for b in self.get_conn().list_buckets().get("Buckets", [])]
-            return True, f"buckets: {', '.join(buckets) or '(none)'}"
-        except Exception as exc:  # noqa: BLE001
-            return False, _first_line(exc)
+            return f"buckets: {', '.join(buckets) or '(none)'}"
+
+        return _probe(check)
 
 
 class AirflowApiHook(HttpHook):
