@@ -63,12 +63,11 @@ class FakeRegistry:
 
 
 def bench_planner_fake(n: int, alias_on_newest: bool) -> dict[str, Any]:
-    from model_recipes import RECIPES
+    from modelops.contracts.variants import DEFAULT_VARIANTS
     from modelops.triggers.fingerprint import FingerprintContext
     from modelops.triggers.planner import OptimizeDefaults, plan_nightly
-    from modelops.contracts.variants import DEFAULT_VARIANTS
 
-    context = FingerprintContext.current(RECIPES)
+    context = FingerprintContext.current()
     plan = plan_nightly(FakeRegistry(n, alias_on_newest), context, OptimizeDefaults(tuple(DEFAULT_VARIANTS)))
     s = plan.summary()
     return {"models": s["models"], "planning_s": s["planning_s"], "registry_calls": s["registry_calls"],
@@ -76,11 +75,10 @@ def bench_planner_fake(n: int, alias_on_newest: bool) -> dict[str, Any]:
 
 
 def bench_planner_real(client: Any, n: int, th: Any, created: list[str]) -> dict[str, Any]:
-    from model_recipes import RECIPES
+    from modelops.contracts.variants import DEFAULT_VARIANTS
     from modelops.triggers.events import TAG_ALIAS
     from modelops.triggers.fingerprint import FingerprintContext
     from modelops.triggers.planner import OptimizeDefaults, plan_nightly
-    from modelops.contracts.variants import DEFAULT_VARIANTS
 
     t0 = time.perf_counter()
     for _ in range(n):  # alias "bench" is watched by neither webhook nor reconcile: no run starts
@@ -89,7 +87,7 @@ def bench_planner_real(client: Any, n: int, th: Any, created: list[str]) -> dict
         (version,) = th.fake_model(client, name, tags={TAG_ALIAS: "bench"})
         client.set_registered_model_alias(name, "bench", version)
     setup_s = time.perf_counter() - t0
-    plan = plan_nightly(client, FingerprintContext.current(RECIPES), OptimizeDefaults(tuple(DEFAULT_VARIANTS)))
+    plan = plan_nightly(client, FingerprintContext.current(), OptimizeDefaults(tuple(DEFAULT_VARIANTS)))
     s = plan.summary()
     per_model = s["planning_s"] / max(1, s["models"])
     return {"models": s["models"], "planning_s": s["planning_s"], "registry_calls": s["registry_calls"],

@@ -4,25 +4,13 @@ Importing this package loads neither torch nor onnx nor numpy: the Airflow side 
 :class:`~modelops.recipes.RecipeInfo` objects to pick a recipe from the parsed ``MLmodel`` file, and only
 ``modelops.recipes.get_recipe`` imports the implementation modules, in the worker environment.
 
-``pyproject.toml`` registers each descriptor under ``[project.entry-points."modelops.recipes"]``. The
-selection functions are re-exported from :mod:`modelops.recipes` for older callers.
+``pyproject.toml`` registers each descriptor under ``[project.entry-points."modelops.recipes"]``; selection
+and loading live in :mod:`modelops.recipes`.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from modelops.recipes import (
-    RECIPE_METADATA_KEY,
-    RecipeInfo,
-    UnsupportedModel,
-    get_recipe,
-    has_tensor_signature,
-    recipe_infos,
-    select_recipe,
-    source_flavor,
-    tensor_signature_required,
-)
+from modelops.recipes import RecipeInfo, tensor_signature_required
 
 TEXT_EMBEDDING = RecipeInfo(
     "model_recipes.text_embedding:RECIPE", flavors=("sentence_transformers", "transformers"), order=10,
@@ -44,25 +32,4 @@ MOBILENET_V2 = RecipeInfo(
     "model_recipes.mobilenet_v2:RECIPE", description="MobileNetV2: top-1/top-5 agreement on real photos"
 )
 
-__all__ = [
-    "DIGITS_CNN",
-    "MOBILENET_V2",
-    "ONNX_GENERIC",
-    "PYTORCH_GENERIC",
-    "RECIPES",
-    "RECIPE_METADATA_KEY",
-    "SKLEARN_TABULAR",
-    "TEXT_EMBEDDING",
-    "UnsupportedModel",
-    "get_recipe",
-    "has_tensor_signature",
-    "select_recipe",
-    "source_flavor",
-]
-
-
-def __getattr__(name: str) -> Any:
-    # RECIPES (installed recipe name -> "module:attribute") is read from the entry points when asked for
-    if name == "RECIPES":
-        return {recipe: info.target for recipe, info in sorted(recipe_infos().items())}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["DIGITS_CNN", "MOBILENET_V2", "ONNX_GENERIC", "PYTORCH_GENERIC", "SKLEARN_TABULAR", "TEXT_EMBEDDING"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from modelops.contracts.status import Status
 from modelops.contracts.variants import DEFAULT_VARIANTS
 from modelops.settings import Settings
-from modelops.contracts.status import Status
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +197,8 @@ def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]
 
 
 def record(spec_uri: str, selection: dict[str, Any], deployment: dict[str, Any] | None) -> dict[str, Any]:
-    from modelops.tracking.record import record_run
     from modelops.steps._common import load_result
+    from modelops.tracking.record import record_run
 
     mlflow_hook, s3_hook, triton_hook = _hooks()
     storage = s3_hook.storage()

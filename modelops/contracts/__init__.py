@@ -17,13 +17,15 @@ from modelops.contracts.variants import (
 )
 
 __all__ = [
+    "DEFAULT_VARIANTS",
+    "RESULT_MODELS",
+    "VARIANTS",
+    "VARIANT_NAMES",
     "BenchmarkSpec",
     "BuildStep",
-    "DEFAULT_VARIANTS",
     "Device",
     "EngineSpec",
     "ModelOptSpec",
-    "RESULT_MODELS",
     "ResultError",
     "RunSpec",
     "Runtime",
@@ -31,8 +33,6 @@ __all__ = [
     "StaticQuantSpec",
     "Status",
     "UnknownVariant",
-    "VARIANT_NAMES",
-    "VARIANTS",
     "Variant",
     "check_result",
     "get_variant",

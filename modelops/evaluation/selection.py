@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
 from modelops.contracts.status import Status
 
 BASELINE = "baseline"

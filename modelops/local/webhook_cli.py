@@ -23,9 +23,9 @@ EVENTS = ("model_version_alias.created", "model_version_tag.set", "model_version
 
 
 def _stack() -> tuple[Path, dict[str, Any]]:
-    from modelops.settings import Settings
     from modelops.local.stack.endpoints import build_status
     from modelops.local.stack.state import StackError, StackState
+    from modelops.settings import Settings
 
     settings = Settings.from_env()
     state = StackState.load(settings.stack_dir)

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from modelops.contracts.naming import deployment_name, deployment_uri
-from modelops.storage import Storage, join
 from modelops.contracts.status import Status
 from modelops.contracts.variants import Device, get_variant
+from modelops.storage import Storage, join
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 
 from modelops.contracts.naming import slug
+from modelops.contracts.status import Status
+from modelops.contracts.variants import Device, get_variant
 from modelops.evaluation.perf import PerfAnalyzerError, PerfSettings, run_perf_analyzer
+from modelops.serving.triton.local_server import TritonProcess, TritonStartError
+from modelops.serving.triton.model_dir import ONNX_FILE_KINDS, build_model_dir
 from modelops.settings import Settings
 from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
 from modelops.storage import Storage, join
-from modelops.serving.triton.local_server import TritonProcess, TritonStartError
-from modelops.serving.triton.model_dir import ONNX_FILE_KINDS, build_model_dir
-from modelops.contracts.status import Status
-from modelops.contracts.variants import Device, get_variant
 
 log = logging.getLogger("modelops.steps.benchmark")
 

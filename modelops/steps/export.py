@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from modelops.contracts.status import Status
 from modelops.optimization import ort_cpu
 from modelops.steps._common import StepError, first_line, run_step, step_prefix
 from modelops.storage import Storage, join
-from modelops.contracts.status import Status
 
 log = logging.getLogger("modelops.steps.export")
 

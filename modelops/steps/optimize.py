@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
+from modelops.contracts.status import Status
 from modelops.contracts.variants import Runtime, get_variant, optimize_targets
 from modelops.contracts.variants import check_variants as check_registry
+from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
 from modelops.storage import Storage, join
-from modelops.contracts.status import Status
 
 log = logging.getLogger("modelops.steps.optimize")
 

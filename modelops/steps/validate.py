@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from modelops.contracts.status import Status
+from modelops.contracts.variants import Runtime, get_variant
 from modelops.optimization import ort_cpu
 from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
 from modelops.storage import Storage, join
-from modelops.contracts.status import Status
-from modelops.contracts.variants import Runtime, get_variant
 
 log = logging.getLogger("modelops.steps.validate")
 

@@ -62,7 +62,7 @@ def _source_hash(sources: Mapping[str, Path | None]) -> str:
     return digest.hexdigest()[:12]
 
 
-def recipe_versions(recipes: Mapping[str, str] | None = None, repo_root: Path | None = None) -> dict[str, str]:
+def recipe_versions(recipes: Mapping[str, str] | None = None) -> dict[str, str]:
     """recipe name -> content hash of its code; ``auto`` hashes every recipe's code together.
 
     A recipe's code is its implementation module (found through the ``modelops.recipes`` entry point),
@@ -71,7 +71,6 @@ def recipe_versions(recipes: Mapping[str, str] | None = None, repo_root: Path | 
 
     Args:
         recipes: name -> ``"module:attribute"`` of the recipes to hash; None: every installed recipe.
-        repo_root: unused; kept for callers of the former signature.
 
     A content hash instead of a hand-bumped number: a recipe change nobody remembered to version still
     re-optimizes the models it serves.
@@ -79,7 +78,6 @@ def recipe_versions(recipes: Mapping[str, str] | None = None, repo_root: Path | 
     from modelops.recipes import recipe_infos
     from modelops.recipes.sources import CORE_MODULES, module_file, recipe_sources
 
-    del repo_root
     targets = dict(recipes) if recipes is not None else {n: i.target for n, i in recipe_infos().items()}
     core = {module: module_file(module) for module in CORE_MODULES}
     per_recipe = {name: {**core, **recipe_sources(target.partition(":")[0])} for name, target in targets.items()}

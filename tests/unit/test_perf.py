@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from modelops.evaluation.perf import PerfAnalyzerError, PerfSettings, concurrency_range, parse_perf_csv, perf_analyzer_command
+from modelops.evaluation.perf import (
+    PerfAnalyzerError,
+    PerfSettings,
+    concurrency_range,
+    parse_perf_csv,
+    perf_analyzer_command,
+)
 
 DATA = Path(__file__).parent / "data" / "perf_analyzer.csv"
 

@@ -101,10 +101,3 @@ def test_flavor_rules_follow_the_descriptors_order():
     assert select_recipe(mlmodel(flavors=("pytorch", "sentence_transformers"))) == "text_embedding"
     assert select_recipe(mlmodel(flavors=("onnx", "sklearn"), signature=None)) == "sklearn_tabular"
     assert select_recipe(mlmodel(flavors=("pytorch", "onnx"), signature=None)) == "onnx_generic"
-
-
-def test_model_recipes_keeps_its_old_names_as_a_facade():
-    import model_recipes
-
-    assert model_recipes.select_recipe is select_recipe
-    assert model_recipes.RECIPES["digits_cnn"] == "model_recipes.digits_cnn:RECIPE"

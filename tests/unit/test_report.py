@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from modelops.evaluation.selection import select
 from modelops.tracking.record import gate_metrics, record_run
 from modelops.tracking.report import render_report, why_not_chosen
-from modelops.evaluation.selection import select
 
 FAILED = {
     "expectation": "expect_column_mean_to_be_between", "column": "agree", "observed": 0.93,

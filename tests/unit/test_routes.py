@@ -3,7 +3,14 @@ from __future__ import annotations
 import pytest
 
 from modelops.contracts.naming import deployment_name, routes_uri, slug
-from modelops.serving.routes import InvalidRoutes, RoutesConflict, canary_weights, read_routes, validate_weights, write_routes
+from modelops.serving.routes import (
+    InvalidRoutes,
+    RoutesConflict,
+    canary_weights,
+    read_routes,
+    validate_weights,
+    write_routes,
+)
 from modelops.storage import Storage
 
 

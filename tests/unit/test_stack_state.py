@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from modelops.settings import REPO_ROOT, Settings
 from modelops.local.stack import airflow_home, manager, process
 from modelops.local.stack.endpoints import build_status, client_env
 from modelops.local.stack.state import (
@@ -29,6 +28,7 @@ from modelops.local.stack.state import (
     port_in_use,
     port_offset_from_env,
 )
+from modelops.settings import REPO_ROOT, Settings
 
 
 @pytest.fixture()

@@ -168,10 +168,11 @@ def test_worker_pins_and_recipe_hashes():
     pins = parse_pins(["torch==2.13.0", "onnxruntime-gpu==1.24.0 ; platform_system=='Linux'", "numpy==1.26.4", "# x"])
     assert pins == {"onnxruntime-gpu": "1.24.0", "torch": "2.13.0"}
     assert {"torch", "onnx", "onnxruntime"} <= set(worker_library_versions({}))
-    from model_recipes import RECIPES
+    from modelops.recipes import recipe_infos
 
-    versions = recipe_versions(RECIPES)
-    assert set(versions) == {*RECIPES, "auto"} and all(len(v) == 12 for v in versions.values())
+    versions = recipe_versions()  # every recipe installed through the modelops.recipes entry points
+    assert set(versions) == {*recipe_infos(), "auto"} and all(len(v) == 12 for v in versions.values())
+    assert {"digits_cnn", "text_embedding", "pytorch_generic"} <= set(versions)
 
 
 CTX = FingerprintContext({"torch": "2.13.0", "onnxruntime": "1.32.0"}, {"auto": "r1", "digits_cnn": "r2"}, "cpu")

@@ -25,7 +25,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("skl2onnx")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from model_recipes import select_recipe
+from modelops.recipes import select_recipe
 from modelops.settings import Settings
 from modelops.steps import benchmark
 from tests.worker.stepkit import step, write_spec

@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("skl2onnx")
 
 
-from model_recipes import UnsupportedModel, select_recipe
+from modelops.recipes import UnsupportedModel, select_recipe
 from modelops.settings import Settings
 from modelops.steps import benchmark, export
 from modelops.steps._common import StepError

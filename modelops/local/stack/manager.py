@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from modelops.settings import Settings
 from modelops.local.stack import process
 from modelops.local.stack.endpoints import LABELS, SERVICES, build_status, log_path
 from modelops.local.stack.services import SPECS, Context
@@ -23,6 +22,7 @@ from modelops.local.stack.state import (
     check_ports_free,
     port_offset_from_env,
 )
+from modelops.settings import Settings
 
 _ALIASES = {
     "seaweedfs": "s3",
