@@ -61,7 +61,8 @@ def test_second_architecture_published_and_served_like_the_source(wine, storage,
 
 
 def test_candidate_failing_accuracy_is_rejected_and_never_published(wine, storage, settings, tmp_path):
-    """Replace the int8 candidate with a model of random weights: validate must reject it, select skip it."""
+    """A candidate with random weights (posing as ort_int8_static, a variant this run did not build): validate
+    must reject it, select skip it, and it is never published."""
     from modelops.evaluation.selection import select
     from modelops.steps._common import load_result, result_uri
 
@@ -71,24 +72,27 @@ def test_candidate_failing_accuracy_is_rejected_and_never_published(wine, storag
     good, bad = tmp_path / "good.onnx", tmp_path / "bad.onnx"
     storage.download_file(cand_uri, good)
     randomize_weights(settings, good, bad)  # onnx lives in the worker environment
-    bad_uri = f"{spec['run_prefix']}/broken/model.onnx"
+    broken = "ort_int8_static"  # a registry name (the spec's variants are checked); not built by this run
+    assert broken not in optimize["candidates"]
+    bad_uri = f"{spec['run_prefix']}/{broken}/model.onnx"
     storage.upload_file(bad, bad_uri)
-    bad_spec = {**spec, "variants": ["ort_fp32", "broken"], "run_prefix": spec["run_prefix"] + "-bad"}
+    bad_spec = {**spec, "variants": ["ort_fp32", broken], "run_prefix": spec["run_prefix"] + "-bad"}
     for step in ("export",):
         storage.write_json(result_uri(bad_spec, step), load_result(storage, spec, step))
     storage.write_json(result_uri(bad_spec, "optimize"), {"status": "done", "candidates": {
-        **optimize["candidates"], "broken": {"status": "done", "onnx": bad_uri, "size_bytes": 1, "reason": None}}})
+        **optimize["candidates"],
+        broken: {"status": "done", "onnx": bad_uri, "size_bytes": 1, "reason": None, "runtime": "onnxruntime"}}})
     spec_uri = f"{bad_spec['run_prefix']}/spec.json"
     storage.write_json(spec_uri, bad_spec)
     proc = run_step(settings, "validate", spec_uri, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    verdict = proc.result["candidates"]["broken"]
+    verdict = proc.result["candidates"][broken]
     assert verdict["status"] == "rejected" and verdict["reason"]
     assert proc.result["candidates"]["ort_fp32"]["status"] == "accepted"
     bench = {"variants": {v: {"status": "done", "points": [{"concurrency": 1, "throughput": t, "p50_ms": 1, "p99_ms": 2}]}
-                          for v, t in (("baseline", 10.0), ("ort_fp32", 20.0), ("broken", 1e6))}}
+                          for v, t in (("baseline", 10.0), ("ort_fp32", 20.0), (broken, 1e6))}}
     assert select(proc.result, bench, 100).chosen == "ort_fp32"
-    assert not storage.exists(f"s3://{settings.triton_bucket}/{reg['name']}--v{reg['version']}-broken/manifest.json")
+    assert not storage.exists(f"s3://{settings.triton_bucket}/{reg['name']}--v{reg['version']}-{broken}/manifest.json")
 
 
 def test_unknown_alias_and_version_fail_resolve_with_one_line(register, wine):
