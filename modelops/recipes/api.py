@@ -24,27 +24,12 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from modelops.recipes.tensors import (
-    DEFAULT_MAX_BATCH_SIZE,
-    VARIABLE_DIM_SIZE,
-    IOSpec,
-    TensorSpec,
-    io_from_signature,
-    random_inputs,
-)
+from modelops.recipes.tensors import IOSpec, io_from_signature, random_inputs
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = [
-    "DEFAULT_MAX_BATCH_SIZE",
-    "VARIABLE_DIM_SIZE",
-    "IOSpec",
-    "Recipe",
-    "TensorSpec",
-    "io_from_signature",
-    "random_inputs",
-]
+__all__ = ["TASKS", "Recipe"]
 
 TASKS = ("classification", "embedding", "regression")
 
