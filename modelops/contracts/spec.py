@@ -75,25 +75,37 @@ class EngineSpec(_Block):
     )
 
 
+# what each heavy step reads of the identity fields (every spec resolve writes has them all)
+STEP_NEEDS: dict[str, tuple[str, ...]] = {
+    "export": ("run_prefix", "source_uri", "recipe"),
+    "optimize": ("run_prefix",),
+    "compile": (),
+    "validate": ("run_prefix", "recipe"),
+    "benchmark": ("run_prefix",),
+}
+
+
 class RunSpec(BaseModel):
     """The spec of one optimization run (ARCHITECTURE.md, step CLI contract)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model_name: str = Field(min_length=1)
-    model_version: str = Field(min_length=1)
+    # Identity: resolve always writes these; a spec written by hand may leave out what its step does not read
+    # (see STEP_NEEDS), e.g. compile on a CPU machine skips before it reads anything.
+    model_name: str | None = Field(None, min_length=1)
+    model_version: str | None = Field(None, min_length=1)
     alias: str | None = None
     model_uri: str = ""  # models:/<name>/<version>
-    source_uri: str  # the MLflow model directory (holds MLmodel)
+    source_uri: str | None = Field(None, min_length=1)  # the MLflow model directory (holds MLmodel)
     flavor: str = ""
-    recipe: str = Field(min_length=1)
+    recipe: str | None = Field(None, min_length=1)
     mlmodel: dict[str, Any] = Field(default_factory=dict)
     variants: list[str] = Field(default_factory=lambda: list(DEFAULT_VARIANTS))
     latency_slo_ms: float = Field(100.0, gt=0)
     accuracy_tolerance: float = Field(0.01, ge=0, le=1)
     rollout: int = Field(100, ge=1, le=100, description="percent of traffic for the new deployment")
     run_id: str = ""  # the MLflow run
-    run_prefix: str = Field(min_length=1)  # s3://<artifacts>/runs/<model>/<version>/<run id>
+    run_prefix: str | None = Field(None, min_length=1)  # s3://<artifacts>/runs/<model>/<version>/<run id>
     triton_bucket: str = "triton"
     serving_device: Device = Field(
         Device.CPU, description="device of the Triton that benchmarks and serves (cpu: the embedded python backend)"
@@ -120,22 +132,26 @@ class RunSpec(BaseModel):
         return self
 
     @classmethod
-    def parse(cls, data: dict[str, Any] | str | bytes) -> RunSpec:
-        """Validate a spec document (dict or JSON text).
+    def parse(cls, data: dict[str, Any] | str | bytes, step: str | None = None) -> RunSpec:
+        """Validate a spec document (dict or JSON text), and that it has what ``step`` reads.
 
         Raises:
-            SpecError: one line naming the first invalid field and why.
+            SpecError: one line naming the first invalid or missing field and why.
         """
         try:
             if isinstance(data, (str, bytes)):
                 data = json.loads(data)
             if not isinstance(data, dict):
                 raise SpecError(f"run spec must be a JSON object, got {type(data).__name__}")
-            return cls.model_validate(data)
+            spec = cls.model_validate(data)
         except ValidationError as exc:
             raise SpecError(f"invalid run spec: {one_line(exc)}") from None
         except json.JSONDecodeError as exc:
             raise SpecError(f"run spec is not JSON: {exc}") from None
+        missing = [f for f in STEP_NEEDS.get(step or "", ()) if getattr(spec, f) is None]
+        if missing:
+            raise SpecError(f"invalid run spec: {step} needs {', '.join(missing)}")
+        return spec
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document (what ``spec.json`` holds)."""

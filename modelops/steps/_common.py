@@ -121,16 +121,16 @@ def render_reproduce_script(
     q = shlex.quote
     lines = [
         "#!/usr/bin/env bash",
-        f"# Re-run the {step} step of modelops run {spec.get('run_id', '?')} by hand"
-        + f" (model {spec.get('model_name', '?')} version {spec.get('model_version', '?')}).",
+        f"# Re-run the {step} step of modelops run {spec.get('run_id') or '?'} by hand"
+        + f" (model {spec.get('model_name') or '?'} version {spec.get('model_version') or '?'}).",
         f"# --spec is the exact spec the step ran with: {spec_uri}",
         "# Nothing is installed or downloaded implicitly: the step reads only the URIs in that spec.",
         "# Note: the step writes its result and outputs under the run prefix again (steps are idempotent);",
-        f"# the local copy of the result goes to ./result.json. Run prefix: {spec.get('run_prefix', '?')}",
+        f"# the local copy of the result goes to ./result.json. Run prefix: {spec.get('run_prefix') or '?'}",
         "set -euo pipefail",
         "",
     ]
-    if any(is_s3(str(v)) for v in (spec_uri, spec.get("run_prefix", ""), spec.get("source_uri", ""))):
+    if any(is_s3(str(v or "")) for v in (spec_uri, spec.get("run_prefix"), spec.get("source_uri"))):
         lines.append("# Object storage (boto3). Secrets are never written here: export them before running.")
         for name, (sources, fallback) in _S3_SETTINGS.items():
             value = _public_value(next((env[k] for k in sources if env.get(k)), fallback))
@@ -187,7 +187,7 @@ def run_step(step: str, fn: Callable[[dict[str, Any], Storage], dict[str, Any]],
     storage = Storage()
     started = time.time()
     try:
-        spec = RunSpec.parse(storage.read_json(args.spec)).to_json()
+        spec = RunSpec.parse(storage.read_json(args.spec), step).to_json()
         write_spec(storage, spec, step)
         write_reproduce_script(storage, spec, step)
         result = fn(spec, storage)

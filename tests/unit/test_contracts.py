@@ -43,7 +43,7 @@ def test_spec_is_complete_after_parse_every_block_a_step_reads_is_written():
         ({"static_quant": {"calibraton_rows": 8}}, "static_quant.calibraton_rows: Extra inputs are not permitted"),
         ({"triton_bucket_name": "x"}, "triton_bucket_name: Extra inputs are not permitted"),
         ({"benchmark": {"concurrency": []}}, "benchmark.concurrency: List should have at least 1 item"),
-        ({"recipe": None}, "recipe: Input should be a valid string"),
+        ({"recipe": ""}, "recipe: String should have at least 1 character"),
     ],
 )
 def test_bad_spec_fails_with_one_line_naming_the_field(change, message):
@@ -51,6 +51,12 @@ def test_bad_spec_fails_with_one_line_naming_the_field(change, message):
         RunSpec.parse({**MINIMAL, **change})
     text = str(err.value)
     assert "\n" not in text and message in text, text
+
+
+def test_a_spec_written_by_hand_needs_only_what_its_step_reads():
+    assert RunSpec.parse({"variants": ["trt_fp16"]}, "compile").variants == ["trt_fp16"]  # skips before reading
+    with pytest.raises(SpecError, match=r"^invalid run spec: export needs source_uri, recipe$"):
+        RunSpec.parse({"run_prefix": "/tmp/run"}, "export")
 
 
 def test_spec_that_is_not_an_object_is_refused():
@@ -127,3 +133,14 @@ def test_dag_variants_param_is_the_registry():
     schema = module.PARAMS["variants"].schema
     assert schema["items"]["enum"] == VARIANT_NAMES
     assert module.PARAMS["recipe"].value is None  # empty: the recipe is picked from the MLflow flavor
+
+
+def test_compile_by_hand_with_a_partial_spec_is_skipped_on_a_machine_without_gpu(tmp_path, monkeypatch):
+    from modelops.steps import EXIT_SKIPPED
+    from modelops.steps import compile as compile_step
+
+    monkeypatch.setattr(compile_step, "detect_gpu", lambda: None)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"variants": ["trt_fp16"]}))
+    rc = run_step("compile", compile_step.run, ["--spec", str(spec), "--result", str(tmp_path / "r.json")])
+    assert rc == EXIT_SKIPPED and json.loads((tmp_path / "r.json").read_text())["status"] == "skipped"
