@@ -83,14 +83,16 @@ class MlflowHook(HttpHook):
 
 
 class TritonHook(HttpHook):
-    """An NVIDIA Triton server (http connection; extra ``grpc_port``, ``metrics_port``)."""
+    """An NVIDIA Triton server (http connection; extra ``grpc_port``, ``metrics_port``, ``admin_header``,
+    ``admin_token``: the header that opens Triton's restricted model-control APIs)."""
 
     conn_name_attr = "triton_conn_id"
     default_conn_name = "triton_default"
     conn_type = "http"
     hook_name = "NVIDIA Triton"
-    # Connection extras that describe Triton, not HTTP headers (HttpHook sends unknown extras as headers).
-    NON_HEADER_EXTRAS = ("grpc_port", "metrics_port")
+    # Connection extras that describe Triton, not HTTP headers (HttpHook sends unknown extras as headers):
+    # the admin token in particular goes only on model-control calls (get_client), never on every request.
+    NON_HEADER_EXTRAS = ("grpc_port", "metrics_port", "admin_header", "admin_token")
 
     def __init__(self, triton_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(method="GET", http_conn_id=triton_conn_id, **kwargs)
@@ -103,6 +105,11 @@ class TritonHook(HttpHook):
             session.headers.pop(key, None)
         return session
 
+    def admin(self) -> tuple[str | None, str | None]:
+        """``(admin_header, admin_token)`` from the connection's extras (None when unset)."""
+        extra = self.get_connection(self.triton_conn_id).extra_dejson
+        return extra.get("admin_header") or None, extra.get("admin_token") or None
+
     def url(self) -> str:
         """``host:port`` of the HTTP endpoint (the form ``tritonclient.http`` takes)."""
         conn = self.get_connection(self.triton_conn_id)
@@ -110,10 +117,14 @@ class TritonHook(HttpHook):
         return f"{host}:{conn.port or 8000}"
 
     def get_client(self):
-        """A ``tritonclient.http.InferenceServerClient`` for this server."""
+        """A ``tritonclient.http.InferenceServerClient`` for this server; with an ``admin_token`` extra, its
+        model-control calls (load, unload, repository index, config) send the admin header."""
         import tritonclient.http as httpclient
 
-        return httpclient.InferenceServerClient(url=self.url(), network_timeout=120.0, connection_timeout=10.0)
+        from modelops.serving.triton.admin import with_admin
+
+        client = httpclient.InferenceServerClient(url=self.url(), network_timeout=120.0, connection_timeout=10.0)
+        return with_admin(client, *self.admin())
 
     def test_connection(self) -> tuple[bool, str]:
         """GET ``/v2/health/live`` (KServe v2 liveness)."""

@@ -4,6 +4,8 @@ modelops stack up [SERVICE ...]      start the embedded stack (SeaweedFS, MLflow
 modelops stack down [--purge]        stop it (data kept unless --purge)
 modelops stack status [--json]       endpoints and processes; --json also prints the credentials
 modelops demo                        the end-to-end demo (modelops/local/demo.py)
+modelops keys create|list|revoke     API keys of the serving gateway (modelops/serving/gateway/keys_cli.py)
+modelops serving reconcile [--watch S] load every routed deployment Triton does not serve (modelops/local/serving_cli.py)
 """
 
 from __future__ import annotations
@@ -126,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     from modelops.local import webhook_cli
 
     webhook_cli.add_parser(commands)
+    from modelops.serving.gateway import keys_cli
+
+    keys_cli.add_parser(commands)
+    from modelops.local import serving_cli
+
+    serving_cli.add_parser(commands)
     return parser
 
 

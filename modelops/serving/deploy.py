@@ -4,6 +4,10 @@ Order matters for "a failed run leaves serving untouched": verify manifest -> lo
 smoke inference compared with the validated candidate and the source -> only then the routes file
 changes (conditional write). Any failure before the routes write unloads the new deployment and
 raises :class:`DeployError` with one line.
+
+Triton's model control is locked behind an admin header: ``client`` must send it on load/unload (the
+:class:`~modelops.serving.triton.admin.AdminClient` that ``TritonHook.get_client`` returns); a client without it
+is refused with 403 and the deploy fails saying so. The token is never logged.
 """
 
 from __future__ import annotations
@@ -118,6 +122,11 @@ def deploy(
     except (InferenceServerException, DeployError) as exc:
         _unload_quietly(client, deployment, keep=set(before.weights()))
         first = triton_client.error_text(exc).splitlines()[0]
+        if triton_client.error_status(exc) == "403":
+            raise DeployError(
+                f"Triton refused to load {deployment} (403): {first}; the Triton client needs the admin header "
+                "(connection extras admin_header/admin_token, see `modelops stack status --json`)"
+            ) from None
         raise DeployError(f"Triton could not serve {deployment}: {first}") from None
     weights = canary_weights(before.weights(), deployment, rollout_percent)
     after = write_routes(storage, triton_bucket, before, weights, by=run_id)

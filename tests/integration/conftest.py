@@ -60,7 +60,11 @@ def mlflow_client(stack):
 def triton(stack):
     import tritonclient.http as httpclient
 
-    return httpclient.InferenceServerClient(stack["triton"]["http"].removeprefix("http://"), network_timeout=120.0)
+    from modelops.serving.triton.admin import with_admin
+
+    client = httpclient.InferenceServerClient(stack["triton"]["http"].removeprefix("http://"), network_timeout=120.0)
+    # model control (load/unload in deploy) is locked behind the stack's admin header, as the pipeline's is
+    return with_admin(client, stack["triton"]["admin_header"], stack["triton"]["admin_token"])
 
 
 @pytest.fixture(scope="session")

@@ -120,6 +120,30 @@ def test_triton_hook_live_url_and_extras_not_sent_as_headers(serve, monkeypatch)
     assert path == "/v2/health/live" and "grpc_port" not in {k.lower() for k in headers}
 
 
+def test_triton_hook_client_sends_the_admin_header_on_model_control_only(serve, monkeypatch):
+    from modelops_airflow.hooks import TritonHook
+
+    def handle(req: BaseHTTPRequestHandler, body: bytes) -> tuple[int, str, bytes]:
+        return 200, "application/json", b"{}" if req.command == "POST" else b""
+
+    server = serve(handle)
+    _http_conn(monkeypatch, "triton_default", server.port,
+               extra={"grpc_port": 8001, "admin_header": "X-ModelOps-Admin", "admin_token": "t0k"})
+    hook = TritonHook()
+    ok, message = hook.test_connection()
+    assert ok, message
+    client = hook.get_client()
+    client.load_model("m1")
+    client.is_model_ready("m1")
+    client.unload_model("m1")
+    assert "t0k" not in repr(client)
+    sent = {(m, p): {k.lower(): v for k, v in h.items()} for m, p, h, _ in server.requests}
+    assert sent[("POST", "/v2/repository/models/m1/load")]["x-modelops-admin"] == "t0k"
+    assert sent[("POST", "/v2/repository/models/m1/unload")]["x-modelops-admin"] == "t0k"
+    for key in (("GET", "/v2/health/live"), ("GET", "/v2/models/m1/ready")):
+        assert not {"x-modelops-admin", "admin_token", "admin_header"} & set(sent[key]), key
+
+
 def test_triton_hook_says_not_live_on_error(serve, monkeypatch):
     from modelops_airflow.hooks import TritonHook
 
@@ -234,12 +258,14 @@ def test_stack_connections_fit_the_hooks(monkeypatch):
 
     status = {"s3": {"endpoint": "http://127.0.0.1:8333", "access_key": "ak", "secret_key": "sk"},
               "mlflow": {"port": 5000},
-              "triton": {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002},
+              "triton": {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002,
+                         "admin_header": "X-ModelOps-Admin", "admin_token": "tok"},
               "airflow": {"port": 8080, "username": "admin", "password": "pw"}}
     for name, value in airflow_connections(status).items():
         monkeypatch.setenv(name, value)
     assert MlflowHook().tracking_uri() == "http://127.0.0.1:5000"
     assert TritonHook().url() == "127.0.0.1:8000"
+    assert TritonHook().admin() == ("X-ModelOps-Admin", "tok")
     config = ModelOpsS3Hook().s3_config()
     assert (config.endpoint_url, config.access_key, config.secret_key) == ("http://127.0.0.1:8333", "ak", "sk")
     api = AirflowApiHook()

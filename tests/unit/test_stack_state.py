@@ -114,6 +114,8 @@ def test_credentials_are_random_and_well_formed() -> None:
     for key in (a.airflow_fernet_key, a.mlflow_webhook_encryption_key):
         assert len(base64.urlsafe_b64decode(key)) == 32
     assert a.airflow_fernet_key != a.mlflow_webhook_encryption_key
+    assert a.triton_admin_token != b.triton_admin_token and len(a.triton_admin_token) >= 40
+    assert not set(a.triton_admin_token) & set(",:= "), "the token goes into Triton's <apis>:<header>=<value> flag"
 
 
 def test_fernet_keys_are_accepted_by_cryptography() -> None:
@@ -140,11 +142,13 @@ def test_missing_credential_fields_are_generated_existing_kept(tmp_path: Path) -
     state = StackState.new(tmp_path, 0)
     data = state.to_dict()
     del data["credentials"]["mlflow_webhook_encryption_key"]
+    del data["credentials"]["triton_admin_token"]  # a stack.json written before Triton was locked down
     (tmp_path / "stack.json").write_text(json.dumps(data))
     loaded = StackState.load(tmp_path)
     assert loaded is not None
     assert loaded.credentials.s3_secret_key == state.credentials.s3_secret_key
     assert loaded.credentials.mlflow_webhook_encryption_key
+    assert loaded.credentials.triton_admin_token
 
 
 def test_load_without_file_and_with_garbage(tmp_path: Path) -> None:
@@ -206,13 +210,32 @@ def test_status_shape_and_client_env(settings: Settings) -> None:
                   "config_kwargs": {"s3": {"addressing_style": "path"}}},
     }
     triton = json.loads(env["AIRFLOW_CONN_TRITON_DEFAULT"])
-    assert (triton["port"], triton["extra"]) == (8100, {"grpc_port": 8101, "metrics_port": 8102})
+    assert (triton["port"], triton["extra"]) == (8100, {"grpc_port": 8101, "metrics_port": 8102,
+                                                        "admin_header": "X-ModelOps-Admin",
+                                                        "admin_token": creds.triton_admin_token})
+    assert (status["triton"]["admin_header"], status["triton"]["admin_token"]) == \
+        ("X-ModelOps-Admin", creds.triton_admin_token)
+
+
+def test_triton_is_started_locked_down_and_its_token_stays_out_of_the_log(settings: Settings) -> None:
+    from modelops.local.stack.services import SPECS, Context
+
+    state = StackState.new(settings.stack_dir, 0)
+    token = state.credentials.triton_admin_token
+    cmd = SPECS["triton"].command(Context(state, settings))
+    apis = "model-repository,model-config,shared-memory,trace,logging"
+    assert f"--http-restricted-api={apis}:X-ModelOps-Admin={token}" in cmd
+    assert f"--grpc-restricted-protocol={apis}:x-modelops-admin={token}" in cmd
+    shown = " ".join(process.redact(cmd))
+    assert token not in shown and f"--http-restricted-api={apis}:X-ModelOps-Admin=***" in shown
+    assert "--model-control-mode=explicit" in shown, "other arguments are logged as they are"
 
 
 def test_status_before_first_up_has_no_secrets(settings: Settings) -> None:
     status = manager.status(settings)
     assert status["initialized"] is False
     assert status["s3"]["secret_key"] is None and status["airflow"]["password"] is None
+    assert status["triton"]["admin_token"] is None
     assert not any(status[name]["running"] for name in ("s3", "mlflow", "triton", "airflow"))
     assert not settings.stack_dir.exists(), "status must not create the stack directory"
 

@@ -1,7 +1,10 @@
-"""TritonProcess against a real tritonserver: readiness, inference, load/unload errors (tritonclient.http)."""
+"""TritonProcess against a real tritonserver: readiness, inference, load/unload errors (tritonclient.http),
+model control locked behind the server's own admin token."""
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,15 @@ def _plus_one(path: Path) -> Path:
     return path
 
 
+def _status(method: str, url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=b"{}" if method == "POST" else None, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
 def test_triton_process_serves_infers_and_reports_refusals(tmp_path):
     io = {
         "inputs": [{"name": "x", "dtype": "float32", "dims": [4]}],
@@ -51,12 +63,24 @@ def test_triton_process_serves_infers_and_reports_refusals(tmp_path):
         with pytest.raises(TritonStartError, match=r"^loading 'missing' failed \(\d+\): ") as err:
             server.load_model("missing", timeout_s=30)
         assert "\n" not in err.value.reason
-        server.unload_model("plus_one")
+        # model control without this server's token is refused, and the model keeps serving
+        base = f"http://{server.http_url}"
+        for action in ("unload", "load"):
+            code, body = _status("POST", f"{base}/v2/repository/models/plus_one/{action}")
+            assert code == 403 and "X-ModelOps-Admin" in body, (action, code, body)
+        code, _ = _status("POST", f"{base}/v2/repository/models/plus_one/unload", {"X-ModelOps-Admin": "guess"})
+        assert code == 403
+        assert _status("POST", f"{base}/v2/repository/index")[0] == 403
+        assert _status("GET", f"{base}/v2/models/plus_one/ready")[0] == 200
+        assert _status("GET", f"{base}/v2/models/plus_one/config")[0] == 200, "perf_analyzer reads the config"
+        np.testing.assert_array_equal(server.infer("plus_one", {"x": x})["y"], x + 1)
+        server.unload_model("plus_one")  # with the token: accepted
         with pytest.raises(RuntimeError, match="inference on 'plus_one' failed"):
             server.infer("plus_one", {"x": x})
         server.load_model("plus_one", timeout_s=60)  # reload waits until ready again
         np.testing.assert_array_equal(server.infer("plus_one", {"x": x})["y"], x + 1)
     assert server.process is None
+    assert server._admin_token not in (tmp_path / "triton.log").read_text(), "the token is never logged"
 
 
 def test_start_fails_with_the_log_reason(tmp_path):

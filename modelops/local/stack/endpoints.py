@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from modelops.local.stack.state import HOST, StackState
+from modelops.serving.triton.admin import ADMIN_HEADER
 from modelops.settings import Settings
 from modelops.storage import S3Config
 
@@ -87,6 +88,8 @@ def build_status(state: StackState, settings: Settings, running: Mapping[str, bo
             "grpc_port": ports["triton_grpc"],
             "metrics_port": ports["triton_metrics"],
             "repository": triton_repository(state, settings),
+            "admin_header": ADMIN_HEADER,
+            "admin_token": creds.triton_admin_token,
             **proc("triton"),
         },
         "airflow": {
@@ -106,8 +109,11 @@ def airflow_connections(status: Mapping[str, Any]) -> dict[str, str]:
     ``mlflow_default``/``triton_default`` are ``http`` connections (``HttpHook``), ``s3_default`` an ``aws`` one
     (``S3Hook``: keys as login/password, ``endpoint_url`` and path-style addressing in the extra), and
     ``airflow_api_default`` names the API server and its user for runs created through the REST API.
+    ``triton_default`` carries Triton's admin header and token in the extras ``admin_header``/``admin_token``.
     """
     s3, mlflow, triton, airflow = status["s3"], status["mlflow"], status["triton"], status["airflow"]
+    # Triton's admin header: TritonHook sends it on model-control calls only (never as a plain header)
+    admin = {key: triton[key] for key in ("admin_header", "admin_token") if triton.get("admin_token")}
     conns = {
         "AIRFLOW_CONN_MLFLOW_DEFAULT": {"conn_type": "http", "host": HOST, "port": mlflow["port"], "schema": "http"},
         "AIRFLOW_CONN_S3_DEFAULT": {
@@ -122,7 +128,7 @@ def airflow_connections(status: Mapping[str, Any]) -> dict[str, str]:
             "host": HOST,
             "port": triton["http_port"],
             "schema": "http",
-            "extra": {"grpc_port": triton["grpc_port"], "metrics_port": triton["metrics_port"]},
+            "extra": {"grpc_port": triton["grpc_port"], "metrics_port": triton["metrics_port"], **admin},
         },
         "AIRFLOW_CONN_AIRFLOW_API_DEFAULT": {
             "conn_type": "http",

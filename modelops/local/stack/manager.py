@@ -206,7 +206,7 @@ def status(settings: Settings | None = None) -> dict[str, Any]:
 
     Keys: ``stack_dir``, ``port_offset``, ``initialized``, ``ports`` and one object per service: ``s3``
     (endpoint, access_key, secret_key, region, *_bucket), ``mlflow`` (url), ``triton`` (http, grpc, metrics,
-    repository), ``airflow`` (url, username, password); each also has pid, log, running and state. Before
+    repository, admin_header, admin_token), ``airflow`` (url, username, password); each also has pid, log, running and state. Before
     the first ``up`` the secrets are None.
     """
     settings = settings or Settings.from_env()
@@ -215,5 +215,6 @@ def status(settings: Settings | None = None) -> dict[str, Any]:
         blank = build_status(StackState.new(settings.stack_dir, port_offset_from_env()), settings, running={})
         blank["s3"].update(access_key=None, secret_key=None)
         blank["airflow"].update(password=None)
+        blank["triton"].update(admin_token=None)
         return {**blank, "initialized": False}
     return {**build_status(state, settings, _running(state)), "initialized": True}

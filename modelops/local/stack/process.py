@@ -91,12 +91,20 @@ def exit_code(pid: int) -> int | None:
     return proc.poll() if proc is not None else None
 
 
+_SECRET_FLAGS = ("--http-restricted-api=", "--grpc-restricted-protocol=")
+
+
+def redact(cmd: Sequence[str]) -> list[str]:
+    """``cmd`` for a log line: the value of Triton's restricted-API flags (``<apis>:<header>=<token>``) hidden."""
+    return [f"{arg.rsplit('=', 1)[0]}=***" if arg.startswith(_SECRET_FLAGS) else arg for arg in cmd]
+
+
 def spawn(name: str, cmd: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path) -> ServiceRecord:
     """Start ``cmd`` detached (own session = own process group), stdout+stderr appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC).isoformat(timespec="seconds")
     with open(log_path, "ab") as log:
-        log.write(f"\n===== {now} modelops stack: starting {name}: {' '.join(cmd)}\n".encode())
+        log.write(f"\n===== {now} modelops stack: starting {name}: {' '.join(redact(cmd))}\n".encode())
         log.flush()
         try:
             proc = subprocess.Popen(

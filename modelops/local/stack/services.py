@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from modelops.local.stack import process
 from modelops.local.stack.airflow_service import (
     BENCHMARK_POOL,
     _airflow_command,
@@ -24,6 +25,7 @@ from modelops.local.stack.airflow_service import (
 from modelops.local.stack.endpoints import mlflow_url, s3_endpoint, s3_env, triton_repository
 from modelops.local.stack.service_spec import Context, ServiceSpec, _path_with, http
 from modelops.local.stack.state import HOST, StackError, write_private
+from modelops.serving.triton.admin import ADMIN_HEADER, admin_headers, restricted_args
 from modelops.settings import Settings
 
 # the stack manager and the tests import these from here; they live in service_spec / airflow_service
@@ -178,6 +180,8 @@ def _triton_command(ctx: Context) -> list[str]:
         "--strict-readiness=false",
         "--exit-on-error=false",
         "--exit-timeout-secs=10",
+        # model control, config, shared memory, trace and logging need the generated admin header
+        *restricted_args(ADMIN_HEADER, ctx.state.credentials.triton_admin_token),
     ]
 
 
@@ -202,7 +206,18 @@ def _triton_health(ctx: Context) -> bool:
     base = f"http://{HOST}:{ctx.state.ports['triton_http']}"
     if http("GET", f"{base}/v2/health/live")[0] != 200:
         return False
-    return http("POST", f"{base}/v2/repository/index", body={})[0] == 200
+    headers = admin_headers(ADMIN_HEADER, ctx.state.credentials.triton_admin_token)
+    return http("POST", f"{base}/v2/repository/index", body={}, headers=headers)[0] == 200
+
+
+def _triton_configure(ctx: Context) -> None:
+    """Load every routed deployment that is not ready (the routes files are the desired state)."""
+    from modelops.serving.reconcile import reconcile_stack
+
+    try:
+        reconcile_stack(ctx.status, say=process.say)
+    except Exception as exc:  # noqa: BLE001 - the stack is up; say why serving is not yet restored
+        process.say(f"reconcile of the routed deployments failed: {str(exc).splitlines()[0] if str(exc) else exc!r}")
 
 
 SPECS: dict[str, ServiceSpec] = {
@@ -247,6 +262,7 @@ SPECS: dict[str, ServiceSpec] = {
         env=_triton_env,
         health=_triton_health,
         prepare=_triton_prepare,
+        configure=_triton_configure,
     ),
     "airflow": ServiceSpec(
         name="airflow",

@@ -131,6 +131,7 @@ class Credentials:
     airflow_jwt_secret: str
     airflow_api_secret_key: str
     mlflow_webhook_encryption_key: str
+    triton_admin_token: str  # the value of Triton's admin header (model control, config, shm, trace, logging)
 
     @classmethod
     def generate(cls) -> Credentials:
@@ -144,6 +145,7 @@ class Credentials:
             airflow_jwt_secret=secrets.token_urlsafe(48),
             airflow_api_secret_key=secrets.token_urlsafe(48),
             mlflow_webhook_encryption_key=fernet_key(),
+            triton_admin_token=secrets.token_urlsafe(32),
         )
 
     @classmethod

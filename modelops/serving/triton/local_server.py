@@ -4,6 +4,11 @@ The python-backend stub embeds the interpreter tritonserver was linked against (
 imports the model's libraries from the WORKER environment: PYTHONPATH = worker site-packages + repo
 root (numpy<2, torch, onnxruntime, mlflow). ``LD_LIBRARY_PATH`` comes from the settings (libpython,
 the pytriton wheel's libs).
+
+Each server is private to its step: its model control (repository API), shared-memory, trace and logging APIs
+are locked behind :data:`~modelops.serving.triton.admin.ADMIN_HEADER` with a random token of its own, which
+only :meth:`TritonProcess.load_model`/:meth:`TritonProcess.unload_model` send. Its model-config API stays open
+because perf_analyzer reads the config (a ``-H`` header would write the token into the uploaded perf log).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from modelops.serving.triton import client as triton_client
+from modelops.serving.triton.admin import ADMIN_HEADER, RESTRICTED_APIS, new_token, restricted_args, with_admin
 from modelops.settings import Settings
 
 log = logging.getLogger("modelops.serving.triton")
@@ -27,6 +33,8 @@ log = logging.getLogger("modelops.serving.triton")
 LOG_TAIL_LINES = 25
 PROBE_TIMEOUT_S = 2.0  # one health/readiness probe while waiting for the server
 UNLOAD_TIMEOUT_S = 120.0
+# A benchmark server's locked API groups: all but model-config, which perf_analyzer reads (see the module doc).
+LOCKED_APIS: tuple[str, ...] = tuple(api for api in RESTRICTED_APIS if api != "model-config")
 
 
 class TritonStartError(RuntimeError):
@@ -139,6 +147,7 @@ class TritonProcess:
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
         self.http_port = self.grpc_port = self.metrics_port = 0
+        self._admin_token = new_token()  # this server's own; never logged (the command line is not logged)
 
     # -- addresses ------------------------------------------------------------------------------
     @property
@@ -164,6 +173,7 @@ class TritonProcess:
             f"--metrics-port={self.metrics_port}",
             "--exit-timeout-secs=10",
             "--log-verbose=0",
+            *restricted_args(ADMIN_HEADER, self._admin_token, LOCKED_APIS),
         ]
         cmd += [f"--load-model={m}" for m in self.models]
         return cmd + self.extra_args
@@ -217,11 +227,14 @@ class TritonProcess:
         finally:
             probe.close()
 
-    def _call(self, timeout_s: float, call: Callable[[Any], Any]) -> Any:
-        """``call(client)`` on a ``tritonclient.http`` client with ``timeout_s``; refusals raise ``_Refused``."""
+    def _call(self, timeout_s: float, call: Callable[[Any], Any], *, admin: bool = False) -> Any:
+        """``call(client)`` on a ``tritonclient.http`` client with ``timeout_s`` (sending the admin header when
+        ``admin``); refusals raise ``_Refused``."""
         from tritonclient.utils import InferenceServerException
 
         client = triton_client.http_client(self.http_url, timeout_s)
+        if admin:
+            client = with_admin(client, ADMIN_HEADER, self._admin_token)
         try:
             return call(client)
         except (InferenceServerException, OSError) as exc:
@@ -232,7 +245,7 @@ class TritonProcess:
     def load_model(self, name: str, timeout_s: float | None = None) -> None:
         """Load (or reload) a model through the repository API and wait until it is ready."""
         try:
-            self._call(timeout_s or self.timeout_s, lambda c: c.load_model(name))
+            self._call(timeout_s or self.timeout_s, lambda c: c.load_model(name), admin=True)
         except _Refused as exc:
             raise TritonStartError(
                 f"loading {name!r} failed ({exc.code}): {exc.text}", log_tail(self.log_path)
@@ -241,7 +254,7 @@ class TritonProcess:
 
     def unload_model(self, name: str) -> None:
         try:
-            self._call(UNLOAD_TIMEOUT_S, lambda c: c.unload_model(name))
+            self._call(UNLOAD_TIMEOUT_S, lambda c: c.unload_model(name), admin=True)
         except _Refused as exc:
             raise RuntimeError(f"unloading {name!r} failed ({exc.code}): {exc.text}") from None
 
