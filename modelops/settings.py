@@ -155,6 +155,23 @@ class WebhookSettings(_Group):
                            shown="$AIRFLOW_HOME/modelops/webhook_deliveries.db")
 
 
+class GatewaySettings(_Group):
+    """The serving gateway (``python -m modelops.serving.gateway``): upstream, limits, keys and routes."""
+
+    triton_url: str = _var("MODELOPS_GATEWAY_TRITON_URL", "Triton HTTP endpoint the gateway forwards to.", "",
+                           shown="http://127.0.0.1:8000, shifted by MODELOPS_PORT_OFFSET")
+    max_body_mb: float = _var("MODELOPS_GATEWAY_MAX_BODY_MB", "Largest request body the gateway accepts (MiB); "
+                              "larger ones get 413 before they are read.", 16.0, gt=0)
+    keys_db: Path | None = _var("MODELOPS_GATEWAY_KEYS_DB", "SQLite store of the gateway's API keys (hashed).",
+                                shown="<MODELOPS_STACK_DIR>/gateway/keys.db")
+    routes_uri: str = _var("MODELOPS_GATEWAY_ROUTES_URI", "Where the gateway reads routes files: an s3:// prefix "
+                           "or a local directory.", "", shown="s3://<MODELOPS_TRITON_BUCKET>/routes")
+    routes_poll_s: float = _var("MODELOPS_GATEWAY_ROUTES_POLL_S", "Seconds between two polls of the routes files "
+                                "(at most 1, so a change is served within 2 s).", 0.5, gt=0, le=1)
+    upstream_timeout_s: float = _var("MODELOPS_GATEWAY_UPSTREAM_TIMEOUT_S", "Timeout of one request to Triton.",
+                                     60.0, gt=0)
+
+
 class _EnvironSource(PydanticBaseSettingsSource):
     """Reads each field's variable (its ``validation_alias``) from the environment, nested groups included.
 
@@ -210,6 +227,7 @@ class Settings(BaseSettings):
     stack: StackSettings = Field(default_factory=StackSettings)
     triggers: TriggerSettings = Field(default_factory=TriggerSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     @field_validator("stack_dir", "tools_dir", mode="after")
     @classmethod
@@ -271,6 +289,19 @@ class Settings(BaseSettings):
     @property
     def stack_file(self) -> Path:
         return self.stack_dir / "stack.json"
+
+    # The serving gateway: unset values follow the stack.
+    @property
+    def gateway_triton_url(self) -> str:
+        return self.gateway.triton_url.rstrip("/") or f"http://127.0.0.1:{8000 + self.stack.port_offset}"
+
+    @property
+    def gateway_keys_db(self) -> Path:
+        return self.gateway.keys_db or self.stack_dir / "gateway" / "keys.db"
+
+    @property
+    def gateway_routes_uri(self) -> str:
+        return self.gateway.routes_uri.rstrip("/") or f"s3://{self.triton_bucket}/routes"
 
 
 def _one_line(err: ValidationError) -> str:

@@ -1,0 +1,230 @@
+"""The gateway's ASGI app: KServe v2 HTTP under public model names, authenticated, routed by weights.
+
+``POST /v2/models/{model}/infer`` authenticates the key (401), checks the grant (403, or 404 for a ``*``
+key asking for an unknown model), reads the body under the size limit (413), checks the JSON header
+(400), picks a deployment from the model's routes table (503 when there is none) and forwards the bytes
+to Triton's ``/v2/models/<deployment>/infer`` on one pooled HTTP client. The answer carries
+``X-ModelOps-Deployment``. ``GET /v2/models/{model}`` and ``.../ready`` follow the same checks; the
+health endpoints and ``/metrics`` need no key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from modelops.serving.gateway.auth import Authenticator
+from modelops.serving.gateway.config import GatewayConfig
+from modelops.serving.gateway.errors import GatewayError, error_response
+from modelops.serving.gateway.inflight import InFlight
+from modelops.serving.gateway.keys import KeyStore
+from modelops.serving.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from modelops.serving.gateway.proxy import (
+    check_inference_header,
+    read_body,
+    response_headers,
+    send,
+    triton_error,
+    upstream_headers,
+)
+from modelops.serving.gateway.reload import RoutesSource, RoutesWatcher
+from modelops.serving.gateway.routing import RouteTable
+from modelops.storage import Storage
+
+log = logging.getLogger("modelops.gateway")
+
+
+class Gateway:
+    """The gateway's state: routes watcher, key checks, in-flight counters, metrics and the Triton client.
+
+    Args:
+        config: see :class:`GatewayConfig`.
+        storage: the routes files' storage (default: boto3 from the ``AWS_*`` environment).
+    """
+
+    def __init__(self, config: GatewayConfig, storage: Storage | None = None):
+        self.config = config
+        self.metrics = GatewayMetrics()
+        self.watcher = RoutesWatcher(RoutesSource(config.routes_uri, storage), config.routes_poll_s,
+                                     on_change=self.metrics.set_routes)
+        self.auth = Authenticator(KeyStore(config.keys_db), config.key_ttl_s)
+        self.in_flight = InFlight()
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("the gateway is not started (run it under its lifespan)")
+        return self._client
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """Open the pooled Triton client and start the routes watcher; close both at shutdown."""
+        limits = httpx.Limits(max_connections=self.config.max_connections,
+                              max_keepalive_connections=self.config.max_connections)
+        self._client = httpx.AsyncClient(base_url=self.config.triton_url, limits=limits,
+                                         timeout=httpx.Timeout(self.config.upstream_timeout_s, connect=5.0))
+        await self.watcher.start()
+        log.info("gateway up: triton %s, routes %s, %d model(s)", self.config.triton_url, self.config.routes_uri,
+                 len(self.watcher.tables))
+        try:
+            yield
+        finally:
+            await self.watcher.stop()
+            await self._client.aclose()
+            self._client = None
+
+    # -- shared steps ---------------------------------------------------------------------------
+    async def _table(self, request: Request, model: str) -> RouteTable:
+        """Authenticate and authorize; the model's routes table."""
+        key = await self.auth.authenticate(request.headers.get("authorization"))
+        table = self.watcher.get(model)
+        self.auth.authorize(key, model, table is not None)
+        assert table is not None  # authorize raised otherwise
+        return table
+
+    @staticmethod
+    def _pick(table: RouteTable, request: Request) -> str:
+        deployment = table.pick(request.headers.get("x-session-id"))
+        if deployment is None:
+            raise GatewayError(503, f"model {table.model!r} has no deployment to serve it (empty routes)")
+        return deployment
+
+    async def _forward(self, model: str, deployment: str, method: str, path: str, body: bytes = b"",
+                       headers: dict[str, str] | None = None) -> httpx.Response:
+        gauge = self.metrics.in_flight.labels(model, deployment)
+        with self.in_flight.track(deployment):
+            gauge.inc()
+            try:
+                return await send(self.client, method, path, deployment, body, headers)
+            finally:
+                gauge.dec()
+
+    def _error(self, err: GatewayError, model: str, deployment: str, started: float) -> Response:
+        forwarded = time.perf_counter() - started if deployment else None
+        self.metrics.observe(model, deployment, err.status, forwarded)
+        return error_response(err.status, err.message,
+                              {"x-modelops-deployment": deployment} if deployment else None)
+
+    # -- endpoints ------------------------------------------------------------------------------
+    async def infer(self, request: Request) -> Response:
+        """``POST /v2/models/{model}/infer``."""
+        started = time.perf_counter()
+        model = request.path_params["model"]
+        known, deployment = "", ""
+        try:
+            table = await self._table(request, model)
+            known = model  # metrics label only names models that exist (no series per probed name)
+            body = await read_body(request, self.config.max_body_bytes)
+            check_inference_header(body, request.headers)
+            deployment = self._pick(table, request)
+            response = await self._forward(model, deployment, "POST", f"/v2/models/{deployment}/infer", body,
+                                           upstream_headers(request))
+            if response.status_code != 200:
+                raise triton_error(response, deployment)
+        except GatewayError as err:
+            return self._error(err, known, deployment, started)
+        self.metrics.observe(model, deployment, 200, time.perf_counter() - started)
+        return Response(response.content, 200, headers=response_headers(response, deployment))
+
+    async def model_metadata(self, request: Request) -> Response:
+        """``GET /v2/models/{model}``: the metadata of the deployment picked for this request."""
+        started = time.perf_counter()
+        model = request.path_params["model"]
+        known, deployment = "", ""
+        try:
+            table = await self._table(request, model)
+            known = model
+            deployment = self._pick(table, request)
+            response = await self._forward(model, deployment, "GET", f"/v2/models/{deployment}")
+            if response.status_code != 200:
+                raise triton_error(response, deployment)
+        except GatewayError as err:
+            return self._error(err, known, deployment, started)
+        self.metrics.observe(model, deployment, 200, time.perf_counter() - started)
+        return Response(response.content, 200, headers=response_headers(response, deployment))
+
+    async def model_ready(self, request: Request) -> Response:
+        """``GET /v2/models/{model}/ready``: 200 when every routed deployment is ready, else 503."""
+        model = request.path_params["model"]
+        known = ""
+        try:
+            table = await self._table(request, model)
+            known = model
+            if not table.deployments:
+                raise GatewayError(503, f"model {model!r} has no deployment to serve it (empty routes)")
+            answers = await asyncio.gather(
+                *(send(self.client, "GET", f"/v2/models/{d}/ready", d) for d in table.deployments),
+                return_exceptions=True,
+            )
+            for deployment, answer in zip(table.deployments, answers, strict=True):
+                if isinstance(answer, BaseException) or answer.status_code != 200:
+                    raise GatewayError(503, f"model {model!r} is not ready: deployment {deployment!r} is not "
+                                            "ready on Triton", deployment)
+        except GatewayError as err:
+            self.metrics.observe(known, err.deployment, err.status)
+            return error_response(err.status, err.message)
+        self.metrics.observe(model, "", 200)
+        return JSONResponse({"name": model, "ready": True})
+
+    async def live(self, request: Request) -> Response:
+        """``GET /v2/health/live``: the process answers."""
+        return JSONResponse({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        """``GET /v2/health/ready``: routes read at least once and Triton ready."""
+        if not self.watcher.loaded:
+            return error_response(503, f"routes not read yet: {self.watcher.last_error or 'first poll running'}")
+        try:
+            response = await send(self.client, "GET", "/v2/health/ready", "")
+        except GatewayError as err:
+            return error_response(503, err.message)
+        if response.status_code != 200:
+            return error_response(503, f"Triton is not ready (HTTP {response.status_code})")
+        return JSONResponse({"ready": True})
+
+    async def metrics_text(self, request: Request) -> Response:
+        """``GET /metrics``: Prometheus text."""
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, str(exc.detail), exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("internal error on %s %s", request.method, request.url.path)
+    return error_response(500, f"internal gateway error: {type(exc).__name__}")
+
+
+def create_app(config: GatewayConfig | None = None, storage: Storage | None = None) -> Starlette:
+    """The gateway app; ``app.state.gateway`` is its :class:`Gateway` (in-flight counters for rollouts).
+
+    Args:
+        config: default :meth:`GatewayConfig.from_settings`.
+        storage: the routes files' storage (default: boto3 from the ``AWS_*`` environment).
+    """
+    gateway = Gateway(config or GatewayConfig.from_settings(), storage)
+    routes = [
+        Route("/v2/health/live", gateway.live, methods=["GET"]),
+        Route("/v2/health/ready", gateway.ready, methods=["GET"]),
+        Route("/v2/models/{model}", gateway.model_metadata, methods=["GET"]),
+        Route("/v2/models/{model}/ready", gateway.model_ready, methods=["GET"]),
+        Route("/v2/models/{model}/infer", gateway.infer, methods=["POST"]),
+        Route("/metrics", gateway.metrics_text, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=gateway.lifespan,
+                    exception_handlers={HTTPException: _http_error, Exception: _internal_error})
+    app.state.gateway = gateway
+    return app

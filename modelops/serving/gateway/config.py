@@ -1,0 +1,48 @@
+"""The gateway's configuration, taken from the ``gateway`` group of :mod:`modelops.settings` in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelops.settings import Settings
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """What one gateway process needs.
+
+    Args:
+        triton_url: Triton's HTTP endpoint (``http://host:port``).
+        routes_uri: ``s3://bucket/routes`` or a local directory of routes files.
+        keys_db: the SQLite key store.
+        max_body_bytes: larger request bodies get 413.
+        routes_poll_s: seconds between routes polls.
+        upstream_timeout_s: timeout of one request to Triton.
+        key_ttl_s: how long a key lookup is cached (a revoked key works at most this long).
+        max_connections: size of the pooled HTTP client to Triton.
+    """
+
+    triton_url: str
+    routes_uri: str
+    keys_db: Path
+    max_body_bytes: int = 16 * MIB
+    routes_poll_s: float = 0.5
+    upstream_timeout_s: float = 60.0
+    key_ttl_s: float = 1.0
+    max_connections: int = 512
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> GatewayConfig:
+        """The configuration of ``settings`` (default: the environment's)."""
+        settings = settings or Settings.from_env()
+        return cls(
+            triton_url=settings.gateway_triton_url,
+            routes_uri=settings.gateway_routes_uri,
+            keys_db=settings.gateway_keys_db,
+            max_body_bytes=int(settings.gateway.max_body_mb * MIB),
+            routes_poll_s=settings.gateway.routes_poll_s,
+            upstream_timeout_s=settings.gateway.upstream_timeout_s,
+        )

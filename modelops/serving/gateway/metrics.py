@@ -1,0 +1,61 @@
+"""Prometheus metrics of the gateway, in a registry of its own (one per app, so tests can build several).
+
+- ``modelops_gateway_requests_total{model, deployment, code}``: answered requests (``deployment`` is
+  ``""`` when none was picked: auth errors, unknown model, no deployment);
+- ``modelops_gateway_request_duration_seconds{model, deployment}``: latency histogram of forwarded requests;
+- ``modelops_gateway_in_flight{model, deployment}``: requests being forwarded now (a rollout waits for 0
+  before it unloads a replaced deployment);
+- ``modelops_gateway_routes_revision{model}``: revision of the routes file being served.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from modelops.serving.gateway.routing import RouteTable
+
+# Sub-millisecond to tens of seconds: small CNNs answer in ~1 ms, big batches in seconds.
+_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class GatewayMetrics:
+    """The gateway's series."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "modelops_gateway_requests", "Requests answered by the gateway.",
+            ("model", "deployment", "code"), registry=self.registry,
+        )
+        self.latency = Histogram(
+            "modelops_gateway_request_duration_seconds", "Latency of requests forwarded to Triton.",
+            ("model", "deployment"), buckets=_BUCKETS, registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "modelops_gateway_in_flight", "Requests being forwarded to Triton now.",
+            ("model", "deployment"), registry=self.registry,
+        )
+        self.routes_revision = Gauge(
+            "modelops_gateway_routes_revision", "Revision of the routes file being served.",
+            ("model",), registry=self.registry,
+        )
+
+    def observe(self, model: str, deployment: str, code: int, seconds: float | None = None) -> None:
+        """Count one answered request (and its latency when it was forwarded)."""
+        self.requests.labels(model, deployment, str(code)).inc()
+        if seconds is not None:
+            self.latency.labels(model, deployment).observe(seconds)
+
+    def set_routes(self, tables: dict[str, RouteTable]) -> None:
+        """Revisions of the tables now served; models whose routes file is gone are dropped."""
+        for model, table in tables.items():
+            self.routes_revision.labels(model).set(table.revision)
+        for labels in list(self.routes_revision._metrics):
+            if labels[0] not in tables:
+                self.routes_revision.remove(*labels)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)

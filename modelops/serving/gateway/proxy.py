@@ -1,0 +1,135 @@
+"""Request bodies in, Triton out: the size limit, the JSON check, and forwarding bytes to one deployment.
+
+Bodies are bytes from end to end. The gateway parses only the JSON inference header (the whole body for
+``application/json``, the first ``Inference-Header-Content-Length`` bytes for the binary-tensor
+extension) to answer malformed JSON with 400 itself; binary tensors and compressed bodies go to Triton
+untouched, and Triton's own refusal (a wrong shape or datatype) is passed on as 400 with its message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+from starlette.requests import Request
+
+from modelops.serving.gateway.errors import GatewayError
+
+HEADER_LENGTH = "inference-header-content-length"
+# Request headers Triton needs; nothing else goes upstream (never Authorization: the key stays here).
+FORWARDED_REQUEST = ("content-type", HEADER_LENGTH, "content-encoding", "accept-encoding")
+FORWARDED_RESPONSE = ("content-type", HEADER_LENGTH, "content-encoding")
+# What Triton answers when the deployment is not loaded (or not ready): a serving problem, not the client's.
+_NOT_SERVED = re.compile(r"unknown model|is not ready|no available version|not loaded", re.IGNORECASE)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 from ``Content-Length`` before reading, or while streaming.
+
+    Raises:
+        GatewayError: 413 over ``limit`` bytes, 400 for a ``Content-Length`` that is not a number.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise GatewayError(400, f"invalid Content-Length {declared[:40]!r}") from None
+        if size > limit:
+            raise GatewayError(413, f"request body of {size} bytes is over the gateway's limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(413, f"request body is over the gateway's limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def check_inference_header(body: bytes, headers: httpx.Headers | dict[str, str]) -> None:
+    """400 unless the JSON part of an inference request is a JSON object; other bodies are Triton's to judge.
+
+    Raises:
+        GatewayError: 400 with the parser's message.
+    """
+    if headers.get("content-encoding"):
+        return  # compressed: Triton decompresses and judges
+    header_length = headers.get(HEADER_LENGTH)
+    if header_length is not None:
+        try:
+            length = int(header_length)
+        except ValueError:
+            raise GatewayError(400, f"invalid Inference-Header-Content-Length {header_length[:40]!r}") from None
+        if not 0 < length <= len(body):
+            raise GatewayError(400, f"Inference-Header-Content-Length {length} does not fit a body of {len(body)} "
+                                    "bytes")
+        head = body[:length]
+    else:
+        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media not in ("", "application/json") and not media.endswith("+json"):
+            return
+        head = body
+    try:
+        doc = json.loads(head)
+    except UnicodeDecodeError:
+        raise GatewayError(400, "malformed JSON: the inference request is not UTF-8") from None
+    except ValueError as exc:
+        raise GatewayError(400, f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise GatewayError(400, "malformed inference request: the JSON must be an object with 'inputs'")
+
+
+def upstream_headers(request: Request) -> dict[str, str]:
+    """The request headers Triton needs."""
+    headers = request.headers
+    return {name: headers[name] for name in FORWARDED_REQUEST if name in headers}
+
+
+def response_headers(response: httpx.Response, deployment: str) -> dict[str, str]:
+    """Triton's content headers plus ``X-ModelOps-Deployment``."""
+    out = {name: response.headers[name] for name in FORWARDED_RESPONSE if name in response.headers}
+    out["x-modelops-deployment"] = deployment
+    return out
+
+
+async def send(
+    client: httpx.AsyncClient, method: str, path: str, deployment: str, body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """One request to Triton; a refused or lost connection is 503, a timeout 504.
+
+    A pooled keep-alive connection that Triton closed meanwhile is retried once on a fresh one.
+
+    Raises:
+        GatewayError: 503 (Triton unreachable) or 504 (no answer in time).
+    """
+    for attempt in (1, 2):
+        try:
+            return await client.request(method, path, content=body or None, headers=headers)
+        except httpx.RemoteProtocolError:
+            if attempt == 2:
+                raise GatewayError(503, f"Triton closed the connection for deployment {deployment!r}",
+                                   deployment) from None
+        except httpx.TimeoutException as exc:
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise GatewayError(503, "Triton is unreachable (connect timeout)", deployment) from None
+            raise GatewayError(504, f"Triton did not answer in time for deployment {deployment!r}",
+                               deployment) from None
+        except httpx.TransportError as exc:
+            raise GatewayError(503, f"Triton is unreachable: {type(exc).__name__}", deployment) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def triton_error(response: httpx.Response, deployment: str) -> GatewayError:
+    """The gateway's answer to a Triton error: 400 with Triton's message, 503 for a deployment not served."""
+    try:
+        message = str(json.loads(response.content).get("error", "")) or response.reason_phrase
+    except (ValueError, AttributeError):
+        message = response.text[:500] or response.reason_phrase
+    if response.status_code in (400, 404) and _NOT_SERVED.search(message):
+        return GatewayError(503, f"deployment {deployment!r} is not ready: {message}", deployment)
+    if response.status_code < 500:
+        return GatewayError(400 if response.status_code != 429 else 429, message, deployment)
+    return GatewayError(502, f"Triton failed: {message}", deployment)
