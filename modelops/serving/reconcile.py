@@ -26,7 +26,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -38,7 +37,6 @@ from modelops.storage import Storage
 log = logging.getLogger(__name__)
 
 READY, LOADED, INVALID, FAILED = "ready", "loaded", "invalid", "failed"
-LOAD_WORKERS = 4  # deployments loaded at once (Triton loads models in parallel)
 
 
 @dataclass(frozen=True)
@@ -128,14 +126,15 @@ def reconcile(
     Returns:
         One :class:`Action` per routed deployment, sorted by deployment name.
     """
-    wanted = routed_deployments(storage, triton_bucket)
-    with ThreadPoolExecutor(max_workers=LOAD_WORKERS) as pool:
-        actions = list(pool.map(lambda item: _converge(client, storage, triton_bucket, *item), wanted.items()))
-    for action in actions:
+    actions = []
+    # One deployment after the other: a tritonclient.http client (gevent) must stay on the thread that made it.
+    for deployment, models in routed_deployments(storage, triton_bucket).items():
+        action = _converge(client, storage, triton_bucket, deployment, models)
         level = logging.INFO if action.action in (READY, LOADED) else logging.WARNING
         log.log(level, "%s", action.line())
         if say is not None:
             say(action.line())
+        actions.append(action)
     return actions
 
 
