@@ -1,6 +1,6 @@
 """The ``modelops`` command line.
 
-modelops stack up [SERVICE ...]      start the embedded stack (SeaweedFS, MLflow, Triton, Airflow)
+modelops stack up [SERVICE ...]      start the embedded stack (SeaweedFS, MLflow, Triton, gateway, Airflow)
 modelops stack down [--purge]        stop it (data kept unless --purge)
 modelops stack status [--json]       endpoints and processes; --json also prints the credentials
 modelops demo                        the end-to-end demo (modelops/local/demo.py)
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    stack = commands.add_parser("stack", help="the embedded local stack (SeaweedFS, MLflow, Triton, Airflow)")
+    stack = commands.add_parser("stack", help="the embedded local stack (SeaweedFS, MLflow, Triton, gateway, Airflow)")
     stack_cmds = stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
     names = f"services (default: all): {', '.join(SERVICES)}; dependencies are included"
 

@@ -181,8 +181,12 @@ def test_status_shape_and_client_env(settings: Settings) -> None:
     assert status["triton"]["repository"] == "s3://127.0.0.1:8433/triton"
     assert status["airflow"]["url"] == "http://127.0.0.1:8180"
     assert (status["airflow"]["username"], status["airflow"]["password"]) == ("admin", creds.airflow_password)
+    assert status["gateway"]["url"] == "http://127.0.0.1:9100"
+    assert status["gateway"]["metrics"] == "http://127.0.0.1:9100/metrics"
+    assert status["gateway"]["keys_db"] == str(settings.stack_dir / "gateway" / "keys.db")
+    assert status["gateway"]["routes"] == "s3://triton/routes"
     assert status["stack_dir"] == str(settings.stack_dir)
-    for name in ("s3", "mlflow", "triton", "airflow"):
+    for name in ("s3", "mlflow", "triton", "gateway", "airflow"):
         assert set(status[name]) >= {"pid", "log", "running"}
         assert status[name]["log"].startswith(str(settings.stack_dir / "logs"))
     assert status["s3"]["running"] is True and status["mlflow"]["running"] is False
@@ -236,7 +240,7 @@ def test_status_before_first_up_has_no_secrets(settings: Settings) -> None:
     assert status["initialized"] is False
     assert status["s3"]["secret_key"] is None and status["airflow"]["password"] is None
     assert status["triton"]["admin_token"] is None
-    assert not any(status[name]["running"] for name in ("s3", "mlflow", "triton", "airflow"))
+    assert not any(status[name]["running"] for name in ("s3", "mlflow", "triton", "gateway", "airflow"))
     assert not settings.stack_dir.exists(), "status must not create the stack directory"
 
 
@@ -257,6 +261,34 @@ def test_service_env_scrubs_caller_stack_variables(settings: Settings, monkeypat
     assert env["AIRFLOW__CORE__FERNET_KEY"] == state.credentials.airflow_fernet_key
     assert env["PATH"].split(os.pathsep)[0] == str(airflow_home.shim_dir(state))
     assert env["PYTHONPATH"] == str(settings.repo_root)
+
+
+def test_gateway_runs_on_the_orchestrator_python_against_the_stack_triton(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelops.local.stack.services import SPECS, Context
+
+    monkeypatch.setenv("MODELOPS_GATEWAY_TRITON_URL", "http://elsewhere:1")  # a caller's value must not leak
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-the-caller")
+    state = StackState.new(settings.stack_dir, 300)
+    ctx = Context(state, settings)
+    spec = SPECS["gateway"]
+    assert spec.requires == ("s3", "triton") and spec.ports == ("gateway",)
+    cmd = spec.command(ctx)
+    assert cmd[0] == str(ctx.orchestrator_bin / "python")
+    assert cmd[1:] == ["-m", "modelops.serving.gateway", "--host", "127.0.0.1", "--port", "9300",
+                       "--log-level", "info"]
+    env = spec.env(ctx)
+    assert env["MODELOPS_GATEWAY_TRITON_URL"] == "http://127.0.0.1:8300"
+    assert env["MODELOPS_GATEWAY_KEYS_DB"] == str(settings.stack_dir / "gateway" / "keys.db")
+    assert env["MODELOPS_TRITON_BUCKET"] == "triton"
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:8633"
+    assert env["AWS_ACCESS_KEY_ID"] == state.credentials.s3_access_key
+    assert (env["MODELOPS_STACK_DIR"], env["MODELOPS_PORT_OFFSET"]) == (str(settings.stack_dir), "300")
+    assert env["PYTHONPATH"] == str(settings.repo_root)
+    settings.stack_dir.mkdir(parents=True)
+    spec.prepare(ctx)
+    assert stat.S_IMODE(os.stat(settings.stack_dir / "gateway").st_mode) == 0o700
 
 
 # -- airflow.cfg ------------------------------------------------------------------------------------
@@ -305,11 +337,13 @@ def test_airflow_home_prepare_writes_private_files_and_shim(settings: Settings) 
 
 # -- service graph and processes --------------------------------------------------------------------
 def test_requirements_and_dependents() -> None:
-    assert manager.with_requirements(None) == ["s3", "mlflow", "triton", "airflow"]
+    assert manager.with_requirements(None) == ["s3", "mlflow", "triton", "gateway", "airflow"]
     assert manager.with_requirements(["mlflow"]) == ["s3", "mlflow"]
     assert manager.with_requirements(["seaweedfs", "airflow"]) == ["s3", "mlflow", "triton", "airflow"]
-    assert manager.with_dependents(["triton"]) == ["triton", "airflow"]
-    assert manager.with_dependents(["s3"]) == ["s3", "mlflow", "triton", "airflow"]
+    assert manager.with_requirements(["gateway"]) == ["s3", "triton", "gateway"]
+    assert manager.with_dependents(["triton"]) == ["triton", "gateway", "airflow"]
+    assert manager.with_dependents(["gateway"]) == ["gateway"]
+    assert manager.with_dependents(["s3"]) == ["s3", "mlflow", "triton", "gateway", "airflow"]
     with pytest.raises(StackError, match="unknown service"):
         manager.with_requirements(["postgres"])
 

@@ -16,8 +16,10 @@ from modelops.settings import Settings
 from modelops.storage import S3Config
 
 # Service keys, in start order; the label names the process in messages and its log file.
-SERVICES: tuple[str, ...] = ("s3", "mlflow", "triton", "airflow")
-LABELS: dict[str, str] = {"s3": "seaweedfs", "mlflow": "mlflow", "triton": "triton", "airflow": "airflow"}
+SERVICES: tuple[str, ...] = ("s3", "mlflow", "triton", "gateway", "airflow")
+LABELS: dict[str, str] = {
+    "s3": "seaweedfs", "mlflow": "mlflow", "triton": "triton", "gateway": "gateway", "airflow": "airflow",
+}
 REGION = "us-east-1"
 
 
@@ -32,6 +34,16 @@ def s3_endpoint(state: StackState) -> str:
 
 def mlflow_url(state: StackState) -> str:
     return f"http://{HOST}:{state.ports['mlflow']}"
+
+
+def gateway_url(state: StackState) -> str:
+    """The serving gateway's base URL (``http://127.0.0.1:<9000 + offset>``)."""
+    return f"http://{HOST}:{state.ports['gateway']}"
+
+
+def gateway_keys_db(state: StackState, settings: Settings) -> Path:
+    """The gateway's key store: ``MODELOPS_GATEWAY_KEYS_DB`` or ``<stack dir>/gateway/keys.db``."""
+    return settings.gateway.keys_db or state.stack_dir / "gateway" / "keys.db"
 
 
 def triton_repository(state: StackState, settings: Settings) -> str:
@@ -91,6 +103,14 @@ def build_status(state: StackState, settings: Settings, running: Mapping[str, bo
             "admin_header": ADMIN_HEADER,
             "admin_token": creds.triton_admin_token,
             **proc("triton"),
+        },
+        "gateway": {
+            "url": gateway_url(state),
+            "port": ports["gateway"],
+            "metrics": f"{gateway_url(state)}/metrics",
+            "keys_db": str(gateway_keys_db(state, settings)),
+            "routes": settings.gateway_routes_uri,
+            **proc("gateway"),
         },
         "airflow": {
             "url": f"http://{HOST}:{ports['airflow']}",

@@ -31,6 +31,7 @@ _ALIASES = {
     "mlflow": "mlflow",
     "triton": "triton",
     "airflow": "airflow",
+    "gateway": "gateway",
 }
 
 
@@ -206,8 +207,8 @@ def status(settings: Settings | None = None) -> dict[str, Any]:
 
     Keys: ``stack_dir``, ``port_offset``, ``initialized``, ``ports`` and one object per service: ``s3``
     (endpoint, access_key, secret_key, region, *_bucket), ``mlflow`` (url), ``triton`` (http, grpc, metrics,
-    repository, admin_header, admin_token), ``airflow`` (url, username, password); each also has pid, log, running and state. Before
-    the first ``up`` the secrets are None.
+    repository, admin_header, admin_token), ``gateway`` (url, metrics, keys_db, routes), ``airflow`` (url,
+    username, password); each also has pid, log, running and state. Before the first ``up`` the secrets are None.
     """
     settings = settings or Settings.from_env()
     state = StackState.load(settings.stack_dir) if settings.stack_dir.exists() else None

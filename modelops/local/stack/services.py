@@ -1,7 +1,7 @@
-"""The four services of the embedded stack: command line, environment, preparation and health check.
+"""The five services of the embedded stack: command line, environment, preparation and health check.
 
-SeaweedFS (S3) -> MLflow -> Triton -> Airflow (its definition in :mod:`~modelops.local.stack.airflow_service`),
-each a real server bound to 127.0.0.1. Nothing here imports
+SeaweedFS (S3) -> MLflow -> Triton -> serving gateway -> Airflow (its definition in
+:mod:`~modelops.local.stack.airflow_service`), each a real server bound to 127.0.0.1. Nothing here imports
 Airflow, MLflow or Triton: the stack only spawns their binaries and talks HTTP (and boto3 for S3).
 """
 
@@ -22,7 +22,14 @@ from modelops.local.stack.airflow_service import (
     airflow_env,
     airflow_token,
 )
-from modelops.local.stack.endpoints import mlflow_url, s3_endpoint, s3_env, triton_repository
+from modelops.local.stack.endpoints import (
+    gateway_keys_db,
+    gateway_url,
+    mlflow_url,
+    s3_endpoint,
+    s3_env,
+    triton_repository,
+)
 from modelops.local.stack.service_spec import Context, ServiceSpec, _path_with, http
 from modelops.local.stack.state import HOST, StackError, write_private
 from modelops.serving.triton.admin import ADMIN_HEADER, admin_headers, restricted_args
@@ -220,6 +227,36 @@ def _triton_configure(ctx: Context) -> None:
         process.say(f"reconcile of the routed deployments failed: {str(exc).splitlines()[0] if str(exc) else exc!r}")
 
 
+# -- serving gateway --------------------------------------------------------------------------------
+def _gateway_prepare(ctx: Context) -> None:
+    keys_dir = gateway_keys_db(ctx.state, ctx.settings).parent
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(keys_dir, 0o700)  # the key store and its pepper
+
+
+def _gateway_command(ctx: Context) -> list[str]:
+    # the orchestrator environment's interpreter (uvicorn, httpx, boto3, prometheus-client live there)
+    return [str(ctx.binary("python")), "-m", "modelops.serving.gateway", "--host", HOST,
+            "--port", str(ctx.state.ports["gateway"]), "--log-level", "info"]
+
+
+def _gateway_env(ctx: Context) -> dict[str, str]:
+    status = ctx.status
+    return {
+        **ctx.base_env(),
+        **s3_env(status),
+        "PATH": _path_with(ctx.orchestrator_bin),
+        "PYTHONPATH": str(ctx.settings.repo_root),
+        "MODELOPS_TRITON_BUCKET": ctx.settings.triton_bucket,
+        "MODELOPS_GATEWAY_TRITON_URL": status["triton"]["http"],
+        "MODELOPS_GATEWAY_KEYS_DB": str(gateway_keys_db(ctx.state, ctx.settings)),
+    }
+
+
+def _gateway_health(ctx: Context) -> bool:
+    return http("GET", f"{gateway_url(ctx.state)}/v2/health/live")[0] == 200
+
+
 SPECS: dict[str, ServiceSpec] = {
     "s3": ServiceSpec(
         name="seaweedfs",
@@ -263,6 +300,16 @@ SPECS: dict[str, ServiceSpec] = {
         health=_triton_health,
         prepare=_triton_prepare,
         configure=_triton_configure,
+    ),
+    "gateway": ServiceSpec(
+        name="gateway",
+        ports=("gateway",),
+        requires=("s3", "triton"),
+        timeout_s=30,
+        command=_gateway_command,
+        env=_gateway_env,
+        health=_gateway_health,
+        prepare=_gateway_prepare,
     ),
     "airflow": ServiceSpec(
         name="airflow",

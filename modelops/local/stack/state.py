@@ -43,6 +43,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "airflow": 8080,
     "airflow_worker_log": 8793,
     "airflow_trigger_log": 8794,
+    "gateway": 9000,
 }
 
 
