@@ -175,8 +175,40 @@ def test_triton_text_batch_equals_onnxruntime(pipeline, tmp_path):
     texts = ["Grüße aus Köln — 東京 too!", "short", " ".join(EVAL_SENTENCES[:40]), EVAL_SENTENCES[7]]
     with TritonProcess(tmp_path / "repo", ["minilm"], log_path=tmp_path / "triton.log") as server:
         got = server.infer("minilm", {"text": np.array([[t] for t in texts], dtype=object)})["embedding"]
+        codes = _concurrent_good_and_bad_texts(server.http_url, "minilm")
+    # one client's non-UTF-8 text is refused alone (400); the requests batched with it are answered
+    assert set(codes["bad"]) == {400} and set(codes["good"]) == {200}, codes
     feeds = tokenize(RECIPE.tokenizer(), texts, 256)
     assert feeds["attention_mask"].sum(axis=1).max() == 256
     want = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     assert got.shape == (4, 384)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def _concurrent_good_and_bad_texts(url: str, model: str) -> dict[str, list[int]]:
+    """16 concurrent requests (binary tensors), every fourth a text that is not UTF-8: HTTP status per kind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    def one(i: int) -> tuple[str, int]:
+        bad = i % 4 == 0
+        text = np.array([[b"caf\xe9 \xff" if bad else f"sentence {i}".encode()]], dtype=object)
+        inp = httpclient.InferInput("text", [1, 1], "BYTES")
+        inp.set_data_from_numpy(text, binary_data=True)
+        client = httpclient.InferenceServerClient(url=url.removeprefix("http://"), network_timeout=60.0)
+        try:
+            client.infer(model, [inp])
+            code = 200
+        except InferenceServerException as exc:
+            code = int(exc.status() or 0) if str(exc.status() or "").isdigit() else 500
+        finally:
+            client.close()
+        return ("bad" if bad else "good"), code
+
+    codes: dict[str, list[int]] = {"good": [], "bad": []}
+    with ThreadPoolExecutor(16) as pool:
+        for kind, code in pool.map(one, range(16)):
+            codes[kind].append(code)
+    return codes

@@ -133,15 +133,40 @@ def tokenize(tokenizer, pad_id, texts):
 
 
 def texts_of(request, name):
-    """The request's texts (one per row of its ``[batch, 1]`` BYTES tensor) as str."""
+    """The request's texts (one per row of its ``[batch, 1]`` BYTES tensor) as str.
+
+    Raises:
+        UnicodeDecodeError: a row is not UTF-8 (the caller answers that request alone with an error).
+    """
     values = pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
+def client_error(message):
+    """A ``TritonError`` for a client's mistake: INVALID_ARG, which Triton answers with HTTP 400 (the default,
+    INTERNAL, would be a 500). ``pb_utils.TritonError`` exists only once the stub runs, not at import."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
 def embed_requests(requests, config, tokenizer, pad_id, embed):
-    """Tokenize the texts of all requests together, ``embed(tokens) -> [N, dim]`` once, answer per request."""
+    """Tokenize the texts of all requests together, ``embed(tokens) -> [N, dim]`` once, answer per request.
+
+    A request whose text is not UTF-8 gets its own error response (Triton answers it with 400) and is left
+    out of the batch: one client's bad bytes never fail the other requests of the same dynamic batch.
+    """
     (input_name, _), output = tensor_specs(config, "input")[0], tensor_specs(config, "output")[0]
-    per_request = [texts_of(r, input_name) for r in requests]
-    embeddings = embed(tokenize(tokenizer, pad_id, [t for texts in per_request for t in texts]))
-    bounds = np.cumsum([len(texts) for texts in per_request])[:-1]
-    return responses([[part] for part in np.split(embeddings, bounds)], [output])
+    texts, errors = {}, {}
+    for index, request in enumerate(requests):
+        try:
+            texts[index] = texts_of(request, input_name)
+        except UnicodeDecodeError as exc:
+            message = f"input '{input_name}' is not UTF-8 text: {exc.reason} at byte {exc.start}"
+            errors[index] = pb_utils.InferenceResponse(error=client_error(message))
+    good = list(texts.values())
+    answers = {}
+    if good:
+        embeddings = embed(tokenize(tokenizer, pad_id, [t for row in good for t in row]))
+        bounds = np.cumsum([len(row) for row in good])[:-1]
+        answers = dict(zip(texts, responses([[part] for part in np.split(embeddings, bounds)], [output])))
+    return [answers[i] if i in answers else errors[i] for i in range(len(requests))]
