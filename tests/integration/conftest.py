@@ -85,3 +85,63 @@ def register(stack, settings):
         return register_demo_model(settings, stack_mod.client_env(stack), kind, name, alias, serialization)
 
     return _register
+
+
+PLUS_K = """
+import sys, onnx
+from onnx import TensorProto, helper
+x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+k = helper.make_tensor("k", TensorProto.FLOAT, [1], [float(sys.argv[2])])
+graph = helper.make_graph([helper.make_node("Add", ["x", "k"], ["y"])], "plus_k", [x], [y], [k])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+onnx.save(model, sys.argv[1])
+"""
+
+
+@pytest.fixture(scope="session")
+def publish_plus_k(settings, storage, tmp_path_factory):
+    """Publish a tiny ``y = x + k`` ONNX Runtime deployment as the pipeline does (files, manifest, smoke npz).
+
+    The deployment is not loaded and not routed: hand the returned ``deploy_kwargs`` to
+    :func:`modelops.serving.deploy.deploy` for that. Far cheaper than a DAG run; ``k`` tells deployments apart.
+    """
+    import io
+    import json
+    import subprocess
+
+    import numpy as np
+
+    from modelops.serving.publish import MANIFEST, file_table
+    from modelops.serving.triton.model_dir import build_model_dir
+
+    io_spec = {"inputs": [{"name": "x", "dtype": "float32", "dims": [4]}],
+               "outputs": [{"name": "y", "dtype": "float32", "dims": [4]}]}
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+    def npz(**arrays) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    def _publish(model: str, deployment: str, k: float) -> dict:
+        tmp = tmp_path_factory.mktemp(deployment.replace("--", "-"))
+        onnx_path = tmp / "plus_k.onnx"
+        subprocess.run([str(settings.worker_python), "-c", PLUS_K, str(onnx_path), str(k)], check=True, timeout=120)
+        root = build_model_dir(tmp / deployment, name=deployment, kind="onnxruntime", model_path=onnx_path,
+                               io=io_spec, max_batch_size=8)
+        uri = f"s3://{settings.triton_bucket}/{deployment}"
+        files = file_table(root)
+        for rel in files:
+            storage.upload_file(root / rel, f"{uri}/{rel}")
+        manifest = {"deployment": deployment, "model": model, "variant": "ort_fp32", "files": files}
+        storage.write_bytes(f"{uri}/{MANIFEST}", json.dumps(manifest).encode(), if_none_match=True)
+        prefix = f"s3://{settings.artifacts_bucket}/tests/{deployment}"
+        storage.write_bytes(f"{prefix}/samples.npz", npz(x=x, **{"output:y": x + k}))
+        storage.write_bytes(f"{prefix}/candidate.npz", npz(y=x + k))
+        return {"model": model, "deployment": deployment, "k": k, "x": x,
+                "deploy_kwargs": {"samples_uri": f"{prefix}/samples.npz",
+                                  "candidate_outputs_uri": f"{prefix}/candidate.npz", "run_id": f"test-{deployment}"}}
+
+    return _publish

@@ -72,7 +72,9 @@ class Gateway:
         """Open the pooled Triton client and start the routes watcher; close both at shutdown."""
         limits = httpx.Limits(max_connections=self.config.max_connections,
                               max_keepalive_connections=self.config.max_connections)
+        # identity: answers pass through as Triton wrote them (no gzip round trip, no Content-Encoding mismatch)
         self._client = httpx.AsyncClient(base_url=self.config.triton_url, limits=limits,
+                                         headers={"accept-encoding": "identity"},
                                          timeout=httpx.Timeout(self.config.upstream_timeout_s, connect=5.0))
         await self.watcher.start()
         log.info("gateway up: triton %s, routes %s, %d model(s)", self.config.triton_url, self.config.routes_uri,

@@ -18,10 +18,14 @@ from modelops.serving.gateway.errors import GatewayError
 
 HEADER_LENGTH = "inference-header-content-length"
 # Request headers Triton needs; nothing else goes upstream (never Authorization: the key stays here).
-FORWARDED_REQUEST = ("content-type", HEADER_LENGTH, "content-encoding", "accept-encoding")
-FORWARDED_RESPONSE = ("content-type", HEADER_LENGTH, "content-encoding")
+# Answers come back uncompressed (the upstream client asks Triton for identity): the client's Accept-Encoding is
+# not forwarded and no Content-Encoding is passed back (httpx would have decoded the bytes already).
+FORWARDED_REQUEST = ("content-type", HEADER_LENGTH, "content-encoding")
+FORWARDED_RESPONSE = ("content-type", HEADER_LENGTH)
 # What Triton answers when the deployment is not loaded (or not ready): a serving problem, not the client's.
 _NOT_SERVED = re.compile(r"unknown model|is not ready|no available version|not loaded", re.IGNORECASE)
+# Triton answers some malformed tensors with 500 (e.g. float data declared INT32): still the client's mistake.
+_BAD_TENSOR = re.compile(r"^(\[request id: [^\]]*\] )?Unable to parse '")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -123,13 +127,14 @@ async def send(
 
 
 def triton_error(response: httpx.Response, deployment: str) -> GatewayError:
-    """The gateway's answer to a Triton error: 400 with Triton's message, 503 for a deployment not served."""
+    """The gateway's answer to a Triton error: 400 with Triton's message (also for a tensor Triton could not parse,
+    which it answers with 500), 503 for a deployment not served, 502 for Triton's own failures."""
     try:
         message = str(json.loads(response.content).get("error", "")) or response.reason_phrase
     except (ValueError, AttributeError):
         message = response.text[:500] or response.reason_phrase
     if response.status_code in (400, 404) and _NOT_SERVED.search(message):
         return GatewayError(503, f"deployment {deployment!r} is not ready: {message}", deployment)
-    if response.status_code < 500:
+    if response.status_code < 500 or _BAD_TENSOR.match(message):
         return GatewayError(400 if response.status_code != 429 else 429, message, deployment)
     return GatewayError(502, f"Triton failed: {message}", deployment)
