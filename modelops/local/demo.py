@@ -1,5 +1,6 @@
-"""``modelops demo``: stack up, register the digits CNN as ``champion``, run ``optimize_model`` through
-Airflow's REST API, show task progress, then print the summary and how to stop the stack."""
+"""``modelops demo``: stack up, register the demo models as ``champion``, run ``optimize_model`` on each through
+Airflow's REST API, show task progress, check that every deployed model answers through the serving gateway
+with the demo's API key, then print the summary, a working curl line and how to stop the stack."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -87,6 +89,102 @@ DEMO_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "mobilenet": ("mobilenet", "mobilenet_v2", {"latency_slo_ms": 500.0}),
 }
 DEFAULT_DEMO = ("digits", "tabular", "minilm", "mobilenet")
+DEMO_KEY_NAME = "demo"
+DEMO_TEXT = "ModelOps serves this sentence through the gateway."
+
+
+def demo_key(status: dict[str, Any]) -> tuple[str, Path, bool]:
+    """The demo's API key (granted ``*``), kept in ``<keys dir>/demo.key`` (mode 600) across demo runs.
+
+    A stored key that still works is reused; otherwise the active key named ``demo`` (its secret lost) is
+    revoked and a new one created. Returns ``(key, key file, created now)``.
+    """
+    from modelops.local.stack.state import write_private
+    from modelops.serving.gateway.keys import KeyStore, split_key
+
+    store = KeyStore(Path(status["gateway"]["keys_db"]))
+    path = store.path.parent / "demo.key"
+    if path.exists():
+        key = path.read_text().strip()
+        parts = split_key(key)
+        stored = store.lookup(parts[0]) if parts else None
+        if parts and stored and stored.key.name == DEMO_KEY_NAME and store.verify(stored, parts[1]):
+            return key, path, False
+    if any(k.name == DEMO_KEY_NAME and k.active for k in store.list()):
+        store.revoke(DEMO_KEY_NAME)
+    _, key = store.create(DEMO_KEY_NAME, "*")
+    write_private(path, key + "\n")
+    return key, path, True
+
+
+def sample_request(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A KServe v2 JSON request of batch 1 for a model's metadata: raw text for BYTES inputs, zeros otherwise."""
+    inputs = []
+    for tensor in metadata["inputs"]:
+        shape = [1 if int(d) < 0 else int(d) for d in tensor["shape"]]
+        count = 1
+        for d in shape:
+            count *= d
+        data: list[Any] = [DEMO_TEXT] * count if tensor["datatype"] == "BYTES" else [0] * count
+        inputs.append({"name": tensor["name"], "shape": shape, "datatype": tensor["datatype"], "data": data})
+    return {"inputs": inputs}
+
+
+def check_gateway(url: str, key: str, model: str, timeout_s: float = 30.0) -> tuple[str, dict[str, Any]]:
+    """One real inference of ``model`` through the gateway; returns ``(deployment that answered, request)``.
+
+    Retries while the gateway has not yet read the model's routes (404/503) for up to ``timeout_s``.
+
+    Raises:
+        RuntimeError: the model did not answer 200 (with the gateway's error message).
+    """
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"}
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=url, headers=headers, trust_env=False, timeout=60.0) as client:
+        while True:
+            meta = client.get(f"/v2/models/{model}")
+            if meta.status_code == 200:
+                request = sample_request(meta.json())
+                answer = client.post(f"/v2/models/{model}/infer", json=request)
+                if answer.status_code == 200:
+                    return answer.headers.get("x-modelops-deployment", "?"), request
+            else:
+                answer = meta
+            if answer.status_code not in (404, 503) or time.monotonic() > deadline:
+                error = answer.json().get("error") if answer.headers.get("content-type", "").endswith("json") else ""
+                raise RuntimeError(f"{model} through the gateway: HTTP {answer.status_code} {error or answer.text[:200]}")
+            time.sleep(0.5)
+
+
+def gateway_summary(status: dict[str, Any], models: list[str]) -> bool:
+    """Check every deployed demo model through the gateway with the demo key; print the URL and a curl line."""
+    if not models:
+        return True
+    url = status["gateway"]["url"]
+    key, key_file, created = demo_key(status)
+    table = Table(title=f"through the serving gateway {url}")
+    for col in ("model", "answered by", "status"):
+        table.add_column(col)
+    requests: dict[str, dict[str, Any]] = {}
+    for model in models:
+        try:
+            deployment, requests[model] = check_gateway(url, key, model)
+            table.add_row(model, deployment, "[green]200[/green]")
+        except (RuntimeError, OSError) as exc:
+            table.add_row(model, "-", f"[red]{exc}[/red]")
+    console.print(table)
+    console.print(f"gateway: {url}  (metrics {status['gateway']['metrics']})")
+    if created:
+        console.print(f"API key (granted '*', shown once, also kept in {key_file}):\n  {key}")
+    console.print(f"KEY=$(cat {key_file})")
+    if requests:
+        model = min(requests, key=lambda m: len(json.dumps(requests[m])))
+        body = json.dumps(requests[model], separators=(",", ":"))
+        console.print(f'curl -H "Authorization: Bearer $KEY" {url}/v2/models/{model}/infer -d \'{body}\'',
+                      soft_wrap=True, highlight=False, markup=False)
+    return len(requests) == len(models)
 
 
 def demo_one(settings: Settings, status: dict[str, Any], api: AirflowAPI, key: str) -> dict[str, Any] | None:
@@ -126,7 +224,7 @@ def main(args: Any = None) -> int:
         return 2
     t0 = time.monotonic()
     console.rule("[bold]ModelOps demo")
-    console.print("starting the embedded stack (SeaweedFS, MLflow, Triton, Airflow) ...")
+    console.print("starting the embedded stack (SeaweedFS, MLflow, Triton, gateway, Airflow) ...")
     status = stack.up()
     console.print(f"stack ready in {time.monotonic() - t0:.1f} s")
     api = airflow_client(status)
@@ -144,11 +242,12 @@ def main(args: Any = None) -> int:
                       _fmt(chosen.get("metric"), ".4f"), _fmt(summary.get("dag_run_s"), ".1f"),
                       summary.get("deployment") or summary.get("reason") or "-")
     console.print(table)
+    served = gateway_summary(status, [s["model"] for s in results.values() if s and s.get("deployment")])
     console.print(f"demo total: {time.monotonic() - t0:.1f} s")
     console.print(f"Airflow: {status['airflow']['url']}/dags/{DAG_ID}  (user {status['airflow']['username']}, "
                   "password: `.venv/bin/modelops stack status --json`)")
     console.print("stop the stack with: [bold].venv/bin/modelops stack down[/bold]  (or `make stack-down`)")
-    return 0 if all(results.values()) else 1
+    return 0 if all(results.values()) and served else 1
 
 
 if __name__ == "__main__":
