@@ -121,34 +121,29 @@ class Gateway:
     # -- endpoints ------------------------------------------------------------------------------
     async def infer(self, request: Request) -> Response:
         """``POST /v2/models/{model}/infer``."""
+        return await self._proxied(request, "POST", "/infer")
+
+    async def model_metadata(self, request: Request) -> Response:
+        """``GET /v2/models/{model}``: the metadata of the deployment picked for this request."""
+        return await self._proxied(request, "GET", "")
+
+    async def _proxied(self, request: Request, method: str, suffix: str) -> Response:
+        """Pick a deployment of ``{model}`` and forward ``<method> /v2/models/<deployment><suffix>`` to Triton;
+        a POST carries the request's body (checked against the size limit and the binary-tensor header)."""
         started = time.perf_counter()
         model = request.path_params["model"]
         known, deployment = "", ""
         try:
             table = await self._table(request, model)
             known = model  # metrics label only names models that exist (no series per probed name)
-            body = await read_body(request, self.config.max_body_bytes)
-            check_inference_header(body, request.headers)
+            body, headers = b"", None
+            if method == "POST":
+                body = await read_body(request, self.config.max_body_bytes)
+                check_inference_header(body, request.headers)
+                headers = upstream_headers(request)
             deployment = self._pick(table, request)
-            response = await self._forward(model, deployment, "POST", f"/v2/models/{deployment}/infer", body,
-                                           upstream_headers(request))
-            if response.status_code != 200:
-                raise triton_error(response, deployment)
-        except GatewayError as err:
-            return self._error(err, known, deployment, started)
-        self.metrics.observe(model, deployment, 200, time.perf_counter() - started)
-        return Response(response.content, 200, headers=response_headers(response, deployment))
-
-    async def model_metadata(self, request: Request) -> Response:
-        """``GET /v2/models/{model}``: the metadata of the deployment picked for this request."""
-        started = time.perf_counter()
-        model = request.path_params["model"]
-        known, deployment = "", ""
-        try:
-            table = await self._table(request, model)
-            known = model
-            deployment = self._pick(table, request)
-            response = await self._forward(model, deployment, "GET", f"/v2/models/{deployment}")
+            response = await self._forward(model, deployment, method, f"/v2/models/{deployment}{suffix}", body,
+                                           headers)
             if response.status_code != 200:
                 raise triton_error(response, deployment)
         except GatewayError as err:
