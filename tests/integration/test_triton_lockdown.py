@@ -7,7 +7,6 @@ Triton gets its routed deployments back from ``stack up`` alone.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -25,20 +24,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-PLUS_ONE = """
-import sys, onnx
-from onnx import TensorProto, helper
-x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
-y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
-one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
-graph = helper.make_graph([helper.make_node("Add", ["x", "one"], ["y"])], "plus_one", [x], [y], [one])
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-model.ir_version = 8
-onnx.save(model, sys.argv[1])
-"""
-IO = {"inputs": [{"name": "x", "dtype": "float32", "dims": [4]}],
-      "outputs": [{"name": "y", "dtype": "float32", "dims": [4]}]}
-X = np.arange(8, dtype=np.float32).reshape(2, 4)
+X = np.arange(8, dtype=np.float32).reshape(2, 4)  # the inputs publish_plus_k smoke-tests with
 
 
 def _http(method: str, url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
@@ -51,36 +37,13 @@ def _http(method: str, url: str, headers: dict[str, str] | None = None) -> tuple
         return exc.code, exc.read().decode()
 
 
-def _npz(**arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
-def published(settings, storage, tmp_path_factory):
+def published(publish_plus_k):
     """A published (manifest-verified) plus-one deployment, not loaded, with its smoke-test npz files."""
-    from modelops.serving.publish import MANIFEST, file_table
-    from modelops.serving.triton.model_dir import build_model_dir
-
-    tmp = tmp_path_factory.mktemp("lockdown")
-    onnx_path = tmp / "plus_one.onnx"
-    subprocess.run([str(settings.worker_python), "-c", PLUS_ONE, str(onnx_path)], check=True, timeout=120)
     model = f"it_lock_{uuid.uuid4().hex[:6]}"
-    deployment = f"{model}--v1-ort_fp32"
-    root = build_model_dir(tmp / deployment, name=deployment, kind="onnxruntime", model_path=onnx_path,
-                           io=IO, max_batch_size=8)
-    uri = f"s3://{settings.triton_bucket}/{deployment}"
-    files = file_table(root)
-    for rel in files:
-        storage.upload_file(root / rel, f"{uri}/{rel}")
-    manifest = {"deployment": deployment, "model": model, "variant": "ort_fp32", "files": files}
-    storage.write_bytes(f"{uri}/{MANIFEST}", json.dumps(manifest).encode(), if_none_match=True)
-    prefix = f"s3://{settings.artifacts_bucket}/tests/{model}"
-    storage.write_bytes(f"{prefix}/samples.npz", _npz(x=X, **{"output:y": X + 1}))
-    storage.write_bytes(f"{prefix}/candidate.npz", _npz(y=X + 1))
-    return {"model": model, "deployment": deployment, "samples": f"{prefix}/samples.npz",
-            "candidate": f"{prefix}/candidate.npz"}
+    out = publish_plus_k(model, f"{model}--v1-ort_fp32", 1.0)
+    kwargs = out["deploy_kwargs"]
+    return {**out, "samples": kwargs["samples_uri"], "candidate": kwargs["candidate_outputs_uri"]}
 
 
 def test_model_control_needs_the_admin_header_and_deploy_sends_it(stack, settings, storage, published):
