@@ -40,7 +40,7 @@ class FakeRegistry:
     returns the version the alias points at, with its tags."""
 
     def __init__(self, n: int, alias_on_newest: bool) -> None:
-        from modelops.triggers.events import TAG_FINGERPRINT, TAG_OPT_IN
+        from modelops.contracts.naming import TAG_FINGERPRINT, TAG_OPT_IN
 
         self.models = [SimpleNamespace(name=f"model_{i:05d}", tags={TAG_OPT_IN: "true"} if i % 10 else {},
                                        aliases={"champion": str(1 + i % 7)}) for i in range(int(n * 10 / 9) + 1)]
@@ -75,8 +75,8 @@ def bench_planner_fake(n: int, alias_on_newest: bool) -> dict[str, Any]:
 
 
 def bench_planner_real(client: Any, n: int, th: Any, created: list[str]) -> dict[str, Any]:
+    from modelops.contracts.naming import TAG_ALIAS
     from modelops.contracts.variants import DEFAULT_VARIANTS
-    from modelops.triggers.events import TAG_ALIAS
     from modelops.triggers.fingerprint import FingerprintContext
     from modelops.triggers.planner import OptimizeDefaults, plan_nightly
 

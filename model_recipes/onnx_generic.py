@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from model_recipes.base import registration_record
-from model_recipes.pytorch_generic import mean_cosine
 from modelops.evaluation import metrics
+from modelops.evaluation.metrics import mean_cosine
 from modelops.recipes import DEFAULT_MAX_BATCH_SIZE, IOSpec, Recipe, TensorSpec, io_from_signature, random_inputs
 
 RECIPE_NAME = "onnx_generic"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from model_recipes.base import TorchRecipe
-from modelops.evaluation.metrics import mean_cosine  # re-exported: other recipes import it from here
+from modelops.evaluation.metrics import mean_cosine
 from modelops.recipes import IOSpec, random_inputs
 
 EVAL_SAMPLES = 256

@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from model_recipes.base import TorchRecipe, registration_record
-from model_recipes.pytorch_generic import mean_cosine
 from model_recipes.text_encoder import (  # re-exported: tests and callers import them from this module
     DEFAULT_MAX_SEQ_LEN,
     HF_FLAVOR,  # noqa: F401
@@ -50,6 +49,7 @@ from model_recipes.text_encoder import (  # re-exported: tests and callers impor
 from model_recipes.text_sentences import CALIBRATION_SENTENCES, EVAL_SENTENCES, SAMPLE_SENTENCES, TOPIC_SIZE
 from model_recipes.text_tokens import packaged_model_dir, pad_token_id, perf_texts, tokenize
 from modelops.evaluation import metrics as row_metrics
+from modelops.evaluation.metrics import mean_cosine
 from modelops.recipes import IOSpec, TensorSpec
 
 if TYPE_CHECKING:

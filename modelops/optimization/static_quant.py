@@ -34,7 +34,7 @@ import numpy as np
 
 from modelops.contracts.spec import StaticQuantSpec
 from modelops.evaluation.metrics import row_cosine
-from modelops.optimization.ort_cpu import run_list as run_model  # the name optimize.py and the tests use
+from modelops.optimization.ort_cpu import run_list
 from modelops.optimization.qdq_graph import (  # re-exported: the public API of static quantization
     CALIBRATION_BATCH,
     CALIBRATION_ROWS,
@@ -66,7 +66,6 @@ __all__ = [
     "quantize_qdq",
     "quantize_static_auto",
     "rank",
-    "run_model",
 ]
 
 log = logging.getLogger("modelops.optimization.static_quant")
@@ -253,12 +252,12 @@ def quantize_static_auto(
         return outcome
 
     rows = {k: v[: config.sensitivity_rows] for k, v in calibration.items()}
-    reference = run_model(model, rows)[0]
+    reference = run_list(model, rows)[0]
     trial = workdir / "trial.onnx"
 
     def error_of(node: str) -> float:
         quantize_qdq(model, trial, config, None, cache, only=[node])
-        return output_error(run_model(trial, rows)[0], reference)
+        return output_error(run_list(trial, rows)[0], reference)
 
     started = time.monotonic()
     outcome.sensitivity = measure_sensitivity(nodes, error_of, config.sensitivity_budget_s)

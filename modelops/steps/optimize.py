@@ -143,15 +143,15 @@ class VariantContext:
 
     def scorer(self) -> tuple[Callable[[Path], float], float]:
         """``(score(model) -> recipe metric vs the source on the eval data, source metric)``, cached."""
-        from modelops.optimization.static_quant import run_model
+        from modelops.optimization.ort_cpu import run_list
 
         if "scorer" not in self.shared:
             recipe, io = self.need_recipe()
             eval_inputs, labels = recipe.eval_data(io)
-            reference = run_model(self.src, eval_inputs)[0]
+            reference = run_list(self.src, eval_inputs)[0]
 
             def score(model: Path) -> float:
-                return float(recipe.metric(run_model(model, eval_inputs)[0], labels, reference))
+                return float(recipe.metric(run_list(model, eval_inputs)[0], labels, reference))
 
             self.shared["scorer"] = (score, float(recipe.metric(reference, labels, reference)))
         return self.shared["scorer"]

@@ -11,11 +11,9 @@ Pure logic, importable without Airflow (and without MLflow: clients are passed i
 
 from __future__ import annotations
 
+from modelops.contracts.naming import TAG_ALIAS, TAG_FINGERPRINT, TAG_OPT_IN
 from modelops.triggers.events import (
     DAG_ID,
-    TAG_ALIAS,
-    TAG_FINGERPRINT,
-    TAG_OPT_IN,
     RunRequest,
     TriggerConfig,
     map_webhook_event,

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelops.contracts.naming import TAG_ALIAS, TAG_FINGERPRINT, TAG_OPT_IN  # noqa: F401 - re-exported
+from modelops.contracts.naming import TAG_OPT_IN
 from modelops.settings import TRIGGER_SCOPES, Settings
 
 DAG_ID = "optimize_model"

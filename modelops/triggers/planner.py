@@ -16,13 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelops.triggers.events import (
-    OPT_IN_FILTER,
-    TAG_ALIAS,
-    TAG_FINGERPRINT,
-    RunRequest,
-    run_id_for,
-)
+from modelops.contracts.naming import TAG_ALIAS, TAG_FINGERPRINT
+from modelops.triggers.events import OPT_IN_FILTER, RunRequest, run_id_for
 from modelops.triggers.fingerprint import FingerprintContext, changed_parts, fingerprint_inputs
 
 log = logging.getLogger(__name__)

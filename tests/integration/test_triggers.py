@@ -14,7 +14,8 @@ import uuid
 
 import pytest
 
-from modelops.triggers.events import TAG_ALIAS, TAG_FINGERPRINT, TriggerConfig, run_id_for
+from modelops.contracts.naming import TAG_ALIAS, TAG_FINGERPRINT
+from modelops.triggers.events import TriggerConfig, run_id_for
 from modelops.triggers.signature import load_secret, sign
 from tests.integration import triggers_helpers as th
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from modelops.contracts.naming import TAG_OPT_IN
 from modelops.local.airflow_api import AirflowAPI, AirflowAPIError
-from modelops.triggers.events import TAG_OPT_IN
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 FORWARDED_HEADERS = ("Content-Type", "X-MLflow-Delivery-Id", "X-MLflow-Timestamp", "X-MLflow-Signature")

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from modelops.contracts import naming
 from modelops.triggers import events as ev
 from modelops.triggers.fingerprint import (
     FingerprintContext,
@@ -47,7 +48,7 @@ def test_alias_event_maps_to_a_pinned_version_run():
     assert mapped.request.run_id == "mlflow__m__v4__alias-champion"
     assert mapped.request.conf == {"model_name": "m", "model_version": "4", "model_alias": None}
     assert mapped.needs_opt_in_check
-    assert ev.admit(mapped, {ev.TAG_OPT_IN: "true"}, CONFIG) == ""
+    assert ev.admit(mapped, {naming.TAG_OPT_IN: "true"}, CONFIG) == ""
     assert "not opted in" in ev.admit(mapped, {}, CONFIG)
     assert "not opted in" in ev.admit(mapped, None, CONFIG)  # model unknown to the registry
 
@@ -65,7 +66,7 @@ def test_scope_all_needs_no_registry_read_for_configured_aliases():
 
 
 def test_opt_in_tag_on_a_version_is_an_explicit_request():
-    mapped = ev.map_webhook_event(_body("model_version_tag.set", name="m", version="5", key=ev.TAG_OPT_IN,
+    mapped = ev.map_webhook_event(_body("model_version_tag.set", name="m", version="5", key=naming.TAG_OPT_IN,
                                         value="True"), CONFIG)
     assert mapped.request.run_id == "mlflow__m__v5__tag-optimize" and not mapped.needs_opt_in_check
     other = ev.map_webhook_event(_body("model_version_tag.set", name="m", version="5", key="x", value="true"), CONFIG)
@@ -95,11 +96,11 @@ def _rm(name, tags=None, aliases=None, stages=None):
 
 
 def test_wanted_runs_from_a_registry_snapshot():
-    opted = {ev.TAG_OPT_IN: "true"}
+    opted = {naming.TAG_OPT_IN: "true"}
     models = [
         _rm("a", opted, {"champion": "3", "other": "1"}, {"2": "Production", "1": "Archived"}),
         _rm("b", {}, {"champion": "9"}, {"9": "Production"}),  # not opted in
-        _rm("c", {**opted, ev.TAG_ALIAS: "blue"}, {"blue": "7", "production": "5"}, {"6": "Staging"}),
+        _rm("c", {**opted, naming.TAG_ALIAS: "blue"}, {"blue": "7", "production": "5"}, {"6": "Staging"}),
     ]
     ids = [r.run_id for r in ev.wanted_runs(models, CONFIG)]
     assert ids == ["mlflow__a__v2__stage-production", "mlflow__a__v3__alias-champion",
@@ -202,7 +203,7 @@ class FakeRegistry:
 
     def search_registered_models(self, filter_string=None, max_results=100, page_token=None):
         assert filter_string == ev.OPT_IN_FILTER
-        matching = [m for m in self.models if ev.is_true(m.tags.get(ev.TAG_OPT_IN))]
+        matching = [m for m in self.models if ev.is_true(m.tags.get(naming.TAG_OPT_IN))]
         start = int(page_token or 0)
         page = matching[start:start + max_results]
         token = str(start + max_results) if start + max_results < len(matching) else None
@@ -222,17 +223,17 @@ class _Page(list):
 
 
 def test_planner_skips_unchanged_starts_changed_and_counts_calls():
-    opted = {ev.TAG_OPT_IN: "true"}
+    opted = {naming.TAG_OPT_IN: "true"}
     same = fingerprint_inputs("same", "1", DEFAULTS.for_model({}), CTX).digest
     models = [_rm("same", opted, {"champion": "1"}), _rm("changed", opted, {"champion": "2"}),
               _rm("new", opted, {"champion": "1"}), _rm("noalias", opted), _rm("failed", opted, {"champion": "1"}),
               _rm("manual", opted, {"champion": "1"}), _rm("off", {}, {"champion": "1"})]
     versions = {
-        ("same", "1"): SimpleNamespace(version="1", tags={ev.TAG_FINGERPRINT: same, "modelops.status": "deployed"}),
-        ("changed", "2"): SimpleNamespace(version="2", tags={ev.TAG_FINGERPRINT: "old", "modelops.status": "deployed"}),
+        ("same", "1"): SimpleNamespace(version="1", tags={naming.TAG_FINGERPRINT: same, "modelops.status": "deployed"}),
+        ("changed", "2"): SimpleNamespace(version="2", tags={naming.TAG_FINGERPRINT: "old", "modelops.status": "deployed"}),
         ("new", "1"): SimpleNamespace(version="1", tags={}),
         ("failed", "1"): SimpleNamespace(version="1", tags={
-            ev.TAG_FINGERPRINT: fingerprint_inputs("failed", "1", DEFAULTS.for_model({}), CTX).digest,
+            naming.TAG_FINGERPRINT: fingerprint_inputs("failed", "1", DEFAULTS.for_model({}), CTX).digest,
             "modelops.status": "failed"}),
         ("manual", "1"): SimpleNamespace(version="1", tags={"modelops.status": "deployed"}),
     }
@@ -274,7 +275,7 @@ def receiver(tmp_path, monkeypatch):
     monkeypatch.setattr(hook, "_guard", None)
     created: list[tuple[str, dict]] = []
     monkeypatch.setattr(hook, "create_run", lambda req, dag_id: created.append((req.run_id, req.conf)) or "created")
-    monkeypatch.setattr(hook, "registered_model_tags", lambda name: {ev.TAG_OPT_IN: "true"} if name == "m" else {})
+    monkeypatch.setattr(hook, "registered_model_tags", lambda name: {naming.TAG_OPT_IN: "true"} if name == "m" else {})
     return TestClient(hook.app), created
 
 

@@ -18,6 +18,7 @@ pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from modelops.optimization import modelopt_cli
+from modelops.optimization.ort_cpu import run_list
 from modelops.optimization.static_quant import (
     ArrayDataReader,
     Sensitivity,
@@ -29,7 +30,6 @@ from modelops.optimization.static_quant import (
     quantizable_nodes,
     quantize_static_auto,
     rank,
-    run_model,
 )
 from modelops.recipes import IOSpec, TensorSpec
 from modelops.steps import optimize
@@ -208,10 +208,10 @@ def test_auto_exclusion_finds_the_outlier_layer(tmp_path):
     src = outlier_mlp(tmp_path / "m.onnx")
     recipe = CosineRecipe((16,))
     eval_inputs, _ = recipe.eval_data(None)
-    reference = run_model(src, eval_inputs)[0]
+    reference = run_list(src, eval_inputs)[0]
 
     def score(model: Path) -> float:
-        return recipe.metric(run_model(model, eval_inputs)[0], None, reference)
+        return recipe.metric(run_list(model, eval_inputs)[0], None, reference)
 
     calibration, _ = calibration_inputs(recipe, io_of((16,)))
     out = quantize_static_auto(src, tmp_path / "q.onnx", calibration, score, metric_name="cosine", source_metric=1.0,
