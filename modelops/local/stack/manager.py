@@ -35,6 +35,10 @@ _ALIASES = {
 }
 
 
+# how long `up` waits for the ports of a service that just died to be released (SIGKILL, reaping)
+PORT_RELEASE_WAIT_S = 10.0
+
+
 def _normalize(services: Iterable[str] | None) -> list[str]:
     if services is None:
         return list(SERVICES)
@@ -124,7 +128,7 @@ def _ensure(ctx: Context, name: str) -> None:
         if spec.configure:
             spec.configure(ctx)
         return
-    check_ports_free({key: state.ports[key] for key in spec.ports})
+    check_ports_free({key: state.ports[key] for key in spec.ports}, wait_s=PORT_RELEASE_WAIT_S)
     spec.prepare(ctx)
     process.say(f"starting {spec.name} ...")
     record = process.spawn(spec.name, spec.command(ctx), spec.env(ctx), log, cwd=state.stack_dir)
@@ -162,7 +166,8 @@ def up(settings: Settings | None = None, services: Iterable[str] | None = None) 
         wanted = with_requirements(services)
         # Fail before starting anything when a port of a service to start is taken.
         to_start = [name for name in wanted if not process.is_running(state.record(name))]
-        check_ports_free({key: state.ports[key] for name in to_start for key in SPECS[name].ports})
+        check_ports_free({key: state.ports[key] for name in to_start for key in SPECS[name].ports},
+                         wait_s=PORT_RELEASE_WAIT_S)
         for name in wanted:
             _ensure(ctx, name)
     process.say(f"stack up in {time.monotonic() - start:.1f} s ({stack_dir})")

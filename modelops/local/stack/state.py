@@ -98,11 +98,20 @@ def busy_port_message(port: int, name: str, host: str = HOST) -> str:
     return f"port {port} ({name}) on {host} is in use by another process; stop it or set MODELOPS_PORT_OFFSET"
 
 
-def check_ports_free(ports: Mapping[str, int], host: str = HOST) -> None:
-    """Raise :class:`PortBusyError` for the first port of ``ports`` (name -> port) that is in use."""
+def check_ports_free(ports: Mapping[str, int], host: str = HOST, wait_s: float = 0.0) -> None:
+    """Raise :class:`PortBusyError` for the first port of ``ports`` (name -> port) still in use after ``wait_s``.
+
+    A server killed with SIGKILL can hold its socket for a moment while the kernel reaps it and its
+    children; ``up`` restarting such a service waits that out instead of failing.
+    """
+    import time
+
+    deadline = time.monotonic() + wait_s
     for name, port in ports.items():
-        if port_in_use(port, host):
-            raise PortBusyError(busy_port_message(port, name, host))
+        while port_in_use(port, host):
+            if time.monotonic() >= deadline:
+                raise PortBusyError(busy_port_message(port, name, host))
+            time.sleep(0.25)
 
 
 # -- credentials ------------------------------------------------------------------------------------
