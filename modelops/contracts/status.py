@@ -20,6 +20,8 @@ class Status(StrEnum):
     CHOSEN = "chosen"  # the candidate select picked
     OPTIMIZING = "optimizing"  # model-version status while a run is in flight
     DEPLOYED = "deployed"  # model-version status after a successful rollout
+    CANARY = "canary"  # model-version status while a progressive rollout of its deployment runs
+    ROLLED_BACK = "rolled_back"  # model-version status after its rollout was rolled back (modelops.error says why)
     # rows of the run report beside chosen/rejected/failed
     SOURCE = "source"  # the source model in its own framework (the baseline)
     SLOWER = "slower"  # accurate and within the SLO, but not the fastest
@@ -27,6 +29,13 @@ class Status(StrEnum):
 
 
 # the values of the MLflow model-version tag ``modelops.status`` (ARCHITECTURE.md)
-VERSION_STATUSES: tuple[Status, ...] = (Status.OPTIMIZING, Status.DEPLOYED, Status.FAILED, Status.REJECTED)
+VERSION_STATUSES: tuple[Status, ...] = (
+    Status.OPTIMIZING,
+    Status.CANARY,
+    Status.DEPLOYED,
+    Status.ROLLED_BACK,
+    Status.FAILED,
+    Status.REJECTED,
+)
 # what a step result's or a built candidate's ``status`` may be
 STEP_STATUSES: tuple[Status, ...] = (Status.DONE, Status.SKIPPED, Status.FAILED)

@@ -92,7 +92,8 @@ def test_status_is_a_string_everywhere_it_is_written():
     assert json.dumps({"s": Status.DEPLOYED}) == '{"s": "deployed"}'
     assert str(Status.REJECTED) == "rejected" and f"{Status.FAILED}" == "failed"
     # the model-version tag values fixed by ARCHITECTURE.md
-    assert [str(s) for s in VERSION_STATUSES] == ["optimizing", "deployed", "failed", "rejected"]
+    assert [str(s) for s in VERSION_STATUSES] == ["optimizing", "canary", "deployed", "rolled_back", "failed",
+                                                  "rejected"]
 
 
 def test_registry_names_are_the_contract_names_and_each_step_has_its_builders():
