@@ -37,8 +37,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from modelops.serving.gateway.config import GatewayConfig
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every upstream request at INFO: one line per inference would flood the log
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level.upper())))
     port = args.port if args.port is not None else DEFAULT_PORT + settings.stack.port_offset
     app = create_app(GatewayConfig.from_settings(settings))
     uvicorn.run(app, host=args.host, port=port, loop="uvloop", http="httptools", lifespan="on",

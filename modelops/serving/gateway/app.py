@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
+import aiohttp
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -30,6 +30,7 @@ from modelops.serving.gateway.inflight import InFlight
 from modelops.serving.gateway.keys import KeyStore
 from modelops.serving.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from modelops.serving.gateway.proxy import (
+    Upstream,
     check_inference_header,
     read_body,
     response_headers,
@@ -59,10 +60,10 @@ class Gateway:
                                      on_change=self.metrics.set_routes)
         self.auth = Authenticator(KeyStore(config.keys_db), config.key_ttl_s)
         self.in_flight = InFlight()
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> aiohttp.ClientSession:
         if self._client is None:
             raise RuntimeError("the gateway is not started (run it under its lifespan)")
         return self._client
@@ -70,12 +71,13 @@ class Gateway:
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         """Open the pooled Triton client and start the routes watcher; close both at shutdown."""
-        limits = httpx.Limits(max_connections=self.config.max_connections,
-                              max_keepalive_connections=self.config.max_connections)
+        connector = aiohttp.TCPConnector(limit=self.config.max_connections, keepalive_timeout=30)
         # identity: answers pass through as Triton wrote them (no gzip round trip, no Content-Encoding mismatch)
-        self._client = httpx.AsyncClient(base_url=self.config.triton_url, limits=limits,
-                                         headers={"accept-encoding": "identity"},
-                                         timeout=httpx.Timeout(self.config.upstream_timeout_s, connect=5.0))
+        self._client = aiohttp.ClientSession(
+            base_url=self.config.triton_url, connector=connector, auto_decompress=False,
+            headers={"accept-encoding": "identity"}, skip_auto_headers=("User-Agent",),
+            timeout=aiohttp.ClientTimeout(total=self.config.upstream_timeout_s, sock_connect=5.0),
+        )
         await self.watcher.start()
         log.info("gateway up: triton %s, routes %s, %d model(s)", self.config.triton_url, self.config.routes_uri,
                  len(self.watcher.tables))
@@ -83,7 +85,7 @@ class Gateway:
             yield
         finally:
             await self.watcher.stop()
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     # -- shared steps ---------------------------------------------------------------------------
@@ -103,7 +105,7 @@ class Gateway:
         return deployment
 
     async def _forward(self, model: str, deployment: str, method: str, path: str, body: bytes = b"",
-                       headers: dict[str, str] | None = None) -> httpx.Response:
+                       headers: dict[str, str] | None = None) -> Upstream:
         gauge = self.metrics.in_flight.labels(model, deployment)
         with self.in_flight.track(deployment):
             gauge.inc()
