@@ -22,12 +22,15 @@ import numpy as np
 
 from modelops.contracts.naming import deployment_uri
 from modelops.evaluation.metrics import top1_agreement
+from modelops.serving.drain import retire
 from modelops.serving.publish import InvalidDeployment, verify_deployment
-from modelops.serving.routes import Routes, canary_weights, read_routes, write_routes
+from modelops.serving.routes import Routes, RoutesConflict, canary_weights, read_routes, write_routes
 from modelops.serving.triton import client as triton_client
 from modelops.storage import Storage
 
 log = logging.getLogger(__name__)
+
+ROUTES_ATTEMPTS = 4  # the first conditional write and 3 retries from a fresh read
 
 
 class DeployError(Exception):
@@ -102,8 +105,14 @@ def deploy(
     candidate_outputs_uri: str,
     run_id: str,
     rollout_percent: int = 100,
+    gateway_metrics_urls: list[str] | None = None,
 ) -> dict[str, Any]:
     """Verify, load, smoke-test and route ``rollout_percent`` of ``model`` to ``deployment``.
+
+    Deployments the new routes no longer name are retired (:func:`modelops.serving.drain.retire`): once every
+    gateway in ``gateway_metrics_urls`` serves the new routes and has nothing in flight to them; with no gateway
+    URLs they are unloaded at once. A lost routes write race is retried from a fresh read (3x); if it still
+    fails, the new deployment is unloaded (unless the fresh routes name it).
 
     Returns a summary with the new routes revision and smoke numbers. Raises :class:`DeployError`.
     """
@@ -128,10 +137,15 @@ def deploy(
                 "(connection extras admin_header/admin_token, see `modelops stack status --json`)"
             ) from None
         raise DeployError(f"Triton could not serve {deployment}: {first}") from None
-    weights = canary_weights(before.weights(), deployment, rollout_percent)
-    after = write_routes(storage, triton_bucket, before, weights, by=run_id)
-    for old in set(before.weights()) - set(weights):
-        _unload_quietly(client, old, keep={deployment})
+    before, after = _write_routes_retrying(client, storage, triton_bucket, before, deployment, rollout_percent, run_id)
+    replaced = sorted(set(before.weights()) - set(after.weights()) - {deployment})
+    if replaced:
+        try:
+            retired = retire(client, gateway_metrics_urls or [], model, replaced, after.revision, storage=storage,
+                             triton_bucket=triton_bucket)  # fmt: skip
+            log.info("retired %s", retired)
+        except Exception as exc:  # noqa: BLE001 - the new routes are live; cleanup is best effort (reconcile-safe)
+            log.warning("could not retire %s: %s", replaced, exc)
     log.info("routes of %s -> %s (revision %d)", model, deployment, after.revision)
     return {
         "deployment": deployment,
@@ -140,6 +154,26 @@ def deploy(
         "previous_routes": before.weights(),
         "smoke": report.__dict__,
     }
+
+
+def _write_routes_retrying(
+    client: Any, storage: Storage, triton_bucket: str, before: Routes, deployment: str, percent: int, run_id: str
+) -> tuple[Routes, Routes]:
+    """Write the canary weights; on a lost race re-read and retry (3x). Returns (routes read, routes written)."""
+    for attempt in range(ROUTES_ATTEMPTS):
+        if attempt:
+            before = read_routes(storage, triton_bucket, before.model)
+        try:
+            weights = canary_weights(before.weights(), deployment, percent)
+            return before, write_routes(storage, triton_bucket, before, weights, by=run_id)
+        except RoutesConflict:
+            log.warning("routes of %s changed while deploying %s; retrying from a fresh read", before.model, deployment)
+    fresh = read_routes(storage, triton_bucket, before.model)
+    _unload_quietly(client, deployment, keep=set(fresh.weights()))
+    raise DeployError(
+        f"routes of {before.model} kept changing ({ROUTES_ATTEMPTS} conditional writes lost; now revision "
+        f"{fresh.revision} by {fresh.updated_by}); {deployment} was not routed"
+    )
 
 
 def _unload_quietly(client: Any, deployment: str, keep: set[str]) -> None:
