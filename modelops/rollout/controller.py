@@ -152,7 +152,8 @@ def apply_step(storage: Storage, bucket: str, state: RolloutState, index: int) -
     """
     fresh = _mine(state, read(storage, bucket, state.model)[0])
     if fresh.status in FINISHED:
-        raise RolloutError(f"rollout {fresh.run_id} of {fresh.model} is already {fresh.status}")
+        why = f": {fresh.error}" if fresh.error else ""  # e.g. an operator's rollback_model during the rollout
+        raise RolloutError(f"stopped: rollout {fresh.run_id} of {fresh.model} is already {fresh.status}{why}")
     if not 0 <= index < len(fresh.steps):
         raise RolloutError(f"step {index} out of range: the rollout has steps {fresh.steps}")
     percent = fresh.steps[index]
@@ -278,15 +279,17 @@ def rollback(
     """Route 100% to ``to`` (default the first stable deployment), retire the others, mark rolled_back.
 
     ``to`` must be a valid published deployment (manifest checked); it is loaded first when Triton does not
-    have it ready. A rollout ``aborted`` because the routes were changed by hand is left alone when ``to`` is
-    not given (rolling back would overwrite the hand-made change). Idempotent; releases the lease.
+    have it ready. Without ``to``, a rollout already ``rolled_back`` (a retry, or an operator's rollback to some
+    other deployment) or ``aborted`` (routes changed by hand) leaves the routes alone: rolling back again would
+    overwrite that change. Idempotent; releases the lease.
 
     Raises:
         RolloutError: nothing to roll back to, an invalid target, or a target Triton cannot load.
     """
     fresh = _mine(state, read(storage, bucket, state.model)[0])
-    if fresh.status == "aborted" and to is None:
-        log.info("rollout %s was aborted (%s); leaving the routes alone", fresh.run_id, fresh.error)
+    if fresh.status in ("aborted", "rolled_back") and to is None:
+        # aborted: the routes were changed by hand; rolled_back: already done (a retry), or by hand to another target
+        log.info("rollout %s is %s (%s); leaving the routes alone", fresh.run_id, fresh.status, fresh.error)
         release(storage, _lease_uri(bucket, fresh.model), owner=fresh.run_id)
         return fresh
     target = to or (fresh.stable[0] if fresh.stable else None)

@@ -195,3 +195,15 @@ def test_state_document_round_trips_and_stale_states_are_refused(s3, served):
     other = RolloutState.from_json({**doc, "run_id": "someone-else"})
     with pytest.raises(RolloutError, match="holds rollout r1, not rollout someone-else"):
         ctl.apply_step(s3, B, other, 0)
+
+
+def test_an_operator_rollback_during_a_rollout_is_not_overwritten_by_the_rollouts_own_rollback(s3, served):
+    publish(s3, "m--v0")
+    running = ctl.apply_step(s3, B, start(s3), 0)
+    ctl.rollback(s3, B, ctl.load_state(s3, B, "m"), "rolled back by hand to m--v0", client=served,
+                 gateway_metrics_urls=[], to="m--v0")  # fmt: skip
+    assert read_routes(s3, B, "m").weights() == {"m--v0": 100}
+    with pytest.raises(RolloutError, match=r"^stopped: rollout r1 of m is already rolled_back: rolled back by hand"):
+        ctl.apply_step(s3, B, running, 1)
+    out = ctl.rollback(s3, B, running, "step 1 failed", client=served, gateway_metrics_urls=[])
+    assert out.error == "rolled back by hand to m--v0" and read_routes(s3, B, "m").weights() == {"m--v0": 100}
