@@ -1,6 +1,8 @@
 """optimize_model: one registered MLflow model version -> the fastest accurate Triton deployment.
 
 resolve -> export -> optimize -> compile -> validate -> benchmark -> select -> publish -> deploy -> record
+-> start_rollout (when the new deployment got only its first step: triggers rollout_model, run id
+``rollout__<deployment>``, which moves the traffic step by step, judged on live metrics)
 
 Heavy steps (export, optimize, compile, validate, benchmark) run through the step operator (local subprocess
 in the worker environment, or a GPU pod with MODELOPS_EXECUTION=kubernetes). This file is wiring only:
@@ -12,8 +14,10 @@ from __future__ import annotations
 import itertools
 from datetime import timedelta
 
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, task
 
+from modelops.contracts.spec import DEFAULT_ROLLOUT_STEPS
 from modelops.contracts.variants import DEFAULT_VARIANTS, VARIANT_NAMES, VARIANTS
 from operators.pipeline_tasks import on_failure
 from operators.step_operator import step_operator
@@ -77,13 +81,24 @@ PARAMS = {
         title="Accuracy tolerance",
         description="Largest allowed drop of the recipe's metric (e.g. accuracy) below the source model.",
     ),
+    "rollout_steps": Param(
+        list(DEFAULT_ROLLOUT_STEPS),
+        type="array",
+        items={"type": "integer", "minimum": 1, "maximum": 100},
+        minItems=1,
+        title="Rollout steps",
+        description="Traffic percent of the new deployment per step, ascending, ending at 100. Deploy routes the "
+        "first step, then the rollout_model DAG (run id rollout__<deployment>) judges each step on live metrics and "
+        "promotes or rolls back. [100] replaces at once; a model's first deployment always takes 100 at once.",
+    ),
     "rollout": Param(
-        100,
-        type="integer",
+        None,
+        type=["null", "integer"],
         minimum=1,
         maximum=100,
-        title="Rollout percent",
-        description="Share of traffic the new deployment gets in the routes file (100 = replace, <100 = canary).",
+        title="Rollout percent (shortcut)",
+        description="Older shortcut: N = rollout steps [N, 100]; 100 = replace at once. Leave empty to use the "
+        "rollout steps above.",
     ),
 }
 
@@ -129,6 +144,15 @@ def optimize_model():
 
         return pipeline_tasks.record(meta["spec_uri"], selection, deployment)
 
+    @task
+    def rollout_conf(deployment: dict) -> dict:
+        """The rollout_model conf when deploy routed only the first step; skipped when it routed 100%."""
+        from airflow.exceptions import AirflowSkipException
+
+        if not deployment.get("rollout"):
+            raise AirflowSkipException("the new deployment took 100% of the traffic: no rollout to run")
+        return deployment["rollout"]
+
     meta = resolve()
     heavy = [
         step_operator("export", SPEC),
@@ -145,7 +169,17 @@ def optimize_model():
     heavy[-1] >> selection
     publication = publish(meta, selection)
     deployment = deploy(meta, selection, publication)
-    record(meta, selection, deployment)
+    recorded = record(meta, selection, deployment)
+    conf = rollout_conf(deployment)
+    recorded >> conf
+    TriggerDagRunOperator(
+        task_id="start_rollout",
+        trigger_dag_id="rollout_model",
+        trigger_run_id="rollout__{{ ti.xcom_pull(task_ids='deploy')['deployment'] }}",
+        conf=conf,
+        reset_dag_run=True,  # a deployment rolled out again (after a rollback) reuses its run id
+        wait_for_completion=False,
+    )
 
 
 optimize_model()

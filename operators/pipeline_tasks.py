@@ -79,54 +79,110 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
         )
     except ResolveError as exc:
         raise _fail(str(exc)) from None
+    # one optimization per (model, version) at a time, whatever triggered it; record / on_failure release it
+    _lock_optimization(storage, settings.triton_bucket, resolved.name, resolved.version, airflow_run_id)
     try:
-        recipe = select_recipe(resolved.mlmodel, explicit=(params.get("recipe") or "").strip() or None)
-    except UnsupportedModel as exc:
-        # the version exists: say on it why it was not optimized (the failure callback has no XCom yet)
-        mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}")
-        raise _fail(str(exc)) from None
-    run_params = {
-        "model_name": resolved.name,
-        "model_version": resolved.version,
-        "model_alias": resolved.alias or "",
-        "recipe": recipe,
-        "variants": variants,
-        "latency_slo_ms": params["latency_slo_ms"],
-        "accuracy_tolerance": params["accuracy_tolerance"],
-        "rollout": params.get("rollout", 100),
-        "execution": settings.execution,
-    }
-    run_id = open_run(client, resolved.name, resolved.version, airflow_run_id, run_params)
-    try:
-        spec = build_spec(
-            resolved,
-            recipe,
-            run_id,
-            settings.artifacts_bucket,
-            triton_bucket=settings.triton_bucket,
-            variants=variants,
-            latency_slo_ms=float(params["latency_slo_ms"]),
-            accuracy_tolerance=float(params["accuracy_tolerance"]),
-            rollout=int(params.get("rollout", 100)),
+        try:
+            recipe = select_recipe(resolved.mlmodel, explicit=(params.get("recipe") or "").strip() or None)
+        except UnsupportedModel as exc:
+            # the version exists: say on it why it was not optimized (the failure callback has no XCom yet)
+            mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}")
+            raise _fail(str(exc)) from None
+        run_params = {
+            "model_name": resolved.name,
+            "model_version": resolved.version,
+            "model_alias": resolved.alias or "",
+            "recipe": recipe,
+            "variants": variants,
+            "latency_slo_ms": params["latency_slo_ms"],
+            "accuracy_tolerance": params["accuracy_tolerance"],
+            "rollout_steps": params.get("rollout_steps") or [],
+            "rollout": params.get("rollout") or "",
+            "execution": settings.execution,
+        }
+        run_id = open_run(client, resolved.name, resolved.version, airflow_run_id, run_params)
+        try:
+            spec = build_spec(
+                resolved,
+                recipe,
+                run_id,
+                settings.artifacts_bucket,
+                triton_bucket=settings.triton_bucket,
+                variants=variants,
+                latency_slo_ms=float(params["latency_slo_ms"]),
+                accuracy_tolerance=float(params["accuracy_tolerance"]),
+                rollout=int(params["rollout"]) if params.get("rollout") is not None else 100,
+                rollout_steps=list(params["rollout_steps"]) if params.get("rollout_steps") else None,
+            )
+        except SpecError as exc:
+            mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}", run_id)
+            raise _fail(str(exc)) from None
+        document = spec.to_json()
+        storage.write_json(spec_uri_of(document), document)
+        set_version_tags(
+            client, resolved.name, resolved.version, {TAG_STATUS: Status.OPTIMIZING, TAG_RUN_ID: run_id, TAG_RECIPE: recipe}
         )
-    except SpecError as exc:
-        mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}", run_id)
+        clear_version_tag(client, resolved.name, resolved.version, TAG_ERROR)
+        log.info("resolved %s v%s (recipe %s); run %s; spec %s", resolved.name, resolved.version, recipe, run_id,
+                 spec_uri_of(document))  # fmt: skip
+        return {
+            "spec_uri": spec_uri_of(document),
+            "model_name": resolved.name,
+            "model_version": resolved.version,
+            "run_id": run_id,
+            "recipe": recipe,
+        }
+    except BaseException:
+        # this run never got going: free the version at once (not only at expiry), without masking the error
+        _unlock_optimization(storage, settings.triton_bucket, resolved.name, resolved.version, airflow_run_id)
+        raise
+
+
+# Lease on locks/optimize/<model>--v<version>.json: longer than a run can take (each task's execution_timeout is
+# 2 h, the heavy steps run one after another); if a run dies without its callbacks, expiry frees the version.
+OPTIMIZE_LOCK_TTL_S = 6 * 3600.0
+
+
+def _optimize_lock_uri(triton_bucket: str, model: str, version: str | int) -> str:
+    from modelops.serving.locks import lock_uri
+
+    return lock_uri(triton_bucket, "optimize", f"{model}--v{version}")
+
+
+def _lock_optimization(storage, triton_bucket: str, model: str, version: str | int, owner: str):
+    """Take the (model, version) optimization lease for this Airflow run, or fail the run with the holder's line."""
+    from modelops.serving.locks import LockHeld, acquire
+
+    try:
+        return acquire(storage, _optimize_lock_uri(triton_bucket, model, version), owner=owner,
+                       ttl_s=OPTIMIZE_LOCK_TTL_S, what=f"the optimization of {model} v{version}")  # fmt: skip
+    except LockHeld as exc:
+        # the other run's version tags stay as they are: only this run fails
         raise _fail(str(exc)) from None
-    document = spec.to_json()
-    storage.write_json(spec_uri_of(document), document)
-    set_version_tags(
-        client, resolved.name, resolved.version, {TAG_STATUS: Status.OPTIMIZING, TAG_RUN_ID: run_id, TAG_RECIPE: recipe}
-    )
-    clear_version_tag(client, resolved.name, resolved.version, TAG_ERROR)
-    log.info("resolved %s v%s (recipe %s); run %s; spec %s", resolved.name, resolved.version, recipe, run_id,
-             spec_uri_of(document))  # fmt: skip
-    return {
-        "spec_uri": spec_uri_of(document),
-        "model_name": resolved.name,
-        "model_version": resolved.version,
-        "run_id": run_id,
-        "recipe": recipe,
-    }
+
+
+def _unlock_optimization(storage, triton_bucket: str, model: str, version: str | int, owner: str | None) -> None:
+    """Release this run's optimization lease, best effort and only if still ours (expiry is the safety net)."""
+    from modelops.serving.locks import release
+
+    if not owner:
+        return
+    try:
+        release(storage, _optimize_lock_uri(triton_bucket, model, version), owner=owner)
+    except Exception as exc:  # noqa: BLE001 - never fail (or mask the failure of) a run over its lease
+        log.warning("could not release the optimization lease of %s v%s: %s", model, version, exc)
+
+
+def _airflow_run_id(context: dict[str, Any] | None = None) -> str | None:
+    if context is None:
+        from airflow.sdk import get_current_context
+
+        try:
+            context = get_current_context()
+        except RuntimeError:
+            return None
+    dag_run = context.get("dag_run")
+    return context.get("run_id") or getattr(dag_run, "run_id", None)
 
 
 def _load(storage, spec_uri: str) -> dict[str, Any]:
@@ -170,6 +226,8 @@ def publish(spec_uri: str, selection: dict[str, Any]) -> dict[str, Any]:
 
 
 def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]) -> dict[str, Any]:
+    """Load, smoke-test and route the first rollout step; ``rollout`` in the result is the rollout_model conf
+    when the new deployment got less than 100% (None when it replaced everything at once)."""
     from modelops.serving.deploy import DeployError
     from modelops.serving.deploy import deploy as deploy_to_triton
     from modelops.steps._common import load_result
@@ -179,8 +237,9 @@ def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]
     spec = _load(storage, spec_uri)
     export = load_result(storage, spec, "export")
     verdict = load_result(storage, spec, "validate")["candidates"][selection["chosen"]]
+    steps = list(spec.get("rollout_steps") or [int(spec.get("rollout", 100))])
     try:
-        return deploy_to_triton(
+        result = deploy_to_triton(
             triton_hook.get_client(),
             storage,
             spec["triton_bucket"],
@@ -190,10 +249,32 @@ def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]
             samples_uri=export["outputs"].get("serving_samples") or export["outputs"]["samples"],
             candidate_outputs_uri=verdict["sample_outputs"],
             run_id=spec["run_id"],
-            rollout_percent=int(spec.get("rollout", 100)),
+            rollout_percent=steps[0],
+            gateway_metrics_urls=_gateway_metrics_urls(),
         )
     except DeployError as exc:
         raise _fail(str(exc)) from None
+    share = result["routes"].get(publication["deployment"], 0)
+    result["rollout"] = None if share >= 100 else {
+        "model_name": spec["model_name"],
+        "deployment": publication["deployment"],
+        "steps": [s for s in steps if s >= share] or [100],
+    }
+    return result
+
+
+def _gateway_metrics_urls() -> list[str]:
+    """The gateway's /metrics (deploy drains a replaced deployment there before unloading it); none without the
+    ``gateway_default`` connection (then a replaced deployment is unloaded at once)."""
+    from airflow.exceptions import AirflowNotFoundException
+
+    from modelops_airflow.hooks import GatewayHook
+
+    try:
+        return [f"{GatewayHook().url()}/metrics"]
+    except AirflowNotFoundException:
+        log.warning("no gateway_default connection: replaced deployments are unloaded without draining")
+        return []
 
 
 def record(spec_uri: str, selection: dict[str, Any], deployment: dict[str, Any] | None) -> dict[str, Any]:
@@ -205,6 +286,7 @@ def record(spec_uri: str, selection: dict[str, Any], deployment: dict[str, Any] 
     spec = _load(storage, spec_uri)
     results = {step: load_result(storage, spec, step) for step in ("export", "optimize", "validate", "benchmark")}
     summary = record_run(mlflow_hook.get_client(), storage, spec, results, selection, deployment)
+    _unlock_optimization(storage, spec["triton_bucket"], spec["model_name"], spec["model_version"], _airflow_run_id())
     summary["triton_url"] = f"http://{triton_hook.url()}"
     summary["mlflow_url"] = mlflow_hook.tracking_uri()
     summary["mlflow_run_url"] = f"{mlflow_hook.tracking_uri()}/#/experiments/{_experiment_id(mlflow_hook, spec)}/runs/{spec['run_id']}"
@@ -232,7 +314,9 @@ def on_failure(context: dict[str, Any]) -> None:
     if not meta:
         log.error("run failed before a model version was resolved: %s", error)
         return
-    mlflow_hook, _, _ = _hooks(context)
+    mlflow_hook, s3_hook, _ = _hooks(context)
+    _unlock_optimization(s3_hook.storage(), Settings.from_env().triton_bucket, meta["model_name"], meta["model_version"],
+                         _airflow_run_id(context))  # fmt: skip
     try:
         mark_failed(mlflow_hook.get_client(), meta["model_name"], meta["model_version"], error, meta.get("run_id"))
     except Exception as cb_exc:  # noqa: BLE001 - never mask the task's own failure

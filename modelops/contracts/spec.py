@@ -9,6 +9,7 @@ guesses a default of its own and ``<step>/spec.json`` shows exactly what ran.
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any, Literal
 
@@ -85,6 +86,37 @@ STEP_NEEDS: dict[str, tuple[str, ...]] = {
 }
 
 
+DEFAULT_ROLLOUT_STEPS: tuple[int, ...] = (10, 50, 100)
+
+
+def check_rollout_steps(steps: list[int]) -> list[int]:
+    """Rollout steps: integers in 1..100, strictly ascending, the last one 100.
+
+    Raises:
+        ValueError: one line naming what is wrong (pydantic reports it on the field).
+    """
+    steps = [int(s) for s in steps]
+    if not steps:
+        raise ValueError("rollout steps need at least one step (e.g. [100])")
+    if any(not 1 <= s <= 100 for s in steps):
+        raise ValueError(f"rollout steps must be percents in 1..100, got {steps}")
+    if any(b <= a for a, b in itertools.pairwise(steps)):
+        raise ValueError(f"rollout steps must be strictly ascending, got {steps}")
+    if steps[-1] != 100:
+        raise ValueError(f"the last rollout step must be 100, got {steps}")
+    return steps
+
+
+def rollout_steps_from_params(steps: list[int] | None, rollout: int | None) -> list[int]:
+    """The steps of ``optimize_model``'s params: ``rollout_steps``, or the older ``rollout`` shortcut
+    (``rollout: N`` = one canary step of N percent, then 100; ``rollout: 100`` = replace at once)."""
+    if rollout is not None and int(rollout) != 100 and (steps is None or list(steps) == list(DEFAULT_ROLLOUT_STEPS)):
+        return check_rollout_steps([int(rollout), 100])
+    if rollout is not None and int(rollout) == 100 and steps is None:
+        return [100]
+    return check_rollout_steps(list(steps) if steps is not None else list(DEFAULT_ROLLOUT_STEPS))
+
+
 class RunSpec(BaseModel):
     """The spec of one optimization run (ARCHITECTURE.md, step CLI contract)."""
 
@@ -103,7 +135,12 @@ class RunSpec(BaseModel):
     variants: list[str] = Field(default_factory=lambda: list(DEFAULT_VARIANTS))
     latency_slo_ms: float = Field(100.0, gt=0)
     accuracy_tolerance: float = Field(0.01, ge=0, le=1)
-    rollout: int = Field(100, ge=1, le=100, description="percent of traffic for the new deployment")
+    rollout: int = Field(100, ge=1, le=100, description="percent of traffic for the new deployment at the first step")
+    rollout_steps: list[int] = Field(
+        default_factory=lambda: list(DEFAULT_ROLLOUT_STEPS),
+        description="traffic percent of the new deployment per rollout step; ascending, ending at 100 "
+        "([100] replaces at once; a model's first deployment always takes 100 at once)",
+    )
     run_id: str = ""  # the MLflow run
     run_prefix: str | None = Field(None, min_length=1)  # s3://<artifacts>/runs/<model>/<version>/<run id>
     triton_bucket: str = "triton"
@@ -119,6 +156,11 @@ class RunSpec(BaseModel):
     @classmethod
     def _version_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) else value
+
+    @field_validator("rollout_steps")
+    @classmethod
+    def _ascending_to_100(cls, value: list[int]) -> list[int]:
+        return check_rollout_steps(value)
 
     @field_validator("variants")
     @classmethod

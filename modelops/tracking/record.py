@@ -284,7 +284,8 @@ def record_run(
     name, version = spec["model_name"], spec["model_version"]
     if deployment:
         tags = {
-            TAG_STATUS: Status.DEPLOYED,
+            # the first rollout step only: rollout_model moves it on to deployed (or rolled_back)
+            TAG_STATUS: Status.CANARY if deployment.get("rollout") else Status.DEPLOYED,
             TAG_DEPLOYMENT: deployment["deployment"],
             TAG_VARIANT: selection["chosen"],
             TAG_SPEEDUP: selection["speedup"],

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from modelops.contracts.naming import TAG_ERROR, TAG_RUN_ID, TAG_STATUS, experiment_name, run_prefix
-from modelops.contracts.spec import RunSpec
+from modelops.contracts.spec import RunSpec, SpecError, rollout_steps_from_params
 from modelops.contracts.status import Status
 from modelops.recipes import source_flavor
 from modelops.storage import Storage, join
@@ -130,6 +130,7 @@ def build_spec(
     latency_slo_ms: float,
     accuracy_tolerance: float,
     rollout: int = 100,
+    rollout_steps: list[int] | None = None,
     benchmark: dict[str, Any] | None = None,
 ) -> RunSpec:
     """The run spec every step reads, complete: every block at its defaults unless given (see ``RunSpec``).
@@ -137,6 +138,10 @@ def build_spec(
     Raises:
         SpecError: a value is out of range or a variant unknown (one line naming the field).
     """
+    try:
+        steps = rollout_steps_from_params(rollout_steps, rollout)
+    except ValueError as exc:
+        raise SpecError(f"rollout_steps: {exc}") from None
     return RunSpec.parse(
         {
             "model_name": resolved.name,
@@ -150,7 +155,8 @@ def build_spec(
             "variants": list(variants),
             "latency_slo_ms": float(latency_slo_ms),
             "accuracy_tolerance": float(accuracy_tolerance),
-            "rollout": int(rollout),
+            "rollout": steps[0],
+            "rollout_steps": steps,
             "run_id": run_id,
             "run_prefix": run_prefix(artifacts_bucket, resolved.name, resolved.version, run_id),
             "triton_bucket": triton_bucket,

@@ -145,3 +145,19 @@ def test_compile_by_hand_with_a_partial_spec_is_skipped_on_a_machine_without_gpu
     spec.write_text(json.dumps({"variants": ["trt_fp16"]}))
     rc = run_step("compile", compile_step.run, ["--spec", str(spec), "--result", str(tmp_path / "r.json")])
     assert rc == EXIT_SKIPPED and json.loads((tmp_path / "r.json").read_text())["status"] == "skipped"
+
+
+def test_rollout_steps_are_ascending_percents_ending_at_100():
+    from modelops.contracts.spec import RunSpec, SpecError, check_rollout_steps, rollout_steps_from_params
+
+    assert check_rollout_steps([10, 50, 100]) == [10, 50, 100]
+    for bad in ([], [0, 100], [50, 10, 100], [10, 50], [10, 10, 100], [10, 101]):
+        with pytest.raises(ValueError):
+            check_rollout_steps(bad)
+    # the older `rollout` param is a shortcut: N -> [N, 100], 100 -> replace at once
+    assert rollout_steps_from_params(None, None) == [10, 50, 100]
+    assert rollout_steps_from_params(None, 100) == [100]
+    assert rollout_steps_from_params(None, 30) == [30, 100]
+    assert rollout_steps_from_params([25, 100], None) == [25, 100]
+    with pytest.raises(SpecError, match="rollout_steps"):
+        RunSpec.parse({"rollout_steps": [50, 20]})
