@@ -50,3 +50,19 @@ TAG_RECIPE = "modelops.recipe"  # the recipe resolve picked (also narrows nightl
 TAG_OPT_IN = "modelops.optimize"  # registered model (opt-in) or model version (explicit request)
 TAG_ALIAS = "modelops.alias"  # registered model: which alias the nightly run follows
 TAG_FINGERPRINT = "modelops.fingerprint"  # model version: fingerprint of the last nightly-started run
+
+
+DIGEST_NAME_CHARS = 8  # hex characters of the content digest in a content-addressed deployment name
+
+
+def digest_name(plain: str, digest: str) -> str:
+    """``<plain deployment name>-<first 8 hex of the content digest>``: the content-addressed deployment name.
+
+    Publish uses the plain :func:`deployment_name` when it is free or already holds the same bytes; when it
+    holds other bytes (a re-optimization that produced a different model), the deployment gets this name
+    instead, so a deployment name never stands for two contents.
+    """
+    short = digest.lower()[:DIGEST_NAME_CHARS]
+    if len(short) != DIGEST_NAME_CHARS or any(c not in "0123456789abcdef" for c in short):
+        raise ValueError(f"content digest must be hex with at least {DIGEST_NAME_CHARS} characters, got {digest!r}")
+    return f"{plain}-{short}"

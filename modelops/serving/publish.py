@@ -1,9 +1,15 @@
 """Publish an immutable deployment into the S3 Triton repository, manifest last.
 
 ``s3://<triton bucket>/<model>--v<version>-<variant>/`` holds ``config.pbtxt``, ``1/<model files>`` and
-``manifest.json`` (sha256 and size of every other file, source model, recipe, variant, library
-versions, target device, created_at). A deployment whose manifest exists is never overwritten; one
+``manifest.json`` (sha256 and size of every other file, ``content_digest``, source model, recipe, variant,
+library versions, target device, created_at). A deployment whose manifest exists is never overwritten; one
 without a valid manifest is never loaded (:func:`verify_deployment`).
+
+Identity: a deployment name never stands for two contents. The content digest is the sha256 over the sorted
+(relative path, sha256) pairs of the files rendered under the plain name. The plain name is used when it is
+free or already holds the same content (reuse); otherwise the deployment is ``<plain name>-<digest[:8]>``
+(content-addressed). Publishers claim a free plain name with ``publish-claim.json`` (If-None-Match) before
+uploading, so two concurrent publishers of different bytes never mix their files (:func:`publish_candidate`).
 """
 
 from __future__ import annotations
@@ -12,18 +18,21 @@ import hashlib
 import json
 import logging
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modelops.contracts.naming import deployment_name, deployment_uri
+from modelops.contracts.naming import deployment_name, deployment_uri, digest_name
 from modelops.contracts.status import Status
 from modelops.contracts.variants import Device, get_variant
-from modelops.storage import Storage, join
+from modelops.storage import PreconditionFailed, Storage, join
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+CLAIM = "publish-claim.json"  # conditional-create claim on a plain deployment name, written before any upload
+CLAIM_WAIT_S = 120.0  # how long a publisher of the same bytes waits for the claimer's manifest
 
 
 class InvalidDeployment(Exception):
@@ -70,6 +79,52 @@ def build_manifest(root: Path, spec: dict[str, Any], variant: str, deployment: s
     }
 
 
+def content_digest(files: dict[str, dict[str, Any]]) -> str:
+    """sha256 over the sorted ``(relative path, sha256)`` pairs of a manifest's file table (manifest excluded)."""
+    digest = hashlib.sha256()
+    for rel in sorted(files):
+        digest.update(f"{rel}\0{files[rel]['sha256']}\n".encode())
+    return digest.hexdigest()
+
+
+def _same_content(manifest: dict[str, Any], files: dict[str, dict[str, Any]], digest: str) -> bool:
+    if manifest.get("content_digest"):
+        return manifest["content_digest"] == digest
+    # published before content digests: compare the file tables themselves
+    return {k: v.get("sha256") for k, v in manifest.get("files", {}).items()} == {k: v["sha256"] for k, v in files.items()}
+
+
+def _reuse(storage: Storage, uri: str, spec: dict[str, Any], variant: str, digest: str) -> dict[str, Any]:
+    manifest = verify_deployment(storage, uri)
+    if manifest.get("model") != spec["model_name"] or manifest.get("variant") != variant:
+        raise PublishError(f"deployment {manifest.get('deployment')} holds {manifest.get('model')}/"
+                           f"{manifest.get('variant')}, not {spec['model_name']}/{variant}; refusing to reuse it")
+    log.info("deployment %s already published by run %s with the same bytes; reusing it", manifest.get("deployment"),
+             manifest.get("run_id"))  # fmt: skip
+    return {"deployment": manifest["deployment"], "uri": uri, "manifest": manifest, "reused": True,
+            "content_digest": digest}  # fmt: skip
+
+
+def _wait_for_manifest(storage: Storage, uri: str, wait_s: float) -> bool:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if storage.exists(join(uri, MANIFEST)):
+            return True
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    return storage.exists(join(uri, MANIFEST))
+
+
+def _upload(storage: Storage, root: Path, uri: str, manifest: dict[str, Any]) -> bool:
+    """Upload the files, then the manifest (If-None-Match: the commit). False if another publisher committed first."""
+    for rel in manifest["files"]:
+        storage.upload_file(root / rel, join(uri, rel))
+    try:
+        storage.write_bytes(join(uri, MANIFEST), json.dumps(manifest, indent=2).encode(), if_none_match=True)
+    except PreconditionFailed:
+        return False
+    return True
+
+
 def publish_candidate(
     storage: Storage,
     spec: dict[str, Any],
@@ -77,22 +132,36 @@ def publish_candidate(
     export_result: dict[str, Any],
     optimize_result: dict[str, Any],
     triton_bucket: str,
+    *,
+    claim_wait_s: float = CLAIM_WAIT_S,
 ) -> dict[str, Any]:
-    """Render and upload the deployment of ``variant``; returns ``{"deployment", "uri", "manifest", "reused"}``.
+    """Render and upload the deployment of ``variant``.
 
-    Idempotent: if the deployment already has a valid manifest from the same model version and variant,
-    it is reused (a retried or repeated run publishes nothing new).
+    A deployment name never stands for two contents. The model directory is rendered first under the plain
+    name ``<model>--v<version>-<variant>`` and its content digest computed (:func:`content_digest`). Then:
+
+    - the plain name holds a manifest with the same content: reused (a retried or repeated run);
+    - the plain name is free: claimed with ``<plain>/publish-claim.json`` (If-None-Match, holding the digest),
+      files uploaded, manifest written last (If-None-Match);
+    - the plain name holds or is claimed for other bytes: published as ``<plain>-<digest[:8]>``
+      (:func:`~modelops.contracts.naming.digest_name`; content-addressed, so a concurrent publisher of the same
+      bytes writes identical files, and an existing manifest there is reused);
+    - the plain name is claimed for the same bytes by a publisher still uploading: wait up to ``claim_wait_s``
+      for its manifest and reuse it; if it never comes (that publisher died), finish the upload ourselves
+      (the files are byte for byte the same).
+
+    ``content_digest`` in the manifest and in the result is the digest of the rendering under the plain name
+    (the one deployment file that names the model, ``config.pbtxt``, differs under the digest name).
+
+    Returns:
+        ``{"deployment", "uri", "manifest", "reused", "content_digest"}``.
+
+    Raises:
+        PublishError: not servable on the target device, no optimized model, or the name holds another model.
     """
     from modelops.serving.triton.model_dir import build_model_dir
 
-    deployment = deployment_name(spec["model_name"], spec["model_version"], variant)
-    uri = deployment_uri(triton_bucket, deployment)
-    if storage.exists(join(uri, MANIFEST)):
-        manifest = verify_deployment(storage, uri)
-        if manifest["model"] != spec["model_name"] or manifest["variant"] != variant:
-            raise PublishError(f"deployment {deployment} already exists for something else; refusing to overwrite")
-        log.info("deployment %s already published by run %s; reusing it", deployment, manifest.get("run_id"))
-        return {"deployment": deployment, "uri": uri, "manifest": manifest, "reused": True}
+    plain = deployment_name(spec["model_name"], spec["model_version"], variant)
     info, device = get_variant(variant), Device(spec.get("serving_device") or Device.CPU)
     if not info.servable_on(device):
         raise PublishError(f"cannot publish {variant}: {info.not_servable_reason(device)}")
@@ -103,22 +172,67 @@ def publish_candidate(
         onnx_path = storage.download_file(candidate["onnx"], Path(tmp) / "src" / "model.onnx")
         # text-in recipes serve another contract than the ONNX model's (export's serving_kind/serving_io + tokenizer)
         assets_uri = export_result["outputs"].get("serving_assets")
-        root = build_model_dir(
-            Path(tmp) / deployment,
-            name=deployment,
-            kind=export_result.get("serving_kind") or "onnxruntime",
-            model_path=onnx_path,
-            io=export_result.get("serving_io") or export_result["io"],
-            max_batch_size=int(export_result["max_batch_size"]),
-            assets=storage.download_dir(assets_uri, Path(tmp) / "assets") if assets_uri else None,
-        )
-        manifest = build_manifest(root, spec, variant, deployment, export_result.get("versions", {}))
-        for rel in manifest["files"]:
-            storage.upload_file(root / rel, join(uri, rel))
-        # Written last, and only if no concurrent publisher got there first: the manifest is the commit.
-        storage.write_bytes(join(uri, MANIFEST), json.dumps(manifest, indent=2).encode(), if_none_match=True)
-    log.info("published %s (%d files)", uri, len(manifest["files"]))
-    return {"deployment": deployment, "uri": uri, "manifest": manifest, "reused": False}
+        assets = storage.download_dir(assets_uri, Path(tmp) / "assets") if assets_uri else None
+
+        def render(name: str) -> Path:
+            return build_model_dir(
+                Path(tmp) / "render" / name,
+                name=name,
+                kind=export_result.get("serving_kind") or "onnxruntime",
+                model_path=onnx_path,
+                io=export_result.get("serving_io") or export_result["io"],
+                max_batch_size=int(export_result["max_batch_size"]),
+                assets=assets,
+            )
+
+        def commit(name: str, root: Path) -> dict[str, Any]:
+            uri = deployment_uri(triton_bucket, name)
+            manifest = build_manifest(root, spec, variant, name, export_result.get("versions", {}))
+            manifest["content_digest"] = digest
+            if not _upload(storage, root, uri, manifest):
+                return _reuse(storage, uri, spec, variant, digest)  # a publisher of the same bytes won
+            log.info("published %s (%d files, content %s)", uri, len(manifest["files"]), digest[:12])
+            return {"deployment": name, "uri": uri, "manifest": manifest, "reused": False, "content_digest": digest}
+
+        plain_root = render(plain)
+        files = file_table(plain_root)
+        digest = content_digest(files)
+        plain_uri = deployment_uri(triton_bucket, plain)
+        if storage.exists(join(plain_uri, MANIFEST)):
+            if _same_content(verify_deployment(storage, plain_uri), files, digest):
+                return _reuse(storage, plain_uri, spec, variant, digest)
+        else:
+            claim = {"content_digest": digest, "run_id": spec.get("run_id"),
+                     "claimed_at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+            try:
+                storage.write_bytes(join(plain_uri, CLAIM), json.dumps(claim).encode(), if_none_match=True)
+                return commit(plain, plain_root)
+            except PreconditionFailed:
+                pass
+            held = _read_claim(storage, plain_uri)
+            if held.get("content_digest") == digest:
+                if held.get("run_id") != spec.get("run_id") and _wait_for_manifest(storage, plain_uri, claim_wait_s):
+                    if _same_content(verify_deployment(storage, plain_uri), files, digest):
+                        return _reuse(storage, plain_uri, spec, variant, digest)
+                else:  # our own earlier attempt (a retry), or a publisher that died: same bytes, finish it
+                    log.warning("claim on %s (same content) has no manifest; completing the upload", plain_uri)
+                    return commit(plain, plain_root)
+        name = digest_name(plain, digest)
+        log.info("%s holds other bytes; publishing this content as %s", plain, name)
+        uri = deployment_uri(triton_bucket, name)
+        if storage.exists(join(uri, MANIFEST)):
+            manifest = verify_deployment(storage, uri)
+            if manifest.get("content_digest") != digest:
+                raise PublishError(f"deployment {name} holds other bytes (digest prefix collision); refusing it")
+            return _reuse(storage, uri, spec, variant, digest)
+        return commit(name, render(name))
+
+
+def _read_claim(storage: Storage, uri: str) -> dict[str, Any]:
+    try:
+        return json.loads(storage.read_bytes(join(uri, CLAIM)))
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 def verify_deployment(storage: Storage, uri: str) -> dict[str, Any]:
