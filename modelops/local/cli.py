@@ -6,6 +6,7 @@ modelops stack status [--json]       endpoints and processes; --json also prints
 modelops demo                        the end-to-end demo (modelops/local/demo.py)
 modelops keys create|list|revoke     API keys of the serving gateway (modelops/serving/gateway/keys_cli.py)
 modelops serving reconcile [--watch S] load every routed deployment Triton does not serve (modelops/local/serving_cli.py)
+modelops rollout status MODEL [--json] routes and the latest rollout of a model (modelops/local/rollout_cli.py)
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def _url(info: dict[str, Any], name: str) -> str:
         return svc["endpoint"]
     if name == "triton":
         return f"{svc['http']} (grpc {svc['grpc']})"
+    if name == "reconciler":
+        return f"(no port) every {svc['interval_s']:g} s"
     return svc["url"]
 
 
@@ -134,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     from modelops.local import serving_cli
 
     serving_cli.add_parser(commands)
+    from modelops.local import rollout_cli
+
+    rollout_cli.add_parser(commands)
     return parser
 
 

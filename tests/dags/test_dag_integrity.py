@@ -19,7 +19,9 @@ def dagbag():
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert "optimize_model" in dagbag.dags
+    assert {"optimize_model", "registry_reconcile", "nightly_reoptimize", "rollout_model", "rollback_model"} <= set(
+        dagbag.dags
+    )
 
 
 def test_optimize_model_wiring(dagbag):

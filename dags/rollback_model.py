@@ -1,0 +1,43 @@
+"""rollback_model: put a model back on one deployment by hand.
+
+Routes 100% to ``to_deployment`` (default: the stable deployment of the model's last finished rollout, else the
+heaviest routed one), drains and unloads the others and records the statuses on the MLflow model versions. A
+running ``rollout_model`` of the same model stops at its next wake ("stopped: routes were changed by ...")
+instead of rolling back over this. Wiring only: the work is in ``operators.rollback_tasks``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Param, dag, task
+
+PARAMS = {
+    "model_name": Param("digits_cnn", type="string", minLength=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+                        title="Model", description="Public (registered) model name to roll back."),
+    "to_deployment": Param(None, type=["null", "string"], pattern=r"^[a-z0-9][a-z0-9_-]*$",
+                           title="Deployment to return to",
+                           description="Leave empty for the last stable deployment of the model."),
+}
+
+
+@dag(
+    dag_id="rollback_model",
+    schedule=None,
+    catchup=False,
+    params=PARAMS,
+    tags=["modelops", "triton", "rollout"],
+    default_args={"retries": 0, "execution_timeout": timedelta(minutes=15)},
+    doc_md=__doc__,
+)
+def rollback_model():
+    @task
+    def rollback(params=None, run_id=None) -> dict:
+        from operators import rollback_tasks
+
+        return rollback_tasks.manual_rollback(dict(params), run_id)
+
+    rollback()
+
+
+rollback_model()
