@@ -7,11 +7,14 @@ hook                default conn id  base                       gives
 ``TritonHook``      triton_default   ``HttpHook`` (http)        ``get_client()`` -> ``tritonclient.http`` client
 ``ModelOpsS3Hook``  s3_default       ``S3Hook`` (aws)           ``storage()`` -> ``modelops.storage.Storage``
 ``AirflowApiHook``  airflow_api_...  ``HttpHook`` (http)        ``create_dag_run()`` through the REST API v2
+``PrometheusHook``  prometheus_...   ``HttpHook`` (http)        ``url()``: base URL for PromQL queries
+``GatewayHook``     gateway_default  ``HttpHook`` (http)        ``url()``: base URL (``/metrics``, inference)
 ==================  ===============  =========================  ===============================================
 
 ``get_conn()`` keeps the provider's meaning (a ``requests.Session`` for the HTTP hooks, a boto3 S3 client for
 S3); every hook takes its connection id as a constructor argument (``mlflow_conn_id``, ``triton_conn_id``,
-``aws_conn_id``, ``airflow_api_conn_id``) and has ``test_connection()``. Heavy clients (mlflow, tritonclient)
+``aws_conn_id``, ``airflow_api_conn_id``, ``prometheus_conn_id``, ``gateway_conn_id``) and has
+``test_connection()``. Heavy clients (mlflow, tritonclient)
 are imported when asked for, so importing this module costs the provider hooks only.
 """
 
@@ -33,7 +36,8 @@ if TYPE_CHECKING:
 CREATED, EXISTS = "created", "exists"
 # The connection-id arguments operators take and DAGs may set in ``default_args``, with their defaults.
 CONN_ID_DEFAULTS: dict[str, str] = {"mlflow_conn_id": "mlflow_default", "s3_conn_id": "s3_default",
-                                    "triton_conn_id": "triton_default"}
+                                    "triton_conn_id": "triton_default", "prometheus_conn_id": "prometheus_default",
+                                    "gateway_conn_id": "gateway_default"}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -134,6 +138,58 @@ class TritonHook(HttpHook):
             return f"Triton at {self.url()} is live"
 
         return _probe(check)
+
+
+class _BaseUrlHook(HttpHook):
+    """An HTTP service known by its base URL; subclasses set the connection attributes and the probe path."""
+
+    probe_path = "/"
+    what = "the service"
+
+    def __init__(self, conn_id: str, **kwargs: Any) -> None:
+        super().__init__(method="GET", http_conn_id=conn_id, **kwargs)
+        setattr(self, self.conn_name_attr, conn_id)
+
+    def url(self) -> str:
+        """The base URL, without a trailing slash (e.g. ``http://127.0.0.1:9090``)."""
+        return self.url_from_endpoint("").rstrip("/")
+
+    def test_connection(self) -> tuple[bool, str]:
+        """GET the probe path."""
+
+        def check() -> str:
+            self.run(self.probe_path, extra_options={"timeout": 10})
+            return f"{self.what} answers at {self.url()}"
+
+        return _probe(check)
+
+
+class PrometheusHook(_BaseUrlHook):
+    """The Prometheus server that scrapes Triton and the gateway (http connection: host, port, schema)."""
+
+    conn_name_attr = "prometheus_conn_id"
+    default_conn_name = "prometheus_default"
+    conn_type = "http"
+    hook_name = "Prometheus"
+    probe_path = "/-/ready"
+    what = "Prometheus"
+
+    def __init__(self, prometheus_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(prometheus_conn_id, **kwargs)
+
+
+class GatewayHook(_BaseUrlHook):
+    """The serving gateway (http connection: host, port, schema); its ``/metrics`` needs no key."""
+
+    conn_name_attr = "gateway_conn_id"
+    default_conn_name = "gateway_default"
+    conn_type = "http"
+    hook_name = "ModelOps serving gateway"
+    probe_path = "/v2/health/live"
+    what = "the gateway"
+
+    def __init__(self, gateway_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(gateway_conn_id, **kwargs)
 
 
 class ModelOpsS3Hook(S3Hook):
@@ -250,12 +306,8 @@ class AirflowApiHook(HttpHook):
             return False, _first_line(exc)
 
 
-def pipeline_hooks(overrides: Mapping[str, Any] | None = None) -> tuple[MlflowHook, ModelOpsS3Hook, TritonHook]:
-    """The MLflow, S3 and Triton hooks on the connections ``overrides`` names (e.g. a DAG's ``default_args``).
-
-    Args:
-        overrides: may hold ``mlflow_conn_id``, ``s3_conn_id``, ``triton_conn_id``; other keys are ignored,
-            missing ones take :data:`CONN_ID_DEFAULTS`.
+def conn_ids(overrides: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The connection ids of :data:`CONN_ID_DEFAULTS`, with those ``overrides`` (e.g. ``default_args``) sets.
 
     Raises:
         ValueError: a connection id is set but not a non-empty string.
@@ -268,5 +320,31 @@ def pipeline_hooks(overrides: Mapping[str, Any] | None = None) -> tuple[MlflowHo
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{key} must be a non-empty connection id, got {value!r}")
         ids[key] = value.strip()
+    return ids
+
+
+def pipeline_hooks(overrides: Mapping[str, Any] | None = None) -> tuple[MlflowHook, ModelOpsS3Hook, TritonHook]:
+    """The MLflow, S3 and Triton hooks on the connections ``overrides`` names (e.g. a DAG's ``default_args``).
+
+    Args:
+        overrides: may hold ``mlflow_conn_id``, ``s3_conn_id``, ``triton_conn_id``; other keys are ignored,
+            missing ones take :data:`CONN_ID_DEFAULTS`.
+
+    Raises:
+        ValueError: a connection id is set but not a non-empty string.
+    """
+    ids = conn_ids(overrides)
     return (MlflowHook(mlflow_conn_id=ids["mlflow_conn_id"]), ModelOpsS3Hook(aws_conn_id=ids["s3_conn_id"]),
             TritonHook(triton_conn_id=ids["triton_conn_id"]))
+
+
+def monitoring_hooks(overrides: Mapping[str, Any] | None = None) -> tuple[PrometheusHook, GatewayHook]:
+    """The Prometheus and gateway hooks on the connections ``overrides`` names (``prometheus_conn_id``,
+    ``gateway_conn_id``; defaults ``prometheus_default``, ``gateway_default``).
+
+    Raises:
+        ValueError: a connection id is set but not a non-empty string.
+    """
+    ids = conn_ids(overrides)
+    return (PrometheusHook(prometheus_conn_id=ids["prometheus_conn_id"]),
+            GatewayHook(gateway_conn_id=ids["gateway_conn_id"]))

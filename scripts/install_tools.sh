@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Serving tools for the embedded stack (see ../shared/ENVIRONMENT.md):
 #  - tritonserver 2.51 with the python backend, from the nvidia-pytriton wheel (run as a binary);
-#  - perf_analyzer from tritonclient 2.51 (newer wheels need glibc 2.38), plus libcudart.so.12 and libb64.
+#  - perf_analyzer from tritonclient 2.51 (newer wheels need glibc 2.38), plus libcudart.so.12 and libb64;
+#  - Debian's prometheus (server + promtool) for the stack's metrics (rollout analysis).
 # Idempotent: re-running with everything in place does nothing.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +30,13 @@ if ! ldconfig -p | grep -q libb64.so.0d; then
     (apt-get install -y -qq libb64-0d >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq libb64-0d >/dev/null))
   else
     echo "perf_analyzer needs Debian's libb64-0d: sudo apt-get install libb64-0d" >&2; exit 1
+  fi
+fi
+if [ ! -x /usr/bin/prometheus ] && ! command -v prometheus >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -qq prometheus >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq prometheus >/dev/null))
+  else
+    echo "the stack's Prometheus needs Debian's prometheus package: sudo apt-get install prometheus" >&2; exit 1
   fi
 fi
 libdir=$("$py" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')

@@ -3,27 +3,37 @@
 Against the local stack by default (endpoints and the admin token from ``stack.json``). With ``--triton``
 it reconciles any Triton: the Kubernetes sidecar form, one per Triton replica (see
 :mod:`modelops.serving.reconcile`), with the admin token read from ``--admin-token-file`` and S3 from the
-``AWS_*`` environment. ``--watch SECONDS`` repeats it until interrupted.
+``AWS_*`` environment. ``--watch SECONDS`` repeats it until interrupted (the stack's ``reconciler`` service);
+it then reports only what it changed or could not do, not the deployments already ready.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from modelops.serving.reconcile import FAILED, Action
+from modelops.serving.reconcile import FAILED, READY, Action
 
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _say_changes(line: str) -> None:
+    """``_say`` without the ``<deployment> (<models>): ready`` lines (a watch would log them every pass)."""
+    if not line.endswith(f": {READY}"):
+        _say(line)
+
+
 def _runner(args: argparse.Namespace) -> Any:
     """A no-argument function doing one reconcile pass against the chosen Triton."""
     from modelops.local.stack.state import StackError
+
+    say = _say_changes if args.watch else _say
 
     if args.triton:
         from modelops.serving.reconcile import admin_client, reconcile
@@ -41,7 +51,7 @@ def _runner(args: argparse.Namespace) -> Any:
         def run() -> list[Action]:
             client = admin_client(args.triton.removeprefix("http://"), args.admin_header, token)
             try:
-                return reconcile(client, Storage(), bucket, say=_say)
+                return reconcile(client, Storage(), bucket, say=say)
             finally:
                 client.close()
 
@@ -54,7 +64,7 @@ def _runner(args: argparse.Namespace) -> Any:
         info = stack.status()
         if not info["triton"]["running"]:
             raise StackError("the stack's Triton is not running; run `modelops stack up`")
-        return reconcile_stack(info, say=_say)
+        return reconcile_stack(info, say=say)
 
     return run_stack
 
@@ -65,6 +75,8 @@ def _cmd(args: argparse.Namespace) -> int:
         from modelops.serving.reconcile import watch
 
         _say(f"reconciling every {args.watch:g} s; Ctrl-C stops")
+        if args.ready_file:
+            Path(args.ready_file).write_text(f"{os.getpid()}\n")
         watch(run, args.watch)
         return 0
     actions = run()
@@ -83,5 +95,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     rec.add_argument("--triton", help="host:port of a Triton's HTTP endpoint (default: the local stack's)")
     rec.add_argument("--admin-token-file", help="file holding that Triton's admin token (with --triton)")
     rec.add_argument("--admin-header", default="X-ModelOps-Admin", help="the admin header name (with --triton)")
+    rec.add_argument("--ready-file", metavar="PATH",
+                     help="with --watch: write this process's pid to PATH once watching (a supervisor's check)")
     rec.set_defaults(func=_cmd)
     return parser

@@ -141,11 +141,17 @@ def test_reconcile_cli_is_idempotent_and_loads_what_is_missing(stack, published)
         assert info["admin_token"] not in proc.stdout + proc.stderr, "the token is never printed"
         return {a["deployment"]: a["action"] for a in json.loads(proc.stdout)}
 
+    from modelops.local import stack as stack_mod
+
     assert run()[deployment] == "ready"  # loaded: left alone
-    admin = {info["admin_header"]: info["admin_token"]}
-    assert _http("POST", f"{base}/v2/repository/models/{deployment}/unload", admin)[0] == 200
-    deadline = time.monotonic() + 30
-    while _ready(base, deployment) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert run()[deployment] == "loaded"
-    assert _ready(base, deployment)
+    stack_mod.down(services=["reconciler"])  # the stack's own watcher would reload it first
+    try:
+        admin = {info["admin_header"]: info["admin_token"]}
+        assert _http("POST", f"{base}/v2/repository/models/{deployment}/unload", admin)[0] == 200
+        deadline = time.monotonic() + 30
+        while _ready(base, deployment) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert run()[deployment] == "loaded"
+        assert _ready(base, deployment)
+    finally:
+        stack_mod.up(services=["reconciler"])

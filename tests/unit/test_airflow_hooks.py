@@ -241,6 +241,41 @@ def test_airflow_api_hook_refused_login_is_one_clear_line(serve, monkeypatch):
     assert not ok and "wrong" not in message
 
 
+@pytest.mark.parametrize(("name", "conn_attr", "default", "probe"), [
+    ("PrometheusHook", "prometheus_conn_id", "prometheus_default", "/-/ready"),
+    ("GatewayHook", "gateway_conn_id", "gateway_default", "/v2/health/live"),
+])
+def test_prometheus_and_gateway_hooks_url_probe_and_selected_connection(serve, monkeypatch, name, conn_attr,
+                                                                        default, probe):
+    from modelops_airflow import hooks
+
+    cls = getattr(hooks, name)
+    assert (cls.conn_name_attr, cls.default_conn_name, cls.conn_type) == (conn_attr, default, "http")
+    server = serve(_health({probe: b"ready"}))
+    _http_conn(monkeypatch, default, server.port)
+    assert cls().url() == f"http://127.0.0.1:{server.port}"
+    _http_conn(monkeypatch, "other_one", server.port, host="localhost")
+    hook = cls(**{conn_attr: "other_one"})
+    assert getattr(hook, conn_attr) == "other_one"
+    assert hook.url() == f"http://localhost:{server.port}", "no trailing slash"
+    ok, message = hook.test_connection()
+    assert ok, message
+    assert [(m, p) for m, p, _, _ in server.requests] == [("GET", probe)]
+    dead = serve(lambda req, body: (503, "text/plain", b"not ready"))
+    _http_conn(monkeypatch, "down_one", dead.port)
+    ok, message = cls(**{conn_attr: "down_one"}).test_connection()
+    assert not ok and "503" in message and "\n" not in message
+
+
+def test_monitoring_hooks_take_connection_ids_from_dag_defaults():
+    from modelops_airflow.hooks import monitoring_hooks
+
+    prom, gateway = monitoring_hooks({"prometheus_conn_id": "prom_prod", "mlflow_conn_id": "x"})
+    assert (prom.prometheus_conn_id, gateway.gateway_conn_id) == ("prom_prod", "gateway_default")
+    with pytest.raises(ValueError, match="gateway_conn_id must be a non-empty connection id"):
+        monitoring_hooks({"gateway_conn_id": ""})
+
+
 def test_pipeline_hooks_take_connection_ids_from_dag_defaults():
     from modelops_airflow.hooks import pipeline_hooks
 
@@ -254,10 +289,17 @@ def test_pipeline_hooks_take_connection_ids_from_dag_defaults():
 def test_stack_connections_fit_the_hooks(monkeypatch):
     """The stack's AIRFLOW_CONN_* JSON is what the hooks read (conn types, S3 keys, the API user)."""
     from modelops.local.stack.endpoints import airflow_connections
-    from modelops_airflow.hooks import AirflowApiHook, MlflowHook, ModelOpsS3Hook, TritonHook
+    from modelops_airflow.hooks import (
+        AirflowApiHook,
+        GatewayHook,
+        MlflowHook,
+        ModelOpsS3Hook,
+        PrometheusHook,
+        TritonHook,
+    )
 
     status = {"s3": {"endpoint": "http://127.0.0.1:8333", "access_key": "ak", "secret_key": "sk"},
-              "mlflow": {"port": 5000},
+              "mlflow": {"port": 5000}, "gateway": {"port": 9000}, "prometheus": {"port": 9090},
               "triton": {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002,
                          "admin_header": "X-ModelOps-Admin", "admin_token": "tok"},
               "airflow": {"port": 8080, "username": "admin", "password": "pw"}}
@@ -265,6 +307,7 @@ def test_stack_connections_fit_the_hooks(monkeypatch):
         monkeypatch.setenv(name, value)
     assert MlflowHook().tracking_uri() == "http://127.0.0.1:5000"
     assert TritonHook().url() == "127.0.0.1:8000"
+    assert (PrometheusHook().url(), GatewayHook().url()) == ("http://127.0.0.1:9090", "http://127.0.0.1:9000")
     assert TritonHook().admin() == ("X-ModelOps-Admin", "tok")
     config = ModelOpsS3Hook().s3_config()
     assert (config.endpoint_url, config.access_key, config.secret_key) == ("http://127.0.0.1:8333", "ak", "sk")

@@ -186,8 +186,11 @@ def test_status_shape_and_client_env(settings: Settings) -> None:
     assert status["gateway"]["keys_db"] == str(settings.stack_dir / "gateway" / "keys.db")
     assert status["gateway"]["routes"] == "s3://triton/routes"
     assert status["stack_dir"] == str(settings.stack_dir)
-    for name in ("s3", "mlflow", "triton", "gateway", "airflow"):
-        assert set(status[name]) >= {"pid", "log", "running"}
+    assert status["prometheus"]["url"] == "http://127.0.0.1:9190"
+    assert status["prometheus"]["config"] == str(settings.stack_dir / "config" / "prometheus.yml")
+    assert status["reconciler"]["interval_s"] == 10.0
+    for name in ("s3", "mlflow", "triton", "gateway", "prometheus", "reconciler", "airflow"):
+        assert set(status[name]) >= {"pid", "log", "running", "state"}
         assert status[name]["log"].startswith(str(settings.stack_dir / "logs"))
     assert status["s3"]["running"] is True and status["mlflow"]["running"] is False
     json.dumps(status)  # serializable
@@ -240,7 +243,8 @@ def test_status_before_first_up_has_no_secrets(settings: Settings) -> None:
     assert status["initialized"] is False
     assert status["s3"]["secret_key"] is None and status["airflow"]["password"] is None
     assert status["triton"]["admin_token"] is None
-    assert not any(status[name]["running"] for name in ("s3", "mlflow", "triton", "gateway", "airflow"))
+    assert not any(status[name]["running"]
+                   for name in ("s3", "mlflow", "triton", "gateway", "prometheus", "reconciler", "airflow"))
     assert not settings.stack_dir.exists(), "status must not create the stack directory"
 
 
@@ -337,13 +341,17 @@ def test_airflow_home_prepare_writes_private_files_and_shim(settings: Settings) 
 
 # -- service graph and processes --------------------------------------------------------------------
 def test_requirements_and_dependents() -> None:
-    assert manager.with_requirements(None) == ["s3", "mlflow", "triton", "gateway", "airflow"]
+    assert manager.with_requirements(None) == ["s3", "mlflow", "triton", "gateway", "prometheus", "reconciler",
+                                               "airflow"]
     assert manager.with_requirements(["mlflow"]) == ["s3", "mlflow"]
     assert manager.with_requirements(["seaweedfs", "airflow"]) == ["s3", "mlflow", "triton", "airflow"]
     assert manager.with_requirements(["gateway"]) == ["s3", "triton", "gateway"]
-    assert manager.with_dependents(["triton"]) == ["triton", "gateway", "airflow"]
+    assert manager.with_requirements(["reconciler"]) == ["s3", "triton", "reconciler"]
+    assert manager.with_requirements(["prometheus"]) == ["prometheus"]
+    assert manager.with_dependents(["triton"]) == ["triton", "gateway", "reconciler", "airflow"]
     assert manager.with_dependents(["gateway"]) == ["gateway"]
-    assert manager.with_dependents(["s3"]) == ["s3", "mlflow", "triton", "gateway", "airflow"]
+    assert manager.with_dependents(["prometheus"]) == ["prometheus"], "Triton/gateway restarts keep its TSDB"
+    assert manager.with_dependents(["s3"]) == ["s3", "mlflow", "triton", "gateway", "reconciler", "airflow"]
     with pytest.raises(StackError, match="unknown service"):
         manager.with_requirements(["postgres"])
 

@@ -16,10 +16,12 @@ from modelops.settings import Settings
 from modelops.storage import S3Config
 
 # Service keys, in start order; the label names the process in messages and its log file.
-SERVICES: tuple[str, ...] = ("s3", "mlflow", "triton", "gateway", "airflow")
+SERVICES: tuple[str, ...] = ("s3", "mlflow", "triton", "gateway", "prometheus", "reconciler", "airflow")
 LABELS: dict[str, str] = {
-    "s3": "seaweedfs", "mlflow": "mlflow", "triton": "triton", "gateway": "gateway", "airflow": "airflow",
+    "s3": "seaweedfs", "mlflow": "mlflow", "triton": "triton", "gateway": "gateway", "prometheus": "prometheus",
+    "reconciler": "reconciler", "airflow": "airflow",
 }
+RECONCILE_INTERVAL_S = 10.0  # the reconciler service's `modelops serving reconcile --watch` period
 REGION = "us-east-1"
 
 
@@ -39,6 +41,16 @@ def mlflow_url(state: StackState) -> str:
 def gateway_url(state: StackState) -> str:
     """The serving gateway's base URL (``http://127.0.0.1:<9000 + offset>``)."""
     return f"http://{HOST}:{state.ports['gateway']}"
+
+
+def prometheus_url(state: StackState) -> str:
+    """The stack's Prometheus (``http://127.0.0.1:<9090 + offset>``)."""
+    return f"http://{HOST}:{state.ports['prometheus']}"
+
+
+def prometheus_config(state: StackState) -> Path:
+    """``<stack dir>/config/prometheus.yml``, rendered by ``stack up``."""
+    return state.stack_dir / "config" / "prometheus.yml"
 
 
 def gateway_keys_db(state: StackState, settings: Settings) -> Path:
@@ -112,6 +124,14 @@ def build_status(state: StackState, settings: Settings, running: Mapping[str, bo
             "routes": settings.gateway_routes_uri,
             **proc("gateway"),
         },
+        "prometheus": {
+            "url": prometheus_url(state),
+            "port": ports["prometheus"],
+            "config": str(prometheus_config(state)),
+            "data_dir": str(state.stack_dir / "prometheus"),
+            **proc("prometheus"),
+        },
+        "reconciler": {"interval_s": RECONCILE_INTERVAL_S, **proc("reconciler")},
         "airflow": {
             "url": f"http://{HOST}:{ports['airflow']}",
             "port": ports["airflow"],
@@ -124,9 +144,10 @@ def build_status(state: StackState, settings: Settings, running: Mapping[str, bo
 
 
 def airflow_connections(status: Mapping[str, Any]) -> dict[str, str]:
-    """``AIRFLOW_CONN_*`` variables (Airflow's JSON connection format) for mlflow, s3, triton and airflow_api.
+    """``AIRFLOW_CONN_*`` variables (Airflow's JSON connection format) for mlflow, s3, triton, gateway, prometheus
+    and airflow_api.
 
-    ``mlflow_default``/``triton_default`` are ``http`` connections (``HttpHook``), ``s3_default`` an ``aws`` one
+    ``mlflow_default``/``triton_default``/``gateway_default``/``prometheus_default`` are ``http`` connections (``HttpHook``), ``s3_default`` an ``aws`` one
     (``S3Hook``: keys as login/password, ``endpoint_url`` and path-style addressing in the extra), and
     ``airflow_api_default`` names the API server and its user for runs created through the REST API.
     ``triton_default`` carries Triton's admin header and token in the extras ``admin_header``/``admin_token``.
@@ -150,6 +171,10 @@ def airflow_connections(status: Mapping[str, Any]) -> dict[str, str]:
             "schema": "http",
             "extra": {"grpc_port": triton["grpc_port"], "metrics_port": triton["metrics_port"], **admin},
         },
+        "AIRFLOW_CONN_GATEWAY_DEFAULT": {"conn_type": "http", "host": HOST, "port": status["gateway"]["port"],
+                                         "schema": "http"},
+        "AIRFLOW_CONN_PROMETHEUS_DEFAULT": {"conn_type": "http", "host": HOST, "port": status["prometheus"]["port"],
+                                            "schema": "http"},
         "AIRFLOW_CONN_AIRFLOW_API_DEFAULT": {
             "conn_type": "http",
             "host": HOST,
@@ -177,7 +202,7 @@ def client_env(status: Mapping[str, Any]) -> dict[str, str]:
     """Environment variables a client process needs to reach the stack described by ``status``.
 
     AWS_ENDPOINT_URL, MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION
-    (and AWS_REGION), MLFLOW_TRACKING_URI, the four AIRFLOW_CONN_* JSON strings, MODELOPS_STACK_DIR and
+    (and AWS_REGION), MLFLOW_TRACKING_URI, the six AIRFLOW_CONN_* JSON strings, MODELOPS_STACK_DIR and
     MODELOPS_PORT_OFFSET.
     """
     return {

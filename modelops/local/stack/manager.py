@@ -32,6 +32,8 @@ _ALIASES = {
     "triton": "triton",
     "airflow": "airflow",
     "gateway": "gateway",
+    "prometheus": "prometheus",
+    "reconciler": "reconciler",
 }
 
 
@@ -212,8 +214,9 @@ def status(settings: Settings | None = None) -> dict[str, Any]:
 
     Keys: ``stack_dir``, ``port_offset``, ``initialized``, ``ports`` and one object per service: ``s3``
     (endpoint, access_key, secret_key, region, *_bucket), ``mlflow`` (url), ``triton`` (http, grpc, metrics,
-    repository, admin_header, admin_token), ``gateway`` (url, metrics, keys_db, routes), ``airflow`` (url,
-    username, password); each also has pid, log, running and state. Before the first ``up`` the secrets are None.
+    repository, admin_header, admin_token), ``gateway`` (url, metrics, keys_db, routes), ``prometheus`` (url,
+    config, data_dir), ``reconciler`` (interval_s), ``airflow`` (url, username, password); each also has pid, log,
+    running and state. Before the first ``up`` the secrets are None.
     """
     settings = settings or Settings.from_env()
     state = StackState.load(settings.stack_dir) if settings.stack_dir.exists() else None

@@ -1,7 +1,8 @@
-"""The five services of the embedded stack: command line, environment, preparation and health check.
+"""The seven services of the embedded stack: command line, environment, preparation and health check.
 
-SeaweedFS (S3) -> MLflow -> Triton -> serving gateway -> Airflow (its definition in
-:mod:`~modelops.local.stack.airflow_service`), each a real server bound to 127.0.0.1. Nothing here imports
+SeaweedFS (S3) -> MLflow -> Triton -> serving gateway -> Prometheus -> reconciler -> Airflow (Prometheus and the
+reconciler in :mod:`~modelops.local.stack.monitoring_service`, Airflow in
+:mod:`~modelops.local.stack.airflow_service`), each server bound to 127.0.0.1. Nothing here imports
 Airflow, MLflow or Triton: the stack only spawns their binaries and talks HTTP (and boto3 for S3).
 """
 
@@ -29,6 +30,15 @@ from modelops.local.stack.endpoints import (
     s3_endpoint,
     s3_env,
     triton_repository,
+)
+from modelops.local.stack.monitoring_service import (
+    _prometheus_command,
+    _prometheus_health,
+    _prometheus_prepare,
+    _reconciler_command,
+    _reconciler_env,
+    _reconciler_health,
+    _reconciler_prepare,
 )
 from modelops.local.stack.service_spec import Context, ServiceSpec, _path_with, http
 from modelops.local.stack.state import HOST, StackError, write_private
@@ -310,6 +320,27 @@ SPECS: dict[str, ServiceSpec] = {
         env=_gateway_env,
         health=_gateway_health,
         prepare=_gateway_prepare,
+    ),
+    "prometheus": ServiceSpec(
+        name="prometheus",
+        ports=("prometheus",),
+        requires=(),  # it scrapes Triton and the gateway when they are up; a restart of either keeps its TSDB
+        timeout_s=30,
+        command=_prometheus_command,
+        env=Context.base_env,
+        health=_prometheus_health,
+        prepare=_prometheus_prepare,
+    ),
+    "reconciler": ServiceSpec(
+        name="reconciler",
+        ports=(),
+        requires=("s3", "triton"),
+        timeout_s=30,
+        command=_reconciler_command,
+        env=_reconciler_env,
+        health=_reconciler_health,
+        prepare=_reconciler_prepare,
+        stop_grace_s=5.0,
     ),
     "airflow": ServiceSpec(
         name="airflow",

@@ -44,6 +44,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "airflow_worker_log": 8793,
     "airflow_trigger_log": 8794,
     "gateway": 9000,
+    "prometheus": 9090,
 }
 
 
