@@ -1,4 +1,4 @@
-"""The embedded ModelOps stack: SeaweedFS (S3), MLflow, Triton and Airflow on 127.0.0.1.
+"""The embedded ModelOps stack: SeaweedFS (S3), MLflow, Triton, the gateway, Prometheus, the reconciler and Airflow.
 
 Python API (used by ``modelops stack``, the demo and the test fixtures)::
 
