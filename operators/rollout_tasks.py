@@ -133,14 +133,31 @@ def begin(params: dict[str, Any], run_id: str) -> dict[str, Any]:
                                  interval_s=cfg["interval_s"])
     except RolloutError as exc:
         raise fail(str(exc)) from None
-    mlflow_run = rr.open_rollout_run(be.mlflow, cfg["model"], cfg["deployment"], run_id, {
-        "steps": state.steps, "mode": cfg["mode"], "interval_s": cfg["interval_s"], "stable": state.stable,
-        "require_approval": cfg["require_approval"], **cfg["thresholds"]})
-    rr.mark_version(be.mlflow, version[0], version[1], Status.CANARY, deployment=cfg["deployment"], run_id=mlflow_run)
+    try:
+        mlflow_run = rr.open_rollout_run(be.mlflow, cfg["model"], cfg["deployment"], run_id, {
+            "steps": state.steps, "mode": cfg["mode"], "interval_s": cfg["interval_s"], "stable": state.stable,
+            "require_approval": cfg["require_approval"], **cfg["thresholds"]})
+        rr.mark_version(be.mlflow, version[0], version[1], Status.CANARY, deployment=cfg["deployment"],
+                        run_id=mlflow_run)
+    except Exception as exc:  # nothing was routed yet: give the lease back so a retry or another run can start
+        _abandon(be, state, f"MLflow: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc!r}")
+        raise
     log.info("rollout of %s (%s) over %s: steps %s, stable %s; MLflow run %s", cfg["deployment"], cfg["mode"],
              cfg["model"], state.steps, state.stable or "none", mlflow_run)
     return {"model": cfg["model"], "deployment": cfg["deployment"], "mlflow_run_id": mlflow_run,
             "version": list(version), "steps": state.steps, "mode": cfg["mode"]}
+
+
+def _abandon(be: Backends, state: Any, why: str) -> None:
+    """Mark a rollout that never routed anything ``aborted`` and release its lease."""
+    from dataclasses import replace
+
+    from modelops.rollout import state as rollout_state
+    from modelops.serving.locks import lock_uri, release
+
+    rollout_state.update(be.storage, be.bucket, state.model,
+                         lambda current: replace(current or state, status="aborted", error=why))
+    release(be.storage, lock_uri(be.bucket, "rollout", state.model), owner=state.run_id)
 
 
 def ensure_loaded(be: Backends, deployment: str) -> None:
@@ -231,8 +248,12 @@ class RolloutStepsOperator(BaseOperator):
         from modelops.rollout import analysis
 
         prom = analysis.PrometheusClient(self._backends(context).prometheus_url)
-        return analysis.analyze(prom, state.model, state.deployment, state.stable[0] if state.stable else None,
-                                window_s, thresholds(state.thresholds))
+        try:
+            return analysis.analyze(prom, state.model, state.deployment, state.stable[0] if state.stable else None,
+                                    window_s, thresholds(state.thresholds))
+        except analysis.PrometheusError as exc:  # no verdict: wait on; at the end of the step it rolls back
+            return analysis.Verdict(None, [f"Prometheus: {exc}"],
+                                    analysis.DeploymentStats(state.deployment, 0.0, None, None), None)
 
     def _record(self, context: dict[str, Any], state: Any, verdict: Any) -> Any:
         from modelops.rollout import controller
