@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -79,6 +80,41 @@ class Load:
                     self.failures.append({"at": time.time(), "code": 0, "body": repr(exc)[:200]})
 
 
+class RoutesWatch:
+    """Polls the routes file every 0.2 s in a thread and keeps each change: ``(time, weights)``."""
+
+    def __init__(self, storage: Any, bucket: str, model: str):
+        self.storage, self.bucket, self.model = storage, bucket, model
+        self.changes: list[tuple[float, dict[str, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        from modelops.serving.routes import read_routes
+
+        while not self._stop.is_set():
+            weights = read_routes(self.storage, self.bucket, self.model).weights()
+            if not self.changes or self.changes[-1][1] != weights:
+                self.changes.append((time.time(), weights))
+            time.sleep(0.2)
+
+    def timeline(self, since: float) -> list[dict[str, Any]]:
+        """Each routes state after ``since`` with how long it lasted (the last one: until now)."""
+        rows = [(t, w) for t, w in self.changes if t >= since]
+        out = []
+        for i, (t, w) in enumerate(rows):
+            end = rows[i + 1][0] if i + 1 < len(rows) else time.time()
+            out.append({"at_s": round(t - since, 1), "held_s": round(end - t, 1), "weights": w})
+        return out
+
+
 def _keys(*args: str) -> str:
     return subprocess.run([str(REPO / ".venv" / "bin" / "modelops"), "keys", *args],
                           check=True, capture_output=True, text=True).stdout
@@ -97,15 +133,13 @@ def _rollout(api: Any, storage: Any, bucket: str, model: str, canary: str, conf:
             "rollout": doc.to_json() if doc is not None else None}
 
 
-def _routes_back_at(storage: Any, bucket: str, model: str, stable: str, since: float, timeout_s: float) -> float | None:
-    from modelops.serving.routes import read_routes
-
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if read_routes(storage, bucket, model).weights() == {stable: 100}:
-            return time.time() - since
-        time.sleep(0.2)
-    return None
+def _bad_step_to_rollback_s(timeline: list[dict[str, Any]], canary: str, stable: str) -> float | None:
+    """Seconds from the routes first giving ``canary`` traffic to their being back at ``stable`` 100%."""
+    start = next((r["at_s"] for r in timeline if r["weights"].get(canary)), None)
+    if start is None:
+        return None
+    back = next((r["at_s"] for r in timeline if r["at_s"] > start and r["weights"] == {stable: 100}), None)
+    return round(back - start, 1) if back is not None else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,11 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     interval = 10 if args.quick else 20
 
+    from modelops.contracts.naming import routes_uri
     from modelops.local import stack
     from modelops.local.demo import airflow_client
     from modelops.local.synthetic import publish_synthetic, request_body
     from modelops.serving.routes import read_routes, write_routes
     from modelops.serving.triton.admin import with_admin
+    from modelops.storage import parse_s3_uri
 
     status = stack.status()
     os.environ.update(stack.client_env(status))
@@ -148,38 +184,44 @@ def main(argv: list[str] | None = None) -> int:
     load = Load(f"{status['gateway']['url']}/v2/models/{model}/infer", key, request_body(20.0))
     conf = {"steps": [10, 50, 100], "interval_s": interval, "min_requests": 20}
     results: dict[str, Any] = {"model": model, "concurrency": CONCURRENCY, "interval_s": interval}
+    watch = RoutesWatch(storage, bucket, model)
     load.start()
+    watch.start()
     try:
         time.sleep(5)
+        promotion_started = time.time()
         results["promotion"] = _rollout(api, storage, bucket, model, good, conf)
         after_promotion = load.requests
         slow_started = time.time()
         results["rollback"] = _rollout(api, storage, bucket, model, slow, conf)
-        back = _routes_back_at(storage, bucket, model, good, slow_started, 5)
-        results["rollback"]["routes_back_on_stable_after_s"] = round(back, 1) if back is not None else None
         time.sleep(3)
     finally:
         load.stop()
+        watch.stop()
         _keys("revoke", key_name)
+        # the bench's model leaves no desired state behind (the reconciler would keep loading it)
+        routes_bucket, routes_key = parse_s3_uri(routes_uri(bucket, model))
+        storage.client().delete_object(Bucket=routes_bucket, Key=routes_key)
         for deployment in (stable, good, slow):
-            try:
+            with contextlib.suppress(Exception):
                 triton.unload_model(deployment)
-            except Exception:  # noqa: BLE001 - best effort cleanup of the bench's own deployments
-                pass
     results["requests"] = load.requests
     results["requests_during_promotion"] = after_promotion
     results["failed_requests"] = load.requests - load.codes.get(200, 0)
     results["codes"] = {str(c): n for c, n in load.codes.items()}
     results["answered_by"] = dict(load.deployments)
     results["first_failures"] = load.failures
+    results["promotion"]["routes_timeline"] = watch.timeline(promotion_started)
+    results["rollback"]["routes_timeline"] = timeline = watch.timeline(slow_started)
+    results["rollback"]["bad_step_to_full_rollback_s"] = _bad_step_to_rollback_s(timeline, slow, good)
     for phase in ("promotion", "rollback"):
         analysis = ((results[phase].get("rollout") or {}).get("analysis")) or []
         results[phase]["steps"] = [{k: a.get(k) for k in ("step_index", "weight", "at", "passed", "reasons")}
                                    for a in analysis]
     write_results("rollout_load", results)
     print(json.dumps({k: v for k, v in results.items() if k not in ("promotion", "rollback")}, indent=2))
-    print(json.dumps({p: {k: results[p].get(k) for k in ("dag_run_state", "wall_s", "steps",
-                                                          "routes_back_on_stable_after_s")}
+    print(json.dumps({p: {k: results[p].get(k) for k in ("dag_run_state", "wall_s", "steps", "routes_timeline",
+                                                          "bad_step_to_full_rollback_s")}
                       for p in ("promotion", "rollback")}, indent=2, default=str))
     return 0 if results["failed_requests"] == 0 else 1
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from modelops.contracts.naming import TAG_DEPLOYMENT, TAG_ERROR, TAG_RUN_ID, TAG_STATUS, deployment_uri, experiment_name
 from modelops.contracts.status import Status
 from modelops.storage import join
-from modelops.tracking.registry import clear_version_tag, set_version_tags
+from modelops.tracking.registry import _is_not_found, clear_version_tag, set_version_tags
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -100,7 +100,15 @@ def mark_version(client: MlflowClient, model: str, version: str, status: str, *,
         tags[TAG_RUN_ID] = run_id
     if error:
         tags[TAG_ERROR] = error.splitlines()[0][:500]
-    set_version_tags(client, model, version, tags)
+    try:
+        set_version_tags(client, model, version, tags)
+    except Exception as exc:
+        if not _is_not_found(exc):
+            raise
+        # a deployment published without a registered version (or whose version was deleted) still rolls out
+        log.warning("model version %s/%s is not in the MLflow registry: status %s not recorded on it",
+                    model, version, status)
+        return
     if not error:
         clear_version_tag(client, model, version, TAG_ERROR)
 
