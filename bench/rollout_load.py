@@ -154,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     from modelops.local.synthetic import publish_synthetic, request_body
     from modelops.serving.routes import read_routes, write_routes
     from modelops.serving.triton.admin import with_admin
-    from modelops.storage import parse_s3_uri
 
     status = stack.status()
     os.environ.update(stack.client_env(status))
@@ -200,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         watch.stop()
         _keys("revoke", key_name)
         # the bench's model leaves no desired state behind (the reconciler would keep loading it)
-        routes_bucket, routes_key = parse_s3_uri(routes_uri(bucket, model))
-        storage.client().delete_object(Bucket=routes_bucket, Key=routes_key)
+        storage.delete(routes_uri(bucket, model))
         for deployment in (stable, good, slow):
             with contextlib.suppress(Exception):
                 triton.unload_model(deployment)

@@ -102,6 +102,14 @@ class Storage:
         except self.client.exceptions.NoSuchKey:
             raise FileNotFoundError(uri) from None
 
+    def delete(self, uri: str) -> None:
+        """Delete one object (or local file); deleting what does not exist is not an error."""
+        if not is_s3(uri):
+            Path(uri).unlink(missing_ok=True)
+            return
+        bucket, key = parse_s3_uri(uri)
+        self.client.delete_object(Bucket=bucket, Key=key)
+
     def read_with_etag(self, uri: str) -> tuple[bytes, str | None]:
         """Read an object and its ETag; ``(b"", None)`` when it does not exist."""
         bucket, key = parse_s3_uri(uri)

@@ -70,3 +70,13 @@ def test_conditional_writes_detect_a_concurrent_rollout(tmp_path, monkeypatch):
         write_routes(storage, bucket, stale, {"m--v1-b": 100}, by="run2")
     assert read_routes(storage, bucket, "m").weights() == {"m--v1-a": 100}
     assert calls[routes_uri(bucket, "m")] == 1
+
+
+def test_local_storage_delete_is_idempotent(tmp_path):
+    target = tmp_path / "routes" / "m.json"
+    target.parent.mkdir()
+    target.write_text("{}")
+    storage = Storage()
+    storage.delete(str(target))
+    assert not target.exists()
+    storage.delete(str(target))  # deleting what is gone is not an error
