@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -88,8 +89,6 @@ async def load(url: str, body: bytes, headers: dict[str, str], concurrency: int,
 
 def _stack_status() -> dict[str, Any]:
     """The running stack's status; its S3 credentials go into this process's environment."""
-    import os
-
     from modelops.local import stack
 
     status = stack.status()
@@ -114,8 +113,42 @@ def _deployment(model: str) -> str:
     return max(routes.routes, key=lambda r: r["weight"])["deployment"]
 
 
-async def bench(triton: str, gateway: str, key: str, models: list[str], seconds: float) -> dict[str, Any]:
+def _cpu_s(pid: int | None) -> float:
+    """CPU seconds used so far by ``pid`` and its children (Triton's python-backend stubs are children)."""
+    if not pid:
+        return 0.0
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            times = p.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+async def measured(pids: dict[str, int | None], url: str, body: bytes, headers: dict[str, str], concurrency: int,
+                   seconds: float) -> dict[str, Any]:
+    """:func:`load`, plus the CPU milliseconds per answered request of each process in ``pids``."""
+    before = {name: _cpu_s(pid) for name, pid in pids.items()}
+    result = await load(url, body, headers, concurrency, seconds)
+    n = max(result["requests"], 1)
+    result["cpu_ms_per_request"] = {name: round((_cpu_s(pid) - before[name]) * 1000 / n, 3)
+                                    for name, pid in pids.items()}
+    return result
+
+
+async def bench(triton: str, gateway: str, key: str, models: list[str], seconds: float,
+                pids: dict[str, int | None] | None = None) -> dict[str, Any]:
     """Direct vs gateway per model and concurrency."""
+    pids = pids or {}
     results: dict[str, Any] = {"seconds_per_point": seconds, "models": {}}
     for model in models:
         deployment = _deployment(model)
@@ -125,9 +158,9 @@ async def bench(triton: str, gateway: str, key: str, models: list[str], seconds:
         auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         points = {}
         for c in CONCURRENCY:
-            direct = await load(f"{triton}/v2/models/{deployment}/infer", body,
-                                {"Content-Type": "application/json"}, c, seconds)
-            through = await load(f"{gateway}/v2/models/{model}/infer", body, auth, c, seconds)
+            direct = await measured(pids, f"{triton}/v2/models/{deployment}/infer", body,
+                                    {"Content-Type": "application/json"}, c, seconds)
+            through = await measured(pids, f"{gateway}/v2/models/{model}/infer", body, auth, c, seconds)
             points[str(c)] = {
                 "direct": direct, "gateway": through,
                 "throughput_share": round(through["throughput_rps"] / max(direct["throughput_rps"], 1e-9), 3),
@@ -152,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     temp = None if args.key else f"bench-gateway-{int(time.time())}"
     key = args.key or json.loads(_keys("create", "--name", temp, "--models", "*", "--json"))["key"]
     try:
+        pids = {"gateway": status["gateway"].get("pid"), "triton": status["triton"].get("pid")}
         results = asyncio.run(bench(status["triton"]["http"], gateway.rstrip("/"), key,
-                                    args.models.split(","), args.seconds))
+                                    args.models.split(","), args.seconds, pids))
+        results["cores"] = os.cpu_count()
     finally:
         if temp:
             _keys("revoke", temp)
