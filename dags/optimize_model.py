@@ -91,6 +91,14 @@ PARAMS = {
         "first step, then the rollout_model DAG (run id rollout__<deployment>) judges each step on live metrics and "
         "promotes or rolls back. [100] replaces at once; a model's first deployment always takes 100 at once.",
     ),
+    "rollout_interval_s": Param(
+        60,
+        type="number",
+        minimum=5,
+        maximum=86400,
+        title="Rollout step interval (s)",
+        description="How long rollout_model holds and judges each step on live metrics before the next one.",
+    ),
     "rollout": Param(
         None,
         type=["null", "integer"],

@@ -113,6 +113,7 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
                 accuracy_tolerance=float(params["accuracy_tolerance"]),
                 rollout=int(params["rollout"]) if params.get("rollout") is not None else 100,
                 rollout_steps=list(params["rollout_steps"]) if params.get("rollout_steps") else None,
+                rollout_interval_s=float(params.get("rollout_interval_s") or 60),
             )
         except SpecError as exc:
             mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}", run_id)
@@ -255,10 +256,20 @@ def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]
     except DeployError as exc:
         raise _fail(str(exc)) from None
     share = result["routes"].get(publication["deployment"], 0)
-    result["rollout"] = None if share >= 100 else {
+    if share >= 100:
+        # replaced at once: kept as a finished rollout, so rollback_model knows what it replaced
+        from modelops.rollout.controller import record_replacement
+
+        previous = [d for d in result["previous_routes"] if d != publication["deployment"]]
+        record_replacement(storage, spec["triton_bucket"], spec["model_name"], publication["deployment"],
+                           previous=previous, run_id=spec["run_id"], routes_revision=result["routes_revision"])
+        result["rollout"] = None
+        return result
+    result["rollout"] = {
         "model_name": spec["model_name"],
         "deployment": publication["deployment"],
         "steps": [s for s in steps if s >= share] or [100],
+        "interval_s": float(spec.get("rollout_interval_s") or 60),
     }
     return result
 

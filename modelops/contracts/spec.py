@@ -141,6 +141,7 @@ class RunSpec(BaseModel):
         description="traffic percent of the new deployment per rollout step; ascending, ending at 100 "
         "([100] replaces at once; a model's first deployment always takes 100 at once)",
     )
+    rollout_interval_s: float = Field(60.0, ge=5, le=86400, description="seconds each rollout step is judged over")
     run_id: str = ""  # the MLflow run
     run_prefix: str | None = Field(None, min_length=1)  # s3://<artifacts>/runs/<model>/<version>/<run id>
     triton_bucket: str = "triton"

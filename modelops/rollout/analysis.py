@@ -35,6 +35,9 @@ class Thresholds:
     max_p99_ms: float | None = None  # absolute bound on the canary's p99, if given
     max_p99_regression: float = 0.25  # canary p99 <= stable p99 * (1 + this)
     min_requests: int = 20  # fewer canary requests in the window -> no verdict yet
+    # a regression must also exceed this many ms: p99s interpolated inside one histogram bucket on a busy host
+    # differ by a few ms between two identical deployments (seen: 15.4 vs 19.8 ms), which is noise, not a regression
+    p99_slack_ms: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ def judge(canary: DeploymentStats, stable: DeploymentStats | None, t: Thresholds
     if p99 is not None and t.max_p99_ms is not None and p99 > t.max_p99_ms:
         reasons.append(f"canary p99 {p99:.1f} ms > max {t.max_p99_ms:g} ms")
     if p99 is not None and stable is not None and stable.p99_ms is not None:
-        bound = stable.p99_ms * (1 + t.max_p99_regression)
+        bound = max(stable.p99_ms * (1 + t.max_p99_regression), stable.p99_ms + t.p99_slack_ms)
         if p99 > bound:
             reasons.append(
                 f"canary p99 {p99:.1f} ms > stable p99 {stable.p99_ms:.1f} ms * {1 + t.max_p99_regression:g}"

@@ -313,6 +313,27 @@ def rollback(
     return new
 
 
+def record_replacement(
+    storage: Storage, bucket: str, model: str, deployment: str, *, previous: list[str], run_id: str,
+    routes_revision: int,
+) -> RolloutState:
+    """Store a deploy that replaced ``previous`` at once (rollout steps ``[100]``, or a model's first deployment)
+    as a finished rollout, so ``rollback_model`` and ``modelops rollout status`` know the deployment it replaced.
+    """
+
+    def change(current: RolloutState | None) -> RolloutState:
+        if current is not None and current.run_id == run_id and current.deployment == deployment:
+            return current  # a retried deploy
+        history = ([current.summary()] + current.history)[:HISTORY_MAX] if current is not None else []
+        return RolloutState(
+            model=model, deployment=deployment, stable=list(previous), steps=[100], step_index=0, mode="canary",
+            status="promoted", run_id=run_id, started_at=now(), updated_at=now(), thresholds={}, interval_s=0.0,
+            routes_revision=routes_revision, analysis=[], error=None, history=history,
+        )  # fmt: skip
+
+    return update(storage, bucket, model, change)
+
+
 def last_stable(storage: Storage, bucket: str, model: str) -> str | None:
     """The deployment ``rollback_model`` returns to by default.
 

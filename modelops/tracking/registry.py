@@ -131,6 +131,7 @@ def build_spec(
     accuracy_tolerance: float,
     rollout: int = 100,
     rollout_steps: list[int] | None = None,
+    rollout_interval_s: float = 60.0,
     benchmark: dict[str, Any] | None = None,
 ) -> RunSpec:
     """The run spec every step reads, complete: every block at its defaults unless given (see ``RunSpec``).
@@ -157,6 +158,7 @@ def build_spec(
             "accuracy_tolerance": float(accuracy_tolerance),
             "rollout": steps[0],
             "rollout_steps": steps,
+            "rollout_interval_s": float(rollout_interval_s),
             "run_id": run_id,
             "run_prefix": run_prefix(artifacts_bucket, resolved.name, resolved.version, run_id),
             "triton_bucket": triton_bucket,

@@ -55,6 +55,14 @@ def test_p99_regression_against_stable_fails():
     assert judge(canary(143, 1.0, 25.1), STABLE, T).passed is True  # 25.1 <= 20.1 * 1.25 = 25.125
 
 
+def test_a_p99_difference_within_the_slack_is_noise_not_a_regression():
+    # two identical deployments on a busy host: 15.4 vs 19.8 ms is +29% but only 4.4 ms (slack 5 ms)
+    stable = DeploymentStats("m--v1-a", 1000, 1.0, 15.4)
+    assert judge(DeploymentStats("m--v2-b", 150, 1.0, 19.8), stable, T).passed is True
+    assert judge(DeploymentStats("m--v2-b", 150, 1.0, 20.6), stable, T).passed is False
+    assert judge(DeploymentStats("m--v2-b", 150, 1.0, 19.8), stable, Thresholds(p99_slack_ms=0)).passed is False
+
+
 def test_absolute_p99_bound_and_several_reasons():
     v = judge(canary(100, 0.5, 41.2), STABLE, Thresholds(max_p99_ms=30))
     assert v.passed is False
