@@ -10,7 +10,6 @@ judges the canary at each wake (PromQL over the time since the step began). The 
 
 from __future__ import annotations
 
-import itertools
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,13 +18,13 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from modelops.contracts.status import Status
+from operators.rollout_params import check_params, thresholds
 
 log = logging.getLogger(__name__)
 
 CHUNK_S = 10.0  # longest single deferral; the canary is judged at every wake
 MIN_WINDOW_S = 10.0  # shortest PromQL window a verdict is taken over
 MANUAL_BY = " by rollback_model run "  # how a manual rollback signs the state's error
-THRESHOLD_KEYS = ("min_success_rate", "max_p99_ms", "max_p99_regression", "min_requests")
 
 
 def fail(message: str) -> Exception:
@@ -40,16 +39,25 @@ class Backends:
 
     storage: Any
     bucket: str
-    mlflow: Any  # MlflowClient
     prometheus_url: str
     gateway_metrics_urls: list[str]
     triton: Any = None  # tritonclient.http client with the admin header (built on first use)
     _triton_hook: Any = None
+    _mlflow_hook: Any = None
+    _mlflow: Any = None
 
     def client(self) -> Any:
         if self.triton is None:
             self.triton = self._triton_hook.get_client()
         return self.triton
+
+    @property
+    def mlflow(self) -> Any:
+        """The MlflowClient, built on first use: importing MLflow takes seconds on a busy host, and a failing
+        step rolls back before it records anything in MLflow."""
+        if self._mlflow is None:
+            self._mlflow = self._mlflow_hook.get_client()
+        return self._mlflow
 
 
 def backends(context: dict[str, Any] | None = None) -> Backends:
@@ -65,48 +73,8 @@ def backends(context: dict[str, Any] | None = None) -> Backends:
     mlflow_hook, s3_hook, triton_hook = pipeline_hooks(overrides)
     prom_hook, gateway_hook = monitoring_hooks(overrides)
     return Backends(storage=s3_hook.storage(), bucket=Settings.from_env().triton_bucket,
-                    mlflow=mlflow_hook.get_client(), prometheus_url=prom_hook.url(),
-                    gateway_metrics_urls=[f"{gateway_hook.url()}/metrics"], _triton_hook=triton_hook)
-
-
-def check_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The rollout's settings from the DAG params, checked beyond what the Param schema can say.
-
-    Raises:
-        AirflowFailException: one line naming the bad param.
-    """
-    steps = [int(s) for s in params.get("steps") or []]
-    if not steps or any(not 1 <= s <= 100 for s in steps):
-        raise fail(f"steps must be percents in 1..100, got {steps}")
-    if any(b <= a for a, b in itertools.pairwise(steps)) or steps[-1] != 100:
-        raise fail(f"steps must be strictly ascending and end at 100, got {steps}")
-    if not (params.get("deployment") or "").strip():
-        raise fail("deployment is required: the published deployment to roll out")
-    mode = params.get("mode") or "canary"
-    if mode not in ("canary", "ab"):
-        raise fail(f"mode must be 'canary' or 'ab', got {mode!r}")
-    ab_weight = int(params.get("ab_weight") or 50)
-    if mode == "ab" and not 1 <= ab_weight <= 99:
-        raise fail(f"ab_weight must be in 1..99, got {ab_weight}")
-    return {
-        "model": str(params["model_name"]).strip(),
-        "deployment": str(params["deployment"]).strip(),
-        # A/B: one held step at ab_weight for ab_duration_s, then 100 for the winner
-        "steps": [ab_weight, 100] if mode == "ab" else steps,
-        "interval_s": float(params["ab_duration_s"] if mode == "ab" else params["interval_s"]),
-        "mode": mode,
-        "thresholds": {k: params.get(k) for k in THRESHOLD_KEYS},
-        "require_approval": bool(params.get("require_approval")),
-    }
-
-
-def thresholds(values: dict[str, Any]) -> Any:
-    from modelops.rollout.analysis import Thresholds
-
-    given = {k: v for k, v in values.items() if k in THRESHOLD_KEYS and v is not None}
-    if "min_requests" in given:
-        given["min_requests"] = int(given["min_requests"])
-    return Thresholds(**given)
+                    prometheus_url=prom_hook.url(), gateway_metrics_urls=[f"{gateway_hook.url()}/metrics"],
+                    _triton_hook=triton_hook, _mlflow_hook=mlflow_hook)
 
 
 def step_label(state: Any, index: int) -> str:
@@ -256,15 +224,19 @@ class RolloutStepsOperator(BaseOperator):
                                     analysis.DeploymentStats(state.deployment, 0.0, None, None), None)
 
     def _record(self, context: dict[str, Any], state: Any, verdict: Any) -> Any:
+        """The verdict into the rollout state (S3); MLflow follows in :meth:`_log` (after a rollback, if any)."""
         from modelops.rollout import controller
+
+        be = self._backends(context)
+        return controller.record_verdict(be.storage, be.bucket, state, verdict)
+
+    def _log(self, context: dict[str, Any], state: Any) -> None:
         from modelops.tracking import rollout_record as rr
 
         be, run = self._backends(context), self._meta(context)["mlflow_run_id"]
-        state = controller.record_verdict(be.storage, be.bucket, state, verdict)
         rr.log_step(be.mlflow, run, state.analysis[-1])
         if state.mode == "ab":
             rr.log_ab_comparison(be.mlflow, run, state.analysis[-1])
-        return state
 
     def _rollback(self, context: dict[str, Any], state: Any, reason: str) -> None:
         from modelops.rollout import controller
@@ -319,6 +291,7 @@ class RolloutStepsOperator(BaseOperator):
             return self._wait(index, started, state.interval_s, elapsed)
         state = self._record(context, state, verdict)
         if verdict.passed:
+            self._log(context, state)
             if index + 2 < len(state.steps):
                 return self._start(context, index + 1)
             self.log.info("every judged step passed; %s is ready for %d%%", state.deployment, state.steps[-1])
@@ -330,6 +303,7 @@ class RolloutStepsOperator(BaseOperator):
         context["ti"].xcom_push(key="reason", value=reason)
         self.log.error("rolling back %s: %s", state.deployment, reason)
         self._rollback(context, state, reason)
+        self._log(context, state)
         raise fail(f"rolled back: {reason}")
 
     def _stop(self, context: dict[str, Any], reason: str) -> None:

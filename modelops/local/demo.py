@@ -195,7 +195,9 @@ def demo_one(settings: Settings, status: dict[str, Any], api: AirflowAPI, key: s
     reg = register_demo_model(settings, stack.client_env(status), kind, name, "champion")
     console.print(f"registered {name} v{reg['version']} in {time.monotonic() - t0:.1f} s")
     t_run = time.monotonic()
-    run_id, state = run_optimize(api, {"model_name": name, "model_alias": "champion", "model_version": None, **extra})
+    # the four models replace whatever they had at once; the rollout part below shows the progressive path
+    run_id, state = run_optimize(api, {"model_name": name, "model_alias": "champion", "model_version": None,
+                                       "rollout_steps": [100], **extra})
     run_s = time.monotonic() - t_run
     if state != "success":
         failed = [t for t, s in api.task_states(DAG_ID, run_id).items() if s == "failed"]
@@ -243,11 +245,17 @@ def main(args: Any = None) -> int:
                       summary.get("deployment") or summary.get("reason") or "-")
     console.print(table)
     served = gateway_summary(status, [s["model"] for s in results.values() if s and s.get("deployment")])
+    rolled = True
+    if "digits" in keys and results.get("digits") and not getattr(args, "no_rollout", False):
+        from modelops.local.demo_rollout import demo_rollout
+
+        outcome = demo_rollout(settings, status, api, demo_key(status)[0])
+        rolled = bool(outcome) and outcome["status"] == "promoted"
     console.print(f"demo total: {time.monotonic() - t0:.1f} s")
-    console.print(f"Airflow: {status['airflow']['url']}/dags/{DAG_ID}  (user {status['airflow']['username']}, "
+    console.print(f"Airflow: {status['airflow']['url']}/dags/{DAG_ID} and /dags/rollout_model  (user {status['airflow']['username']}, "
                   "password: `.venv/bin/modelops stack status --json`)")
     console.print("stop the stack with: [bold].venv/bin/modelops stack down[/bold]  (or `make stack-down`)")
-    return 0 if all(results.values()) and served else 1
+    return 0 if all(results.values()) and served and rolled else 1
 
 
 if __name__ == "__main__":

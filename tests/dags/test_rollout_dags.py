@@ -94,7 +94,7 @@ def test_dag_files_are_cheap_to_import(name):
 def test_check_params_steps_and_ab_mode():
     from airflow.sdk.exceptions import AirflowFailException
 
-    from operators.rollout_tasks import check_params
+    from operators.rollout_params import check_params
 
     base = {"model_name": "m", "deployment": "m--v2-a", "steps": [10, 50, 100], "interval_s": 60, "mode": "canary",
             "ab_weight": 30, "ab_duration_s": 120, "min_success_rate": 0.99, "max_p99_ms": None,
@@ -151,8 +151,12 @@ def _operator(state: RolloutState, verdicts: list[Verdict], stop: str | None = N
         def _rollback(self, context, state, reason):
             self.rolled_back.append(reason)
 
+        def _log(self, context, state):
+            # MLflow comes last: after a rollback, never before it
+            self.logged.append(len(self.rolled_back))
+
     op = InMemory(task_id="steps")
-    op.state, op.applied, op.windows, op.recorded, op.rolled_back = state, [], [], [], []
+    op.state, op.applied, op.windows, op.recorded, op.rolled_back, op.logged = state, [], [], [], [], []
     ti = _TI({"model": "m", "deployment": "m--v2-a", "steps": state.steps, "mlflow_run_id": "x"})
     return op, {"ti": ti, "run_id": "r1"}
 
@@ -206,6 +210,7 @@ def test_a_failing_verdict_rolls_back_at_once():
     with pytest.raises(AirflowFailException, match=r"rolled back: step 1/3 \(10%\): canary success rate 0.5000"):
         op.wake(ctx, index=0, started=_ago(20))  # 20 s into a 60 s step: no waiting for the rest
     assert op.rolled_back == ["step 1/3 (10%): canary success rate 0.5000 < 0.99"] and op.recorded == [False]
+    assert op.logged == [1]  # MLflow after the rollback
     assert ctx["ti"].pushed["reason"] == op.rolled_back[0]
 
 

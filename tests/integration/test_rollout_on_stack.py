@@ -22,7 +22,8 @@ import pytest
 
 from modelops.local.synthetic import publish_synthetic, request_body
 
-INTERVAL_S = 12
+INTERVAL_S = 12  # short steps for the promotions
+BAD_INTERVAL_S = 30  # a bad canary must be rolled back within one interval of its step, not at its end
 
 
 class Load:
@@ -100,8 +101,8 @@ def _canary(env: dict, settings, storage, triton, name: str, **behaviour) -> str
 
 def _roll(airflow, env: dict, canary: str, **conf) -> tuple[str, float]:
     run_id = f"rollout__{canary}"
-    airflow.trigger("rollout_model", {"model_name": env["model"], "deployment": canary, "interval_s": INTERVAL_S,
-                                      "min_requests": 10, **conf}, run_id=run_id)
+    conf = {"model_name": env["model"], "deployment": canary, "interval_s": INTERVAL_S, "min_requests": 10, **conf}
+    airflow.trigger("rollout_model", conf, run_id=run_id)
     return run_id, time.monotonic()
 
 
@@ -159,7 +160,7 @@ def test_a_bad_canary_is_rolled_back_within_one_interval(
     env = rollout_env
     canary = _canary(env, settings, storage, triton, behaviour["behaviour"], k=3, **behaviour)
     with Load(env["gateway"], env["key"], env["model"]) as load:
-        run_id, _ = _roll(airflow, env, canary, steps=[10, 50, 100])
+        run_id, _ = _roll(airflow, env, canary, steps=[10, 50, 100], interval_s=BAD_INTERVAL_S)
         first_routed = back = None
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and back is None:
@@ -171,7 +172,7 @@ def test_a_bad_canary_is_rolled_back_within_one_interval(
             time.sleep(0.25)
         state = airflow.wait_for_run("rollout_model", run_id, timeout_s=120, poll_s=1.0)
     assert first_routed is not None and back is not None, "the canary was never routed, or never rolled back"
-    assert back - first_routed <= INTERVAL_S + 5, f"rolled back {back - first_routed:.1f} s after the bad step began"
+    assert back - first_routed < BAD_INTERVAL_S, f"rolled back {back - first_routed:.1f} s after the bad step began"
     assert state == "failed"
     doc = _state(settings, storage, env["model"])
     assert doc.status == "rolled_back" and reason in (doc.error or ""), doc.error
