@@ -50,6 +50,8 @@ TAG_RECIPE = "modelops.recipe"  # the recipe resolve picked (also narrows nightl
 TAG_OPT_IN = "modelops.optimize"  # registered model (opt-in) or model version (explicit request)
 TAG_ALIAS = "modelops.alias"  # registered model: which alias the nightly run follows
 TAG_FINGERPRINT = "modelops.fingerprint"  # model version: fingerprint of the last nightly-started run
+TAG_TASK = "modelops.task"  # registered model: its kind, one of TASKS (the gateway's /v1 API, Open WebUI refresh)
+TASKS = ("chat", "embedding")
 
 
 DIGEST_NAME_CHARS = 8  # hex characters of the content digest in a content-addressed deployment name
