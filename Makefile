@@ -9,9 +9,9 @@ PIP_QUIET := -q --disable-pip-version-check
 # pip prints one line per package for the machine's optional local indexes; keep the log readable.
 PIP_FILTER := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup orchestrator worker modelopt tools demo test test-unit test-worker test-integration bench docs stack-up stack-down lint clean
+.PHONY: setup orchestrator worker modelopt openwebui tools demo test test-unit test-worker test-integration bench docs stack-up stack-down lint clean
 
-setup: orchestrator worker tools
+setup: orchestrator worker tools openwebui
 
 orchestrator: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
@@ -37,6 +37,14 @@ modelopt: .venv-modelopt/.installed
 	test -x .venv-modelopt/bin/python || $(PY) -m venv .venv-modelopt
 	set -o pipefail; .venv-modelopt/bin/pip install $(PIP_QUIET) -r requirements-modelopt.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	set -o pipefail; .venv-modelopt/bin/pip install $(PIP_QUIET) --no-deps -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	touch $@
+
+# Open WebUI (the stack's chat UI) pins fastapi/pydantic versions of its own: separate env (about 3 min and 3 GB).
+# A stack without it still starts (the openwebui service is skipped with a hint).
+openwebui: .venv-openwebui/.installed
+.venv-openwebui/.installed: requirements-openwebui.txt
+	test -x .venv-openwebui/bin/python || $(PY) -m venv .venv-openwebui
+	set -o pipefail; .venv-openwebui/bin/pip install $(PIP_QUIET) -r requirements-openwebui.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	touch $@
 
 tools: .tools/.installed

@@ -9,11 +9,12 @@ hook                default conn id  base                       gives
 ``AirflowApiHook``  airflow_api_...  ``HttpHook`` (http)        ``create_dag_run()`` through the REST API v2
 ``PrometheusHook``  prometheus_...   ``HttpHook`` (http)        ``url()``: base URL for PromQL queries
 ``GatewayHook``     gateway_default  ``HttpHook`` (http)        ``url()``: base URL (``/metrics``, inference)
+``OpenWebUIHook``   openwebui_...    ``HttpHook`` (http)        ``url()``, ``admin()``: its admin's login
 ==================  ===============  =========================  ===============================================
 
 ``get_conn()`` keeps the provider's meaning (a ``requests.Session`` for the HTTP hooks, a boto3 S3 client for
 S3); every hook takes its connection id as a constructor argument (``mlflow_conn_id``, ``triton_conn_id``,
-``aws_conn_id``, ``airflow_api_conn_id``, ``prometheus_conn_id``, ``gateway_conn_id``) and has
+``aws_conn_id``, ``airflow_api_conn_id``, ``prometheus_conn_id``, ``gateway_conn_id``, ``openwebui_conn_id``) and has
 ``test_connection()``. Heavy clients (mlflow, tritonclient)
 are imported when asked for, so importing this module costs the provider hooks only.
 """
@@ -190,6 +191,31 @@ class GatewayHook(_BaseUrlHook):
 
     def __init__(self, gateway_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(gateway_conn_id, **kwargs)
+
+
+class OpenWebUIHook(_BaseUrlHook):
+    """Open WebUI, the chat UI (http connection: host, port, schema; login/password: an Open WebUI admin)."""
+
+    conn_name_attr = "openwebui_conn_id"
+    default_conn_name = "openwebui_default"
+    conn_type = "http"
+    hook_name = "Open WebUI"
+    probe_path = "/health"
+    what = "Open WebUI"
+
+    def __init__(self, openwebui_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(openwebui_conn_id, **kwargs)
+
+    def admin(self) -> tuple[str, str]:
+        """``(email, password)`` of the admin the refresh signs in as (the connection's login and password).
+
+        Raises:
+            ValueError: the connection has no login or no password.
+        """
+        conn = self.get_connection(self.openwebui_conn_id)
+        if not conn.login or not conn.password:
+            raise ValueError(f"connection {self.openwebui_conn_id!r} needs the Open WebUI admin as login/password")
+        return conn.login, conn.password
 
 
 class ModelOpsS3Hook(S3Hook):

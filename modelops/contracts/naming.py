@@ -52,6 +52,7 @@ TAG_ALIAS = "modelops.alias"  # registered model: which alias the nightly run fo
 TAG_FINGERPRINT = "modelops.fingerprint"  # model version: fingerprint of the last nightly-started run
 TAG_TASK = "modelops.task"  # registered model: its kind, one of TASKS (the gateway's /v1 API, Open WebUI refresh)
 TASKS = ("chat", "embedding")
+TAG_OPENWEBUI_GROUPS = "openwebui.groups"  # registered model: comma-separated Open WebUI groups that see it
 
 
 DIGEST_NAME_CHARS = 8  # hex characters of the content digest in a content-addressed deployment name

@@ -7,6 +7,7 @@ modelops demo                        the end-to-end demo (modelops/local/demo.py
 modelops keys create|list|revoke     API keys of the serving gateway (modelops/serving/gateway/keys_cli.py)
 modelops serving reconcile [--watch S] load every routed deployment Triton does not serve (modelops/local/serving_cli.py)
 modelops rollout status MODEL [--json] routes and the latest rollout of a model (modelops/local/rollout_cli.py)
+modelops openwebui refresh [--json]  Open WebUI lists the routed chat models (modelops/local/openwebui_cli.py)
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _cmd_stack_status(args: argparse.Namespace) -> int:
         _print_table(info)
         if not info.get("initialized"):
             print(f"no stack in {info['stack_dir']} yet; run `modelops stack up`", file=sys.stderr)
-    if args.check and not all(info[name]["running"] for name in SERVICES):
+    if args.check and not all(info[name]["running"] for name in SERVICES if info[name].get("installed", True)):
         return 3
     return 0
 
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     from modelops.local import rollout_cli
 
     rollout_cli.add_parser(commands)
+    from modelops.local import openwebui_cli
+
+    openwebui_cli.add_parser(commands)
     return parser
 
 

@@ -342,16 +342,17 @@ def test_airflow_home_prepare_writes_private_files_and_shim(settings: Settings) 
 # -- service graph and processes --------------------------------------------------------------------
 def test_requirements_and_dependents() -> None:
     assert manager.with_requirements(None) == ["s3", "mlflow", "triton", "gateway", "prometheus", "reconciler",
-                                               "airflow"]
+                                               "openwebui", "airflow"]
     assert manager.with_requirements(["mlflow"]) == ["s3", "mlflow"]
     assert manager.with_requirements(["seaweedfs", "airflow"]) == ["s3", "mlflow", "triton", "airflow"]
     assert manager.with_requirements(["gateway"]) == ["s3", "triton", "gateway"]
     assert manager.with_requirements(["reconciler"]) == ["s3", "triton", "reconciler"]
     assert manager.with_requirements(["prometheus"]) == ["prometheus"]
-    assert manager.with_dependents(["triton"]) == ["triton", "gateway", "reconciler", "airflow"]
-    assert manager.with_dependents(["gateway"]) == ["gateway"]
+    assert manager.with_dependents(["triton"]) == ["triton", "gateway", "reconciler", "openwebui", "airflow"]
+    assert manager.with_dependents(["gateway"]) == ["gateway", "openwebui"]
     assert manager.with_dependents(["prometheus"]) == ["prometheus"], "Triton/gateway restarts keep its TSDB"
-    assert manager.with_dependents(["s3"]) == ["s3", "mlflow", "triton", "gateway", "reconciler", "airflow"]
+    assert manager.with_dependents(["s3"]) == ["s3", "mlflow", "triton", "gateway", "reconciler", "openwebui",
+                                               "airflow"]
     with pytest.raises(StackError, match="unknown service"):
         manager.with_requirements(["postgres"])
 

@@ -16,11 +16,15 @@ from modelops.settings import Settings
 from modelops.storage import S3Config
 
 # Service keys, in start order; the label names the process in messages and its log file.
-SERVICES: tuple[str, ...] = ("s3", "mlflow", "triton", "gateway", "prometheus", "reconciler", "airflow")
+SERVICES: tuple[str, ...] = (
+    "s3", "mlflow", "triton", "gateway", "prometheus", "reconciler", "openwebui", "airflow",
+)
 LABELS: dict[str, str] = {
     "s3": "seaweedfs", "mlflow": "mlflow", "triton": "triton", "gateway": "gateway", "prometheus": "prometheus",
-    "reconciler": "reconciler", "airflow": "airflow",
+    "reconciler": "reconciler", "openwebui": "openwebui", "airflow": "airflow",
 }
+# services `up` skips with this hint when their status says "installed": false (a stack works without them)
+OPTIONAL_SERVICES: dict[str, str] = {"openwebui": "`make openwebui` installs it in .venv-openwebui"}
 RECONCILE_INTERVAL_S = 10.0  # the reconciler service's `modelops serving reconcile --watch` period
 REGION = "us-east-1"
 
@@ -46,6 +50,16 @@ def gateway_url(state: StackState) -> str:
 def prometheus_url(state: StackState) -> str:
     """The stack's Prometheus (``http://127.0.0.1:<9090 + offset>``)."""
     return f"http://{HOST}:{state.ports['prometheus']}"
+
+
+def openwebui_url(state: StackState) -> str:
+    """The stack's Open WebUI (``http://127.0.0.1:<3000 + offset>``)."""
+    return f"http://{HOST}:{state.ports['openwebui']}"
+
+
+def openwebui_venv(settings: Settings) -> Path:
+    """Open WebUI's own virtualenv (``make openwebui``): ``<repo>/.venv-openwebui``."""
+    return settings.repo_root / ".venv-openwebui"
 
 
 def prometheus_config(state: StackState) -> Path:
@@ -132,6 +146,15 @@ def build_status(state: StackState, settings: Settings, running: Mapping[str, bo
             **proc("prometheus"),
         },
         "reconciler": {"interval_s": RECONCILE_INTERVAL_S, **proc("reconciler")},
+        "openwebui": {
+            "url": openwebui_url(state),
+            "port": ports["openwebui"],
+            "admin_email": creds.openwebui_admin_email,
+            "admin_password": creds.openwebui_admin_password,
+            "data_dir": str(state.stack_dir / "openwebui"),
+            "installed": (openwebui_venv(settings) / "bin" / "open-webui").exists(),
+            **proc("openwebui"),
+        },
         "airflow": {
             "url": f"http://{HOST}:{ports['airflow']}",
             "port": ports["airflow"],
@@ -144,12 +167,13 @@ def build_status(state: StackState, settings: Settings, running: Mapping[str, bo
 
 
 def airflow_connections(status: Mapping[str, Any]) -> dict[str, str]:
-    """``AIRFLOW_CONN_*`` variables (Airflow's JSON connection format) for mlflow, s3, triton, gateway, prometheus
-    and airflow_api.
+    """``AIRFLOW_CONN_*`` variables (Airflow's JSON connection format) for mlflow, s3, triton, gateway, prometheus,
+    openwebui and airflow_api.
 
     ``mlflow_default``/``triton_default``/``gateway_default``/``prometheus_default`` are ``http`` connections (``HttpHook``), ``s3_default`` an ``aws`` one
     (``S3Hook``: keys as login/password, ``endpoint_url`` and path-style addressing in the extra), and
-    ``airflow_api_default`` names the API server and its user for runs created through the REST API.
+    ``airflow_api_default`` names the API server and its user for runs created through the REST API;
+    ``openwebui_default`` Open WebUI with its admin as login/password.
     ``triton_default`` carries Triton's admin header and token in the extras ``admin_header``/``admin_token``.
     """
     s3, mlflow, triton, airflow = status["s3"], status["mlflow"], status["triton"], status["airflow"]
@@ -175,6 +199,10 @@ def airflow_connections(status: Mapping[str, Any]) -> dict[str, str]:
                                          "schema": "http"},
         "AIRFLOW_CONN_PROMETHEUS_DEFAULT": {"conn_type": "http", "host": HOST, "port": status["prometheus"]["port"],
                                             "schema": "http"},
+        **({"AIRFLOW_CONN_OPENWEBUI_DEFAULT": {
+            "conn_type": "http", "host": HOST, "port": status["openwebui"]["port"], "schema": "http",
+            "login": status["openwebui"]["admin_email"], "password": status["openwebui"]["admin_password"],
+        }} if "openwebui" in status else {}),
         "AIRFLOW_CONN_AIRFLOW_API_DEFAULT": {
             "conn_type": "http",
             "host": HOST,
@@ -202,7 +230,7 @@ def client_env(status: Mapping[str, Any]) -> dict[str, str]:
     """Environment variables a client process needs to reach the stack described by ``status``.
 
     AWS_ENDPOINT_URL, MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION
-    (and AWS_REGION), MLFLOW_TRACKING_URI, the six AIRFLOW_CONN_* JSON strings, MODELOPS_STACK_DIR and
+    (and AWS_REGION), MLFLOW_TRACKING_URI, the seven AIRFLOW_CONN_* JSON strings, MODELOPS_STACK_DIR and
     MODELOPS_PORT_OFFSET.
     """
     return {

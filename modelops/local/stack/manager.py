@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from modelops.local.stack import process
-from modelops.local.stack.endpoints import LABELS, SERVICES, build_status, log_path
+from modelops.local.stack.endpoints import LABELS, OPTIONAL_SERVICES, SERVICES, build_status, log_path
 from modelops.local.stack.services import SPECS, Context
 from modelops.local.stack.state import (
     ServiceRecord,
@@ -34,6 +34,8 @@ _ALIASES = {
     "gateway": "gateway",
     "prometheus": "prometheus",
     "reconciler": "reconciler",
+    "openwebui": "openwebui",
+    "open-webui": "openwebui",
 }
 
 
@@ -166,6 +168,10 @@ def up(settings: Settings | None = None, services: Iterable[str] | None = None) 
         state.save()
         ctx = Context(state, settings)
         wanted = with_requirements(services)
+        info = ctx.status
+        for name in [n for n in wanted if n in OPTIONAL_SERVICES and not info[n].get("installed", True)]:
+            process.say(f"{LABELS[name]} skipped: not installed; {OPTIONAL_SERVICES[name]}")
+            wanted.remove(name)
         # Fail before starting anything when a port of a service to start is taken.
         to_start = [name for name in wanted if not process.is_running(state.record(name))]
         check_ports_free({key: state.ports[key] for name in to_start for key in SPECS[name].ports},
@@ -215,8 +221,9 @@ def status(settings: Settings | None = None) -> dict[str, Any]:
     Keys: ``stack_dir``, ``port_offset``, ``initialized``, ``ports`` and one object per service: ``s3``
     (endpoint, access_key, secret_key, region, *_bucket), ``mlflow`` (url), ``triton`` (http, grpc, metrics,
     repository, admin_header, admin_token), ``gateway`` (url, metrics, keys_db, routes), ``prometheus`` (url,
-    config, data_dir), ``reconciler`` (interval_s), ``airflow`` (url, username, password); each also has pid, log,
-    running and state. Before the first ``up`` the secrets are None.
+    config, data_dir), ``reconciler`` (interval_s), ``openwebui`` (url, admin_email, admin_password, data_dir,
+    installed), ``airflow`` (url, username, password); each also has pid, log, running and state. Before the
+    first ``up`` the secrets are None.
     """
     settings = settings or Settings.from_env()
     state = StackState.load(settings.stack_dir) if settings.stack_dir.exists() else None
@@ -225,5 +232,6 @@ def status(settings: Settings | None = None) -> dict[str, Any]:
         blank["s3"].update(access_key=None, secret_key=None)
         blank["airflow"].update(password=None)
         blank["triton"].update(admin_token=None)
+        blank["openwebui"].update(admin_password=None)
         return {**blank, "initialized": False}
     return {**build_status(state, settings, _running(state)), "initialized": True}

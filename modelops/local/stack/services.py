@@ -1,9 +1,10 @@
-"""The seven services of the embedded stack: command line, environment, preparation and health check.
+"""The eight services of the embedded stack: command line, environment, preparation and health check.
 
-SeaweedFS (S3) -> MLflow -> Triton -> serving gateway -> Prometheus -> reconciler -> Airflow (Prometheus and the
-reconciler in :mod:`~modelops.local.stack.monitoring_service`, Airflow in
-:mod:`~modelops.local.stack.airflow_service`), each server bound to 127.0.0.1. Nothing here imports
-Airflow, MLflow or Triton: the stack only spawns their binaries and talks HTTP (and boto3 for S3).
+SeaweedFS (S3) -> MLflow -> Triton -> serving gateway -> Prometheus -> reconciler -> Open WebUI -> Airflow
+(Prometheus and the reconciler in :mod:`~modelops.local.stack.monitoring_service`, Open WebUI (optional) in
+:mod:`~modelops.local.stack.openwebui_service`, Airflow in :mod:`~modelops.local.stack.airflow_service`),
+each server bound to 127.0.0.1. Nothing here imports Airflow, MLflow or Triton: the stack only spawns their
+binaries and talks HTTP (and boto3 for S3).
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ from modelops.local.stack.monitoring_service import (
     _reconciler_env,
     _reconciler_health,
     _reconciler_prepare,
+)
+from modelops.local.stack.openwebui_service import (
+    _openwebui_command,
+    _openwebui_configure,
+    _openwebui_env,
+    _openwebui_health,
+    _openwebui_prepare,
 )
 from modelops.local.stack.service_spec import Context, ServiceSpec, _path_with, http
 from modelops.local.stack.state import HOST, StackError, write_private
@@ -260,6 +268,7 @@ def _gateway_env(ctx: Context) -> dict[str, str]:
         "MODELOPS_TRITON_BUCKET": ctx.settings.triton_bucket,
         "MODELOPS_GATEWAY_TRITON_URL": status["triton"]["http"],
         "MODELOPS_GATEWAY_KEYS_DB": str(gateway_keys_db(ctx.state, ctx.settings)),
+        "MODELOPS_GATEWAY_MLFLOW_URL": status["mlflow"]["url"],  # /v1/models descriptions
     }
 
 
@@ -341,6 +350,17 @@ SPECS: dict[str, ServiceSpec] = {
         health=_reconciler_health,
         prepare=_reconciler_prepare,
         stop_grace_s=5.0,
+    ),
+    "openwebui": ServiceSpec(
+        name="openwebui",
+        ports=("openwebui",),
+        requires=("s3", "mlflow", "gateway"),  # its models and embeddings come from the gateway, the list from MLflow
+        timeout_s=240,  # ~15-25 s on an idle 2-core host, much more while Triton loads models
+        command=_openwebui_command,
+        env=_openwebui_env,
+        health=_openwebui_health,
+        prepare=_openwebui_prepare,
+        configure=_openwebui_configure,
     ),
     "airflow": ServiceSpec(
         name="airflow",

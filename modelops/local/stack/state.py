@@ -45,6 +45,8 @@ DEFAULT_PORTS: dict[str, int] = {
     "airflow_trigger_log": 8794,
     "gateway": 9000,
     "prometheus": 9090,
+    # Open WebUI: not 8180 (the Airflow of a stack with offset 100 listens there)
+    "openwebui": 3000,
 }
 
 
@@ -143,6 +145,9 @@ class Credentials:
     airflow_api_secret_key: str
     mlflow_webhook_encryption_key: str
     triton_admin_token: str  # the value of Triton's admin header (model control, config, shm, trace, logging)
+    openwebui_secret_key: str  # Open WebUI's WEBUI_SECRET_KEY (signs its sessions)
+    openwebui_admin_email: str
+    openwebui_admin_password: str
 
     @classmethod
     def generate(cls) -> Credentials:
@@ -157,6 +162,9 @@ class Credentials:
             airflow_api_secret_key=secrets.token_urlsafe(48),
             mlflow_webhook_encryption_key=fernet_key(),
             triton_admin_token=secrets.token_urlsafe(32),
+            openwebui_secret_key=secrets.token_urlsafe(48),
+            openwebui_admin_email="admin@modelops.example",
+            openwebui_admin_password=_token(24),
         )
 
     @classmethod
