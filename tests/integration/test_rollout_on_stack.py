@@ -101,7 +101,10 @@ def _canary(env: dict, settings, storage, triton, name: str, **behaviour) -> str
 
 def _roll(airflow, env: dict, canary: str, **conf) -> tuple[str, float]:
     run_id = f"rollout__{canary}"
-    conf = {"model_name": env["model"], "deployment": canary, "interval_s": INTERVAL_S, "min_requests": 10, **conf}
+    # identical good deployments on a 2-core CI host shared by Airflow, Triton, the gateway and the load differ in
+    # p99 by tens of percent from queueing alone: the promotion tests allow 2x; the slow canary (150 ms) is 10x+
+    conf = {"model_name": env["model"], "deployment": canary, "interval_s": INTERVAL_S, "min_requests": 10,
+            "max_p99_regression": 1.0, **conf}
     airflow.trigger("rollout_model", conf, run_id=run_id)
     return run_id, time.monotonic()
 
@@ -153,7 +156,7 @@ def test_a_good_canary_is_promoted_step_by_step_under_load_without_a_failed_requ
 
 @pytest.mark.parametrize(("behaviour", "reason"), [
     ({"behaviour": "fail"}, "success rate"),
-    ({"behaviour": "slow", "delay_ms": 150, "trigger": 0}, "p99"),
+    ({"behaviour": "slow", "delay_ms": 150, "trigger": 0}, "p99"),  # default-free: 150 ms vs ~10 ms
 ])
 def test_a_bad_canary_is_rolled_back_within_one_interval(
         rollout_env, settings, storage, triton, airflow, behaviour, reason):
