@@ -170,6 +170,9 @@ class GatewaySettings(_Group):
                                 "(at most 1, so a change is served within 2 s).", 0.5, gt=0, le=1)
     upstream_timeout_s: float = _var("MODELOPS_GATEWAY_UPSTREAM_TIMEOUT_S", "Timeout of one request to Triton.",
                                      60.0, gt=0)
+    mlflow_url: str = _var("MODELOPS_GATEWAY_MLFLOW_URL", "MLflow the gateway reads model descriptions and "
+                           "modelops.task tags from (/v1/models).", "",
+                           shown="http://127.0.0.1:5000, shifted by MODELOPS_PORT_OFFSET")
 
 
 class _EnvironSource(PydanticBaseSettingsSource):
@@ -302,6 +305,10 @@ class Settings(BaseSettings):
     @property
     def gateway_routes_uri(self) -> str:
         return self.gateway.routes_uri.rstrip("/") or f"s3://{self.triton_bucket}/routes"
+
+    @property
+    def gateway_mlflow_url(self) -> str:
+        return self.gateway.mlflow_url.rstrip("/") or f"http://127.0.0.1:{5000 + self.stack.port_offset}"
 
 
 def _one_line(err: ValidationError) -> str:

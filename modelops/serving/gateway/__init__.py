@@ -5,7 +5,9 @@
 deployment picked from ``s3://<triton bucket>/routes/<model>.json``. Modules: :mod:`.app` (endpoints),
 :mod:`.proxy` (bodies and forwarding), :mod:`.routing` (weighted pick), :mod:`.reload` (routes hot
 reload), :mod:`.keys` / :mod:`.auth` (API keys), :mod:`.inflight`, :mod:`.metrics`, :mod:`.config`;
-:mod:`.keys_cli` is ``modelops keys``.
+:mod:`.keys_cli` is ``modelops keys``. The OpenAI-compatible ``/v1`` API: :mod:`.openai_api` (endpoints),
+:mod:`.openai_schema` (request bodies, error shape), :mod:`.llm_stream` (Triton's generate extension -> chat
+completions), :mod:`.registry_info` (MLflow descriptions).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ key asking for an unknown model), reads the body under the size limit (413), che
 (400), picks a deployment from the model's routes table (503 when there is none) and forwards the bytes
 to Triton's ``/v2/models/<deployment>/infer`` on one pooled HTTP client. The answer carries
 ``X-ModelOps-Deployment``. ``GET /v2/models/{model}`` and ``.../ready`` follow the same checks; the
-health endpoints and ``/metrics`` need no key.
+health endpoints and ``/metrics`` need no key. The OpenAI-compatible ``/v1`` API lives in :mod:`.openai_api`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from modelops.serving.gateway.errors import GatewayError, error_response
 from modelops.serving.gateway.inflight import InFlight
 from modelops.serving.gateway.keys import KeyStore
 from modelops.serving.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from modelops.serving.gateway.openai_api import OpenAIApi
 from modelops.serving.gateway.proxy import (
     Upstream,
     check_inference_header,
@@ -38,6 +39,7 @@ from modelops.serving.gateway.proxy import (
     triton_error,
     upstream_headers,
 )
+from modelops.serving.gateway.registry_info import RegistryInfo
 from modelops.serving.gateway.reload import RoutesSource, RoutesWatcher
 from modelops.serving.gateway.routing import RouteTable
 from modelops.storage import Storage
@@ -60,6 +62,7 @@ class Gateway:
                                      on_change=self.metrics.set_routes)
         self.auth = Authenticator(KeyStore(config.keys_db), config.key_ttl_s)
         self.in_flight = InFlight()
+        self.registry = RegistryInfo(config.mlflow_url, config.registry_ttl_s)  # /v1/models descriptions
         self._client: aiohttp.ClientSession | None = None
 
     @property
@@ -79,12 +82,14 @@ class Gateway:
             timeout=aiohttp.ClientTimeout(total=self.config.upstream_timeout_s, sock_connect=5.0),
         )
         await self.watcher.start()
+        await self.registry.start()
         log.info("gateway up: triton %s, routes %s, %d model(s)", self.config.triton_url, self.config.routes_uri,
                  len(self.watcher.tables))
         try:
             yield
         finally:
             await self.watcher.stop()
+            await self.registry.close()
             await self._client.close()
             self._client = None
 
@@ -222,6 +227,7 @@ def create_app(config: GatewayConfig | None = None, storage: Storage | None = No
         Route("/v2/models/{model}/ready", gateway.model_ready, methods=["GET"]),
         Route("/v2/models/{model}/infer", gateway.infer, methods=["POST"]),
         Route("/metrics", gateway.metrics_text, methods=["GET"]),
+        *OpenAIApi(gateway).routes(),  # /v1: the OpenAI-compatible API
     ]
     app = Starlette(routes=routes, lifespan=gateway.lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _internal_error})

@@ -23,6 +23,8 @@ class GatewayConfig:
         upstream_timeout_s: timeout of one request to Triton.
         key_ttl_s: how long a key lookup is cached (a revoked key works at most this long).
         max_connections: size of the pooled HTTP client to Triton.
+        mlflow_url: MLflow's base URL for model descriptions on ``/v1/models`` (empty: none are shown).
+        registry_ttl_s: how long an MLflow answer is cached.
     """
 
     triton_url: str
@@ -33,6 +35,8 @@ class GatewayConfig:
     upstream_timeout_s: float = 60.0
     key_ttl_s: float = 1.0
     max_connections: int = 512
+    mlflow_url: str = ""
+    registry_ttl_s: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> GatewayConfig:
@@ -45,4 +49,5 @@ class GatewayConfig:
             max_body_bytes=int(settings.gateway.max_body_mb * MIB),
             routes_poll_s=settings.gateway.routes_poll_s,
             upstream_timeout_s=settings.gateway.upstream_timeout_s,
+            mlflow_url=settings.gateway_mlflow_url,
         )
