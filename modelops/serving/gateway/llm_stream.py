@@ -100,8 +100,8 @@ class GenerateStream:
                                        self.deployment)
                 seen += 1
                 event = GenerateEvent(
-                    text=str(doc.get("text") or ""),
-                    finish_reason=str(doc.get("finish_reason") or ""),
+                    text=_str(doc.get("text")),
+                    finish_reason=_str(doc.get("finish_reason")),
                     prompt_tokens=_int(doc.get("prompt_tokens")),
                     completion_tokens=_int(doc.get("completion_tokens")),
                 )
@@ -135,8 +135,14 @@ def _event(data: bytes, deployment: str) -> dict[str, Any]:
     return doc
 
 
+def _str(value: Any) -> str:
+    if isinstance(value, list):  # Triton gives one-element tensors as scalars; a list is taken all the same
+        return "".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
 def _int(value: Any) -> int:
-    if isinstance(value, list):  # a [1]-shaped tensor may come as a list
+    if isinstance(value, list):
         value = value[0] if value else 0
     try:
         return int(value)
