@@ -294,11 +294,13 @@ def test_stack_connections_fit_the_hooks(monkeypatch):
         GatewayHook,
         MlflowHook,
         ModelOpsS3Hook,
+        OpenWebUIHook,
         PrometheusHook,
         TritonHook,
     )
 
-    status = {"s3": {"endpoint": "http://127.0.0.1:8333", "access_key": "ak", "secret_key": "sk"},
+    status = {"openwebui": {"port": 3000, "admin_email": "admin@modelops.example", "admin_password": "owpw"},
+              "s3": {"endpoint": "http://127.0.0.1:8333", "access_key": "ak", "secret_key": "sk"},
               "mlflow": {"port": 5000}, "gateway": {"port": 9000}, "prometheus": {"port": 9090},
               "triton": {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002,
                          "admin_header": "X-ModelOps-Admin", "admin_token": "tok"},
@@ -314,6 +316,11 @@ def test_stack_connections_fit_the_hooks(monkeypatch):
     api = AirflowApiHook()
     assert api.url_from_endpoint("/api/v2") == "http://127.0.0.1:8080/api/v2"
     assert api.get_connection(api.airflow_api_conn_id).login == "admin"
+    webui = OpenWebUIHook()
+    assert (webui.url(), webui.admin()) == ("http://127.0.0.1:3000", ("admin@modelops.example", "owpw"))
+    monkeypatch.setenv("AIRFLOW_CONN_OPENWEBUI_OTHER", json.dumps({"conn_type": "http", "host": "127.0.0.1"}))
+    with pytest.raises(ValueError, match="needs the Open WebUI admin"):
+        OpenWebUIHook("openwebui_other").admin()
 
 
 def test_webhook_creates_its_run_through_the_rest_api_once(serve, monkeypatch):

@@ -92,6 +92,7 @@ def _openwebui_env(ctx: Context) -> dict[str, str]:
         "WEBUI_ADMIN_NAME": "ModelOps admin",
         "ENABLE_SIGNUP": "false",
         "ENABLE_API_KEYS": "true",
+        "CORS_ALLOW_ORIGIN": openwebui_url(state),  # its own pages only (the default is '*')
         # offline: no model downloads, no update checks, no telemetry
         "OFFLINE_MODE": "true",
         "HF_HUB_OFFLINE": "1",

@@ -1,0 +1,130 @@
+"""Open WebUI on the real stack (issue 11): healthy, fed from the registry, per-group model access, removal.
+
+A public chat model ``it_chat_<hex>`` (MLflow tags ``modelops.task=chat``, ``openwebui.groups=demo-users``) is
+routed to a loaded plus-k deployment: enough for the model lists (chatting needs a real LLM deployment).
+Skipped when Open WebUI is not installed (``make openwebui``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import httpx
+import pytest
+
+from tests.integration.conftest import REPO
+
+pytestmark = pytest.mark.skipif(not (REPO / ".venv-openwebui" / "bin" / "open-webui").exists(),
+                                reason="Open WebUI is not installed (.venv-openwebui missing; run `make openwebui`)")
+
+GROUP = "demo-users"
+
+
+def _client(url: str, token: str | None = None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=url, headers=headers, timeout=60.0, trust_env=False)
+
+
+def _signin(url: str, email: str, password: str) -> str:
+    with _client(url) as client:
+        resp = client.post("/api/v1/auths/signin", json={"email": email, "password": password})
+        resp.raise_for_status()
+        return resp.json()["token"]
+
+
+def _model_ids(url: str, token: str) -> set[str]:
+    with _client(url, token) as client:
+        resp = client.get("/api/models")
+        resp.raise_for_status()
+        return {m["id"] for m in resp.json()["data"]}
+
+
+@pytest.fixture(scope="module")
+def webui(stack, settings, storage, triton, mlflow_client, publish_plus_k):
+    from modelops.serving.deploy import deploy
+    from modelops.serving.routes import Routes, write_routes
+
+    info = stack["openwebui"]
+    assert info["running"], f"openwebui is installed but not running; see {info['log']}"
+    base = f"it_owui_{uuid.uuid4().hex[:6]}"
+    chat = f"it_chat_{uuid.uuid4().hex[:6]}"
+    pub = publish_plus_k(base, f"{base}--v1-ort_fp32", 1.0)
+    deploy(triton, storage, settings.triton_bucket, base, pub["deployment"], **pub["deploy_kwargs"])
+    mlflow_client.create_registered_model(
+        chat, tags={"modelops.task": "chat", "openwebui.groups": GROUP}, description="integration-test chat model")
+    write_routes(storage, settings.triton_bucket, Routes(model=chat), {pub["deployment"]: 100}, by="test-openwebui")
+
+    admin = _signin(info["url"], info["admin_email"], info["admin_password"])
+    users = {}
+    with _client(info["url"], admin) as client:
+        for who in ("member", "outsider"):
+            email, password = f"{who}-{uuid.uuid4().hex[:6]}@modelops.example", uuid.uuid4().hex
+            resp = client.post("/api/v1/auths/add",
+                               json={"name": who, "email": email, "password": password, "role": "user"})
+            resp.raise_for_status()
+            users[who] = {"id": resp.json()["id"], "email": email, "password": password}
+    yield {"url": info["url"], "admin": admin, "chat": chat, "base": base, "users": users}
+    storage.delete(f"s3://{settings.triton_bucket}/routes/{chat}.json")
+
+
+def _refresh_cli(capsys) -> dict:
+    from modelops.local.cli import main
+
+    capsys.readouterr()
+    assert main(["openwebui", "refresh", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_openwebui_is_healthy_bound_to_loopback_and_in_status(stack):
+    info = stack["openwebui"]
+    assert info["url"].startswith("http://127.0.0.1:") and info["admin_email"] and info["admin_password"]
+    assert httpx.get(f"{info['url']}/health", timeout=10, trust_env=False).json() == {"status": True}
+    conn = json.loads(os.environ["AIRFLOW_CONN_OPENWEBUI_DEFAULT"])  # set by the stack fixture (client_env)
+    assert (conn["login"], conn["password"]) == (info["admin_email"], info["admin_password"])
+
+
+def test_refresh_publishes_the_routed_chat_model_to_its_group(webui, capsys):
+    result = _refresh_cli(capsys)
+    assert webui["chat"] in result["models"]
+    assert webui["chat"] in result["created"] + result["updated"]
+    assert webui["base"] not in result["models"], "an untagged routed model is not a chat model"
+
+    with _client(webui["url"], webui["admin"]) as client:
+        groups = {g["name"]: g["id"] for g in client.get("/api/v1/groups/").json()}
+        assert GROUP in groups
+        models = {m["id"]: m for m in client.get("/api/v1/models/all").json()}
+        grants = {(g["principal_type"], g["principal_id"], g["permission"])
+                  for g in models[webui["chat"]]["access_grants"]}
+        assert grants == {("group", groups[GROUP], "read")}
+        assert models[webui["chat"]]["meta"]["description"] == "integration-test chat model"
+        connection = client.get("/openai/config").json()
+        assert connection["ENABLE_OPENAI_API"] is True
+        assert connection["OPENAI_API_BASE_URLS"] == [result["connection"]]
+        # the member joins the group the registry tag names
+        resp = client.post(f"/api/v1/groups/id/{groups[GROUP]}/users/add",
+                           json={"user_ids": [webui["users"]["member"]["id"]]})
+        resp.raise_for_status()
+
+    again = _refresh_cli(capsys)
+    assert webui["chat"] in again["unchanged"] and not again["created"] and not again["groups_created"], again
+
+
+def test_a_member_of_the_group_sees_the_model_and_an_outsider_does_not(webui):
+    member, outsider = webui["users"]["member"], webui["users"]["outsider"]
+    assert webui["chat"] in _model_ids(webui["url"], _signin(webui["url"], member["email"], member["password"]))
+    seen = _model_ids(webui["url"], _signin(webui["url"], outsider["email"], outsider["password"]))
+    assert webui["chat"] not in seen
+    assert webui["base"] not in seen, "models without a refresh entry are admin-only"
+    assert webui["chat"] in _model_ids(webui["url"], webui["admin"])
+
+
+def test_refresh_after_the_routes_are_removed_hides_the_model(webui, settings, storage, capsys):
+    storage.delete(f"s3://{settings.triton_bucket}/routes/{webui['chat']}.json")
+    result = _refresh_cli(capsys)
+    assert webui["chat"] in result["deleted"] and webui["chat"] not in result["models"]
+    member = webui["users"]["member"]
+    assert webui["chat"] not in _model_ids(webui["url"], _signin(webui["url"], member["email"], member["password"]))
+    with _client(webui["url"], webui["admin"]) as client:
+        assert webui["chat"] not in {m["id"] for m in client.get("/api/v1/models/all").json()}
