@@ -2,7 +2,8 @@
 
 :func:`refresh` is idempotent. Signed in as the Open WebUI admin it
 
-1. points Open WebUI's OpenAI connection at the gateway's ``/v1`` with a gateway key of its own;
+1. points Open WebUI's OpenAI connection and its retrieval embeddings (``minilm_embedder``) at the gateway's
+   ``/v1`` with a gateway key of its own;
 2. creates the groups named by the models' ``openwebui.groups`` tags that do not exist yet;
 3. creates or updates one Open WebUI model per routed chat model (same id as the gateway's public model,
    so it overrides that base model: name, description, read access for its groups; no groups = admins only),
@@ -174,7 +175,7 @@ def registry_models(storage: Any, triton_bucket: str, mlflow_client: Any) -> lis
         except Exception as exc:  # MLflow raises RestException (an MlflowException) with error_code
             if "RESOURCE_DOES_NOT_EXIST" not in str(getattr(exc, "error_code", "")) + str(exc):
                 raise
-            log.warning("openwebui: routed model %s has no registered model in MLflow", name)
+            log.info("openwebui: routed model %s has no registered model in MLflow", name)
             entries.append(ModelEntry(name))
             continue
         entries.append(entry_from_registry(name, registered.description, dict(registered.tags or {})))
@@ -208,6 +209,17 @@ def set_connection(client: httpx.Client, gateway_v1: str, gateway_key: str) -> N
     _check(client.post("/openai/config/update", json=body), "connection update")
 
 
+def set_embeddings(client: httpx.Client, gateway_v1: str, gateway_key: str, model: str) -> None:
+    """Retrieval embeddings from ``model`` through the gateway (``POST /api/v1/retrieval/embedding/update``).
+
+    Open WebUI keeps its settings in its database after the first start (the environment is read once), so a
+    replaced gateway key must be set here too.
+    """
+    body = {"RAG_EMBEDDING_ENGINE": "openai", "RAG_EMBEDDING_MODEL": model, "RAG_EMBEDDING_BATCH_SIZE": 16,
+            "ENABLE_ASYNC_EMBEDDING": True, "openai_config": {"url": gateway_v1, "key": gateway_key}}
+    _check(client.post("/api/v1/retrieval/embedding/update", json=body), "embedding settings update")
+
+
 def ensure_groups(client: httpx.Client, entries: Sequence[ModelEntry]) -> tuple[dict[str, str], list[str]]:
     """Group name -> id after creating the missing ones (``/api/v1/groups``); also returns the created names."""
     groups = _check(client.get("/api/v1/groups/"), "group list") or []
@@ -221,7 +233,8 @@ def ensure_groups(client: httpx.Client, entries: Sequence[ModelEntry]) -> tuple[
 
 
 def refresh(openwebui_url: str, admin_email: str, admin_password: str, gateway_url: str, gateway_key: str,
-            models: Sequence[ModelEntry], *, timeout_s: float = 60.0) -> dict[str, Any]:
+            models: Sequence[ModelEntry], *, embedding_model: str | None = "minilm_embedder",
+            timeout_s: float = 60.0) -> dict[str, Any]:
     """Make Open WebUI show exactly ``models`` (see the module docstring); idempotent.
 
     Args:
@@ -231,10 +244,12 @@ def refresh(openwebui_url: str, admin_email: str, admin_password: str, gateway_u
         gateway_url: the gateway's base URL (the connection is ``<gateway_url>/v1``).
         gateway_key: the gateway key Open WebUI calls it with (granted every model it should list).
         models: the routed public models (:func:`registry_models`).
+        embedding_model: the gateway model for Open WebUI's retrieval embeddings (None: leave them alone).
         timeout_s: per-request timeout.
 
     Returns:
-        ``{"connection", "groups_created", "created", "updated", "deleted", "unchanged", "models"}``: names;
+        ``{"connection", "embedding_model", "groups_created", "created", "updated", "deleted", "unchanged",
+        "models"}``: names;
         ``models`` are the chat models Open WebUI now offers.
 
     Raises:
@@ -245,6 +260,8 @@ def refresh(openwebui_url: str, admin_email: str, admin_password: str, gateway_u
         with httpx.Client(base_url=openwebui_url.rstrip("/"), timeout=timeout_s, trust_env=False) as client:
             client.headers["Authorization"] = f"Bearer {signin(client, admin_email, admin_password)}"
             set_connection(client, v1, gateway_key)
+            if embedding_model:
+                set_embeddings(client, v1, gateway_key, embedding_model)
             group_ids, groups_created = ensure_groups(client, models)
             existing = _check(client.get("/api/v1/models/all"), "model list") or []
             plan = plan_models(models, existing, group_ids)
@@ -260,6 +277,7 @@ def refresh(openwebui_url: str, admin_email: str, admin_password: str, gateway_u
         raise OpenWebUIError(f"Open WebUI at {openwebui_url} unreachable: {type(exc).__name__}: {exc}") from None
     return {
         "connection": v1,
+        "embedding_model": embedding_model,
         "groups_created": groups_created,
         "created": [b["id"] for b in plan.create],
         "updated": [b["id"] for b in plan.update],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -102,6 +103,9 @@ def test_refresh_publishes_the_routed_chat_model_to_its_group(webui, capsys):
         connection = client.get("/openai/config").json()
         assert connection["ENABLE_OPENAI_API"] is True
         assert connection["OPENAI_API_BASE_URLS"] == [result["connection"]]
+        embedding = client.get("/api/v1/retrieval/embedding").json()
+        assert (embedding["RAG_EMBEDDING_ENGINE"], embedding["RAG_EMBEDDING_MODEL"]) == ("openai", "minilm_embedder")
+        assert embedding["openai_config"]["url"] == result["connection"]
         # the member joins the group the registry tag names
         resp = client.post(f"/api/v1/groups/id/{groups[GROUP]}/users/add",
                            json={"user_ids": [webui["users"]["member"]["id"]]})
@@ -109,6 +113,20 @@ def test_refresh_publishes_the_routed_chat_model_to_its_group(webui, capsys):
 
     again = _refresh_cli(capsys)
     assert webui["chat"] in again["unchanged"] and not again["created"] and not again["groups_created"], again
+
+
+def test_a_revoked_gateway_key_is_replaced_everywhere_on_refresh(webui, stack, capsys):
+    from modelops.serving.gateway.keys import KeyStore
+
+    key_file = Path(stack["stack_dir"]) / "config" / "openwebui-gateway.key"
+    old = key_file.read_text().strip()
+    KeyStore(Path(stack["gateway"]["keys_db"])).revoke("openwebui")
+    _refresh_cli(capsys)
+    new = key_file.read_text().strip()
+    assert new != old
+    with _client(webui["url"], webui["admin"]) as client:
+        assert client.get("/openai/config").json()["OPENAI_API_KEYS"] == [new]
+        assert client.get("/api/v1/retrieval/embedding").json()["openai_config"]["key"] == new
 
 
 def test_a_member_of_the_group_sees_the_model_and_an_outsider_does_not(webui):
