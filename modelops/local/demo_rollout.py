@@ -103,7 +103,7 @@ def demo_rollout(settings: Settings, status: dict[str, Any], api: AirflowAPI, ke
     rollout_run = f"rollout__{deployment}"
     console.print(f"{deployment} gets {STEPS[0]}%; rollout_model run {rollout_run} judges each step for "
                   f"{INTERVAL_S} s on live metrics (watch it at {status['airflow']['url']}/dags/{ROLLOUT_DAG})")
-    storage = Storage()
+    storage = Storage(stack.s3_config(status))
     request = demo.check_gateway(status["gateway"]["url"], key, name)[1]
     traffic = Traffic(status["gateway"]["url"], key, name, request)
     traffic.start()

@@ -27,10 +27,11 @@ def refresh_stack(status: Mapping[str, Any], settings: Settings | None = None, *
     """
     from mlflow import MlflowClient
 
+    from modelops.local.stack.endpoints import s3_config
     from modelops.local.stack.openwebui_service import ensure_gateway_key
     from modelops.local.stack.state import StackError, StackState
     from modelops.serving.openwebui import OpenWebUIError, refresh, registry_models
-    from modelops.storage import S3Config, Storage
+    from modelops.storage import Storage
 
     settings = settings or Settings.from_env()
     for name in ("openwebui", "mlflow", "s3") if check_running else ():
@@ -41,8 +42,7 @@ def refresh_stack(status: Mapping[str, Any], settings: Settings | None = None, *
         raise StackError(f"no stack in {settings.stack_dir}; run `modelops stack up`")
     key = ensure_gateway_key(state, settings)
     s3, mlflow, webui = status["s3"], status["mlflow"], status["openwebui"]
-    storage = Storage(S3Config(endpoint_url=s3["endpoint"], access_key=s3["access_key"],
-                               secret_key=s3["secret_key"], region=s3.get("region", "us-east-1")))
+    storage = Storage(s3_config(status))
     entries = registry_models(storage, s3["triton_bucket"], MlflowClient(mlflow["url"], mlflow["url"]))
     try:
         return refresh(webui["url"], webui["admin_email"], webui["admin_password"], status["gateway"]["url"], key,

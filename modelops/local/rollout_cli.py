@@ -99,14 +99,13 @@ def run(storage: Storage, bucket: str, model: str, as_json: bool) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from modelops.local import stack
     from modelops.local.stack.state import StackError
-    from modelops.storage import S3Config, Storage
+    from modelops.storage import Storage
 
     info = stack.status()
     if not info.get("s3", {}).get("running"):
         raise StackError("the stack's S3 is not running; run `modelops stack up`")
     s3 = info["s3"]
-    storage = Storage(S3Config(endpoint_url=s3["endpoint"], access_key=s3["access_key"], secret_key=s3["secret_key"],
-                               region=s3.get("region", "us-east-1")))
+    storage = Storage(stack.s3_config(info))
     return run(storage, s3["triton_bucket"], args.model, args.json)
 
 

@@ -12,8 +12,8 @@ State lives in ``Settings.stack_dir`` (``MODELOPS_STACK_DIR``); ports shift with
 
 from __future__ import annotations
 
-from modelops.local.stack.endpoints import SERVICES, client_env
+from modelops.local.stack.endpoints import SERVICES, client_env, s3_config
 from modelops.local.stack.manager import down, status, up
 from modelops.local.stack.state import PortBusyError, StackError
 
-__all__ = ["SERVICES", "PortBusyError", "StackError", "client_env", "down", "status", "up"]
+__all__ = ["SERVICES", "PortBusyError", "StackError", "client_env", "down", "s3_config", "status", "up"]

@@ -215,15 +215,20 @@ def airflow_connections(status: Mapping[str, Any]) -> dict[str, str]:
     return {name: json.dumps(conn, sort_keys=True) for name, conn in conns.items()}
 
 
-def s3_env(status: Mapping[str, Any]) -> dict[str, str]:
-    """AWS_* / MLFLOW_S3_ENDPOINT_URL variables for the stack's S3."""
+def s3_config(status: Mapping[str, Any]) -> S3Config:
+    """The stack's S3 endpoint and credentials (for ``Storage(s3_config(status))``)."""
     s3 = status["s3"]
     return S3Config(
         endpoint_url=s3["endpoint"],
         access_key=s3["access_key"],
         secret_key=s3["secret_key"],
         region=s3.get("region", REGION),
-    ).as_env()
+    )
+
+
+def s3_env(status: Mapping[str, Any]) -> dict[str, str]:
+    """AWS_* / MLFLOW_S3_ENDPOINT_URL variables for the stack's S3."""
+    return s3_config(status).as_env()
 
 
 def client_env(status: Mapping[str, Any]) -> dict[str, str]:
