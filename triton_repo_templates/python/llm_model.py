@@ -13,15 +13,34 @@ The generation itself is :func:`generate_chunks`, a plain function with no Trito
 it against ``transformers.generate``. ``torch.set_num_threads`` comes from config.pbtxt's ``intra_op_threads``.
 """
 
+import importlib.util
 import inspect
 import json
 import os
+import sys
 from dataclasses import dataclass
 
 # libgomp busy-waits by default; next to the server's threads on a small CPU that made torch calls far slower
 # inside the stub (see pytorch_model.py). Read when torch loads: set it first.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never ask the Hub
+
+
+
+def hide_shadowing_triton():
+    """Make ``import triton`` fail when it would find a bare directory named ``triton`` (a namespace package).
+
+    The stub's ``sys.path`` starts with its working directory; the embedded stack runs Triton in its state dir,
+    which holds a ``triton/`` folder. torch._dynamo (imported by transformers' generation code) takes any
+    importable ``triton`` for the OpenAI Triton compiler and fails on ``triton.language``.
+    """
+    try:
+        spec = importlib.util.find_spec("triton")
+    except (ImportError, ValueError):
+        return
+    if spec is not None and spec.origin in (None, "namespace"):
+        sys.modules["triton"] = None  # import triton -> ImportError: torch sees no Triton compiler
+
 
 DEFAULTS = {"max_tokens": 128, "temperature": 0.7, "top_p": 1.0, "stop": [], "seed": None}
 MAX_STOP_STRINGS = 4
@@ -173,6 +192,7 @@ def generate_chunks(model, tokenizer, messages, params, torch, cancelled=None):
 
 class TritonPythonModel:
     def initialize(self, args):
+        hide_shadowing_triton()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
