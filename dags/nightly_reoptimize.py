@@ -80,6 +80,9 @@ def nightly_reoptimize():
 
     @task
     def summarize(planned: dict, outcomes: dict) -> dict:
+        from operators.openwebui_tasks import refresh_quietly
+
+        refresh_quietly("the nightly plan")  # Open WebUI follows the registry (descriptions, groups) every night
         started = [i for i in planned["items"] if i["run_id"] in outcomes]
         skipped = [i for i in planned["items"] if i["action"] != "start"]
         for item in started:

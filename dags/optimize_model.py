@@ -177,7 +177,19 @@ def optimize_model():
     heavy[-1] >> selection
     publication = publish(meta, selection)
     deployment = deploy(meta, selection, publication)
+    @task(trigger_rule="none_failed")
+    def refresh_openwebui(deployment: dict | None = None) -> dict:
+        """After a deployment that took 100% at once, Open WebUI lists it (a rollout refreshes when it ends)."""
+        from airflow.exceptions import AirflowSkipException
+
+        from operators import openwebui_tasks
+
+        if not deployment or deployment.get("rollout"):
+            raise AirflowSkipException("nothing changed for Open WebUI yet (no deployment, or a rollout follows)")
+        return openwebui_tasks.refresh_openwebui()
+
     recorded = record(meta, selection, deployment)
+    recorded >> refresh_openwebui(deployment)
     conf = rollout_conf(deployment)
     recorded >> conf
     TriggerDagRunOperator(

@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from modelops.contracts.status import Status
+from operators.openwebui_tasks import refresh_quietly
 from operators.rollout_tasks import MANUAL_BY, backends, fail, xcom
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def manual_rollback(params: dict[str, Any], run_id: str) -> dict[str, Any]:
         if found:
             rr.mark_version(be.mlflow, found[0], found[1], Status.ROLLED_BACK, deployment=deployment, error=reason)
     rr.mark_version(be.mlflow, version[0], version[1], Status.DEPLOYED, deployment=target)
+    refresh_quietly(f"the rollback of {model} to {target}")
     log.info("%s: 100%% on %s (routes revision %d); retired %s; the rollout state was %s", model, target,
              state.routes_revision, retired or "nothing", "finished" if state.status in FINISHED else "running")
     return {"model": model, "deployment": target, "routes_revision": state.routes_revision, "retired": retired}
@@ -115,5 +117,6 @@ def rollback_after_failure(run_id: str) -> None:
         rr.mark_version(be.mlflow, model, version, Status.ROLLED_BACK, deployment=state.deployment, error=reason,
                         run_id=meta["mlflow_run_id"])
     rr.finish_rollout(be.mlflow, meta["mlflow_run_id"], state.to_json(), outcome, reason)
+    refresh_quietly(f"rolling back {state.deployment}")
     raise fail(f"rolled back: {reason}" if outcome == "rolled_back" else reason)
 

@@ -183,6 +183,11 @@ def apply_step(storage: Storage, bucket: str, state: RolloutState, index: int) -
     return new
 
 
+def _stats_json(stats: Any) -> dict[str, Any]:
+    """A deployment's stats for the state document; the histogram stays out (it holds +Inf, not JSON)."""
+    return {k: v for k, v in asdict(stats).items() if k != "buckets"}
+
+
 def record_verdict(storage: Storage, bucket: str, state: RolloutState, verdict: Verdict) -> RolloutState:
     """Append the verdict of the current step to ``analysis``."""
 
@@ -194,8 +199,8 @@ def record_verdict(storage: Storage, bucket: str, state: RolloutState, verdict: 
             "at": now(),
             "passed": verdict.passed,
             "reasons": list(verdict.reasons),
-            "canary": asdict(verdict.canary),
-            "stable": asdict(verdict.stable) if verdict.stable else None,
+            "canary": _stats_json(verdict.canary),
+            "stable": _stats_json(verdict.stable) if verdict.stable else None,
         }
         return replace(mine, analysis=[*mine.analysis, entry])
 

@@ -286,7 +286,7 @@ def test_pipeline_hooks_take_connection_ids_from_dag_defaults():
         pipeline_hooks({"triton_conn_id": " "})
 
 
-def test_stack_connections_fit_the_hooks(monkeypatch):
+def test_stack_connections_fit_the_hooks(monkeypatch, tmp_path):
     """The stack's AIRFLOW_CONN_* JSON is what the hooks read (conn types, S3 keys, the API user)."""
     from modelops.local.stack.endpoints import airflow_connections
     from modelops_airflow.hooks import (
@@ -299,9 +299,13 @@ def test_stack_connections_fit_the_hooks(monkeypatch):
         TritonHook,
     )
 
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "openwebui-gateway.key").write_text("mo_owkey_secret\n")
     status = {"openwebui": {"port": 3000, "admin_email": "admin@modelops.example", "admin_password": "owpw"},
+              "stack_dir": str(tmp_path),
               "s3": {"endpoint": "http://127.0.0.1:8333", "access_key": "ak", "secret_key": "sk"},
-              "mlflow": {"port": 5000}, "gateway": {"port": 9000}, "prometheus": {"port": 9090},
+              "mlflow": {"port": 5000}, "gateway": {"port": 9000, "url": "http://127.0.0.1:9000"},
+              "prometheus": {"port": 9090},
               "triton": {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002,
                          "admin_header": "X-ModelOps-Admin", "admin_token": "tok"},
               "airflow": {"port": 8080, "username": "admin", "password": "pw"}}
@@ -318,6 +322,9 @@ def test_stack_connections_fit_the_hooks(monkeypatch):
     assert api.get_connection(api.airflow_api_conn_id).login == "admin"
     webui = OpenWebUIHook()
     assert (webui.url(), webui.admin()) == ("http://127.0.0.1:3000", ("admin@modelops.example", "owpw"))
+    # the refresh task's gateway: Open WebUI's own key, from the connection's extras
+    extra = webui.get_connection(webui.openwebui_conn_id).extra_dejson
+    assert extra == {"gateway_url": "http://127.0.0.1:9000", "gateway_key": "mo_owkey_secret"}
     monkeypatch.setenv("AIRFLOW_CONN_OPENWEBUI_OTHER", json.dumps({"conn_type": "http", "host": "127.0.0.1"}))
     with pytest.raises(ValueError, match="needs the Open WebUI admin"):
         OpenWebUIHook("openwebui_other").admin()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -242,3 +243,32 @@ def test_stats_against_a_real_prometheus(tmp_path):
         proc.wait(10)
         target.shutdown()
         target.server_close()
+
+
+def test_binomial_tail():
+    from modelops.rollout.analysis import binomial_tail
+
+    assert binomial_tail(0, 100, 0.01) == 1.0
+    assert abs(binomial_tail(1, 100, 0.01) - (1 - 0.99**100)) < 1e-9
+    assert binomial_tail(3, 324, 0.01) > 0.5  # ~3 slow of 324 is what a p99 means
+    assert binomial_tail(30, 324, 0.01) < 1e-9
+    assert binomial_tail(101, 100, 0.01) == 0.0
+
+
+def _histogram(n: int, slow_ms: float, slow: int) -> tuple[tuple[float, float], ...]:
+    """A cumulative histogram: n - slow requests under 10 ms, ``slow`` at ``slow_ms``."""
+    bounds = (5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 250.0, math.inf)
+    return tuple((le, float(n - slow) + (slow if le >= slow_ms else 0)) for le in bounds)
+
+
+def test_a_p99_over_the_bound_by_chance_is_not_a_regression():
+    stable = DeploymentStats("m--v1-a", 3000, 1.0, 19.6)
+    # 324 requests, p99 26.3 ms: only 3 over the bound (24.5 ms; counted from the 30 ms bucket) -> chance
+    noisy = DeploymentStats("m--v2-b", 324, 1.0, 26.3, _histogram(324, 28.0, 3))
+    assert judge(noisy, stable, T).passed is True
+    # the same p99 with 30 of 324 requests slow is a real regression
+    slow = DeploymentStats("m--v2-b", 324, 1.0, 26.3, _histogram(324, 40.0, 30))
+    verdict = judge(slow, stable, T)
+    assert verdict.passed is False and verdict.reasons == ["canary p99 26.3 ms > stable p99 19.6 ms * 1.25"]
+    # without a histogram the p99 comparison alone decides
+    assert judge(DeploymentStats("m--v2-b", 324, 1.0, 26.3), stable, T).passed is False

@@ -202,6 +202,8 @@ def airflow_connections(status: Mapping[str, Any]) -> dict[str, str]:
         **({"AIRFLOW_CONN_OPENWEBUI_DEFAULT": {
             "conn_type": "http", "host": HOST, "port": status["openwebui"]["port"], "schema": "http",
             "login": status["openwebui"]["admin_email"], "password": status["openwebui"]["admin_password"],
+            # the refresh task points Open WebUI's OpenAI connection at the gateway with Open WebUI's own key
+            "extra": {"gateway_url": status["gateway"]["url"], "gateway_key": _openwebui_gateway_key(status)},
         }} if "openwebui" in status else {}),
         "AIRFLOW_CONN_AIRFLOW_API_DEFAULT": {
             "conn_type": "http",
@@ -213,6 +215,18 @@ def airflow_connections(status: Mapping[str, Any]) -> dict[str, str]:
         },
     }
     return {name: json.dumps(conn, sort_keys=True) for name, conn in conns.items()}
+
+
+def openwebui_key_file(stack_dir: Path) -> Path:
+    """``<stack dir>/config/openwebui-gateway.key``: Open WebUI's gateway key (mode 600, written when it starts)."""
+    return Path(stack_dir) / "config" / "openwebui-gateway.key"
+
+
+def _openwebui_gateway_key(status: Mapping[str, Any]) -> str:
+    try:
+        return openwebui_key_file(status["stack_dir"]).read_text().strip()
+    except (OSError, KeyError):
+        return ""
 
 
 def s3_config(status: Mapping[str, Any]) -> S3Config:

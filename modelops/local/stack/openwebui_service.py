@@ -13,7 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelops.local.stack import process
-from modelops.local.stack.endpoints import gateway_keys_db, gateway_url, openwebui_url, openwebui_venv
+from modelops.local.stack.endpoints import (
+    gateway_keys_db,
+    gateway_url,
+    openwebui_key_file,
+    openwebui_url,
+    openwebui_venv,
+)
 from modelops.local.stack.service_spec import Context, _path_with, http
 from modelops.local.stack.state import HOST, StackError, StackState, write_private
 from modelops.settings import Settings
@@ -24,7 +30,7 @@ EMBEDDING_MODEL = "minilm_embedder"  # the gateway's text embedder (RAG over /v1
 
 def gateway_key_file(state: StackState) -> Path:
     """``<stack dir>/config/openwebui-gateway.key``: Open WebUI's gateway key (mode 600)."""
-    return state.stack_dir / "config" / "openwebui-gateway.key"
+    return openwebui_key_file(state.stack_dir)
 
 
 def ensure_gateway_key(state: StackState, settings: Settings) -> str:
