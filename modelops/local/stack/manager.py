@@ -135,7 +135,11 @@ def _ensure(ctx: Context, name: str) -> None:
     check_ports_free({key: state.ports[key] for key in spec.ports}, wait_s=PORT_RELEASE_WAIT_S)
     spec.prepare(ctx)
     process.say(f"starting {spec.name} ...")
-    record = process.spawn(spec.name, spec.command(ctx), spec.env(ctx), log, cwd=state.stack_dir)
+    # each service runs in a work dir of its own: in the stack dir itself, Triton's python stubs (whose sys.path
+    # starts with the cwd) imported the stack's `triton/` data folder as the `triton` package torch looks for
+    workdir = state.stack_dir / "work" / spec.name
+    workdir.mkdir(parents=True, exist_ok=True)
+    record = process.spawn(spec.name, spec.command(ctx), spec.env(ctx), log, cwd=workdir)
     state.services[name] = record
     state.save()
     try:
