@@ -9,7 +9,8 @@ Identity: a deployment name never stands for two contents. The content digest is
 (relative path, sha256) pairs of the files rendered under the plain name. The plain name is used when it is
 free or already holds the same content (reuse); otherwise the deployment is ``<plain name>-<digest[:8]>``
 (content-addressed). Publishers claim a free plain name with ``publish-claim.json`` (If-None-Match) before
-uploading, so two concurrent publishers of different bytes never mix their files (:func:`publish_candidate`).
+uploading, so two concurrent publishers of different bytes never mix their files (:func:`publish_candidate`;
+:func:`publish_content` is that algorithm for any rendered deployment, the chat LLMs' included).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -94,11 +96,11 @@ def _same_content(manifest: dict[str, Any], files: dict[str, dict[str, Any]], di
     return {k: v.get("sha256") for k, v in manifest.get("files", {}).items()} == {k: v["sha256"] for k, v in files.items()}
 
 
-def _reuse(storage: Storage, uri: str, spec: dict[str, Any], variant: str, digest: str) -> dict[str, Any]:
+def _reuse(storage: Storage, uri: str, model_name: str, variant: str, digest: str) -> dict[str, Any]:
     manifest = verify_deployment(storage, uri)
-    if manifest.get("model") != spec["model_name"] or manifest.get("variant") != variant:
+    if manifest.get("model") != model_name or manifest.get("variant") != variant:
         raise PublishError(f"deployment {manifest.get('deployment')} holds {manifest.get('model')}/"
-                           f"{manifest.get('variant')}, not {spec['model_name']}/{variant}; refusing to reuse it")
+                           f"{manifest.get('variant')}, not {model_name}/{variant}; refusing to reuse it")
     log.info("deployment %s already published by run %s with the same bytes; reusing it", manifest.get("deployment"),
              manifest.get("run_id"))  # fmt: skip
     return {"deployment": manifest["deployment"], "uri": uri, "manifest": manifest, "reused": True,
@@ -185,47 +187,93 @@ def publish_candidate(
                 assets=assets,
             )
 
-        def commit(name: str, root: Path) -> dict[str, Any]:
-            uri = deployment_uri(triton_bucket, name)
-            manifest = build_manifest(root, spec, variant, name, export_result.get("versions", {}))
-            manifest["content_digest"] = digest
-            if not _upload(storage, root, uri, manifest):
-                return _reuse(storage, uri, spec, variant, digest)  # a publisher of the same bytes won
-            log.info("published %s (%d files, content %s)", uri, len(manifest["files"]), digest[:12])
-            return {"deployment": name, "uri": uri, "manifest": manifest, "reused": False, "content_digest": digest}
+        def manifest_for(root: Path, name: str) -> dict[str, Any]:
+            return build_manifest(root, spec, variant, name, export_result.get("versions", {}))
 
-        plain_root = render(plain)
-        files = file_table(plain_root)
-        digest = content_digest(files)
-        plain_uri = deployment_uri(triton_bucket, plain)
-        if storage.exists(join(plain_uri, MANIFEST)):
-            if _same_content(verify_deployment(storage, plain_uri), files, digest):
-                return _reuse(storage, plain_uri, spec, variant, digest)
-        else:
-            claim = {"content_digest": digest, "run_id": spec.get("run_id"),
-                     "claimed_at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
-            try:
-                storage.write_bytes(join(plain_uri, CLAIM), json.dumps(claim).encode(), if_none_match=True)
-                return commit(plain, plain_root)
-            except PreconditionFailed:
-                pass
-            held = _read_claim(storage, plain_uri)
-            if held.get("content_digest") == digest:
-                if held.get("run_id") != spec.get("run_id") and _wait_for_manifest(storage, plain_uri, claim_wait_s):
-                    if _same_content(verify_deployment(storage, plain_uri), files, digest):
-                        return _reuse(storage, plain_uri, spec, variant, digest)
-                else:  # our own earlier attempt (a retry), or a publisher that died: same bytes, finish it
-                    log.warning("claim on %s (same content) has no manifest; completing the upload", plain_uri)
-                    return commit(plain, plain_root)
-        name = digest_name(plain, digest)
-        log.info("%s holds other bytes; publishing this content as %s", plain, name)
+        return publish_content(storage, triton_bucket, plain, render, manifest_for, model_name=spec["model_name"],
+                               variant=variant, run_id=spec.get("run_id"), claim_wait_s=claim_wait_s)  # fmt: skip
+
+
+def publish_content(
+    storage: Storage,
+    triton_bucket: str,
+    plain: str,
+    render: Callable[[str], Path],
+    manifest_for: Callable[[Path, str], dict[str, Any]],
+    *,
+    model_name: str,
+    variant: str,
+    run_id: str | None,
+    claim_wait_s: float | None = CLAIM_WAIT_S,
+) -> dict[str, Any]:
+    """Publish a rendered deployment under the plain name, or its digest name; the claim-and-commit algorithm.
+
+    The identity rules of :func:`publish_candidate` (reuse, claim, digest name), for any deployment kind.
+
+    Args:
+        storage: S3 access.
+        triton_bucket: the Triton repository bucket.
+        plain: the plain deployment name ``<model>--v<version>-<variant>``.
+        render: writes the model directory for a deployment name and returns its root (called for the plain
+            name, and again for the digest name when that one is published).
+        manifest_for: the manifest of a rendered root under a name, without ``content_digest`` (added here).
+        model_name: the registered model; a reused deployment must hold it.
+        variant: the variant; a reused deployment must hold it.
+        run_id: the publishing run, written into the claim (a retry of the same run completes its own claim).
+        claim_wait_s: how long to wait for the manifest of another run that claimed the plain name for the same
+            bytes before completing the upload ourselves; ``None`` completes it at once without waiting.
+
+    Returns:
+        ``{"deployment", "uri", "manifest", "reused", "content_digest"}``.
+
+    Raises:
+        PublishError: the name holds another model or variant, or the digest name holds other bytes.
+    """
+
+    def reuse(uri: str) -> dict[str, Any]:
+        return _reuse(storage, uri, model_name, variant, digest)
+
+    def commit(name: str, root: Path) -> dict[str, Any]:
         uri = deployment_uri(triton_bucket, name)
-        if storage.exists(join(uri, MANIFEST)):
-            manifest = verify_deployment(storage, uri)
-            if manifest.get("content_digest") != digest:
-                raise PublishError(f"deployment {name} holds other bytes (digest prefix collision); refusing it")
-            return _reuse(storage, uri, spec, variant, digest)
-        return commit(name, render(name))
+        manifest = manifest_for(root, name)
+        manifest["content_digest"] = digest
+        if not _upload(storage, root, uri, manifest):
+            return reuse(uri)  # a publisher of the same bytes won
+        log.info("published %s (%d files, content %s)", uri, len(manifest["files"]), digest[:12])
+        return {"deployment": name, "uri": uri, "manifest": manifest, "reused": False, "content_digest": digest}
+
+    plain_root = render(plain)
+    files = file_table(plain_root)
+    digest = content_digest(files)
+    plain_uri = deployment_uri(triton_bucket, plain)
+    if storage.exists(join(plain_uri, MANIFEST)):
+        if _same_content(verify_deployment(storage, plain_uri), files, digest):
+            return reuse(plain_uri)
+    else:
+        claim = {"content_digest": digest, "run_id": run_id,
+                 "claimed_at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+        try:
+            storage.write_bytes(join(plain_uri, CLAIM), json.dumps(claim).encode(), if_none_match=True)
+            return commit(plain, plain_root)
+        except PreconditionFailed:
+            pass
+        held = _read_claim(storage, plain_uri)
+        if held.get("content_digest") == digest:
+            if (claim_wait_s is not None and held.get("run_id") != run_id
+                    and _wait_for_manifest(storage, plain_uri, claim_wait_s)):  # fmt: skip
+                if _same_content(verify_deployment(storage, plain_uri), files, digest):
+                    return reuse(plain_uri)
+            else:  # our own earlier attempt (a retry), or a publisher that died: same bytes, finish it
+                log.warning("claim on %s (same content) has no manifest; completing the upload", plain_uri)
+                return commit(plain, plain_root)
+    name = digest_name(plain, digest)
+    log.info("%s holds other bytes; publishing this content as %s", plain, name)
+    uri = deployment_uri(triton_bucket, name)
+    if storage.exists(join(uri, MANIFEST)):
+        if verify_deployment(storage, uri).get("content_digest") != digest:
+            raise PublishError(f"deployment {name} holds other bytes (digest prefix collision); refusing it")
+        return reuse(uri)
+    return commit(name, render(name))
 
 
 def _read_claim(storage: Storage, uri: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from modelops.serving.gateway.errors import GatewayError
-from modelops.serving.gateway.proxy import Upstream, triton_error
+from modelops.serving.gateway.proxy import Upstream, call_upstream, triton_error
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 DONE = b"data: [DONE]\n\n"
@@ -55,22 +55,11 @@ class GenerateStream:
         """
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=read_timeout_s)
         headers = {"content-type": "application/json", "accept": "text/event-stream"}
-        for attempt in (1, 2):
-            try:
-                response = await session.post(f"/v2/models/{deployment}/generate_stream", data=body,
-                                              headers=headers, timeout=timeout)
-                break
-            except aiohttp.ServerDisconnectedError:  # a pooled keep-alive connection Triton closed meanwhile
-                if attempt == 2:
-                    raise GatewayError(503, f"Triton closed the connection for deployment {deployment!r}",
-                                       deployment) from None
-            except aiohttp.ConnectionTimeoutError:
-                raise GatewayError(503, "Triton is unreachable (connect timeout)", deployment) from None
-            except TimeoutError:
-                raise GatewayError(504, f"Triton did not answer in time for deployment {deployment!r}",
-                                   deployment) from None
-            except aiohttp.ClientError as exc:
-                raise GatewayError(503, f"Triton is unreachable: {type(exc).__name__}", deployment) from None
+        response = await call_upstream(
+            lambda: session.post(f"/v2/models/{deployment}/generate_stream", data=body, headers=headers,
+                                 timeout=timeout),
+            deployment,
+        )
         if response.status != 200:
             try:
                 content = await response.read()

@@ -9,38 +9,24 @@ Layout (Triton loads it from S3 like every deployment)::
 
 The tensors are the LLM serving contract (:data:`LLM_IO`): ``messages_json`` + ``params_json`` in, ``text``,
 ``finish_reason``, ``prompt_tokens``, ``completion_tokens`` out. :func:`publish_llm` writes the deployment with
-the same identity rules as :func:`modelops.serving.publish.publish_candidate`: files first, ``manifest.json``
-(sha256 per file, ``content_digest``) last, the plain name ``<model>--v<version>-hf_eager`` reused when it holds
-the same bytes, claimed with ``publish-claim.json`` when free, and ``<plain>-<digest8>`` otherwise.
+:func:`modelops.serving.publish.publish_content`, the identity rules of ``publish_candidate``: files first,
+``manifest.json`` (sha256 per file, ``content_digest``) last, the plain name ``<model>--v<version>-hf_eager``
+reused when it holds the same bytes, claimed with ``publish-claim.json`` when free, and ``<plain>-<digest8>``
+otherwise (a claim on the same bytes is completed at once, without waiting for its claimer).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modelops.contracts.naming import deployment_name, deployment_uri, digest_name
-from modelops.serving.publish import (
-    CLAIM,
-    MANIFEST,
-    PublishError,
-    _read_claim,
-    _reuse,
-    _same_content,
-    _upload,
-    content_digest,
-    file_table,
-    verify_deployment,
-)
+from modelops.contracts.naming import deployment_name
+from modelops.serving.publish import file_table, publish_content
 from modelops.serving.triton.model_dir import PYTHON_TEMPLATES, _tensor_block
-from modelops.storage import PreconditionFailed, Storage, join
-
-log = logging.getLogger(__name__)
+from modelops.storage import Storage
 
 LLM_TEMPLATE = "llm_model.py"
 LLM_VARIANT = "hf_eager"  # the source model in transformers eager: the LLM baseline
@@ -185,7 +171,6 @@ def publish_llm(
     Returns:
         ``{"deployment", "uri", "manifest", "reused", "content_digest"}`` as ``publish_candidate``.
     """
-    spec = {"model_name": model_name, "run_id": run_id}
     plain = deployment_name(model_name, model_version, LLM_VARIANT)
     with tempfile.TemporaryDirectory(prefix="modelops-publish-llm-") as tmp:
 
@@ -193,9 +178,8 @@ def publish_llm(
             return build_llm_model_dir(Path(tmp) / name, name=name, model_dir=model_dir, threads=threads,
                                        instance_count=instance_count)  # fmt: skip
 
-        def commit(name: str, root: Path) -> dict[str, Any]:
-            uri = deployment_uri(triton_bucket, name)
-            manifest = {
+        def manifest_for(root: Path, name: str) -> dict[str, Any]:
+            return {
                 "deployment": name,
                 "model": model_name,
                 "model_version": str(model_version),
@@ -209,38 +193,11 @@ def publish_llm(
                 "library_versions": library_versions(model_dir),
                 "files": file_table(root),
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "content_digest": digest,
             }
-            if not _upload(storage, root, uri, manifest):
-                return _reuse(storage, uri, spec, LLM_VARIANT, digest)
-            log.info("published %s (%d files, content %s)", uri, len(manifest["files"]), digest[:12])
-            return {"deployment": name, "uri": uri, "manifest": manifest, "reused": False, "content_digest": digest}
 
-        plain_root = render(plain)
-        files = file_table(plain_root)
-        digest = content_digest(files)
-        plain_uri = deployment_uri(triton_bucket, plain)
-        if storage.exists(join(plain_uri, MANIFEST)):
-            if _same_content(verify_deployment(storage, plain_uri), files, digest):
-                return _reuse(storage, plain_uri, spec, LLM_VARIANT, digest)
-        else:
-            claim = {"content_digest": digest, "run_id": run_id,
-                     "claimed_at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
-            try:
-                storage.write_bytes(join(plain_uri, CLAIM), json.dumps(claim).encode(), if_none_match=True)
-                return commit(plain, plain_root)
-            except PreconditionFailed:
-                held = _read_claim(storage, plain_uri)
-                if held.get("content_digest") == digest:  # same bytes (a retry, or a publisher that died): finish
-                    return commit(plain, plain_root)
-        name = digest_name(plain, digest)
-        uri = deployment_uri(triton_bucket, name)
-        if storage.exists(join(uri, MANIFEST)):
-            if verify_deployment(storage, uri).get("content_digest") != digest:
-                raise PublishError(f"deployment {name} holds other bytes (digest prefix collision); refusing it")
-            return _reuse(storage, uri, spec, LLM_VARIANT, digest)
-        log.info("%s holds other bytes; publishing this content as %s", plain, name)
-        return commit(name, render(name))
+        # a claim on the same bytes (a retry, or a publisher that died) is completed at once, without waiting
+        return publish_content(storage, triton_bucket, plain, render, manifest_for, model_name=model_name,
+                               variant=LLM_VARIANT, run_id=run_id, claim_wait_s=None)  # fmt: skip
 
 
 def publish_registered(
