@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated demo models to register and optimize (default: digits,tabular,minilm,mobilenet)",
     )
+    demo.add_argument("--no-chat", action="store_true",
+                      help="skip the chat part: smollm2_chat served through the gateway and Open WebUI")
     demo.add_argument("--no-rollout", action="store_true",
                       help="skip the last part: a new digits_cnn version promoted step by step under traffic")
     demo.set_defaults(func=_cmd_demo)

@@ -245,6 +245,11 @@ def main(args: Any = None) -> int:
                       summary.get("deployment") or summary.get("reason") or "-")
     console.print(table)
     served = gateway_summary(status, [s["model"] for s in results.values() if s and s.get("deployment")])
+    chatted = True
+    if not getattr(args, "no_chat", False):
+        from modelops.local.demo_chat import demo_chat
+
+        chatted = demo_chat(settings, stack.status())
     rolled = True
     if "digits" in keys and results.get("digits") and not getattr(args, "no_rollout", False):
         from modelops.local.demo_rollout import demo_rollout
@@ -255,7 +260,7 @@ def main(args: Any = None) -> int:
     console.print(f"Airflow: {status['airflow']['url']}/dags/{DAG_ID} and /dags/rollout_model  (user {status['airflow']['username']}, "
                   "password: `.venv/bin/modelops stack status --json`)")
     console.print("stop the stack with: [bold].venv/bin/modelops stack down[/bold]  (or `make stack-down`)")
-    return 0 if all(results.values()) and served and rolled else 1
+    return 0 if all(results.values()) and served and rolled and chatted else 1
 
 
 if __name__ == "__main__":

@@ -285,3 +285,33 @@ def refresh(openwebui_url: str, admin_email: str, admin_password: str, gateway_u
         "unchanged": plan.unchanged,
         "models": sorted(e.name for e in models if e.task == TASK_CHAT),
     }
+
+
+def ensure_user(openwebui_url: str, admin_email: str, admin_password: str, *, name: str, email: str, password: str,
+                groups: Sequence[str], timeout_s: float = 60.0) -> str:
+    """Create the Open WebUI user ``email`` (role user) if missing and put it in ``groups``; returns its id.
+
+    Idempotent: an existing user keeps its password and is only added to the groups it is missing from.
+
+    Raises:
+        OpenWebUIError: a call failed (one line), or a group does not exist (run :func:`refresh` first).
+    """
+    try:
+        with httpx.Client(base_url=openwebui_url.rstrip("/"), timeout=timeout_s, trust_env=False) as client:
+            client.headers["Authorization"] = f"Bearer {signin(client, admin_email, admin_password)}"
+            users = _check(client.get("/api/v1/users/all"), "user list") or {}
+            found = next((u for u in users.get("users", []) if str(u.get("email", "")).lower() == email.lower()),
+                         None)  # fmt: skip
+            if found is None:
+                body = {"name": name, "email": email, "password": password, "role": "user"}
+                found = _check(client.post("/api/v1/auths/add", json=body), f"creation of user {email}")
+            user_id = str(found["id"])
+            ids = {str(g["name"]): str(g["id"]) for g in _check(client.get("/api/v1/groups/"), "group list") or []}
+            for group in groups:
+                if group not in ids:
+                    raise OpenWebUIError(f"Open WebUI has no group {group!r}; run `modelops openwebui refresh` first")
+                _check(client.post(f"/api/v1/groups/id/{ids[group]}/users/add", json={"user_ids": [user_id]}),
+                       f"adding {email} to group {group!r}")
+            return user_id
+    except httpx.HTTPError as exc:
+        raise OpenWebUIError(f"Open WebUI at {openwebui_url} is unreachable: {type(exc).__name__}") from None

@@ -66,7 +66,8 @@ def webui(stack, settings, storage, triton, mlflow_client, publish_plus_k):
                                json={"name": who, "email": email, "password": password, "role": "user"})
             resp.raise_for_status()
             users[who] = {"id": resp.json()["id"], "email": email, "password": password}
-    yield {"url": info["url"], "admin": admin, "chat": chat, "base": base, "users": users}
+    yield {"url": info["url"], "admin": admin, "chat": chat, "base": base, "users": users,
+           "admin_email": info["admin_email"], "admin_password": info["admin_password"]}
     storage.delete(f"s3://{settings.triton_bucket}/routes/{chat}.json")
 
 
@@ -106,10 +107,17 @@ def test_refresh_publishes_the_routed_chat_model_to_its_group(webui, capsys):
         embedding = client.get("/api/v1/retrieval/embedding").json()
         assert (embedding["RAG_EMBEDDING_ENGINE"], embedding["RAG_EMBEDDING_MODEL"]) == ("openai", "minilm_embedder")
         assert embedding["openai_config"]["url"] == result["connection"]
-        # the member joins the group the registry tag names
-        resp = client.post(f"/api/v1/groups/id/{groups[GROUP]}/users/add",
-                           json={"user_ids": [webui["users"]["member"]["id"]]})
-        resp.raise_for_status()
+    # the member joins the group the registry tag names (ensure_user, as the demo does; twice: idempotent)
+    from modelops.serving.openwebui import ensure_user
+
+    member = webui["users"]["member"]
+    for _ in range(2):
+        assert ensure_user(webui["url"], webui["admin_email"], webui["admin_password"], name="member",
+                           email=member["email"], password="not-used-for-an-existing-user",
+                           groups=[GROUP]) == member["id"]
+    with _client(webui["url"], webui["admin"]) as client:
+        members = client.post(f"/api/v1/groups/id/{groups[GROUP]}/users", json={}).json()
+        assert member["id"] in {u["id"] for u in members}
 
     again = _refresh_cli(capsys)
     assert webui["chat"] in again["unchanged"] and not again["created"] and not again["groups_created"], again
