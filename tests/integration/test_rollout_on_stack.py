@@ -192,7 +192,8 @@ def test_approval_holds_the_last_step_until_a_human_approves(rollout_env, settin
         run_id, _ = _roll(airflow, env, canary, steps=[50, 100], require_approval=True)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            if airflow.task_states("rollout_model", run_id).get("approve") in ("deferred", "running"):
+            # Airflow 3.3 shows a HITL task waiting for a human as awaiting_input (deferred before it registers)
+            if airflow.task_states("rollout_model", run_id).get("approve") in ("awaiting_input", "deferred"):
                 break
             time.sleep(1)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,9 @@ def client(tmp_path):
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/m.db"
+    # MLflow's global URIs (and the MLFLOW_TRACKING_URI it exports) must not leak into later tests: the integration
+    # tests in the same session register models through the environment (a leaked sqlite URI broke 24 of them)
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     c = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -32,7 +36,14 @@ def client(tmp_path):
     c.create_registered_model("m")
     for _ in range(2):
         c.create_model_version("m", source=str(tmp_path), run_id=None)
-    return c
+    yield c
+    mlflow.set_tracking_uri(None)  # unset: MLflow falls back to the environment again
+    mlflow.set_registry_uri(None)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def test_new_statuses_are_version_statuses():
