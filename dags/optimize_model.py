@@ -199,6 +199,7 @@ def optimize_model():
         conf=conf,
         reset_dag_run=True,  # a deployment rolled out again (after a rollback) reuses its run id
         wait_for_completion=False,
+        fail_when_dag_is_paused=True,  # a paused rollout_model would leave the canary at its first step silently
     )
 
 

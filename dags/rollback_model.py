@@ -25,6 +25,9 @@ PARAMS = {
     dag_id="rollback_model",
     schedule=None,
     catchup=False,
+    # started by optimize_model's start_rollout (and by hand): a fresh Airflow must not create it paused,
+    # or the rollout waits queued forever
+    is_paused_upon_creation=False,
     params=PARAMS,
     tags=["modelops", "triton", "rollout"],
     default_args={"retries": 0, "execution_timeout": timedelta(minutes=15)},

@@ -53,6 +53,9 @@ PARAMS = {
     dag_id="rollout_model",
     schedule=None,
     catchup=False,
+    # started by optimize_model's start_rollout (and by hand): a fresh Airflow must not create it paused,
+    # or the rollout waits queued forever
+    is_paused_upon_creation=False,
     params=PARAMS,
     tags=["modelops", "triton", "rollout"],
     max_active_runs=8,

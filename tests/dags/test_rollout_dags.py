@@ -77,6 +77,10 @@ def test_rollout_wiring_and_trigger_rules(dagbag):
     assert isinstance(approve, ApprovalOperator) and approve.fail_on_reject  # a rejection rolls back
     assert all(t.retries == 0 for t in dag.tasks)
     assert dagbag.dags["rollback_model"].task_ids == ["rollback"]
+    # optimize_model starts rollout_model: a fresh Airflow must not create them paused (the demo's rollout once
+    # sat queued behind a paused DAG), and start_rollout fails loudly if someone paused it
+    assert dag.is_paused_upon_creation is False and dagbag.dags["rollback_model"].is_paused_upon_creation is False
+    assert dagbag.dags["optimize_model"].get_task("start_rollout").fail_when_dag_is_paused
 
 
 @pytest.mark.parametrize("name", ["rollout_model.py", "rollback_model.py"])
