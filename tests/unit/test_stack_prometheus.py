@@ -46,8 +46,8 @@ def test_rendered_config_scrapes_triton_and_the_gateway_and_promtool_accepts_it(
     assert "- job_name: triton" in text and "targets: ['127.0.0.1:8302']" in text
     assert "- job_name: gateway" in text and "targets: ['127.0.0.1:9300']" in text
     promtool = shutil.which("promtool") or "/usr/bin/promtool"
-    if not Path(promtool).exists():
-        pytest.skip("promtool not installed (scripts/install_tools.sh installs Debian's prometheus)")
+    # `make test` installs Debian's prometheus (scripts/install_tools.sh): a missing promtool is a broken setup
+    assert Path(promtool).exists(), "promtool not installed: run `make tools` (scripts/install_tools.sh)"
     path = tmp_path / "prometheus.yml"
     path.write_text(text)
     proc = subprocess.run([promtool, "check", "config", str(path)], check=False, capture_output=True, text=True,
