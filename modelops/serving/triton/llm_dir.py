@@ -2,24 +2,29 @@
 
 Layout (Triton loads it from S3 like every deployment)::
 
-    <name>/config.pbtxt      python backend, max_batch_size 0, model_transaction_policy { decoupled: true }
-    <name>/1/model.py        triton_repo_templates/python/llm_model.py (transformers eager, one response per chunk)
-    <name>/1/model/...       the HF model files: an MLflow transformers model's ``model/`` + ``components/tokenizer/``
-                             flattened into one directory (``AutoModelForCausalLM.from_pretrained`` loads it)
+    <name>/config.pbtxt      python backend, max_batch_size 0, model_transaction_policy { decoupled: true },
+                             parameters runtime (hf_eager | ort_genai), intra_op_threads, max_concurrency
+    <name>/1/model.py        triton_repo_templates/python/llm_model.py (one response per chunk)
+    <name>/1/model/...       the model files: for ``hf_eager`` an MLflow transformers model's ``model/`` +
+                             ``components/tokenizer/`` flattened into one HF directory; for ``ort_genai_*`` an
+                             ONNX Runtime GenAI folder (genai_config.json, model.onnx(+.data), tokenizer files)
 
-The tensors are the LLM serving contract (:data:`LLM_IO`): ``messages_json`` + ``params_json`` in, ``text``,
-``finish_reason``, ``prompt_tokens``, ``completion_tokens`` out. :func:`publish_llm` writes the deployment with
+The variants (:data:`LLM_VARIANTS`) map to the runtime llm_model.py uses. The tensors are the LLM serving contract
+(:data:`LLM_IO`): ``messages_json`` + ``params_json`` in, ``text``, ``finish_reason``, ``prompt_tokens``,
+``completion_tokens`` out. :func:`publish_llm` writes the deployment with
 :func:`modelops.serving.publish.publish_content`, the identity rules of ``publish_candidate``: files first,
-``manifest.json`` (sha256 per file, ``content_digest``) last, the plain name ``<model>--v<version>-hf_eager``
+``manifest.json`` (sha256 per file, ``content_digest``) last, the plain name ``<model>--v<version>-<variant>``
 reused when it holds the same bytes, claimed with ``publish-claim.json`` when free, and ``<plain>-<digest8>``
 otherwise (a claim on the same bytes is completed at once, without waiting for its claimer).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,12 @@ from modelops.storage import Storage
 
 LLM_TEMPLATE = "llm_model.py"
 LLM_VARIANT = "hf_eager"  # the source model in transformers eager: the LLM baseline
+# variant -> the ``runtime`` parameter of llm_model.py
+LLM_VARIANTS: dict[str, str] = {"hf_eager": "hf_eager", "ort_genai_int4": "ort_genai"}
 LLM_BACKEND = "python/transformers"
+LLM_BACKENDS: dict[str, str] = {"hf_eager": LLM_BACKEND, "ort_genai": "python/onnxruntime-genai"}
+# requests one instance generates at once (threads of its pool; see llm_model.py); measured on the 2-core CPU
+DEFAULT_MAX_CONCURRENCY: dict[str, int] = {"hf_eager": 1, "ort_genai": 1}
 LLM_IO: dict[str, list[dict[str, Any]]] = {
     "inputs": [
         {"name": "messages_json", "dtype": "object", "dims": [1]},
@@ -45,31 +55,56 @@ LLM_IO: dict[str, list[dict[str, Any]]] = {
 }
 # files of an HF model directory the serving model needs (weights, config, generation config, tokenizer)
 HF_REQUIRED = ("config.json", "tokenizer.json")
+# files of an ONNX Runtime GenAI folder (the output of ``onnxruntime_genai.models.builder``)
+GENAI_REQUIRED = ("genai_config.json", "model.onnx", "tokenizer.json")
 
 
-def render_llm_config(*, name: str, instance_count: int = 1, threads: int = 2) -> str:
+def runtime_of(variant: str) -> str:
+    """The llm_model.py runtime of a variant.
+
+    Raises:
+        ValueError: an unknown variant (one line, naming the known ones).
+    """
+    if variant not in LLM_VARIANTS:
+        raise ValueError(f"unknown LLM variant {variant!r}; known: {sorted(LLM_VARIANTS)}")
+    return LLM_VARIANTS[variant]
+
+
+def render_llm_config(
+    *,
+    name: str,
+    variant: str = LLM_VARIANT,
+    instance_count: int = 1,
+    threads: int = 2,
+    max_concurrency: int | None = None,
+) -> str:
     """``config.pbtxt`` of a decoupled python-backend LLM (``params_json`` optional).
 
     Args:
         name: the deployment name (Triton requires it to equal the directory name).
-        instance_count: model instances (KIND_CPU); each generates one answer at a time.
-        threads: ``torch.set_num_threads`` per instance (0 = torch's default).
+        variant: a key of :data:`LLM_VARIANTS`; its runtime goes into the ``runtime`` parameter.
+        instance_count: model instances (KIND_CPU).
+        threads: intra-op threads per instance (torch or onnxruntime; 0 = the runtime's default).
+        max_concurrency: requests one instance generates at once (default: the runtime's measured best).
     """
-    if instance_count < 1 or threads < 0:
-        raise ValueError("instance_count >= 1 and threads >= 0 are required")
+    runtime = runtime_of(variant)
+    concurrency = DEFAULT_MAX_CONCURRENCY[runtime] if max_concurrency is None else max_concurrency
+    if instance_count < 1 or threads < 0 or concurrency < 1:
+        raise ValueError("instance_count >= 1, threads >= 0 and max_concurrency >= 1 are required")
     inputs = _tensor_block("input", LLM_IO["inputs"])
     # params_json may be left out (all defaults): mark it optional
     inputs = inputs.replace('name: "params_json"', 'name: "params_json"\n    optional: true')
+    parameters = {"runtime": runtime, "intra_op_threads": int(threads), "max_concurrency": int(concurrency)}
+    rendered = ",\n".join(
+        f'  {{\n    key: "{k}"\n    value: {{ string_value: "{v}" }}\n  }}' for k, v in parameters.items()
+    )
     return (
-        f"# Rendered by modelops.serving.triton.llm_dir ({LLM_VARIANT}); do not edit by hand.\n"
+        f"# Rendered by modelops.serving.triton.llm_dir ({variant}); do not edit by hand.\n"
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
         "model_transaction_policy {\n  decoupled: true\n}\n"
         f"{inputs}\n{_tensor_block('output', LLM_IO['outputs'])}\n"
         f"instance_group [\n  {{\n    kind: KIND_CPU\n    count: {int(instance_count)}\n  }}\n]\n"
-        "parameters: [\n"
-        f'  {{\n    key: "runtime"\n    value: {{ string_value: "{LLM_VARIANT}" }}\n  }},\n'
-        f'  {{\n    key: "intra_op_threads"\n    value: {{ string_value: "{int(threads)}" }}\n  }}\n'
-        "]\n"
+        f"parameters: [\n{rendered}\n]\n"
     )
 
 
@@ -97,15 +132,41 @@ def hf_files(model_dir: Path) -> dict[str, Path]:
     return files
 
 
-def build_llm_model_dir(dest: Path, *, name: str, model_dir: Path, instance_count: int = 1, threads: int = 2) -> Path:
+def genai_files(model_dir: Path) -> dict[str, Path]:
+    """``{relative name in 1/model/: source file}`` of an ONNX Runtime GenAI folder (every file in it, recursively).
+
+    Raises:
+        ValueError: the folder lacks genai_config.json, model.onnx or tokenizer.json (one line).
+    """
+    model_dir = Path(model_dir)
+    files = {p.relative_to(model_dir).as_posix(): p for p in sorted(model_dir.rglob("*")) if p.is_file()}
+    missing = [name for name in GENAI_REQUIRED if name not in files]
+    if missing:
+        raise ValueError(f"{model_dir} is not an ONNX Runtime GenAI model folder: missing {missing}")
+    return files
+
+
+def build_llm_model_dir(
+    dest: Path,
+    *,
+    name: str,
+    model_dir: Path,
+    variant: str = LLM_VARIANT,
+    instance_count: int = 1,
+    threads: int = 2,
+    max_concurrency: int | None = None,
+) -> Path:
     """Write a complete decoupled LLM model directory at ``dest`` (replaced if it exists).
 
     Args:
         dest: ``<repository>/<name>``; its last component must be ``name``.
         name: the deployment name.
-        model_dir: an MLflow transformers model directory (or a plain HF model directory).
+        model_dir: for ``hf_eager`` an MLflow transformers model directory (or a plain HF model directory); for
+            ``ort_genai_*`` an ONNX Runtime GenAI folder.
+        variant: a key of :data:`LLM_VARIANTS`.
         instance_count: CPU instances.
-        threads: torch intra-op threads per instance.
+        threads: intra-op threads per instance.
+        max_concurrency: requests one instance generates at once (default: the runtime's measured best).
 
     Returns:
         ``dest``.
@@ -113,8 +174,9 @@ def build_llm_model_dir(dest: Path, *, name: str, model_dir: Path, instance_coun
     dest = Path(dest)
     if dest.name != name:
         raise ValueError(f"Triton needs the model directory to be named like the model: {dest.name!r} != {name!r}")
-    files = hf_files(model_dir)
-    config = render_llm_config(name=name, instance_count=instance_count, threads=threads)
+    config = render_llm_config(name=name, variant=variant, instance_count=instance_count, threads=threads,
+                               max_concurrency=max_concurrency)  # fmt: skip
+    files = genai_files(model_dir) if runtime_of(variant) == "ort_genai" else hf_files(model_dir)
     if dest.exists():
         shutil.rmtree(dest)
     target = dest / "1" / "model"
@@ -122,12 +184,35 @@ def build_llm_model_dir(dest: Path, *, name: str, model_dir: Path, instance_coun
     (dest / "config.pbtxt").write_text(config)
     shutil.copyfile(PYTHON_TEMPLATES / LLM_TEMPLATE, dest / "1" / "model.py")
     for rel, src in files.items():
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, target / rel)
     return dest
 
 
-def library_versions(model_dir: Path) -> dict[str, str]:
-    """Versions the model was saved with, from its MLmodel (transformers, mlflow); empty for a plain HF directory."""
+def genai_version() -> str:
+    """The onnxruntime-genai version that serves the model: installed here, else the worker pin.
+
+    Triton's python models run with the worker environment, pinned in requirements-worker.txt; the orchestrator
+    environment that may publish does not install it. Empty when neither is known.
+    """
+    try:
+        return metadata.version("onnxruntime-genai")
+    except metadata.PackageNotFoundError:
+        pass
+    pins = Path(__file__).resolve().parents[3] / "requirements-worker.txt"
+    found = re.search(r"^onnxruntime-genai==([^\s#]+)", pins.read_text(), re.MULTILINE) if pins.is_file() else None
+    return found.group(1) if found else ""
+
+
+def library_versions(model_dir: Path, variant: str = LLM_VARIANT) -> dict[str, str]:
+    """Versions the model was saved with or is served by.
+
+    ``hf_eager``: from its MLmodel (transformers, mlflow); empty for a plain HF directory. ``ort_genai_*``:
+    ``onnxruntime-genai`` (:func:`genai_version`).
+    """
+    if runtime_of(variant) == "ort_genai":
+        version = genai_version()
+        return {"onnxruntime-genai": version} if version else {}
     mlmodel = Path(model_dir) / "MLmodel"
     if not mlmodel.is_file():
         return {}
@@ -148,56 +233,60 @@ def publish_llm(
     model_name: str,
     model_version: str | int,
     triton_bucket: str,
+    variant: str = LLM_VARIANT,
     model_uri: str | None = None,
     run_id: str | None = None,
     recipe: str = "text_generation",
     threads: int = 2,
     instance_count: int = 1,
 ) -> dict[str, Any]:
-    """Render and upload the ``hf_eager`` deployment of a chat model; manifest last.
+    """Render and upload the ``<model>--v<N>-<variant>`` deployment of a chat model; manifest last.
 
     Args:
         storage: S3 access.
-        model_dir: the downloaded MLflow transformers model (or HF directory).
+        model_dir: the downloaded MLflow transformers model (or HF directory) for ``hf_eager``; the ONNX Runtime
+            GenAI folder for ``ort_genai_*``.
         model_name: registered model name.
         model_version: its MLflow version.
         triton_bucket: the Triton repository bucket.
+        variant: a key of :data:`LLM_VARIANTS`.
         model_uri: source model URI recorded in the manifest (default ``models:/<name>/<version>``).
         run_id: the run publishing it (recorded; a retry of the same run completes its own claim).
         recipe: recipe name recorded in the manifest.
-        threads: torch threads per instance.
+        threads: intra-op threads per instance.
         instance_count: CPU instances.
 
     Returns:
         ``{"deployment", "uri", "manifest", "reused", "content_digest"}`` as ``publish_candidate``.
     """
-    plain = deployment_name(model_name, model_version, LLM_VARIANT)
+    runtime = runtime_of(variant)
+    plain = deployment_name(model_name, model_version, variant)
     with tempfile.TemporaryDirectory(prefix="modelops-publish-llm-") as tmp:
 
         def render(name: str) -> Path:
-            return build_llm_model_dir(Path(tmp) / name, name=name, model_dir=model_dir, threads=threads,
-                                       instance_count=instance_count)  # fmt: skip
+            return build_llm_model_dir(Path(tmp) / name, name=name, model_dir=model_dir, variant=variant,
+                                       threads=threads, instance_count=instance_count)  # fmt: skip
 
         def manifest_for(root: Path, name: str) -> dict[str, Any]:
             return {
                 "deployment": name,
                 "model": model_name,
                 "model_version": str(model_version),
-                "variant": LLM_VARIANT,
+                "variant": variant,
                 "recipe": recipe,
                 "source_model_uri": model_uri or f"models:/{model_name}/{model_version}",
                 "run_id": run_id,
-                "backend": LLM_BACKEND,
+                "backend": LLM_BACKENDS[runtime],
                 "target_device": "cpu",
                 "serving": {"decoupled": True, "io": LLM_IO},
-                "library_versions": library_versions(model_dir),
+                "library_versions": library_versions(model_dir, variant),
                 "files": file_table(root),
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
 
         # a claim on the same bytes (a retry, or a publisher that died) is completed at once, without waiting
         return publish_content(storage, triton_bucket, plain, render, manifest_for, model_name=model_name,
-                               variant=LLM_VARIANT, run_id=run_id, claim_wait_s=None)  # fmt: skip
+                               variant=variant, run_id=run_id, claim_wait_s=None)  # fmt: skip
 
 
 def publish_registered(
