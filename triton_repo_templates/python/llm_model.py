@@ -1,7 +1,14 @@
-"""Triton python-backend model: a chat LLM in transformers eager, decoupled (one response per generated chunk).
+"""Triton python-backend model: a chat LLM, decoupled (one response per generated chunk).
 
-Kind ``hf_eager`` (rendered by ``modelops.serving.triton.llm_dir``). The HF model directory (config, safetensors,
-tokenizer with its chat template) lies at ``1/model/``. The serving contract shared with the gateway:
+Rendered by ``modelops.serving.triton.llm_dir``; config.pbtxt's ``runtime`` parameter picks the runtime:
+
+- ``hf_eager``: transformers eager; ``1/model/`` holds the HF model directory (config, safetensors, tokenizer with
+  its chat template); ``torch.set_num_threads`` from ``intra_op_threads``.
+- ``ort_genai``: ONNX Runtime GenAI (e.g. the INT4 build of ``onnxruntime_genai.models.builder``); ``1/model/``
+  holds the GenAI folder (genai_config.json, model.onnx, tokenizer files); the decoder session's
+  ``intra_op_num_threads`` from ``intra_op_threads`` (a config overlay; the files stay as built).
+
+The serving contract shared with the gateway:
 
 - inputs ``messages_json`` (the OpenAI ``messages`` list as JSON) and ``params_json`` (a JSON object, every key
   optional: ``max_tokens`` 128, ``temperature`` 0.7 (0 = greedy), ``top_p`` 1.0, ``stop`` (strings), ``seed``);
@@ -9,8 +16,14 @@ tokenizer with its chat template) lies at ``1/model/``. The serving contract sha
   ``completion_tokens`` (counts so far), then a final response (flag ``TRITONSERVER_RESPONSE_COMPLETE_FINAL``)
   with the held-back text, ``finish_reason`` "stop" | "length" and the final counts.
 
-The generation itself is :func:`generate_chunks`, a plain function with no Triton import, so the worker tests run
-it against ``transformers.generate``. ``torch.set_num_threads`` comes from config.pbtxt's ``intra_op_threads``.
+Concurrency: with ``max_concurrency`` 1 (the default) ``execute`` generates each request before returning, and
+Triton queues the rest (and spreads them over ``instance_count`` instances). Above 1, ``execute`` hands each
+request to a pool of that many threads and returns at once; each thread streams with its request's response
+sender (both runtimes release the GIL while they compute).
+
+The generation itself is :func:`generate_chunks` (hf_eager) and :func:`generate_chunks_genai` (ort_genai), plain
+functions with no Triton import, so the worker tests run them against ``transformers.generate`` and
+onnxruntime_genai's own generation loop. Both share the stop-string and hold-back logic (:class:`StopText`).
 """
 
 import importlib.util
@@ -18,13 +31,13 @@ import inspect
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 # libgomp busy-waits by default; next to the server's threads on a small CPU that made torch calls far slower
 # inside the stub (see pytorch_model.py). Read when torch loads: set it first.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never ask the Hub
-
 
 
 def hide_shadowing_triton():
@@ -120,6 +133,36 @@ def _held_back(text, stops):
     return keep
 
 
+class StopText:
+    """Settles a growing answer text against stop strings; the part of the stop logic both runtimes share.
+
+    :meth:`step` takes the whole text so far and returns the new settled piece: a tail that may still become a
+    stop string, or an incomplete UTF-8 character (U+FFFD from a partial decode), is held back. When a stop string
+    appears, the piece ends before it and ``stopped`` is True.
+    """
+
+    def __init__(self, stops):
+        self.stops = stops
+        self.emitted = 0
+
+    def step(self, text):
+        """``(new settled text, stopped)`` for the whole text generated so far."""
+        stops, emitted = self.stops, self.emitted
+        cut = min((i for i in (text.find(s, max(0, emitted - len(s))) for s in stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.emitted = max(emitted, cut)
+            return text[emitted:cut], True
+        settled = len(text) - _held_back(text, stops)
+        while settled > emitted and text[settled - 1] == "\ufffd":  # a multi-byte character not complete yet
+            settled -= 1
+        self.emitted = max(emitted, settled)
+        return text[emitted:settled], False
+
+    def rest(self, text):
+        """What is left to send once the answer ended without a stop string."""
+        return text[self.emitted :]
+
+
 def _next_token(torch, logits, temperature, top_p, generator):
     if temperature == 0:
         return int(torch.argmax(logits, dim=-1))
@@ -161,7 +204,7 @@ def generate_chunks(model, tokenizer, messages, params, torch, cancelled=None):
         generator = torch.Generator().manual_seed(int(params["seed"]))
     # transformers 5.x renamed the KV-cache argument past_key_values -> cache (the old name warns)
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    stops, tokens, emitted, past, step_input = params["stop"], [], 0, None, input_ids
+    stopper, tokens, past, step_input = StopText(params["stop"]), [], None, input_ids
     finish = "length"
     with torch.inference_mode():
         for _ in range(params["max_tokens"]):
@@ -176,35 +219,105 @@ def generate_chunks(model, tokenizer, messages, params, torch, cancelled=None):
                 break
             tokens.append(token)
             step_input = torch.tensor([[token]], dtype=input_ids.dtype)
-            text = tokenizer.decode(tokens, skip_special_tokens=True)
-            cut = min((i for i in (text.find(s, max(0, emitted - len(s))) for s in stops) if i >= 0), default=-1)
-            if cut >= 0:
-                yield Chunk(text[emitted:cut], "stop", prompt_tokens, len(tokens))
+            piece, stopped = stopper.step(tokenizer.decode(tokens, skip_special_tokens=True))
+            yield Chunk(piece, "stop" if stopped else "", prompt_tokens, len(tokens))
+            if stopped:
                 return
-            settled = len(text) - _held_back(text, stops)
-            while settled > emitted and text[settled - 1] == "\ufffd":  # a multi-byte character not complete yet
-                settled -= 1
-            yield Chunk(text[emitted:settled], "", prompt_tokens, len(tokens))
-            emitted = max(emitted, settled)
     text = tokenizer.decode(tokens, skip_special_tokens=True) if tokens else ""
-    yield Chunk(text[emitted:], finish, prompt_tokens, len(tokens))
+    yield Chunk(stopper.rest(text), finish, prompt_tokens, len(tokens))
+
+
+def genai_search_options(params, prompt_tokens):
+    """onnxruntime_genai search options for :func:`parse_params` output (``temperature`` 0 = greedy)."""
+    options = {"max_length": prompt_tokens + params["max_tokens"], "do_sample": params["temperature"] > 0}
+    if options["do_sample"]:
+        # top_k 0: nucleus (top_p) sampling over the whole vocabulary, as the hf_eager runtime does
+        options.update(temperature=params["temperature"], top_p=params["top_p"], top_k=0)
+        options["random_seed"] = -1 if params["seed"] is None else int(params["seed"])  # -1: a random seed
+    return options
+
+
+def generate_chunks_genai(model, tokenizer, messages, params, og, cancelled=None):
+    """:func:`generate_chunks` for an ``onnxruntime_genai`` model: one :class:`Chunk` per generated token.
+
+    The prompt is the model's chat template (``Tokenizer.apply_chat_template``); tokens come from
+    ``og.Generator`` and are decoded with a ``TokenizerStream`` (which holds back incomplete characters itself).
+    Greedy (``temperature`` 0) gives onnxruntime_genai's own greedy tokens. Stop strings, ``max_tokens`` and
+    end-of-sequence finish the answer as in :func:`generate_chunks`.
+
+    Args:
+        model: an ``og.Model``.
+        tokenizer: its ``og.Tokenizer``.
+        messages: ``[{"role", "content"}]``.
+        params: :func:`parse_params` output.
+        og: the onnxruntime_genai module (imported by the caller).
+        cancelled: optional callable; generation stops (``finish_reason`` "cancelled") when it returns True.
+    """
+    prompt = tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+    input_ids = tokenizer.encode(prompt)
+    prompt_tokens = len(input_ids)
+    search = og.GeneratorParams(model)
+    search.set_search_options(**genai_search_options(params, prompt_tokens))
+    generator = og.Generator(model, search)
+    generator.append_tokens(input_ids)
+    stream, eos_ids = tokenizer.create_stream(), set(tokenizer.eos_token_ids)
+    stopper, text, count, finish = StopText(params["stop"]), "", 0, "length"
+    while count < params["max_tokens"] and not generator.is_done():
+        if cancelled is not None and cancelled():
+            finish = "cancelled"
+            break
+        generator.generate_next_token()
+        token = int(generator.get_next_tokens()[0])
+        if token in eos_ids:
+            finish = "stop"
+            break
+        count += 1
+        text += stream.decode(token)
+        piece, stopped = stopper.step(text)
+        yield Chunk(piece, "stop" if stopped else "", prompt_tokens, count)
+        if stopped:
+            return
+    yield Chunk(stopper.rest(text), finish, prompt_tokens, count)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        hide_shadowing_triton()
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        self.runtime = params.get("runtime") or "hf_eager"
         threads = int(params.get("intra_op_threads") or 0)
-        if threads > 0:
-            torch.set_num_threads(threads)
+        self.max_concurrency = max(1, int(params.get("max_concurrency") or 1))
         path = os.path.join(args["model_repository"], args["model_version"], "model")
-        self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        if self.runtime == "ort_genai":
+            import onnxruntime_genai as og
+
+            genai_config = og.Config(path)
+            if threads > 0:
+                options = {"intra_op_num_threads": threads}
+                genai_config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+            self.og = og
+            self.model = og.Model(genai_config)
+            self.tokenizer = og.Tokenizer(self.model)
+        elif self.runtime == "hf_eager":
+            hide_shadowing_triton()
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            if threads > 0:
+                torch.set_num_threads(threads)
+            self.torch = torch
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        else:
+            raise ValueError(f"unknown runtime {self.runtime!r}; known: hf_eager, ort_genai")
+        self.pool = None
+        if self.max_concurrency > 1:
+            self.pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="llm")
+
+    def _chunks(self, messages, params, cancelled):
+        if self.runtime == "ort_genai":
+            return generate_chunks_genai(self.model, self.tokenizer, messages, params, self.og, cancelled)
+        return generate_chunks(self.model, self.tokenizer, messages, params, self.torch, cancelled)
 
     def _send(self, sender, chunk, final=False):
         import numpy as np
@@ -231,33 +344,43 @@ class TritonPythonModel:
         return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
     def execute(self, requests):
+        for request in requests:
+            if self.pool is None:
+                self._answer(request)
+            else:
+                self.pool.submit(self._answer, request)
+
+    def _answer(self, request):
+        """Stream one request's answer with its response sender; every failure becomes the client's error."""
         import triton_python_backend_utils as pb_utils
 
-        for request in requests:
-            sender = request.get_response_sender()
-            try:
-                messages = parse_messages(self._string_input(request, "messages_json", required=True))
-                params = parse_params(self._string_input(request, "params_json", required=False))
-            except ValueError as exc:
-                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-                sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                continue
-            try:
-                cancelled = getattr(sender, "is_cancelled", None)
-                last = Chunk("", "", 0, 0)
-                for chunk in generate_chunks(self.model, self.tokenizer, messages, params, self.torch, cancelled):
-                    if chunk.finish_reason:
-                        last = chunk
-                        break
-                    if chunk.text:  # a step whose text is held back sends nothing
-                        self._send(sender, chunk)
-                if last.finish_reason == "cancelled":
-                    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                else:
-                    self._send(sender, last, final=True)
-            except Exception as exc:  # noqa: BLE001 - the client gets the reason, the model stays up
-                error = pb_utils.TritonError(f"generation failed: {type(exc).__name__}: {exc}")
-                sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        sender = request.get_response_sender()
+        try:
+            messages = parse_messages(self._string_input(request, "messages_json", required=True))
+            params = parse_params(self._string_input(request, "params_json", required=False))
+        except ValueError as exc:
+            error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+            sender.send(pb_utils.InferenceResponse(error=error), flags=final)
+            return
+        try:
+            cancelled = getattr(sender, "is_cancelled", None)
+            last = Chunk("", "", 0, 0)
+            for chunk in self._chunks(messages, params, cancelled):
+                if chunk.finish_reason:
+                    last = chunk
+                    break
+                if chunk.text:  # a step whose text is held back sends nothing
+                    self._send(sender, chunk)
+            if last.finish_reason == "cancelled":
+                sender.send(flags=final)
+            else:
+                self._send(sender, last, final=True)
+        except Exception as exc:  # noqa: BLE001 - the client gets the reason, the model stays up
+            error = pb_utils.TritonError(f"generation failed: {type(exc).__name__}: {exc}")
+            sender.send(pb_utils.InferenceResponse(error=error), flags=final)
 
     def finalize(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)  # answer what was accepted before the model goes
         self.model = None
