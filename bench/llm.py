@@ -1,101 +1,266 @@
-"""LLM serving (issue 11): time to first token, inter-token latency and output tokens/s through the gateway.
+"""LLM serving (issue 11): TTFT, inter-token latency and output tokens/s of SmolLM2 served three ways.
 
-On the running stack with ``smollm2_chat`` routed (``make demo`` does it), the official ``openai`` client
-streams ``/v1/chat/completions`` through the gateway with the same prompts at concurrency 1, 2 and 4 and writes
-``bench/results/llm.json``: per concurrency, TTFT and ITL p50/p90 (ms), output tokens/s over all clients, and
-the deployment that answered. Greedy decoding and a fixed ``max_tokens`` keep runs comparable.
+Targets, each measured with :mod:`modelops.evaluation.llm_perf` (same prompts, greedy, fixed ``max_tokens``,
+concurrency 1, 2 and 4, one warm-up request first):
 
-Not measured yet (issue 11): an optimized variant, and llama.cpp serving the same GGUF (``llama-cpp-python``
-has only a source distribution here; building it takes a while on 2 cores).
+- ``hf_eager`` / ``ort_genai_int4``: each LLM variant in its own private Triton (``TritonProcess`` on a local
+  repository built with ``build_llm_model_dir(..., variant=...)``), streamed through ``generate_stream``;
+  the HF directory is SmolLM2 dequantized from its GGUF (``load_smollm2``), the ORT GenAI folder is built from it
+  with ``python -m onnxruntime_genai.models.builder -p int4 -e cpu`` (the optimize step's command);
+- ``llamacpp``: llama.cpp's OpenAI server (``llama_cpp.server``, ``make llamacpp`` builds its venv) on the GGUF
+  the registered model came from (``smollm2_gguf()``), 2 threads, through ``/v1/chat/completions``;
+- ``gateway`` (``--gateway``): the running stack's gateway ``/v1/chat/completions`` for ``--model`` with a
+  temporary API key (``make demo`` routes ``smollm2_chat``).
+
+Every server gets 2 threads (the machine has 2 cores). It runs in the worker venv (torch, transformers,
+onnxruntime-genai, the GGUF package, and the Triton model's site-packages)::
+
+    .venv-worker/bin/python bench/llm.py                         # hf_eager, ort_genai_int4, llamacpp
+    .venv-worker/bin/python bench/llm.py --targets llamacpp --gateway
+    .venv-worker/bin/python bench/llm.py --requests 2 --note "verification run, noisy shared machine"
+
+It writes ``bench/results/llm.json`` (per target: server, what it served, one point per concurrency with
+``ttft_p50_ms``/``ttft_p90_ms``/``itl_p50_ms``/``throughput`` (output tokens/s) ...) and prints a table. A
+target that cannot start is recorded with its error and the others still run.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import contextlib
+import functools
+import http.client
 import json
-import statistics
+import os
+import platform
 import subprocess
 import sys
+import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from results_io import write_results
 
+from modelops.evaluation import llm_perf
+
 REPO = Path(__file__).resolve().parent.parent
+
 PROMPTS = (
     "What is the capital of France?",
     "Name three primary colors.",
     "Explain what a GPU is in one sentence.",
     "Write a haiku about the sea.",
 )
+TRITON_TARGETS = ("hf_eager", "ort_genai_int4")
+ALL_TARGETS = (*TRITON_TARGETS, "llamacpp")
+LLAMACPP_PYTHON = REPO / ".venv-llamacpp" / "bin" / "python"
+THREADS = 2
+START_TIMEOUT_S = 300.0
 
 
-def one(client: Any, model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
-    """One streamed greedy completion: TTFT, the gaps between content chunks, and the completion tokens."""
-    started = time.perf_counter()
-    stamps: list[float] = []
-    usage = None
-    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
-                                            max_tokens=max_tokens, temperature=0, stream=True,
-                                            stream_options={"include_usage": True})
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            stamps.append(time.perf_counter())
-        if chunk.usage:
-            usage = chunk.usage
-    tokens = usage.completion_tokens if usage else len(stamps)
-    return {"ttft_s": stamps[0] - started if stamps else None, "gaps_s": [b - a for a, b in itertools.pairwise(stamps)],
-            "tokens": tokens, "seconds": time.perf_counter() - started}
+def run_target(stream_fn: llm_perf.StreamFn, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One short warm-up request, then every concurrency level."""
+    list(stream_fn([{"role": "user", "content": PROMPTS[0]}], {"max_tokens": 8, "temperature": 0}))
+    return llm_perf.measure(stream_fn, PROMPTS, args.concurrency, args.requests, args.max_tokens)
 
 
-def point(client: Any, model: str, concurrency: int, rounds: int, max_tokens: int) -> dict[str, Any]:
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(concurrency * rounds)]
-    started = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        runs = list(pool.map(lambda p: one(client, model, p, max_tokens), prompts))
-    wall = time.perf_counter() - started
-    ttft = sorted(r["ttft_s"] * 1000 for r in runs if r["ttft_s"] is not None)
-    gaps = sorted(g * 1000 for r in runs for g in r["gaps_s"])
+def hf_dir(work: Path, given: Path | None) -> Path:
+    """The HF SmolLM2 directory: ``given``, or SmolLM2 dequantized from its GGUF and saved under ``work``."""
+    if given:
+        return given
+    out = work / "smollm2_hf"
+    if not (out / "config.json").is_file():
+        from model_recipes.demo_models import load_smollm2
 
-    def q(values: list[float], share: float) -> float | None:
-        return round(values[min(len(values) - 1, int(share * len(values)))], 1) if values else None
-
-    return {"requests": len(runs), "output_tokens": sum(r["tokens"] for r in runs),
-            "output_tokens_per_s": round(sum(r["tokens"] for r in runs) / wall, 2),
-            "ttft_ms_p50": round(statistics.median(ttft), 1) if ttft else None, "ttft_ms_p90": q(ttft, 0.9),
-            "itl_ms_p50": round(statistics.median(gaps), 1) if gaps else None, "itl_ms_p90": q(gaps, 0.9)}
+        model, tokenizer = load_smollm2()
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2_chat")
-    parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--rounds", type=int, default=2, help="requests per client at each concurrency")
-    args = parser.parse_args(argv)
+def genai_dir(work: Path, hf: Path, given: Path | None) -> Path:
+    """The ORT GenAI INT4 folder: ``given``, or built from ``hf`` with onnxruntime-genai's model builder."""
+    if given:
+        return given
+    out = work / "smollm2_int4"
+    if not (out / "genai_config.json").is_file():
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out),
+               "-p", "int4", "-e", "cpu", "-c", str(work / "genai_cache")]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"onnxruntime_genai builder failed: {(done.stderr or done.stdout).strip()[-300:]}")
+    return out
 
-    from openai import OpenAI
 
+def triton_target(variant: str, model_dir: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Serve ``variant`` alone in a private Triton and measure it through ``generate_stream``."""
+    from modelops.serving.triton.llm_dir import build_llm_model_dir
+    from modelops.serving.triton.local_server import TritonProcess
+
+    name = f"smollm2_chat--bench-{variant}"
+    repo = work / f"repo-{variant}"
+    build_llm_model_dir(repo / name, name=name, model_dir=model_dir, variant=variant, threads=THREADS)
+    log_path = work / f"triton-{variant}.log"
+    with TritonProcess(repo, [name], log_path=log_path, timeout_s=START_TIMEOUT_S) as triton:
+        fn = functools.partial(llm_perf.triton_stream, f"http://{triton.http_url}", name)
+        points = run_target(fn, args)
+    return {"server": "triton generate_stream", "deployment": name, "model_dir": str(model_dir), "points": points}
+
+
+def answers(port: int, path: str) -> bool:
+    """``GET http://127.0.0.1:<port><path>`` answers 200 (no proxy is consulted)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def llamacpp_server(gguf: Path, work: Path) -> Iterator[str]:
+    """llama.cpp's OpenAI server on a free loopback port; yields its base URL, stops it afterwards."""
+    from modelops.serving.triton.local_server import free_port
+
+    if not LLAMACPP_PYTHON.exists():
+        raise RuntimeError(f"{LLAMACPP_PYTHON} is missing: run `make llamacpp` (builds llama-cpp-python)")
+    port = free_port()
+    cmd = [str(LLAMACPP_PYTHON), "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+           "--port", str(port), "--n_threads", str(THREADS), "--n_ctx", "2048"]  # fmt: skip
+    log_path = work / "llamacpp.log"
+    with log_path.open("ab") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(f"llama_cpp.server exited with {proc.returncode}: {' | '.join(tail)}")
+            if answers(port, "/v1/models"):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"llama_cpp.server not ready after {START_TIMEOUT_S:.0f} s (log {log_path})")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def llamacpp_target(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The registered model's GGUF in llama.cpp's OpenAI server, measured through /v1/chat/completions."""
+    from model_recipes.demo_models import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    with llamacpp_server(gguf, work) as url:
+        fn = functools.partial(llm_perf.openai_stream, url, gguf.stem)
+        points = run_target(fn, args)
+    version = subprocess.run([str(LLAMACPP_PYTHON), "-c", "import llama_cpp; print(llama_cpp.__version__)"],
+                             capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+    return {"server": f"llama-cpp-python {version} /v1/chat/completions", "gguf": gguf.name, "points": points}
+
+
+def gateway_target(args: argparse.Namespace) -> dict[str, Any]:
+    """The running stack's gateway /v1/chat/completions for ``args.model`` with a temporary API key."""
     from modelops.local import stack
 
     status = stack.status()
     name = f"bench-llm-{int(time.time())}"
     keys = [str(REPO / ".venv" / "bin" / "modelops"), "keys"]
-    key = json.loads(subprocess.run([*keys, "create", "--name", name, "--models", args.model, "--json"],
-                                    check=True, capture_output=True, text=True).stdout)["key"]
+    created = subprocess.run([*keys, "create", "--name", name, "--models", args.model, "--json"],
+                             check=True, capture_output=True, text=True)  # fmt: skip
+    key = json.loads(created.stdout)["key"]
     try:
-        client = OpenAI(base_url=f"{status['gateway']['url']}/v1", api_key=key, timeout=600)
-        one(client, args.model, PROMPTS[0], 8)  # warm up
-        results = {"model": args.model, "max_tokens": args.max_tokens, "decoding": "greedy",
-                   "concurrency": {str(c): point(client, args.model, c, args.rounds, args.max_tokens)
-                                   for c in (1, 2, 4)}}
+        url = status["gateway"]["url"]
+        points = run_target(functools.partial(llm_perf.openai_stream, url, args.model, api_key=key), args)
     finally:
         subprocess.run([*keys, "revoke", name], check=False, capture_output=True)
-    write_results("llm", results)
-    print(json.dumps(results, indent=2))
-    return 0
+    return {"server": "gateway /v1/chat/completions", "gateway": url, "model": args.model, "points": points}
+
+
+def table(targets: dict[str, dict[str, Any]]) -> str:
+    """target | concurrency | TTFT p50/p90 | ITL p50 | output tok/s | errors, one row per point."""
+    rows = [f"{'target':<16} {'conc':>4} {'TTFT p50':>9} {'TTFT p90':>9} {'ITL p50':>8} {'tok/s':>7} {'err':>4}"]
+
+    def ms(value: float | None) -> str:
+        return f"{value:.0f}" if value is not None else "-"
+
+    for target, block in targets.items():
+        if "error" in block:
+            rows.append(f"{target:<16} failed: {block['error'][:90]}")
+            continue
+        for p in block["points"]:
+            rows.append(f"{target:<16} {p['concurrency']:>4} {ms(p['ttft_p50_ms']):>9} {ms(p['ttft_p90_ms']):>9} "
+                        f"{ms(p['itl_p50_ms']):>8} {p['throughput']:>7.1f} {p['errors']:>4}")  # fmt: skip
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default=",".join(ALL_TARGETS), help=f"comma-separated, of {ALL_TARGETS}")
+    parser.add_argument("--gateway", action="store_true", help="also measure the running stack's gateway")
+    parser.add_argument("--model", default="smollm2_chat", help="the model name at the gateway")
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--requests", type=int, default=8, help="requests per concurrency level")
+    parser.add_argument("--concurrency", default="1,2,4")
+    parser.add_argument("--hf-dir", type=Path, help="an HF SmolLM2 directory (default: saved from the GGUF)")
+    parser.add_argument("--genai-dir", type=Path, help="an ORT GenAI INT4 folder (default: built from --hf-dir)")
+    parser.add_argument("--work", type=Path, help="working directory (default: a temporary one)")
+    parser.add_argument("--note", default="", help="recorded in the results (e.g. 'noisy shared machine')")
+    args = parser.parse_args(argv)
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    wanted = [t for t in args.targets.split(",") if t]
+    unknown = sorted(set(wanted) - set(ALL_TARGETS))
+    if unknown:
+        parser.error(f"unknown targets {unknown}; known: {list(ALL_TARGETS)}")
+
+    targets: dict[str, dict[str, Any]] = {}
+    with contextlib.ExitStack() as stack_:
+        work = args.work or Path(stack_.enter_context(tempfile.TemporaryDirectory(prefix="bench-llm-")))
+        work.mkdir(parents=True, exist_ok=True)
+        for target in wanted:
+            started = time.perf_counter()
+            print(f"== {target}", file=sys.stderr, flush=True)
+            try:
+                if target == "hf_eager":
+                    targets[target] = triton_target(target, hf_dir(work, args.hf_dir), work, args)
+                elif target == "ort_genai_int4":
+                    model = genai_dir(work, hf_dir(work, args.hf_dir), args.genai_dir)
+                    targets[target] = triton_target(target, model, work, args)
+                else:
+                    targets[target] = llamacpp_target(work, args)
+            except Exception as exc:  # noqa: BLE001 - one target failing leaves the others measured
+                targets[target] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+            targets[target]["seconds"] = round(time.perf_counter() - started, 1)
+        if args.gateway:
+            try:
+                targets["gateway"] = gateway_target(args)
+            except Exception as exc:  # noqa: BLE001
+                targets["gateway"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+
+    results = {
+        "note": args.note,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "threads_per_server": THREADS},
+        "prompts": list(PROMPTS),
+        "decoding": "greedy",
+        "max_tokens": args.max_tokens,
+        "requests_per_level": args.requests,
+        "concurrency": args.concurrency,
+        "targets": targets,
+    }
+    out = write_results("llm", results)
+    print(table(targets))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0 if all("error" not in block for block in targets.values()) else 1
 
 
 if __name__ == "__main__":
