@@ -2,17 +2,20 @@
 
 An AssetWatcher runs ``RegistryPollTrigger`` in the triggerer: every ``MODELOPS_RECONCILE_INTERVAL_S``
 seconds (default 60) it reads the registry (one ``search_registered_models`` page per 1,000 opted-in
-models) and, when alias or legacy-stage facts appear that call for a run, emits an asset event. This DAG
-runs on that event and creates each run under the same deterministic run id the webhook uses
-(``mlflow__<model>__v<version>__alias-<alias>`` / ``__stage-<stage>``): a run the webhook already started
-is left alone, so push and pull together start exactly one run per registry fact.
+models, one ``search_model_versions`` page per 1,000 versions tagged ``modelops.optimize=true``) and, when
+alias, legacy-stage or tag facts appear that call for a run, emits an asset event. This DAG runs on that
+event and creates each run under the same deterministic run id the webhook uses
+(``mlflow__<model>__v<version>__alias-<alias>`` / ``__stage-<stage>`` / ``__tag-optimize``): a run the
+webhook already started is left alone, so push and pull together start exactly one run per registry fact.
 
 Tasks: ``plan`` turns the event's requests (or, when triggered by hand, the whole registry) into one
 ``TriggerDagRunOperator`` call per run that does not exist yet; ``start`` is that operator, mapped, with
 ``trigger_run_id`` = the deterministic run id and ``skip_when_already_exists`` (a run created between the
 plan and the trigger, e.g. by the webhook, makes its mapped task skip, never a second run).
 
-Stage transitions (deprecated in MLflow, still used) fire no webhook at all: this is their only path.
+Stage transitions (deprecated in MLflow, still used) fire no webhook at all: this is their only path. A
+version tagged ``modelops.optimize=true`` whose ``modelops.status`` says it was optimized or is in progress
+(by an alias run, say) gets no tag run from here: reconcile never builds the same candidates twice.
 Triggering this DAG by hand reconciles the whole registry. Connections: ``mlflow_conn_id`` in the
 trigger and the ``plan`` task (``MLFLOW_CONN_ID`` below).
 """
@@ -69,12 +72,12 @@ def registry_reconcile():
         requests = [item for events in (triggering_asset_events or {}).values() for event in events
                     for item in ((event.extra or {}).get("payload") or {}).get("requests", [])]
         if not requests:  # triggered by hand: reconcile everything the registry calls for
-            from modelops.triggers.events import TriggerConfig, search_models, wanted_runs
+            from modelops.triggers.events import TriggerConfig, registry_requests
             from modelops_airflow.hooks import MlflowHook
 
             config = TriggerConfig.from_env()
             client = MlflowHook(mlflow_conn_id=MLFLOW_CONN_ID).get_client()
-            requests = [r.to_json() for r in wanted_runs(search_models(client, config), config)]
+            requests = [r.to_json() for r in registry_requests(client, config)]
         run_ids = {item["run_id"] for item in requests}
         existing = {run_id for run_id in run_ids if ti.get_dr_count(dag_id=DAG_ID, run_ids=[run_id])}
         todo = trigger_kwargs(requests, existing)

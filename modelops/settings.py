@@ -153,6 +153,8 @@ class WebhookSettings(_Group):
                                     shown="<MODELOPS_STACK_DIR>/webhook/secret when that variable is set")
     db: Path | None = _var("MODELOPS_WEBHOOK_DB", "SQLite replay guard of webhook deliveries.",
                            shown="$AIRFLOW_HOME/modelops/webhook_deliveries.db")
+    max_body_kb: int = _var("MODELOPS_WEBHOOK_MAX_BODY_KB", "Largest webhook body the receiver accepts (KiB); "
+                            "larger ones get 413 before they are read.", 1024, gt=0)
 
 
 class GatewaySettings(_Group):

@@ -1,7 +1,8 @@
 """``RegistryPollTrigger``: the MLflow registry poll behind the ``registry_reconcile`` AssetWatcher.
 
 It runs in the triggerer and polls the registry every ``poll_interval`` seconds; when alias / stage facts
-appear that call for a run, it fires with their run requests (the pull path that catches what webhooks
+appear that call for a run (and versions tagged ``modelops.optimize=true``
+that were never optimized), it fires with their run requests (the pull path that catches what webhooks
 lost). Cheap to import: DAG files reference the class at parse time.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
-from modelops.triggers.events import RunRequest, TriggerConfig, search_models, wanted_runs
+from modelops.triggers.events import RunRequest, TriggerConfig, registry_requests
 
 
 class RegistryPollTrigger(BaseEventTrigger):
@@ -48,7 +49,7 @@ class RegistryPollTrigger(BaseEventTrigger):
 
         config = TriggerConfig.from_env()
         client = MlflowHook(mlflow_conn_id=self.mlflow_conn_id).get_client()
-        return wanted_runs(search_models(client, config), config)
+        return registry_requests(client, config)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll forever; yield one event per poll that found new run requests."""

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelops.contracts.naming import TAG_OPT_IN
+from modelops.contracts.naming import TAG_OPT_IN, TAG_STATUS
 from modelops.settings import TRIGGER_SCOPES, Settings
 
 DAG_ID = "optimize_model"
@@ -30,6 +30,10 @@ OPT_IN_FILTER = f"tags.`{TAG_OPT_IN}` = 'true'"
 EVENT_ALIAS_CREATED = "model_version_alias.created"
 EVENT_TAG_SET = "model_version_tag.set"
 EVENT_VERSION_CREATED = "model_version.created"
+
+# Model-version statuses that say the version was optimized or is being optimized (the nightly planner's
+# SETTLED_STATUSES, plus a rollout in flight or rolled back): reconcile starts no run for such a version.
+HANDLED_STATUSES = frozenset({"optimizing", "deployed", "rejected", "canary", "rolled_back"})
 
 _RUN_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 MAX_RUN_ID = 240  # Airflow's run_id column holds 250
@@ -137,6 +141,17 @@ def stage_request(model: str, version: str, stage: str, source: str) -> RunReque
                       f"stage {stage} -> v{version}", source)
 
 
+def tag_request(model: str, version: str, source: str) -> RunRequest:
+    """The run for ``modelops.optimize=true`` set on ``version`` (an explicit request, whatever the scope)."""
+    return RunRequest(run_id_for(model, version, "tag", "optimize"), model, str(version),
+                      f"tag {TAG_OPT_IN}=true on v{version}", source)
+
+
+def created_request(model: str, version: str, source: str) -> RunRequest:
+    """The run for a new ``version`` (only when ``MODELOPS_TRIGGER_ON_VERSION_CREATED`` is on)."""
+    return RunRequest(run_id_for(model, version, "created"), model, str(version), f"new version v{version}", source)
+
+
 # -- push: one webhook payload -> at most one run ---------------------------------------------------
 @dataclass(frozen=True)
 class MappedEvent:
@@ -163,9 +178,11 @@ def map_webhook_event(body: Mapping[str, Any], config: TriggerConfig) -> MappedE
     Alias and created events of a model need its opt-in tag (``needs_opt_in_check``) unless the scope is all.
     """
     data = body.get("data") or {}
-    name, version = str(data.get("name") or ""), str(data.get("version") or "")
     kind = event_name(body)
-    if not name or not version.isdigit():
+    if not isinstance(data, Mapping):
+        return MappedEvent(None, ignored=f"{kind}: data is not an object")
+    name, version = str(data.get("name") or ""), str(data.get("version") or "")
+    if not name or not (version.isascii() and version.isdigit()):
         return MappedEvent(None, ignored=f"{kind}: no model name/version in the payload")
     check = config.scope != "all"
     if kind == EVENT_ALIAS_CREATED:
@@ -178,14 +195,11 @@ def map_webhook_event(body: Mapping[str, Any], config: TriggerConfig) -> MappedE
     if kind == EVENT_TAG_SET:
         if data.get("key") != TAG_OPT_IN or not is_true(data.get("value")):
             return MappedEvent(None, ignored=f"tag {data.get('key')!r} is not the opt-in tag")
-        request = RunRequest(run_id_for(name, version, "tag", "optimize"), name, version,
-                             f"tag {TAG_OPT_IN}=true on v{version}", "webhook")
-        return MappedEvent(request)
+        return MappedEvent(tag_request(name, version, "webhook"))
     if kind == EVENT_VERSION_CREATED:
         if not config.on_version_created:
             return MappedEvent(None, ignored="model_version.created is not configured to start runs")
-        request = RunRequest(run_id_for(name, version, "created"), name, version, f"new version v{version}", "webhook")
-        return MappedEvent(request, needs_opt_in_check=check)
+        return MappedEvent(created_request(name, version, "webhook"), needs_opt_in_check=check)
     return MappedEvent(None, ignored=f"event {kind} does not start runs")
 
 
@@ -203,7 +217,10 @@ def wanted_runs(registered_models: Iterable[Any], config: TriggerConfig) -> list
     """Every run the current registry state calls for, from ``search_registered_models`` results alone.
 
     Uses each model's ``aliases`` (alias -> version) and ``latest_versions`` (the latest version per stage,
-    with ``current_stage``): no per-model registry call. Models outside the scope are skipped.
+    with ``current_stage``): no per-model registry call. Models outside the scope are skipped. With
+    ``on_version_created``, the newest version of each model gets its ``__created`` run unless its
+    ``modelops.status`` says it was optimized or is in progress (a burst of versions created while the
+    receiver was down recovers the newest one only).
     """
     wanted: dict[str, RunRequest] = {}
     stages = {s.lower(): s for s in config.stages}
@@ -221,6 +238,11 @@ def wanted_runs(registered_models: Iterable[Any], config: TriggerConfig) -> list
             if stage.lower() in stages:
                 req = stage_request(rm.name, str(mv.version), stages[stage.lower()], "reconcile")
                 wanted[req.run_id] = req
+        newest = max(getattr(rm, "latest_versions", None) or [], key=lambda mv: int(mv.version), default=None)
+        status = str(dict(getattr(newest, "tags", None) or {}).get(TAG_STATUS) or "")
+        if config.on_version_created and newest is not None and status not in HANDLED_STATUSES:
+            req = created_request(rm.name, str(newest.version), "reconcile")
+            wanted[req.run_id] = req
     return sorted(wanted.values(), key=lambda r: r.run_id)
 
 
@@ -234,3 +256,45 @@ def search_models(client: Any, config: TriggerConfig, page_size: int = 1000) -> 
         token = getattr(page, "token", None)
         if not token:
             return
+
+
+
+def tagged_version_runs(model_versions: Iterable[Any]) -> list[RunRequest]:
+    """Tag runs (``...__tag-optimize``) for versions tagged ``modelops.optimize=true`` that were never optimized.
+
+    The pull side of the ``model_version_tag.set`` webhook: a version whose ``modelops.status`` says it was
+    optimized or is in progress (:data:`HANDLED_STATUSES`, e.g. by an alias run) gets none, so reconcile never
+    builds the same candidates twice; one with no status or ``failed`` does (the run id stays deterministic,
+    so a tag run that exists already is not started again).
+    """
+    wanted: dict[str, RunRequest] = {}
+    for mv in model_versions:
+        tags = dict(getattr(mv, "tags", None) or {})
+        if not is_true(tags.get(TAG_OPT_IN)) or str(tags.get(TAG_STATUS) or "") in HANDLED_STATUSES:
+            continue
+        req = tag_request(mv.name, str(mv.version), "reconcile")
+        wanted[req.run_id] = req
+    return sorted(wanted.values(), key=lambda r: r.run_id)
+
+
+def search_tagged_versions(client: Any, page_size: int = 1000) -> Iterable[Any]:
+    """Every model version tagged ``modelops.optimize`` = ``true``, any model (one call per ``page_size``)."""
+    token: str | None = None
+    while True:
+        page = client.search_model_versions(filter_string=OPT_IN_FILTER, max_results=page_size, page_token=token)
+        yield from page
+        token = getattr(page, "token", None)
+        if not token:
+            return
+
+
+def registry_requests(client: Any, config: TriggerConfig) -> list[RunRequest]:
+    """Every run the registry calls for, for every trigger kind the webhook handles: alias (and legacy stage)
+    facts of the models in scope, and versions tagged ``modelops.optimize=true`` (:func:`tagged_version_runs`).
+
+    ``model_version.created`` (when configured) is reconciled by :func:`wanted_runs` for each model's newest
+    version.
+    """
+    wanted = {r.run_id: r for r in wanted_runs(search_models(client, config), config)}
+    wanted.update((r.run_id, r) for r in tagged_version_runs(search_tagged_versions(client)))
+    return sorted(wanted.values(), key=lambda r: r.run_id)

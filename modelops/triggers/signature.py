@@ -27,6 +27,8 @@ SIGNATURE_VERSION = "v1"
 MAX_SKEW_S = 300.0  # 5 minutes, either way
 SECRET_ENV = "MODELOPS_WEBHOOK_SECRET"
 SECRET_FILE_ENV = "MODELOPS_WEBHOOK_SECRET_FILE"
+FAILED_PREFIX = "error: "  # outcome of a delivery whose processing failed: a retry of it is processed again
+LEASE_S = 120.0  # a claim with no outcome after this long was abandoned (the process died): claimable again
 
 
 class WebhookRejected(Exception):
@@ -39,9 +41,13 @@ class WebhookRejected(Exception):
 
 
 def sign(secret: str, delivery_id: str, timestamp: str, body: bytes | str) -> str:
-    """The ``X-MLflow-Signature`` value MLflow would send for this delivery."""
-    payload = body.decode("utf-8") if isinstance(body, bytes) else body
-    digest = hmac.new(secret.encode("utf-8"), f"{delivery_id}.{timestamp}.{payload}".encode(), hashlib.sha256)
+    """The ``X-MLflow-Signature`` value MLflow would send for this delivery.
+
+    The HMAC runs over the raw bytes (MLflow's ``str`` payload, UTF-8 encoded, gives the same bytes), so a body
+    that is not UTF-8 gets a signature mismatch, never a decoding error.
+    """
+    payload = body if isinstance(body, bytes) else body.encode("utf-8")
+    digest = hmac.new(secret.encode("utf-8"), f"{delivery_id}.{timestamp}.".encode() + payload, hashlib.sha256)
     return f"{SIGNATURE_VERSION},{base64.b64encode(digest.digest()).decode()}"
 
 
@@ -90,15 +96,19 @@ def _getter(headers: Mapping[str, str]):
 
 
 class ReplayGuard:
-    """Delivery ids already accepted, in a small SQLite table (survives API server restarts).
+    """Delivery ids already received, with what each led to, in a small SQLite table (survives restarts).
 
-    :meth:`claim` is atomic (``INSERT OR IGNORE`` on the primary key), so two concurrent deliveries of
-    the same id cannot both pass. Entries older than ``keep_s`` are pruned; they are stale anyway.
+    :meth:`claim` is atomic (``INSERT OR IGNORE`` on the primary key, or a conditional ``UPDATE``), so two
+    concurrent deliveries of the same id cannot both pass. A delivery whose processing failed (:meth:`fail`:
+    outcome ``error: ...``) or was abandoned (no outcome ``lease_s`` after its claim: the process died) can be
+    claimed again: MLflow retries a 5xx with the same delivery id, and that retry must start the run, not be
+    refused as a replay. Entries older than ``keep_s`` are pruned; they are stale anyway.
     """
 
-    def __init__(self, path: Path | str, keep_s: float = 86400.0) -> None:
+    def __init__(self, path: Path | str, keep_s: float = 86400.0, lease_s: float = LEASE_S) -> None:
         self.path = Path(path)
         self.keep_s = keep_s
+        self.lease_s = lease_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
@@ -112,15 +122,36 @@ class ReplayGuard:
         return sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
 
     def claim(self, delivery_id: str, event: str = "", now: float | None = None) -> bool:
-        """Record ``delivery_id``; False when it was seen before (a replay or a duplicate delivery)."""
+        """Record ``delivery_id``; False when it was seen before and succeeded, was ignored or is in progress.
+
+        True for a new delivery, and for a retry of one that failed or was abandoned (see the class doc).
+        """
         now = time.time() if now is None else now
         with self._connect() as db:
             cur = db.execute("INSERT OR IGNORE INTO deliveries (delivery_id, received_at, event) VALUES (?, ?, ?)",
                              (delivery_id, now, event))
             claimed = cur.rowcount == 1
-            if claimed and int(now) % 64 == 0:  # prune now and then, not on every request
+            if not claimed:
+                cur = db.execute(
+                    "UPDATE deliveries SET received_at = ?, outcome = NULL, run_id = NULL WHERE delivery_id = ?"
+                    " AND (outcome LIKE ? OR (outcome IS NULL AND received_at < ?))",
+                    (now, delivery_id, FAILED_PREFIX + "%", now - self.lease_s))
+                return cur.rowcount == 1
+            if int(now) % 64 == 0:  # prune now and then, not on every request
                 db.execute("DELETE FROM deliveries WHERE received_at < ?", (now - self.keep_s,))
         return claimed
+
+    def outcome(self, delivery_id: str) -> str | None:
+        """What the delivery led to; None while it is in progress (or unknown)."""
+        with self._connect() as db:
+            row = db.execute("SELECT outcome FROM deliveries WHERE delivery_id = ?", (delivery_id,)).fetchone()
+        return row[0] if row else None
+
+    def fail(self, delivery_id: str, run_id: str | None, error: str) -> str:
+        """Note a failed delivery, which a later delivery of the same id may retry; returns the outcome text."""
+        outcome = f"{FAILED_PREFIX}{error}"
+        self.finish(delivery_id, run_id, outcome)
+        return outcome
 
     def finish(self, delivery_id: str, run_id: str | None, outcome: str) -> None:
         """Note what the delivery led to (for operators reading the table)."""

@@ -110,6 +110,52 @@ def test_wanted_runs_from_a_registry_snapshot():
     assert ev.RunRequest.from_json(json.loads(json.dumps(req.to_json()))) == req
 
 
+def test_odd_payload_shapes_are_ignored():
+    for data in ([1], "x", {"name": "m", "version": "٣"}, {"name": "m", "version": None}):
+        body = {"entity": "model_version_tag", "action": "set", "data": data}
+        assert ev.map_webhook_event(body, CONFIG).request is None
+
+
+def test_version_created_is_reconciled_for_the_newest_unhandled_version():
+    config = ev.TriggerConfig(on_version_created=True)
+    opted = {naming.TAG_OPT_IN: "true"}
+    fresh = _rm("fresh", opted, stages={"2": "None", "1": "Production"})
+    done = _rm("done", opted, stages={"4": "None"})
+    done.latest_versions[0].tags = {naming.TAG_STATUS: "deployed"}
+    ids = [r.run_id for r in ev.wanted_runs([fresh, done], config)]
+    assert ids == ["mlflow__fresh__v1__stage-production", "mlflow__fresh__v2__created"]
+    assert "mlflow__fresh__v2__created" not in [r.run_id for r in ev.wanted_runs([fresh], CONFIG)]
+
+
+def test_reconcile_recovers_tag_requests_from_a_real_registry(tmp_path):
+    """A version tagged modelops.optimize=true while the receiver was down gets its tag run from the reconcile,
+    unless its status says it was optimized or is in progress; read from a real (SQLite) MLflow registry."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for name in ("plain", "opted"):
+        client.create_registered_model(name, tags={naming.TAG_OPT_IN: "true"} if name == "opted" else {})
+        for i in range(3):
+            client.create_model_version(name, f"s3://nowhere/{name}/{i}")
+    client.set_model_version_tag("plain", "2", naming.TAG_OPT_IN, "true")  # outside the scope: still honoured
+    client.set_model_version_tag("plain", "3", naming.TAG_OPT_IN, "false")
+    client.set_model_version_tag("opted", "1", naming.TAG_OPT_IN, "true")
+    client.set_model_version_tag("opted", "1", naming.TAG_STATUS, "deployed")  # optimized by an alias run
+    client.set_model_version_tag("opted", "2", naming.TAG_OPT_IN, "true")
+    client.set_model_version_tag("opted", "2", naming.TAG_STATUS, "failed")  # its run failed: ask again
+    client.set_registered_model_alias("opted", "champion", "3")
+    tagged = list(ev.search_tagged_versions(client, page_size=1))  # paged
+    assert sorted((v.name, str(v.version)) for v in tagged) == [("opted", "1"), ("opted", "2"), ("plain", "2")]
+    requests = ev.registry_requests(client, CONFIG)
+    assert [r.run_id for r in requests] == ["mlflow__opted__v2__tag-optimize", "mlflow__opted__v3__alias-champion",
+                                            "mlflow__plain__v2__tag-optimize"]
+    webhook = ev.map_webhook_event(_body(ev.EVENT_TAG_SET, name="plain", version="2", key=naming.TAG_OPT_IN,
+                                         value="true"), CONFIG)
+    assert webhook.request.run_id == requests[-1].run_id  # the same fact, the same run id: one run at most
+    assert requests[-1].note == "reconcile: tag modelops.optimize=true on v2"
+
+
 # -- signatures and replays ------------------------------------------------------------------------
 def _signed(secret: str, body: bytes, ts: int | None = None, delivery: str = "d-1") -> dict[str, str]:
     ts_text = str(int(time.time()) if ts is None else ts)
@@ -153,6 +199,28 @@ def test_replay_guard_claims_once_and_survives_reopen(tmp_path):
     guard.finish("x", "run", "created")
     assert guard.outcomes() == {"x": "created"}
     assert oct(db.stat().st_mode & 0o777) == "0o600"
+
+
+def test_replay_guard_lets_a_failed_or_abandoned_delivery_be_retried(tmp_path):
+    guard = ReplayGuard(tmp_path / "d.db", lease_s=60)
+    assert guard.claim("f", now=1000.0)
+    assert not guard.claim("f", now=1001.0) and guard.outcome("f") is None  # in progress: a duplicate
+    assert guard.fail("f", "run-1", "RuntimeError: HTTP 500") == "error: RuntimeError: HTTP 500"
+    assert guard.claim("f", now=1002.0) and guard.outcome("f") is None  # MLflow's retry is processed again
+    guard.finish("f", "run-1", "created")
+    assert not guard.claim("f", now=1003.0)  # succeeded: a replay now
+    assert guard.claim("abandoned", now=1000.0)
+    assert not guard.claim("abandoned", now=1059.0) and guard.claim("abandoned", now=1061.0)  # lease ran out
+    assert not guard.claim("abandoned", now=1062.0)
+
+
+def test_signature_of_a_non_utf8_body_is_a_mismatch_not_an_error():
+    body = b'{"x": "\xff"}'
+    headers = _signed("s3cret", body)
+    assert verify("s3cret", headers, body)[0] == "d-1"  # raw-byte HMAC: no decoding
+    with pytest.raises(WebhookRejected) as info:
+        verify("s3cret", headers, body + b"\xfe")
+    assert info.value.status == 401
 
 
 def test_secret_lookup_order(tmp_path):
@@ -306,8 +374,9 @@ def test_receiver_rejects_forged_stale_and_replayed(receiver):
 
 def test_receiver_ignores_models_not_opted_in_and_other_events(receiver):
     client, created = receiver
-    assert _post(client, _body("model_version_alias.created", name="x", alias="champion", version="1"),
-                 delivery="a").status_code == 202
+    # the opt-in is read before answering, so a model that is not opted in is answered "ignored" at once
+    resp = _post(client, _body("model_version_alias.created", name="x", alias="champion", version="1"), delivery="a")
+    assert resp.status_code == 200 and "not opted in" in resp.json()["reason"]
     assert _post(client, _body("registered_model.created", name="m"), delivery="b").json()["status"] == "ignored"
     assert created == []
     assert client.get("/health").json()["secret_configured"] is True
