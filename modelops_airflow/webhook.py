@@ -7,7 +7,8 @@ its delivery id must be new (a SQLite table under AIRFLOW_HOME).
 Hostile input is refused before it costs anything: a body over ``MODELOPS_WEBHOOK_MAX_BODY_KB`` gets 413
 before it is read (the ``Content-Length`` is checked first, then the stream is cut past the limit), a
 body that is not UTF-8 or not a JSON object gets 400, never 500. Everything blocking (secret file, HMAC,
-SQLite, registry and Airflow API calls) runs in a worker thread, never on the API server's event loop.
+SQLite, registry and Airflow API calls) runs in a worker thread (a pool of :data:`WORKER_THREADS`, apart
+from the default one that the API server's own sync endpoints use), never on the event loop.
 
 The run exists before the answer: 202 with the deterministic run id once Airflow's public REST API
 (``POST /api/v2/dags/<dag>/dagRuns`` with the run id, by ``AirflowApiHook`` on the ``airflow_api_default``
@@ -37,9 +38,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from modelops.settings import Settings
 from modelops.triggers.events import MappedEvent, RunRequest, TriggerConfig, admit, event_name, map_webhook_event
@@ -57,6 +59,10 @@ AIRFLOW_API_CONN_ID = "airflow_api_default"  # the REST API user the receiver cr
 # and retried by MLflow instead of timing out while the claim is still held.
 API_TIMEOUT_S = 10.0
 REGISTRY_TIMEOUT_S = 5.0
+# Deliveries are processed in threads of their own pool: the run creation calls this same API server, whose
+# sync endpoints need threads of the default pool (40); a burst of deliveries must not take them all.
+WORKER_THREADS = 8
+_WORKERS = CapacityLimiter(WORKER_THREADS)
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the registry is reached directly
 
 app = FastAPI(title="ModelOps MLflow webhook", description="MLflow registry events -> optimize_model runs")
@@ -147,7 +153,8 @@ async def mlflow_webhook(request: Request) -> JSONResponse:
         log.warning("MLflow webhook refused (%s) from %s", exc.reason, _peer(request))
         return _reply(exc.status, error=exc.reason)
     try:
-        return await run_in_threadpool(handle_delivery, body, request.headers, _peer(request))
+        return await anyio.to_thread.run_sync(handle_delivery, body, request.headers, _peer(request),
+                                              limiter=_WORKERS)
     except sqlite3.Error as exc:  # the delivery table is locked or unwritable: MLflow retries a 503
         log.error("MLflow webhook: delivery table %s unusable: %s", deliveries_db(), _first_line(exc))
         return _reply(503, error="delivery table unavailable, retry this delivery")

@@ -35,6 +35,7 @@ class FakeAirflowApi:
         self.runs: dict[str, dict[str, Any]] = {}
         self.fail_next = 0
         self.delay_s = 0.0
+        self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
         api = self
 
@@ -58,7 +59,12 @@ class FakeAirflowApi:
                     return self._send(401, {"detail": "Not authenticated"})
                 if not (self.path.startswith("/api/v2/dags/") and self.path.endswith("/dagRuns")):
                     return self._send(404, {"detail": "Not Found"})
+                with api.lock:
+                    api.in_flight += 1
+                    api.max_in_flight = max(api.max_in_flight, api.in_flight)
                 time.sleep(api.delay_s)
+                with api.lock:
+                    api.in_flight -= 1
                 dag_id, run_id = self.path.split("/")[4], body["dag_run_id"]
                 with api.lock:
                     if api.fail_next > 0:
@@ -319,6 +325,36 @@ def test_slow_airflow_blocks_neither_the_loop_nor_a_concurrent_duplicate(hook, a
     assert duplicate.status_code == 409 and duplicate.json()["error"] == "delivery in progress"
     assert done["duplicate"] < done["webhook"]
     assert list(airflow_api.runs) == ["mlflow__m__v9__alias-champion"]
+
+
+def test_a_burst_of_deliveries_leaves_the_api_servers_threads_free(hook, airflow_api):
+    """Run creation calls the same API server, whose sync endpoints run in the default thread pool: a burst
+    of slow deliveries must neither fill that pool (a deadlock until timeouts) nor run unbounded."""
+    import anyio.to_thread
+    import httpx
+
+    import modelops_airflow.hooks  # noqa: F401 - imported here, not in the timed window
+
+    airflow_api.delay_s = 0.5
+    bodies = [(event(version=str(10 + i)), f"burst-{i}") for i in range(12)]
+
+    async def scenario() -> tuple[list[httpx.Response], float]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 4  # a small API server
+        transport = httpx.ASGITransport(app=hook.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as http:
+            posts = [asyncio.ensure_future(http.post(PATH, content=b, headers=headers(b, delivery=d)))
+                     for b, d in bodies]
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            health = await http.get("/health")  # a sync endpoint: needs a default-pool thread
+            health_s = time.monotonic() - started
+            assert health.status_code == 200
+            return list(await asyncio.gather(*posts)), health_s
+
+    responses, health_s = asyncio.run(scenario())
+    assert [r.status_code for r in responses] == [202] * 12
+    assert health_s < 0.4, f"/health waited {health_s:.2f} s behind the deliveries"
+    assert len(airflow_api.runs) == 12 and airflow_api.max_in_flight <= hook.WORKER_THREADS
 
 
 def test_openapi_documents_the_body_and_codes(client):
