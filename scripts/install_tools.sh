@@ -2,7 +2,8 @@
 # Serving tools for the embedded stack (see ../shared/ENVIRONMENT.md):
 #  - tritonserver 2.51 with the python backend, from the nvidia-pytriton wheel (run as a binary);
 #  - perf_analyzer from tritonclient 2.51 (newer wheels need glibc 2.38), plus libcudart.so.12 and libb64;
-#  - Debian's prometheus (server + promtool) for the stack's metrics (rollout analysis).
+#  - Debian's prometheus (server + promtool) for the stack's metrics (rollout analysis);
+#  - Debian's chromium + chromium-driver for the headless-browser test of Open WebUI (selenium drives it).
 # Idempotent: re-running with everything in place does nothing.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,6 +38,14 @@ if [ ! -x /usr/bin/prometheus ] && ! command -v prometheus >/dev/null 2>&1; then
     (apt-get install -y -qq prometheus >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq prometheus >/dev/null))
   else
     echo "the stack's Prometheus needs Debian's prometheus package: sudo apt-get install prometheus" >&2; exit 1
+  fi
+fi
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+      || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null))
+  else
+    echo "the Open WebUI browser test needs Debian's chromium: sudo apt-get install chromium chromium-driver" >&2; exit 1
   fi
 fi
 libdir=$("$py" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')

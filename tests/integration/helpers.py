@@ -42,3 +42,27 @@ def randomize_weights(settings, src: Path, dest: Path) -> Path:
     """An ONNX model with the same graph and random weights: a candidate that must fail any accuracy gate."""
     subprocess.run([str(settings.worker_python), "-c", RANDOMIZE, str(src), str(dest)], check=True, timeout=120)
     return dest
+
+
+def deploy_chat_llm(stack: dict, settings, storage, triton, register, name: str) -> dict:
+    """Register SmolLM2 as ``name`` (demo CLI: tags ``modelops.task=chat``, ``openwebui.groups=demo-users``),
+    publish it as its ``hf_eager`` LLM deployment, load it and route ``name`` 100% to it.
+
+    Returns ``{"name", "version", "deployment"}``; undo with :func:`undeploy_chat_llm`.
+    """
+    from modelops.serving.routes import Routes, write_routes
+    from modelops.serving.triton.llm_dir import publish_registered
+
+    del stack  # the session's stack fixture has set MLFLOW_TRACKING_URI etc. (MLflow's artifact download reads them)
+    reg = register("smollm2", alias="champion", name=name)
+    published = publish_registered(storage, model_name=name, model_version=reg["version"],
+                                   triton_bucket=settings.triton_bucket)  # fmt: skip
+    triton.load_model(published["deployment"])
+    write_routes(storage, settings.triton_bucket, Routes(model=name), {published["deployment"]: 100}, by="tests")
+    return {"name": name, "version": reg["version"], "deployment": published["deployment"]}
+
+
+def undeploy_chat_llm(settings, storage, triton, llm: dict) -> None:
+    """Remove the routes of a :func:`deploy_chat_llm` model and unload its deployment."""
+    storage.delete(f"s3://{settings.triton_bucket}/routes/{llm['name']}.json")
+    triton.unload_model(llm["deployment"])
