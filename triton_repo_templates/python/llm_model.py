@@ -16,10 +16,11 @@ The serving contract shared with the gateway:
   ``completion_tokens`` (counts so far), then a final response (flag ``TRITONSERVER_RESPONSE_COMPLETE_FINAL``)
   with the held-back text, ``finish_reason`` "stop" | "length" and the final counts.
 
-Concurrency: with ``max_concurrency`` 1 (the default) ``execute`` generates each request before returning, and
-Triton queues the rest (and spreads them over ``instance_count`` instances). Above 1, ``execute`` hands each
-request to a pool of that many threads and returns at once; each thread streams with its request's response
-sender (both runtimes release the GIL while they compute).
+Concurrency: above 1, ``max_concurrency`` (llm_dir renders 4, measured best on the 2-core CPU) makes ``execute``
+hand each request to a pool of that many threads and return at once; each thread streams with its request's
+response sender (both runtimes release the GIL while they compute), further requests wait in the pool's queue.
+With 1 (or the parameter absent) ``execute`` generates each request before returning, and Triton queues the rest
+(and spreads them over ``instance_count`` instances): a queued request then waits for whole answers.
 
 The generation itself is :func:`generate_chunks` (hf_eager) and :func:`generate_chunks_genai` (ort_genai), plain
 functions with no Triton import, so the worker tests run them against ``transformers.generate`` and
