@@ -54,7 +54,8 @@ PARAMS = {
         minItems=1,
         uniqueItems=True,
         title="Variants",
-        description="Optimized candidates to build, validate and benchmark against the source model: "
+        description="Optimized candidates to build, validate and benchmark against the source model (an LLM given "
+        "the default gets ort_genai_int8 + ort_genai_int4): "
         + "; ".join(f"{v.name}: {v.summary}" for v in VARIANTS.values()),
     ),
     "recipe": Param(
@@ -72,6 +73,15 @@ PARAMS = {
         maximum=60000,
         title="Latency SLO (p99, ms)",
         description="Only candidates whose perf_analyzer p99 is within this bound can win.",
+    ),
+    "ttft_slo_ms": Param(
+        2000.0,
+        type="number",
+        exclusiveMinimum=0,
+        maximum=600000,
+        title="Time-to-first-token SLO (p99, ms; LLMs)",
+        description="LLMs only: among accurate candidates, the most output tokens/s whose TTFT p99 is within this "
+        "bound wins.",
     ),
     "accuracy_tolerance": Param(
         0.01,

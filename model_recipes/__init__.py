@@ -11,6 +11,13 @@ and loading live in :mod:`modelops.recipes`.
 from __future__ import annotations
 
 from modelops.recipes import RecipeInfo, tensor_signature_required
+from modelops.recipes.registry import text_generation_task
+
+TEXT_GENERATION = RecipeInfo(
+    "model_recipes.text_generation:RECIPE", flavors=("transformers",), order=5, check=text_generation_task,
+    generative=True,
+    description="chat / completion LLMs (transformers): ONNX Runtime GenAI INT8/INT4, gated on next-token agreement",
+)  # fmt: skip
 
 TEXT_EMBEDDING = RecipeInfo(
     "model_recipes.text_embedding:RECIPE", flavors=("sentence_transformers", "transformers"), order=10,
@@ -32,4 +39,6 @@ MOBILENET_V2 = RecipeInfo(
     "model_recipes.mobilenet_v2:RECIPE", description="MobileNetV2: top-1/top-5 agreement on real photos"
 )
 
-__all__ = ["DIGITS_CNN", "MOBILENET_V2", "ONNX_GENERIC", "PYTORCH_GENERIC", "SKLEARN_TABULAR", "TEXT_EMBEDDING"]
+__all__ = [
+    "DIGITS_CNN", "MOBILENET_V2", "ONNX_GENERIC", "PYTORCH_GENERIC", "SKLEARN_TABULAR", "TEXT_EMBEDDING", "TEXT_GENERATION",
+]  # fmt: skip

@@ -49,8 +49,8 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
     """
     from modelops.contracts import SpecError, UnknownVariant
     from modelops.contracts.naming import TAG_ERROR, TAG_RECIPE, TAG_RUN_ID, TAG_STATUS
-    from modelops.contracts.variants import check_variants
-    from modelops.recipes import UnsupportedModel, select_recipe
+    from modelops.contracts.variants import Family, check_variants, variants_for
+    from modelops.recipes import UnsupportedModel, recipe_infos, select_recipe
     from modelops.tracking.registry import (
         ResolveError,
         build_spec,
@@ -88,6 +88,12 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
             # the version exists: say on it why it was not optimized (the failure callback has no XCom yet)
             mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}")
             raise _fail(str(exc)) from None
+        try:  # an LLM gets the LLM variants for the default request; a mismatched explicit request is refused
+            family = Family.LLM if recipe_infos()[recipe].generative else Family.TENSOR
+            variants = variants_for(variants, family)
+        except UnknownVariant as exc:
+            mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}")
+            raise _fail(str(exc)) from None
         run_params = {
             "model_name": resolved.name,
             "model_version": resolved.version,
@@ -95,6 +101,7 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
             "recipe": recipe,
             "variants": variants,
             "latency_slo_ms": params["latency_slo_ms"],
+            "ttft_slo_ms": params.get("ttft_slo_ms") or 2000.0,
             "accuracy_tolerance": params["accuracy_tolerance"],
             "rollout_steps": params.get("rollout_steps") or [],
             "rollout": params.get("rollout") or "",
@@ -110,6 +117,7 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
                 triton_bucket=settings.triton_bucket,
                 variants=variants,
                 latency_slo_ms=float(params["latency_slo_ms"]),
+                ttft_slo_ms=float(params.get("ttft_slo_ms") or 2000.0),
                 accuracy_tolerance=float(params["accuracy_tolerance"]),
                 rollout=int(params["rollout"]) if params.get("rollout") is not None else 100,
                 rollout_steps=list(params["rollout_steps"]) if params.get("rollout_steps") else None,
@@ -197,8 +205,12 @@ def select(spec_uri: str) -> dict[str, Any]:
     _, s3_hook, _ = _hooks()
     storage = s3_hook.storage()
     spec = _load(storage, spec_uri)
+    # LLMs: points carry output tokens/s as throughput and TTFT as latency, bounded by the TTFT SLO
+    llm = bool(load_result(storage, spec, "export").get("generative"))
+    slo_ms = float(spec.get("ttft_slo_ms") or 2000.0) if llm else spec["latency_slo_ms"]
     selection = select_winner(load_result(storage, spec, "validate"), load_result(storage, spec, "benchmark"),
-                              spec["latency_slo_ms"]).to_json()
+                              slo_ms).to_json()
+    selection["slo_ms"], selection["generative"] = slo_ms, llm
     storage.write_json(f"{spec['run_prefix']}/select/result.json", selection)
     if selection["chosen"]:
         log.info("chosen: %s (%.2fx the PyTorch baseline)", selection["chosen"], selection["speedup"] or 0)
@@ -218,12 +230,33 @@ def publish(spec_uri: str, selection: dict[str, Any]) -> dict[str, Any]:
     _, s3_hook, _ = _hooks()
     storage = s3_hook.storage()
     spec = _load(storage, spec_uri)
+    export, optimize = load_result(storage, spec, "export"), load_result(storage, spec, "optimize")
     try:
-        out = publish_candidate(storage, spec, selection["chosen"], load_result(storage, spec, "export"),
-                                load_result(storage, spec, "optimize"), spec["triton_bucket"])
+        if export.get("generative"):
+            out = _publish_llm(storage, spec, selection["chosen"], optimize)
+        else:
+            out = publish_candidate(storage, spec, selection["chosen"], export, optimize, spec["triton_bucket"])
     except PublishError as exc:
         raise _fail(str(exc)) from None
     return {"deployment": out["deployment"], "uri": out["uri"], "reused": out["reused"]}
+
+
+def _publish_llm(storage, spec: dict[str, Any], variant: str, optimize: dict[str, Any]) -> dict[str, Any]:
+    """Publish the chosen ORT GenAI build of an LLM as a decoupled python-backend deployment."""
+    import tempfile
+    from pathlib import Path
+
+    from modelops.serving.triton.llm_dir import publish_llm
+
+    with tempfile.TemporaryDirectory(prefix="modelops-publish-llm-") as tmp:
+        model_dir = storage.download_dir(optimize["candidates"][variant]["artifacts"]["model_dir"], Path(tmp) / "m")
+        try:
+            return publish_llm(storage, model_dir=model_dir, model_name=spec["model_name"],
+                               model_version=spec["model_version"], triton_bucket=spec["triton_bucket"],
+                               variant=variant, model_uri=spec.get("model_uri") or None, run_id=spec["run_id"],
+                               recipe=spec.get("recipe") or "text_generation")  # fmt: skip
+        except ValueError as exc:
+            raise _fail(f"cannot publish {variant}: {exc}") from None
 
 
 def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +272,15 @@ def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]
     export = load_result(storage, spec, "export")
     verdict = load_result(storage, spec, "validate")["candidates"][selection["chosen"]]
     steps = list(spec.get("rollout_steps") or [int(spec.get("rollout", 100))])
+    if export.get("generative"):  # an LLM: stream one greedy answer from the loaded deployment
+        from functools import partial
+
+        from modelops.serving.deploy import llm_smoke
+
+        smoke_args = {"smoke": partial(llm_smoke, f"http://{triton_hook.url()}", publication["deployment"])}
+    else:  # text-in recipes: Triton is asked with raw text (serving samples), not the ONNX token ids
+        smoke_args = {"samples_uri": export["outputs"].get("serving_samples") or export["outputs"]["samples"],
+                      "candidate_outputs_uri": verdict["sample_outputs"]}  # fmt: skip
     try:
         result = deploy_to_triton(
             triton_hook.get_client(),
@@ -246,9 +288,7 @@ def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]
             spec["triton_bucket"],
             spec["model_name"],
             publication["deployment"],
-            # text-in recipes: Triton is asked with raw text (serving samples), not the ONNX token ids
-            samples_uri=export["outputs"].get("serving_samples") or export["outputs"]["samples"],
-            candidate_outputs_uri=verdict["sample_outputs"],
+            **smoke_args,
             run_id=spec["run_id"],
             rollout_percent=steps[0],
             gateway_metrics_urls=_gateway_metrics_urls(),

@@ -45,7 +45,7 @@ class IOInfo(_Open):
 
 
 class ExportOutputs(_Open):
-    onnx: str
+    onnx: str | None  # None for generative recipes (the source stays a Hugging Face directory)
     samples: str
     source_model: str
     serving_assets: str | None = None
@@ -58,7 +58,7 @@ class ExportResult(StepResult):
     metrics: dict[str, float | None]
     io: IOInfo
     max_batch_size: int = Field(ge=0)
-    opset: int
+    opset: int | None  # None for generative recipes (no ONNX export)
     exporter: str
     recipe: str
     baseline_kind: str

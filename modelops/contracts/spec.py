@@ -134,6 +134,9 @@ class RunSpec(BaseModel):
     mlmodel: dict[str, Any] = Field(default_factory=dict)
     variants: list[str] = Field(default_factory=lambda: list(DEFAULT_VARIANTS))
     latency_slo_ms: float = Field(100.0, gt=0)
+    ttft_slo_ms: float = Field(
+        2000.0, gt=0, description="LLMs: time-to-first-token p99 bound (ms) a candidate must meet to be selected"
+    )
     accuracy_tolerance: float = Field(0.01, ge=0, le=1)
     rollout: int = Field(100, ge=1, le=100, description="percent of traffic for the new deployment at the first step")
     rollout_steps: list[int] = Field(

@@ -25,6 +25,7 @@ class ArtifactFormat(StrEnum):
     ONNX = "onnx"  # a plain (graph-optimized or integer-quantized) ONNX model
     ONNX_QDQ = "onnx_qdq"  # ONNX with QuantizeLinear/DequantizeLinear pairs (explicit quantization)
     TENSORRT_PLAN = "tensorrt_plan"  # a serialized TensorRT engine (GPU model and TensorRT version specific)
+    ONNX_GENAI = "onnx_genai"  # an ONNX Runtime GenAI model folder (decoder ONNX + genai_config.json + tokenizer)
 
 
 class Runtime(StrEnum):
@@ -32,6 +33,14 @@ class Runtime(StrEnum):
 
     ONNXRUNTIME = "onnxruntime"
     TENSORRT = "tensorrt"
+    ONNXRUNTIME_GENAI = "onnxruntime-genai"
+
+
+class Family(StrEnum):
+    """What kind of model a variant is built from: tensor models (ONNX export) or generative LLMs."""
+
+    TENSOR = "tensor"
+    LLM = "llm"
 
 
 class Device(StrEnum):
@@ -58,6 +67,8 @@ class Variant:
         backends: the Triton backend that serves it, per device; a device that is absent cannot serve it.
         source: the variant it is built from (engines from Q/DQ candidates); None = export's ONNX model.
         summary: one line for the UI and the README.
+        family: the models it applies to (tensor models or LLMs of a text-generation recipe).
+        options: builder options (the LLM builder's precision and extra options).
     """
 
     name: str
@@ -68,6 +79,8 @@ class Variant:
     backends: dict[Device, str] = field(default_factory=dict)
     source: str | None = None
     summary: str = ""
+    family: Family = Family.TENSOR
+    options: dict[str, str] = field(default_factory=dict)
 
     def backend_on(self, device: Device | str) -> str | None:
         """The Triton backend that serves this variant on ``device``; None when it cannot be served there."""
@@ -85,6 +98,7 @@ class Variant:
 _ORT_SERVING = {Device.CPU: PYTHON_BACKEND, Device.GPU: ONNXRUNTIME_BACKEND}
 _QDQ_SERVING = {Device.GPU: ONNXRUNTIME_BACKEND}  # with the TensorRT execution accelerator
 _PLAN_SERVING = {Device.GPU: TENSORRT_BACKEND}
+_LLM_SERVING = {Device.CPU: PYTHON_BACKEND, Device.GPU: PYTHON_BACKEND}  # onnxruntime-genai (CUDA build on GPU)
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -105,11 +119,20 @@ VARIANTS: dict[str, Variant] = {
                 _PLAN_SERVING, source="modelopt_int8", summary="TensorRT INT8 engine from the ModelOpt Q/DQ model"),
         Variant("trt_fp8", BuildStep.COMPILE, ArtifactFormat.TENSORRT_PLAN, Runtime.TENSORRT, Device.GPU,
                 _PLAN_SERVING, source="modelopt_fp8", summary="TensorRT FP8 engine from the ModelOpt Q/DQ model"),
+        # LLMs (text_generation recipe): ONNX Runtime GenAI's model builder, weight-only MatMulNBits, served by a
+        # decoupled python-backend model running onnxruntime-genai (the source, hf_eager, is the baseline)
+        Variant("ort_genai_int8", BuildStep.OPTIMIZE, ArtifactFormat.ONNX_GENAI, Runtime.ONNXRUNTIME_GENAI,
+                Device.CPU, _LLM_SERVING, family=Family.LLM, options={"precision": "int8", "accuracy_level": "4"},
+                summary="LLMs: ONNX Runtime GenAI, INT8 weight-only (MatMulNBits), KV cache, fused attention"),
+        Variant("ort_genai_int4", BuildStep.OPTIMIZE, ArtifactFormat.ONNX_GENAI, Runtime.ONNXRUNTIME_GENAI,
+                Device.CPU, _LLM_SERVING, family=Family.LLM, options={"precision": "int4", "accuracy_level": "4"},
+                summary="LLMs: ONNX Runtime GenAI, INT4 weight-only (MatMulNBits, block 32), KV cache"),
     )
 }  # fmt: skip
 
 VARIANT_NAMES: list[str] = list(VARIANTS)
 DEFAULT_VARIANTS: list[str] = ["ort_fp32", "ort_int8_dynamic"]
+LLM_DEFAULT_VARIANTS: list[str] = ["ort_genai_int8", "ort_genai_int4"]
 
 
 class UnknownVariant(ValueError):
@@ -131,6 +154,26 @@ def check_variants(names: list[str]) -> list[str]:
     if not names:
         raise UnknownVariant(f"no variants requested; known: {VARIANT_NAMES}")
     return names
+
+
+def variants_for(names: list[str], family: Family | str) -> list[str]:
+    """The variants a model of ``family`` gets for the requested ``names``.
+
+    The DAG's default request (tensor variants) on an LLM becomes :data:`LLM_DEFAULT_VARIANTS`, and the reverse;
+    an explicit request with variants of the other family is refused.
+
+    Raises:
+        UnknownVariant: one line naming the variants that do not apply to this kind of model.
+    """
+    family = Family(family)
+    defaults = LLM_DEFAULT_VARIANTS if family == Family.LLM else DEFAULT_VARIANTS
+    if list(names) in (DEFAULT_VARIANTS, LLM_DEFAULT_VARIANTS):
+        return list(defaults)
+    wrong = [n for n in check_variants(list(names)) if VARIANTS[n].family != family]
+    if wrong:
+        fits = [n for n in VARIANT_NAMES if VARIANTS[n].family == family]
+        raise UnknownVariant(f"variant(s) {wrong} do not apply to {family} models; use some of {fits}")
+    return list(names)
 
 
 def built_by(step: BuildStep | str, names: list[str] | None = None) -> list[str]:

@@ -69,9 +69,13 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def summary_table(summary: dict[str, Any]) -> Table:
-    table = Table(title=f"{summary['model']} v{summary['model_version']}: variants (perf_analyzer, same run)")
-    for col in ("variant", "metric", "p50 ms", "p99 ms", "throughput/s", "speedup", "status / reason"):
+def summary_table(summary: dict[str, Any], llm: bool = False) -> Table:
+    """The run's variants; ``llm``: metric = next-token agreement, latencies = TTFT, throughput = output tokens/s."""
+    how = "streamed in Triton, same run" if llm else "perf_analyzer, same run"
+    table = Table(title=f"{summary['model']} v{summary['model_version']}: variants ({how})")
+    cols = ("agreement", "TTFT p50 ms", "TTFT p99 ms", "tokens/s") if llm else ("metric", "p50 ms", "p99 ms",
+                                                                               "throughput/s")  # fmt: skip
+    for col in ("variant", *cols, "speedup", "status / reason"):
         table.add_column(col)
     for row in summary["rows"]:
         status = row["status"] + (f": {row['reason']}" if row.get("reason") else "")

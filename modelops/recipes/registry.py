@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from modelops.recipes.api import Recipe
+    from modelops.recipes.generative import GenerativeRecipe
 
 log = logging.getLogger("modelops.recipes")
 
@@ -47,6 +48,8 @@ class RecipeInfo:
         order: place in the flavor rules, lower first (built-ins: text 10, sklearn 20, onnx 30, pytorch 90).
         check: light test of a flavor match (e.g. "needs a tensor signature"); returns a reason or None.
         description: one line for listings and docs.
+        generative: an LLM recipe (:class:`~modelops.recipes.generative.GenerativeRecipe`): the steps take the LLM
+            path and the run gets the LLM variants.
     """
 
     target: str
@@ -54,6 +57,7 @@ class RecipeInfo:
     order: int = 50
     check: Check | None = None
     description: str = ""
+    generative: bool = False
 
     def __post_init__(self) -> None:
         module, sep, attr = self.target.partition(":")
@@ -92,6 +96,18 @@ def tensor_signature_required(mlmodel: Mapping[str, Any], flavor: str) -> str | 
         f"{flavor} model has {what}, no tensor signature: log it with a signature "
         "(mlflow.models.infer_signature on numpy arrays) so inputs can be exported"
     )
+
+
+LLM_TASKS = ("text-generation", "llm/v1/chat", "llm/v1/completions")
+
+
+def text_generation_task(mlmodel: Mapping[str, Any], flavor: str) -> str | None:
+    """A :data:`Check`: a transformers model logged for text generation (pipeline or ``llm/v1/*`` task)."""
+    flavor_conf = (mlmodel.get("flavors") or {}).get(flavor) or {}
+    tasks = {str(flavor_conf.get("task") or ""), str((mlmodel.get("metadata") or {}).get("task") or "")}
+    if tasks & set(LLM_TASKS):
+        return None
+    return f"{flavor} model task {sorted(t for t in tasks if t) or 'unknown'} is not text generation"
 
 
 # -- discovery --------------------------------------------------------------------------------------
@@ -221,8 +237,9 @@ def select_recipe(mlmodel: Mapping[str, Any], explicit: str | None = None) -> st
 
 # -- loading ----------------------------------------------------------------------------------------
 @cache
-def _load_recipe(name: str) -> Recipe:
+def _load_recipe(name: str) -> Recipe | GenerativeRecipe:
     from modelops.recipes.api import Recipe
+    from modelops.recipes.generative import GenerativeRecipe
 
     info = registry().infos[name]
     module_name, _, attr = info.target.partition(":")
@@ -230,21 +247,22 @@ def _load_recipe(name: str) -> Recipe:
         obj = getattr(importlib.import_module(module_name), attr)
     except AttributeError:
         raise UnsupportedModel(f"recipe {name!r}: {module_name} has no attribute {attr!r}") from None
-    if isinstance(obj, type) and issubclass(obj, Recipe):
+    if isinstance(obj, type) and issubclass(obj, (Recipe, GenerativeRecipe)):
         obj = obj()
-    if not isinstance(obj, Recipe):
+    if not isinstance(obj, (Recipe, GenerativeRecipe)):
         raise UnsupportedModel(f"recipe {name!r}: {info.target} is a {type(obj).__name__}, not a modelops Recipe")
     return obj
 
 
-def get_recipe(name: str) -> Recipe:
+def get_recipe(name: str) -> Recipe | GenerativeRecipe:
     """Import the recipe's implementation (heavy: numpy, torch at call time) and return the recipe object.
 
     Args:
         name: an installed recipe (see :func:`known_recipes`).
 
     Returns:
-        A :class:`modelops.recipes.api.Recipe` (one instance per process).
+        A :class:`modelops.recipes.api.Recipe`, or a :class:`~modelops.recipes.generative.GenerativeRecipe` for
+        LLMs (one instance per process).
 
     Raises:
         UnsupportedModel: the name is unknown, or its entry point or target is not a recipe.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,38 @@ def smoke_test(
     return SmokeReport(diff_cand, diff_src, agreement, batch)
 
 
+@dataclass
+class LLMSmokeReport:
+    text: str
+    completion_tokens: int
+    finish_reason: str
+    seconds: float
+
+
+def llm_smoke(http_url: str, deployment: str, prompt: str = "Say hello.", max_tokens: int = 16) -> LLMSmokeReport:
+    """Stream one greedy answer from a decoupled LLM deployment through Triton's generate_stream.
+
+    Raises:
+        DeployError: no answer, an error event, or no text (one line).
+    """
+    from modelops.evaluation.llm_perf import triton_stream
+
+    started = time.monotonic()
+    text, tokens, finish = [], 0, ""
+    try:
+        for event in triton_stream(http_url, deployment, [{"role": "user", "content": prompt}],
+                                   {"max_tokens": max_tokens, "temperature": 0}, timeout_s=120):  # fmt: skip
+            text.append(event.text or "")
+            tokens = event.completion_tokens or tokens
+            finish = event.finish_reason or finish
+    except Exception as exc:  # noqa: BLE001 - any failure of the stream is a failed smoke test
+        raise DeployError(f"{deployment} did not stream an answer: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    answer = "".join(text)
+    if not answer.strip() or finish not in ("stop", "length"):
+        raise DeployError(f"{deployment} streamed no answer (text {answer!r}, finish_reason {finish!r})")
+    return LLMSmokeReport(answer, int(tokens), finish, round(time.monotonic() - started, 3))
+
+
 def _is_embedding(output_name: str) -> bool:
     """Top-1 agreement is meaningless for embeddings (argmax of a unit vector); report it for classifiers only."""
     return "embedding" in output_name.lower()
@@ -101,11 +134,12 @@ def deploy(
     model: str,
     deployment: str,
     *,
-    samples_uri: str,
-    candidate_outputs_uri: str,
+    samples_uri: str | None = None,
+    candidate_outputs_uri: str | None = None,
     run_id: str,
     rollout_percent: int = 100,
     gateway_metrics_urls: list[str] | None = None,
+    smoke: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Verify, load, smoke-test and route ``rollout_percent`` of ``model`` to ``deployment``.
 
@@ -114,8 +148,13 @@ def deploy(
     URLs they are unloaded at once. A lost routes write race is retried from a fresh read (3x); if it still
     fails, the new deployment is unloaded (unless the fresh routes name it).
 
+    The smoke test compares Triton's answer on ``samples_uri`` with ``candidate_outputs_uri`` (tensor models), or
+    is ``smoke()`` (e.g. an LLM streaming one greedy answer: :func:`llm_smoke`), which raises :class:`DeployError`.
+
     Returns a summary with the new routes revision and smoke numbers. Raises :class:`DeployError`.
     """
+    if smoke is None and not (samples_uri and candidate_outputs_uri):
+        raise ValueError("deploy needs samples_uri and candidate_outputs_uri, or a smoke callable")
     from tritonclient.utils import InferenceServerException
 
     uri = deployment_uri(triton_bucket, deployment)
@@ -127,7 +166,11 @@ def deploy(
     try:
         client.load_model(deployment)
         wait_ready(client, deployment)
-        report = smoke_test(client, deployment, load_npz(storage, samples_uri), load_npz(storage, candidate_outputs_uri))
+        if smoke is not None:
+            report = smoke()
+        else:
+            report = smoke_test(client, deployment, load_npz(storage, samples_uri),
+                                load_npz(storage, candidate_outputs_uri))  # fmt: skip
     except (InferenceServerException, DeployError) as exc:
         _unload_quietly(client, deployment, keep=set(before.weights()))
         first = triton_client.error_text(exc).splitlines()[0]
@@ -152,7 +195,7 @@ def deploy(
         "routes_revision": after.revision,
         "routes": after.weights(),
         "previous_routes": before.weights(),
-        "smoke": report.__dict__,
+        "smoke": dict(report.__dict__),
     }
 
 

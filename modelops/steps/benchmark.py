@@ -159,6 +159,11 @@ def _serving_inputs(
 
 def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
     """The step: baseline first (its failure fails the step), then every accepted candidate."""
+    from modelops.steps import llm_build, llm_eval
+
+    llm = llm_build.generative_recipe(spec)
+    if llm is not None:  # a generative recipe: the LLM path (HF source, ORT GenAI builds, next-token gate)
+        return llm_eval.benchmark(spec, storage)
     export = load_result(storage, spec, "export")
     validate = load_result(storage, spec, "validate")
     optimize = load_result(storage, spec, "optimize")

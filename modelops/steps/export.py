@@ -168,6 +168,11 @@ def export_model(
 
 def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
     """The step: download the source model, export, parity-check, upload."""
+    from modelops.steps import llm_build
+
+    llm = llm_build.generative_recipe(spec)
+    if llm is not None:  # a generative recipe: the LLM path (HF source, ORT GenAI builds, next-token gate)
+        return llm_build.export(spec, storage, llm)
     prefix = step_prefix(spec, "export")
     source_uri = spec["source_uri"]
     with tempfile.TemporaryDirectory(prefix="modelops-export-") as tmp:

@@ -367,6 +367,11 @@ def load_recipe(spec: dict[str, Any], export: dict[str, Any]) -> tuple[Any | Non
 
 def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
     """The step: download export's ONNX, build the candidates, upload them (and their extra artifacts)."""
+    from modelops.steps import llm_build
+
+    llm = llm_build.generative_recipe(spec)
+    if llm is not None:  # a generative recipe: the LLM path (HF source, ORT GenAI builds, next-token gate)
+        return llm_build.optimize(spec, storage)
     variants = list(spec.get("variants") or [])
     check_variants(variants)
     export = load_result(storage, spec, "export")

@@ -206,6 +206,11 @@ def validate_candidates(
 
 def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
     """The step: download export + optimize outputs, gate the done candidates, upload sample outputs."""
+    from modelops.steps import llm_build, llm_eval
+
+    llm = llm_build.generative_recipe(spec)
+    if llm is not None:  # a generative recipe: the LLM path (HF source, ORT GenAI builds, next-token gate)
+        return llm_eval.validate(spec, storage, llm)
     export = load_result(storage, spec, "export")
     optimize = load_result(storage, spec, "optimize")
     tolerance = float(spec.get("accuracy_tolerance", 0.01))

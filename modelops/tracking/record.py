@@ -216,8 +216,9 @@ def record_run(
     for variant, res in benchmark.get("variants", {}).items():
         for point in res.get("points", []):
             c = point["concurrency"]
-            for key in ("throughput", "p50_ms", "p99_ms"):
-                metrics[f"{variant}.c{c}.{key}"] = float(point[key])
+            for key in ("throughput", "p50_ms", "p99_ms", "itl_p50_ms", "ttft_p50_ms"):  # the last two: LLMs
+                if point.get(key) is not None:
+                    metrics[f"{variant}.c{c}.{key}"] = float(point[key])
     rows = summary_rows(validate, benchmark, selection)
     for row in rows:
         if row["throughput"] is not None:
@@ -265,7 +266,8 @@ def record_run(
         plots: dict[str, Path] = {}
         if benchmark.get("variants"):
             plots["Throughput vs p99 latency"] = plot_throughput_vs_p99(
-                benchmark, spec["latency_slo_ms"], tmpdir / "throughput_vs_p99.png"
+                benchmark, spec.get("ttft_slo_ms") if export.get("generative") else spec["latency_slo_ms"],
+                tmpdir / "throughput_vs_p99.png",
             )
         floor = None
         if validate.get("source_metric") is not None:

@@ -45,6 +45,7 @@ LLM_BACKENDS: dict[str, str] = {"hf_eager": LLM_BACKEND, "ort_genai": "python/on
 # (hf_eager; ~9-10 tokens/s either way), where two instances of one request each still queue whole answers (TTFT
 # 4 s / 18 s). ort_genai runs best with 1 intra-op thread per instance here (2 spin against each other: ~3x slower).
 DEFAULT_MAX_CONCURRENCY: dict[str, int] = {"hf_eager": 4, "ort_genai": 4}
+DEFAULT_THREADS: dict[str, int] = {"hf_eager": 2, "ort_genai": 1}  # intra-op threads per instance (None = these)
 LLM_IO: dict[str, list[dict[str, Any]]] = {
     "inputs": [
         {"name": "messages_json", "dtype": "object", "dims": [1]},
@@ -79,7 +80,7 @@ def render_llm_config(
     name: str,
     variant: str = LLM_VARIANT,
     instance_count: int = 1,
-    threads: int = 2,
+    threads: int | None = None,
     max_concurrency: int | None = None,
 ) -> str:
     """``config.pbtxt`` of a decoupled python-backend LLM (``params_json`` optional).
@@ -93,6 +94,7 @@ def render_llm_config(
     """
     runtime = runtime_of(variant)
     concurrency = DEFAULT_MAX_CONCURRENCY[runtime] if max_concurrency is None else max_concurrency
+    threads = DEFAULT_THREADS[runtime] if threads is None else threads
     if instance_count < 1 or threads < 0 or concurrency < 1:
         raise ValueError("instance_count >= 1, threads >= 0 and max_concurrency >= 1 are required")
     inputs = _tensor_block("input", LLM_IO["inputs"])
@@ -157,7 +159,7 @@ def build_llm_model_dir(
     model_dir: Path,
     variant: str = LLM_VARIANT,
     instance_count: int = 1,
-    threads: int = 2,
+    threads: int | None = None,
     max_concurrency: int | None = None,
 ) -> Path:
     """Write a complete decoupled LLM model directory at ``dest`` (replaced if it exists).
@@ -241,7 +243,7 @@ def publish_llm(
     model_uri: str | None = None,
     run_id: str | None = None,
     recipe: str = "text_generation",
-    threads: int = 2,
+    threads: int | None = None,
     instance_count: int = 1,
 ) -> dict[str, Any]:
     """Render and upload the ``<model>--v<N>-<variant>`` deployment of a chat model; manifest last.
@@ -294,7 +296,7 @@ def publish_llm(
 
 
 def publish_registered(
-    storage: Storage, *, model_name: str, model_version: str | int, triton_bucket: str, threads: int = 2
+    storage: Storage, *, model_name: str, model_version: str | int, triton_bucket: str, threads: int | None = None
 ) -> dict[str, Any]:
     """Download ``models:/<name>/<version>`` from MLflow (``MLFLOW_TRACKING_URI``) and :func:`publish_llm` it."""
     import mlflow.artifacts
