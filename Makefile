@@ -9,7 +9,7 @@ PIP_QUIET := -q --disable-pip-version-check
 # pip prints one line per package for the machine's optional local indexes; keep the log readable.
 PIP_FILTER := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup orchestrator worker modelopt openwebui tools demo test test-unit test-worker test-integration bench docs stack-up stack-down lint clean
+.PHONY: setup orchestrator worker modelopt openwebui llamacpp tools demo test test-unit test-worker test-integration bench docs stack-up stack-down lint clean
 
 setup: orchestrator worker tools openwebui
 
@@ -45,6 +45,16 @@ openwebui: .venv-openwebui/.installed
 .venv-openwebui/.installed: requirements-openwebui.txt
 	test -x .venv-openwebui/bin/python || $(PY) -m venv .venv-openwebui
 	set -o pipefail; .venv-openwebui/bin/pip install $(PIP_QUIET) -r requirements-openwebui.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	touch $@
+
+# llama.cpp's OpenAI server (llama-cpp-python[server]), only for bench/llm.py's comparison: separate env, optional,
+# not part of setup/test. It is a source distribution here: a native CPU build (about 25 min on a busy 2-core machine).
+llamacpp: .venv-llamacpp/.installed
+.venv-llamacpp/.installed: requirements-llamacpp.txt
+	test -x .venv-llamacpp/bin/python || $(PY) -m venv .venv-llamacpp
+	.venv-llamacpp/bin/pip install $(PIP_QUIET) --upgrade pip $(PIP_FILTER)
+	set -o pipefail; CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+	  CMAKE_BUILD_PARALLEL_LEVEL=2 .venv-llamacpp/bin/pip install $(PIP_QUIET) -r requirements-llamacpp.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	touch $@
 
 tools: .tools/.installed
