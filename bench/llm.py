@@ -129,8 +129,10 @@ def llamacpp_server(gguf: Path, work: Path) -> Iterator[str]:
     if not LLAMACPP_PYTHON.exists():
         raise RuntimeError(f"{LLAMACPP_PYTHON} is missing: run `make llamacpp` (builds llama-cpp-python)")
     port = free_port()
+    # by default a new request interrupts the one being generated: queue them instead, as Triton does
     cmd = [str(LLAMACPP_PYTHON), "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-           "--port", str(port), "--n_threads", str(THREADS), "--n_ctx", "2048"]  # fmt: skip
+           "--port", str(port), "--n_threads", str(THREADS), "--n_ctx", "2048",
+           "--interrupt_requests", "false"]  # fmt: skip
     log_path = work / "llamacpp.log"
     with log_path.open("ab") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
@@ -164,9 +166,29 @@ def llamacpp_target(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     with llamacpp_server(gguf, work) as url:
         fn = functools.partial(llm_perf.openai_stream, url, gguf.stem)
         points = run_target(fn, args)
+        token_check = chunk_count_check(url, gguf.stem, args.max_tokens)
     version = subprocess.run([str(LLAMACPP_PYTHON), "-c", "import llama_cpp; print(llama_cpp.__version__)"],
                              capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
-    return {"server": f"llama-cpp-python {version} /v1/chat/completions", "gguf": gguf.name, "points": points}
+    return {"server": f"llama-cpp-python {version} /v1/chat/completions", "gguf": gguf.name, "points": points,
+            "token_count": token_check}  # fmt: skip
+
+
+def chunk_count_check(url: str, model: str, max_tokens: int) -> dict[str, Any]:
+    """llama-cpp-python streams no usage, so its output tokens are counted as content chunks: compare that count
+    with the ``usage.completion_tokens`` of the same greedy request answered without streaming."""
+    messages = [{"role": "user", "content": PROMPTS[0]}]
+    params = {"max_tokens": max_tokens, "temperature": 0}
+    chunks = sum(1 for e in llm_perf.openai_stream(url, model, messages, params) if e.text)
+    parts = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(parts[0], int(parts[1]), timeout=300)
+    try:
+        body = json.dumps({"model": model, "messages": messages, **params})
+        conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+        usage = json.loads(conn.getresponse().read()).get("usage") or {}
+    finally:
+        conn.close()
+    return {"method": "content chunks", "prompt": PROMPTS[0], "content_chunks": chunks,
+            "usage_completion_tokens": usage.get("completion_tokens")}  # fmt: skip
 
 
 def gateway_target(args: argparse.Namespace) -> dict[str, Any]:

@@ -17,7 +17,7 @@ Two streaming clients yield :class:`StreamEvent` s, one per streamed chunk:
   number of non-empty chunks;
 - throughput: output tokens of all successful requests over the level's wall time.
 
-A failed request (refused, broken stream, error event) is counted in ``errors``, never raised. ``throughput``,
+A failed request (refused, an error event, a stream cut before its ``finish_reason``) is counted in ``errors``, never raised. ``throughput``,
 ``p50_ms`` and ``p99_ms`` (TTFT) make a point a benchmark PerfPoint, so selection picks the most tokens/s under a
 TTFT bound. Only the standard library is used (``http.client``, no proxies): importable in every venv.
 """
@@ -186,8 +186,10 @@ def _one(stream_fn: StreamFn, messages: Messages, params: dict[str, Any]) -> _Ru
     last_count: int | None = None  # completion_tokens at the previous non-empty chunk
     count: int | None = None
     chunks = 0
+    finished = False
     for event in stream_fn(messages, params):
         now = time.perf_counter()
+        finished = finished or bool(event.finish_reason)
         if event.completion_tokens is not None:
             count = event.completion_tokens
         if not event.text:
@@ -201,6 +203,8 @@ def _one(stream_fn: StreamFn, messages: Messages, params: dict[str, Any]) -> _Ru
             run.itl.extend([(now - last_stamp) / tokens] * tokens)
         last_stamp, last_count = now, count
     run.e2e = time.perf_counter() - started
+    if not finished:
+        raise StreamError(f"the stream ended without a finish_reason after {chunks} text chunks (cut short)")
     run.tokens = count if count is not None else chunks
     return run
 

@@ -81,6 +81,10 @@ class Handler(BaseHTTPRequestHandler):
             self._event({"text": "a", "finish_reason": "", "completion_tokens": 1})
             self._event({"error": "model crashed"})
             self._end()
+        elif self.path == "/v2/models/cut/generate_stream":
+            self._start()
+            self._event({"text": "a", "finish_reason": "", "completion_tokens": 1})
+            self._end()
         elif self.path == "/v1/chat/completions":
             if self.headers.get("Authorization") != f"Bearer {API_KEY}":
                 self._reject(401, {"error": {"message": "invalid API key", "type": "invalid_request_error"}})
@@ -187,6 +191,9 @@ def test_errors_are_counted_not_raised(server: ThreadingHTTPServer) -> None:
 
     midfail = measure_level(functools.partial(triton_stream, base(server), "midfail"), ["a"], 1, 2, 8)
     assert midfail["errors"] == 2 and "model crashed" in midfail["first_error"]
+
+    cut = measure_level(functools.partial(triton_stream, base(server), "cut"), ["a"], 1, 1, 8)
+    assert cut["errors"] == 1 and "without a finish_reason" in cut["first_error"] and cut["output_tokens"] == 0
 
     bad_key = functools.partial(openai_stream, base(server), "m", api_key="wrong")
     point = measure_level(bad_key, ["a"], 1, 1, 8)
