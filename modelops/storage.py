@@ -3,6 +3,13 @@
 Steps pass URIs, never blobs. Local paths are accepted everywhere an S3 URI is, which keeps steps
 runnable by hand and testable without a server. boto3 reads its endpoint and keys from the
 environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``) unless given.
+
+Faults: every S3 failure other than "no such key" and a lost conditional write is a :class:`StorageError`
+whose message is one line naming the operation, the URI and the cause (endpoint down, access denied, no
+such bucket, timeout). The client has explicit connect/read timeouts and a bounded number of attempts
+(``MODELOPS_S3_*`` settings). A conditional write carries a unique write id (``x-amz-meta-modelops-write-id``),
+the same on each of boto3's retries of that request: when a retry gets 412 because its own first attempt
+landed, the object holds our write id and the write is a success, not a false conflict.
 """
 
 from __future__ import annotations
@@ -10,13 +17,52 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+WRITE_ID_META = "modelops-write-id"  # user metadata of conditional writes (x-amz-meta-modelops-write-id)
+_PRECONDITION_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+_MISSING_CODES = ("404", "NoSuchKey", "NotFound")
 
 
 class PreconditionFailed(Exception):
     """A conditional write lost the race: the object changed (or exists) since it was read."""
+
+
+class StorageError(RuntimeError):
+    """An S3 call failed (endpoint down, access denied, no bucket, timeout); the message is one line."""
+
+
+def _cause(exc: BaseException) -> str:
+    """One line saying why an S3 call failed."""
+    from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+        message = err.get("Message") or ""
+        return f"{code}: {message}" if message and message != code else str(code)
+    if isinstance(exc, EndpointConnectionError):
+        return f"cannot reach the S3 endpoint {exc.kwargs.get('endpoint_url', '')}".rstrip()
+    if isinstance(exc, ConnectTimeoutError | ReadTimeoutError):
+        return f"timed out ({type(exc).__name__}: {exc})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+@contextmanager
+def s3_errors(operation: str, uri: str) -> Iterator[None]:
+    """Turn botocore failures inside the block into a one-line :class:`StorageError`."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        line = f"S3 {operation} {uri} failed: {_cause(exc)}"
+        raise StorageError(" ".join(line.split())) from exc
 
 
 def is_s3(uri: str) -> bool:
@@ -42,10 +88,19 @@ def join(uri: str, *parts: str) -> str:
 
 @dataclass
 class S3Config:
+    """Endpoint and keys of an S3 store; its repr/str never show the secret key."""
+
     endpoint_url: str | None = None
     access_key: str | None = None
-    secret_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
     region: str = "us-east-1"
+
+    def __repr__(self) -> str:
+        secret = "***" if self.secret_key else None
+        return (f"S3Config(endpoint_url={self.endpoint_url!r}, access_key={self.access_key!r}, "
+                f"secret_key={secret!r}, region={self.region!r})")
+
+    __str__ = __repr__
 
     @classmethod
     def from_env(cls) -> S3Config:
@@ -76,19 +131,31 @@ class Storage:
         self.config = config or S3Config.from_env()
         self._client = None
 
+    def __repr__(self) -> str:
+        return f"Storage({self.config!r})"
+
     @property
     def client(self):
+        """The boto3 S3 client: path addressing, explicit timeouts and attempts (``MODELOPS_S3_*`` settings)."""
         if self._client is None:
             import boto3
             from botocore.config import Config
 
+            from modelops.settings import Settings
+
+            settings = Settings.from_env()
             self._client = boto3.client(
                 "s3",
                 endpoint_url=self.config.endpoint_url,
                 aws_access_key_id=self.config.access_key,
                 aws_secret_access_key=self.config.secret_key,
                 region_name=self.config.region,
-                config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"}),
+                config=Config(
+                    s3={"addressing_style": "path"},
+                    connect_timeout=settings.s3_connect_timeout_s,
+                    read_timeout=settings.s3_read_timeout_s,
+                    retries={"total_max_attempts": settings.s3_max_attempts, "mode": "standard"},
+                ),
             )
         return self._client
 
@@ -97,10 +164,11 @@ class Storage:
         if not is_s3(uri):
             return Path(uri).read_bytes()
         bucket, key = parse_s3_uri(uri)
-        try:
-            return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except self.client.exceptions.NoSuchKey:
-            raise FileNotFoundError(uri) from None
+        with s3_errors("read", uri):
+            try:
+                return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            except self.client.exceptions.NoSuchKey:
+                raise FileNotFoundError(uri) from None
 
     def delete(self, uri: str) -> None:
         """Delete one object (or local file); deleting what does not exist is not an error."""
@@ -108,21 +176,30 @@ class Storage:
             Path(uri).unlink(missing_ok=True)
             return
         bucket, key = parse_s3_uri(uri)
-        self.client.delete_object(Bucket=bucket, Key=key)
+        with s3_errors("delete", uri):
+            self.client.delete_object(Bucket=bucket, Key=key)
 
     def read_with_etag(self, uri: str) -> tuple[bytes, str | None]:
         """Read an object and its ETag; ``(b"", None)`` when it does not exist."""
         bucket, key = parse_s3_uri(uri)
-        try:
-            obj = self.client.get_object(Bucket=bucket, Key=key)
-        except self.client.exceptions.NoSuchKey:
-            return b"", None
-        return obj["Body"].read(), obj["ETag"]
+        with s3_errors("read", uri):
+            try:
+                obj = self.client.get_object(Bucket=bucket, Key=key)
+            except self.client.exceptions.NoSuchKey:
+                return b"", None
+            return obj["Body"].read(), obj["ETag"]
 
     def write_bytes(self, uri: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> str:
         """Write an object. ``if_match``/``if_none_match`` make it a conditional write (S3 semantics).
 
-        Returns the new ETag (or "" for local files). Raises :class:`PreconditionFailed` on a lost race.
+        A conditional write carries a fresh write id in its metadata; after a 412 the object is read back
+        and, when it holds our write id (a retried request whose first attempt landed), the write succeeded.
+
+        Returns the new ETag (or "" for local files).
+
+        Raises:
+            PreconditionFailed: another writer changed (or created) the object first.
+            StorageError: S3 failed (one line).
         """
         if not is_s3(uri):
             path = Path(uri)
@@ -137,17 +214,39 @@ class Storage:
 
         bucket, key = parse_s3_uri(uri)
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": data}
+        conditional = bool(if_match or if_none_match)
         if if_match:
             kwargs["IfMatch"] = if_match
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
+        write_id = uuid.uuid4().hex
+        if conditional:
+            kwargs["Metadata"] = {WRITE_ID_META: write_id}
+        with s3_errors("write", uri):
+            try:
+                return self.client.put_object(**kwargs).get("ETag", "")
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code", "") not in _PRECONDITION_CODES or not conditional:
+                    raise
+            etag = self._landed(bucket, key, data, write_id)
+        if etag is None:
+            raise PreconditionFailed(uri)
+        return etag
+
+    def _landed(self, bucket: str, key: str, data: bytes, write_id: str) -> str | None:
+        """After a 412: the object's ETag if it is our own write (our write id), else None (a real conflict).
+
+        A store that keeps no user metadata at all is judged on the bytes.
+        """
         try:
-            return self.client.put_object(**kwargs).get("ETag", "")
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-                raise PreconditionFailed(uri) from None
-            raise
+            obj = self.client.get_object(Bucket=bucket, Key=key)
+        except self.client.exceptions.NoSuchKey:
+            return None
+        body = obj["Body"].read()
+        stored = {k.lower(): v for k, v in (obj.get("Metadata") or {}).items()}.get(WRITE_ID_META)
+        if stored == write_id or (stored is None and not obj.get("Metadata") and body == data):
+            return obj.get("ETag", "")
+        return None
 
     def read_json(self, uri: str) -> Any:
         return json.loads(self.read_bytes(uri))
@@ -161,13 +260,14 @@ class Storage:
         from botocore.exceptions import ClientError
 
         bucket, key = parse_s3_uri(uri)
-        try:
-            self.client.head_object(Bucket=bucket, Key=key)
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
+        with s3_errors("head", uri):
+            try:
+                self.client.head_object(Bucket=bucket, Key=key)
+                return True
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in _MISSING_CODES:
+                    return False
+                raise
 
     def download_file(self, uri: str, dest: Path) -> Path:
         dest = Path(dest)
@@ -176,7 +276,8 @@ class Storage:
             shutil.copyfile(uri, dest)
         else:
             bucket, key = parse_s3_uri(uri)
-            self.client.download_file(bucket, key, str(dest))
+            with s3_errors("download", uri):
+                self.client.download_file(bucket, key, str(dest))
         return dest
 
     def upload_file(self, src: Path, uri: str) -> str:
@@ -185,7 +286,8 @@ class Storage:
             shutil.copyfile(src, uri)
         else:
             bucket, key = parse_s3_uri(uri)
-            self.client.upload_file(str(src), bucket, key)
+            with s3_errors("upload", uri):
+                self.client.upload_file(str(src), bucket, key)
         return uri
 
     # -- prefixes ("directories") ---------------------------------------------------------------
@@ -197,8 +299,21 @@ class Storage:
         bucket, prefix = parse_s3_uri(uri)
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         out: list[str] = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            out.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
+        with s3_errors("list", uri):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                out.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
+        return sorted(out)
+
+    def list_entries(self, uri: str) -> list[tuple[str, float]]:
+        """``(object URI, last-modified epoch seconds)`` of every object under a prefix (recursive), sorted."""
+        if not is_s3(uri):
+            return [(p, Path(p).stat().st_mtime) for p in Storage.list(self, uri)]
+        bucket, prefix = parse_s3_uri(uri)
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        out: list[tuple[str, float]] = []
+        with s3_errors("list", uri):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                out.extend((f"s3://{bucket}/{o['Key']}", o["LastModified"].timestamp()) for o in page.get("Contents", []))
         return sorted(out)
 
     def download_dir(self, uri: str, dest: Path) -> Path:

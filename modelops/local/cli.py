@@ -8,6 +8,7 @@ modelops keys create|list|revoke     API keys of the serving gateway (modelops/s
 modelops serving reconcile [--watch S] load every routed deployment Triton does not serve (modelops/local/serving_cli.py)
 modelops rollout status MODEL [--json] routes and the latest rollout of a model (modelops/local/rollout_cli.py)
 modelops openwebui refresh [--json]  Open WebUI lists the routed chat models (modelops/local/openwebui_cli.py)
+modelops gc [--dry-run] [--grace-s N] remove deployments without a manifest, never a routed one (modelops/serving/gc.py)
 """
 
 from __future__ import annotations
@@ -148,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     from modelops.local import openwebui_cli
 
     openwebui_cli.add_parser(commands)
+    from modelops.serving import gc
+
+    gc.add_parser(commands)
     return parser
 
 
@@ -155,10 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``modelops`` console script."""
     args = build_parser().parse_args(argv)
     from modelops.local.stack.state import StackError
+    from modelops.storage import StorageError
 
     try:
         return int(args.func(args) or 0)
-    except StackError as exc:
+    except (StackError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

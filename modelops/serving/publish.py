@@ -150,7 +150,9 @@ def publish_candidate(
       bytes writes identical files, and an existing manifest there is reused);
     - the plain name is claimed for the same bytes by a publisher still uploading: wait up to ``claim_wait_s``
       for its manifest and reuse it; if it never comes (that publisher died), finish the upload ourselves
-      (the files are byte for byte the same).
+      (the files are byte for byte the same). A claim older than ``claim_wait_s`` is not waited for: its
+      publisher died mid-upload (a crash, an S3 outage), and its partial folder, never served since it has
+      no manifest, is completed at once. A partial folder of other bytes is left to ``modelops gc``.
 
     ``content_digest`` in the manifest and in the result is the digest of the rendering under the plain name
     (the one deployment file that names the model, ``config.pbtxt``, differs under the digest name).
@@ -259,7 +261,7 @@ def publish_content(
             pass
         held = _read_claim(storage, plain_uri)
         if held.get("content_digest") == digest:
-            if (claim_wait_s is not None and held.get("run_id") != run_id
+            if (claim_wait_s is not None and held.get("run_id") != run_id and not _stale(held, claim_wait_s)
                     and _wait_for_manifest(storage, plain_uri, claim_wait_s)):  # fmt: skip
                 if _same_content(verify_deployment(storage, plain_uri), files, digest):
                     return reuse(plain_uri)
@@ -274,6 +276,15 @@ def publish_content(
             raise PublishError(f"deployment {name} holds other bytes (digest prefix collision); refusing it")
         return reuse(uri)
     return commit(name, render(name))
+
+
+def _stale(claim: dict[str, Any], wait_s: float) -> bool:
+    """A claim older than ``wait_s``: its publisher died (or lost S3) before the manifest; do not wait for it."""
+    try:
+        claimed = datetime.fromisoformat(str(claim["claimed_at"]))
+    except (KeyError, ValueError):
+        return False
+    return (datetime.now(UTC) - claimed).total_seconds() > wait_s
 
 
 def _read_claim(storage: Storage, uri: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from modelops.contracts import ResultError, RunSpec, SpecError, Status, check_result
 from modelops.steps import EXIT_SKIPPED
-from modelops.storage import Storage, is_s3, join
+from modelops.storage import Storage, StorageError, is_s3, join
 
 log = logging.getLogger("modelops.steps")
 
@@ -198,7 +198,7 @@ def run_step(step: str, fn: Callable[[dict[str, Any], Storage], dict[str, Any]],
         _write(storage, args.result, spec if "spec" in locals() else None, step, result)
         print(f"{step}: skipped: {exc}", file=sys.stderr)
         return EXIT_SKIPPED
-    except (StepError, SpecError, ResultError) as exc:
+    except (StepError, SpecError, ResultError, StorageError) as exc:
         print(f"{step}: error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:

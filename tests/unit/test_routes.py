@@ -37,39 +37,32 @@ def test_canary_weights_sum_to_100():
         canary_weights({}, "new", 0)
 
 
-def test_conditional_writes_detect_a_concurrent_rollout(tmp_path, monkeypatch):
-    storage = Storage()
-    # Local-path storage: emulate the bucket with a directory and ETags with the S3 code path below.
+def test_conditional_writes_detect_a_concurrent_rollout(s3):
+    """On the conftest's S3 storage (ETags, If-Match, If-None-Match), as the integration tests on SeaweedFS."""
     bucket = "triton"
-    calls = {}
-
-    def read_with_etag(uri):
-        path = tmp_path / uri.removeprefix("s3://")
-        return (path.read_bytes(), str(path.stat().st_mtime_ns)) if path.exists() else (b"", None)
-
-    def write_bytes(uri, data, *, if_match=None, if_none_match=False):
-        path = tmp_path / uri.removeprefix("s3://")
-        current = str(path.stat().st_mtime_ns) if path.exists() else None
-        from modelops.storage import PreconditionFailed
-
-        if (if_none_match and current is not None) or (if_match is not None and if_match != current):
-            raise PreconditionFailed(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        calls[uri] = calls.get(uri, 0) + 1
-        return str(path.stat().st_mtime_ns)
-
-    monkeypatch.setattr(storage, "read_with_etag", read_with_etag)
-    monkeypatch.setattr(storage, "write_bytes", write_bytes)
-    first = read_routes(storage, bucket, "m")
+    uri = routes_uri(bucket, "m")
+    first = read_routes(s3, bucket, "m")
     assert first.revision == 0 and first.etag is None
-    one = write_routes(storage, bucket, first, {"m--v1-a": 100}, by="run1")
-    assert one.revision == 1
-    stale = first  # a second rollout that read before the first wrote
+    one = write_routes(s3, bucket, first, {"m--v1-a": 100}, by="run1")
+    assert one.revision == 1 and one.etag == s3.read_with_etag(uri)[1]
+    stale = first  # a second rollout that read before the first wrote: If-None-Match fails
     with pytest.raises(RoutesConflict):
-        write_routes(storage, bucket, stale, {"m--v1-b": 100}, by="run2")
-    assert read_routes(storage, bucket, "m").weights() == {"m--v1-a": 100}
-    assert calls[routes_uri(bucket, "m")] == 1
+        write_routes(s3, bucket, stale, {"m--v1-b": 100}, by="run2")
+    two = write_routes(s3, bucket, one, {"m--v1-a": 50, "m--v1-b": 50}, by="run3")
+    with pytest.raises(RoutesConflict):  # read revision 1, which is no longer there: If-Match fails
+        write_routes(s3, bucket, one, {"m--v1-c": 100}, by="run4")
+    now = read_routes(s3, bucket, "m")
+    assert now.revision == 2 and now.weights() == {"m--v1-a": 50, "m--v1-b": 50} and now.etag == two.etag
+    assert now.updated_by == "run3"
+    assert s3.writes[uri] == 2  # the losers wrote nothing
+
+
+def test_routes_conflict_when_the_file_appears_after_an_empty_read(s3):
+    empty = read_routes(s3, "triton", "m")
+    write_routes(s3, "triton", read_routes(s3, "triton", "m"), {"x": 100}, by="other")
+    with pytest.raises(RoutesConflict, match="changed since revision 0"):
+        write_routes(s3, "triton", empty, {"y": 100}, by="me")
+    assert read_routes(s3, "triton", "m").weights() == {"x": 100}
 
 
 def test_local_storage_delete_is_idempotent(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
@@ -20,6 +19,7 @@ from modelops.local.stack.state import (
     StackState,
     allocate_ports,
     check_ports_free,
+    make_private,
     port_offset_from_env,
 )
 from modelops.settings import Settings
@@ -139,7 +139,8 @@ def _ensure(ctx: Context, name: str) -> None:
     # starts with the cwd) imported the stack's `triton/` data folder as the `triton` package torch looks for
     workdir = state.stack_dir / "work" / spec.name
     workdir.mkdir(parents=True, exist_ok=True)
-    record = process.spawn(spec.name, spec.command(ctx), spec.env(ctx), log, cwd=workdir)
+    record = process.spawn(spec.name, spec.command(ctx), spec.env(ctx), log, cwd=workdir,
+                           mark=process.marker(state.stack_dir, name))
     state.services[name] = record
     state.save()
     try:
@@ -162,9 +163,8 @@ def up(settings: Settings | None = None, services: Iterable[str] | None = None) 
     settings = settings or Settings.from_env()
     offset = port_offset_from_env()
     stack_dir = settings.stack_dir
-    if not stack_dir.exists():
-        stack_dir.mkdir(parents=True)
-        os.chmod(stack_dir, 0o700)
+    stack_dir.mkdir(parents=True, exist_ok=True)
+    make_private(stack_dir)  # whatever existed before: the folder holds credentials and data
     start = time.monotonic()
     with _locked(stack_dir):
         state = _load_for_up(stack_dir, offset)
@@ -182,6 +182,7 @@ def up(settings: Settings | None = None, services: Iterable[str] | None = None) 
                          wait_s=PORT_RELEASE_WAIT_S)
         for name in wanted:
             _ensure(ctx, name)
+        make_private(stack_dir)  # and what the services created
     process.say(f"stack up in {time.monotonic() - start:.1f} s ({stack_dir})")
     return status(settings)
 
@@ -191,8 +192,10 @@ def down(
 ) -> dict[str, Any]:
     """Stop the stack's recorded processes (or the given services and what needs them); data is kept.
 
-    Only pids recorded in ``stack.json`` (and confirmed by their start time) are signalled: SIGTERM to the
-    process group, SIGKILL after 15 s. ``purge=True`` (all services only) also deletes the stack directory.
+    Pids recorded in ``stack.json`` (and confirmed by their start time) are signalled: SIGTERM to the process
+    group, SIGKILL after 15 s, then anything left in the service's session; last, every process that still
+    carries the stack's marker (``MODELOPS_STACK_ID``, set on each service) is stopped. ``purge=True`` (all
+    services only) also deletes the stack directory.
     Returns the status dict after stopping.
     """
     settings = settings or Settings.from_env()
@@ -211,6 +214,10 @@ def down(
                 process.say(f"stopped {LABELS[name]} (pid {record.pid}) in {time.monotonic() - started:.1f} s")
             state.services[name] = ServiceRecord()
             state.save()
+        # what escaped the services' sessions (double forks, setsid) still carries the stack's marker
+        names = None if services is None else with_dependents(services)
+        for pid in process.stop_leftovers(process.stack_id(stack_dir), names):
+            process.say(f"stopped leftover process {pid}")
         if purge:
             if not (stack_dir / "stack.json").is_file():
                 raise StackError(f"{stack_dir} does not look like a stack directory; not deleting it")

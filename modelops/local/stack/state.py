@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import socket
+import stat
 import string
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -176,6 +177,15 @@ class Credentials:
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 
+    def __repr__(self) -> str:
+        shown = {name: value if name in _NOT_SECRET else "***" for name, value in asdict(self).items()}
+        return "Credentials(" + ", ".join(f"{name}={value!r}" for name, value in shown.items()) + ")"
+
+    __str__ = __repr__
+
+
+_NOT_SECRET = frozenset({"airflow_username", "openwebui_admin_email"})  # the rest prints as *** in reprs
+
 
 # -- state file -------------------------------------------------------------------------------------
 @dataclass
@@ -251,6 +261,28 @@ class StackState:
     def save(self) -> None:
         """Write ``stack.json`` atomically with mode 600 (it holds the credentials)."""
         write_private(self.path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def make_private(root: Path) -> None:
+    """Owner-only access to ``root`` and everything under it, whatever modes they had.
+
+    Folders get 700; files lose every group and other bit (600, or 700 for an executable). Symlinks are
+    left alone (their targets may lie outside the stack).
+    """
+    root = Path(root)
+    os.chmod(root, 0o700)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            try:
+                mode = path.lstat().st_mode
+                if stat.S_ISLNK(mode):
+                    continue
+                private = 0o700 if stat.S_ISDIR(mode) else stat.S_IMODE(mode) & 0o700
+                if stat.S_IMODE(mode) != private:
+                    os.chmod(path, private)
+            except FileNotFoundError:  # a service removed it meanwhile
+                continue
 
 
 def write_private(path: Path, text: str) -> None:
