@@ -227,14 +227,10 @@ class Settings(BaseSettings):
     s3_connect_timeout_s: float = _var("MODELOPS_S3_CONNECT_TIMEOUT_S", "Connect timeout of S3 calls.", 5.0, gt=0)
     s3_read_timeout_s: float = _var("MODELOPS_S3_READ_TIMEOUT_S", "Read timeout of S3 calls.", 60.0, gt=0)
     s3_max_attempts: int = _var("MODELOPS_S3_MAX_ATTEMPTS", "Attempts per S3 call (standard retries).", 3, ge=1)
-    step_timeout_s: float = _var("MODELOPS_STEP_TIMEOUT_S", "Wall-clock limit of one local step subprocess; past "
-                                 "it the step's process group is killed.", 6900.0, gt=0)
-    step_kill_grace_s: float = _var("MODELOPS_STEP_KILL_GRACE_S", "Seconds between SIGTERM and SIGKILL when a step's "
-                                    "process group is stopped (task killed, timed out).", 10.0, ge=0)
-    mlflow_timeout_s: float = _var("MODELOPS_MLFLOW_TIMEOUT_S", "Timeout of one MLflow client request "
-                                   "(MLFLOW_HTTP_REQUEST_TIMEOUT).", 60.0, gt=0)
-    mlflow_max_retries: int = _var("MODELOPS_MLFLOW_MAX_RETRIES", "Retries of a failed MLflow client request "
-                                   "(MLFLOW_HTTP_REQUEST_MAX_RETRIES, exponential backoff).", 3, ge=0)
+    step_timeout_s: float = _var("MODELOPS_STEP_TIMEOUT_S", "Time limit of one local step.", 6900.0, gt=0)
+    step_kill_grace_s: float = _var("MODELOPS_STEP_KILL_GRACE_S", "SIGTERM to SIGKILL delay for a step.", 10.0, ge=0)
+    mlflow_timeout_s: int = _var("MODELOPS_MLFLOW_TIMEOUT_S", "Timeout of one MLflow client request.", 60, gt=0)
+    mlflow_max_retries: int = _var("MODELOPS_MLFLOW_MAX_RETRIES", "Retries of an MLflow client request.", 3, ge=0)
     # One slot: perf_analyzer runs of concurrent DAG runs would share the CPU and measure each other.
     benchmark_pool: str = _var("MODELOPS_BENCHMARK_POOL", "Airflow pool of local benchmark tasks (the stack "
                                "creates modelops_benchmark).", "", shown="default_pool")
@@ -280,12 +276,6 @@ class Settings(BaseSettings):
     def is_set(self, name: str) -> bool:
         """Whether the root setting ``name`` came from the environment rather than its default."""
         return name in self.model_fields_set
-
-    def mlflow_client_env(self) -> dict[str, str]:
-        """``MLFLOW_HTTP_REQUEST_TIMEOUT`` / ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` for MLflow clients (their own
-        defaults are 120 s and 7 retries with backoff: minutes before a dead server is reported)."""
-        return {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, round(self.mlflow_timeout_s))),
-                "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.mlflow_max_retries)}
 
     # Serving tools (the nvidia-pytriton wheel's tritonserver, tritonclient 2.51's perf_analyzer).
     @property

@@ -21,6 +21,7 @@ are imported when asked for, so importing this module costs the provider hooks o
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,11 @@ class MlflowHook(HttpHook):
         """An ``MlflowClient`` for tracking and registry on this server."""
         from mlflow import MlflowClient
 
+        from modelops.settings import Settings
+
+        settings = Settings.from_env()  # explicit timeout and retries (MLflow's own: 120 s, 7 retries)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.mlflow_timeout_s))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.mlflow_max_retries))
         uri = self.tracking_uri()
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import threading
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from modelops.process_tree import die_with_parent, kill_group
 from modelops.settings import KubernetesSettings, Settings
 from modelops.steps import EXIT_SKIPPED, HEAVY_STEPS
 
@@ -60,11 +62,13 @@ class LocalStepOperator(BaseOperator):
         self.spec = spec
         self.s3_conn_id = s3_conn_id
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, settings: Settings | None = None) -> dict[str, str]:
         from modelops_airflow.hooks import ModelOpsS3Hook
 
-        settings = Settings.from_env()
+        settings = settings or Settings.from_env()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__"))}
+        env.update(MLFLOW_HTTP_REQUEST_TIMEOUT=str(settings.mlflow_timeout_s),
+                   MLFLOW_HTTP_REQUEST_MAX_RETRIES=str(settings.mlflow_max_retries))
         env.update(ModelOpsS3Hook(aws_conn_id=self.s3_conn_id).s3_config().as_env())
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.repo_root), env.get("PYTHONPATH", "")]))
         env["PYTHONUNBUFFERED"] = "1"
@@ -82,17 +86,31 @@ class LocalStepOperator(BaseOperator):
             self.log.info("running %s", " ".join(cmd))
             # cwd is a fresh directory: `python -m` puts the cwd first on sys.path, and a stray folder there
             # (e.g. the stack's "triton" state dir) would shadow real packages in the worker environment.
-            rc, last_error = self._run(cmd, self._env(), cwd=tmp)
+            try:
+                rc, last_error = self._run(cmd, self._env(settings), cwd=tmp, timeout_s=settings.step_timeout_s,
+                                           grace_s=settings.step_kill_grace_s)
+            except TimeoutError as exc:
+                raise AirflowException(str(exc)) from None
             if rc == EXIT_SKIPPED:
                 raise AirflowSkipException(last_error or f"{self.step} does not apply here")
             if rc != 0:
                 raise AirflowException(last_error or f"{self.step} failed with exit code {rc}")
             return json.loads(result_path.read_text())
 
-    def _run(self, cmd: list[str], env: dict[str, str], cwd: str) -> tuple[int, str]:
-        """Stream stdout and stderr into the task log; return the exit code and the last stderr line."""
+    def _run(self, cmd: list[str], env: dict[str, str], cwd: str, timeout_s: float | None = None,
+             grace_s: float = 10.0) -> tuple[int, str]:
+        """Stream stdout and stderr into the task log; return the exit code and the last stderr line.
+
+        The step runs in a session (process group) of its own and gets SIGTERM if this process dies; a timeout,
+        an exception (Airflow's execution timeout) or :meth:`on_kill` stops the whole group (SIGTERM, then
+        SIGKILL after ``grace_s``), so nothing the step started outlives the task.
+
+        Raises:
+            TimeoutError: the step ran past ``timeout_s`` (its process group is gone by then).
+        """
+        self._grace_s = grace_s
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                bufsize=1)
+                                bufsize=1, start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))  # noqa: PLW1509 - prctl only
         self._proc = proc
         tail: deque[str] = deque(maxlen=20)
 
@@ -108,19 +126,26 @@ class LocalStepOperator(BaseOperator):
         for t in threads:
             t.start()
         try:
-            rc = proc.wait()
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.log.error("%s ran past %.0f s: stopping its process group", self.step, timeout_s)
+            kill_group(proc.pid, grace_s, leader=proc)
+            raise TimeoutError(f"{self.step} ran past its timeout of {timeout_s:.0f} s "
+                               "(MODELOPS_STEP_TIMEOUT_S) and was stopped") from None
         except BaseException:
-            proc.kill()
+            kill_group(proc.pid, grace_s, leader=proc)
             raise
-        for t in threads:
-            t.join()
+        finally:
+            for t in threads:
+                t.join(timeout=5)  # a process outside the group could hold the pipes open
         reason = next((line for line in reversed(tail) if line.startswith(f"{self.step}:")), tail[-1] if tail else "")
         return rc, reason
 
     def on_kill(self) -> None:
+        """Stop the step's whole process group (Airflow calls this on SIGTERM and on its execution timeout)."""
         proc = getattr(self, "_proc", None)
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
+        if proc is not None:
+            kill_group(proc.pid, getattr(self, "_grace_s", 10.0), leader=proc)
 
 
 def kubernetes_step(step: str, spec: str, k8s_settings: KubernetesSettings, *, gpu: bool = True, **kwargs: Any):

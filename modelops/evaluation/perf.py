@@ -9,6 +9,7 @@ import csv
 import io
 import logging
 import os
+import signal
 import subprocess
 from itertools import pairwise
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 from modelops.contracts.spec import BenchmarkSpec
+from modelops.process_tree import die_with_parent
 from modelops.settings import Settings
 
 log = logging.getLogger("modelops.evaluation.perf")
@@ -131,7 +133,9 @@ def _run_once(
     part.unlink(missing_ok=True)
     log.info("running %s", " ".join(cmd))
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
+        # in the step's process group (a killed task stops it with the step) and killed if the step dies first
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, check=False,
+                              preexec_fn=die_with_parent(signal.SIGKILL))
     except subprocess.TimeoutExpired:
         return None, f"ran past {timeout_s:.0f} s"
     if log_path is not None:

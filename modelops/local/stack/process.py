@@ -6,6 +6,7 @@ the one recorded at spawn, so a recycled pid never counts as a running service.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -99,8 +100,29 @@ def redact(cmd: Sequence[str]) -> list[str]:
     return [f"{arg.rsplit('=', 1)[0]}=***" if arg.startswith(_SECRET_FLAGS) else arg for arg in cmd]
 
 
-def spawn(name: str, cmd: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path) -> ServiceRecord:
-    """Start ``cmd`` detached (own session = own process group), stdout+stderr appended to ``log_path``."""
+# Every process a stack starts carries these variables (inherited by all it starts in turn, daemons included):
+# `down` finds the leftovers that escaped the service's session (double forks, setsid) by reading them back.
+STACK_ID_VAR = "MODELOPS_STACK_ID"
+STACK_SERVICE_VAR = "MODELOPS_STACK_SERVICE"
+
+
+def stack_id(stack_dir: Path) -> str:
+    """The marker value of the stack in ``stack_dir`` (a digest of its absolute path)."""
+    return hashlib.sha256(str(Path(stack_dir).resolve()).encode()).hexdigest()[:16]
+
+
+def marker(stack_dir: Path, service: str) -> dict[str, str]:
+    """The environment variables that mark ``service``'s processes as the stack's (see :func:`leftovers`)."""
+    return {STACK_ID_VAR: stack_id(stack_dir), STACK_SERVICE_VAR: service}
+
+
+def spawn(name: str, cmd: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path,
+          mark: dict[str, str] | None = None) -> ServiceRecord:
+    """Start ``cmd`` detached (own session = own process group), stdout+stderr appended to ``log_path``.
+
+    ``mark`` (:func:`marker`) is added to ``env`` so that :func:`stop_leftovers` finds every process it starts.
+    """
+    env = {**env, **(mark or {})}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC).isoformat(timespec="seconds")
     with open(log_path, "ab") as log:
@@ -167,6 +189,67 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def session_members(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (a service's children that moved to a process group of their own)."""
+    members = []
+    for proc in psutil.process_iter(["status"]):
+        if proc.info["status"] in _GONE:
+            continue
+        try:
+            if os.getsid(proc.pid) == sid:
+                members.append(proc.pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return members
+
+
+def _own_lineage() -> set[int]:
+    """This process and its ancestors: never signalled, even when they carry a stack's marker."""
+    pids = {os.getpid()}
+    try:
+        pids.update(p.pid for p in psutil.Process().parents())
+    except psutil.Error:
+        pass
+    return pids
+
+
+def leftovers(stack: str, services: Sequence[str] | None = None) -> list[psutil.Process]:
+    """Live processes marked with stack id ``stack`` (of ``services`` only, when given), this process excluded.
+
+    The marker is read back from each process's environment (``/proc/<pid>/environ``); processes of other
+    users are not readable and never match.
+    """
+    skip, found = _own_lineage(), []
+    for proc in psutil.process_iter(["status"]):
+        if proc.pid in skip or proc.info["status"] in _GONE:
+            continue
+        try:
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            continue
+        if env.get(STACK_ID_VAR) == stack and (services is None or env.get(STACK_SERVICE_VAR) in services):
+            found.append(proc)
+    return found
+
+
+def stop_leftovers(stack: str, services: Sequence[str] | None = None, grace_s: float = 5.0) -> list[int]:
+    """SIGTERM every :func:`leftovers` process, SIGKILL what is left after ``grace_s``; returns their pids."""
+    procs = leftovers(stack, services)
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return [proc.pid for proc in procs]
+
+
 def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -197,6 +280,11 @@ def stop(name: str, record: ServiceRecord, grace_s: float = 15.0) -> bool:
         except ProcessLookupError:
             pass
         _wait_group_gone(pgid, 5.0)
+    for pid in session_members(pgid):  # children that left the service's group but not its session
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     proc = _CHILDREN.pop(pgid, None)
     if proc is not None:
         try:

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from modelops.process_tree import die_with_parent
 from modelops.serving.triton import client as triton_client
 from modelops.serving.triton.admin import ADMIN_HEADER, RESTRICTED_APIS, new_token, restricted_args, with_admin
 from modelops.settings import Settings
@@ -191,8 +192,11 @@ class TritonProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = triton_env(self.settings, self.extra_env)
         with self.log_path.open("ab") as logf:
+            # own group (stop() kills its python stubs with it); SIGTERM (a graceful stop that ends the stubs) if
+            # the step that started it dies without stopping it (killed: no finally/__exit__ runs)
             self.process = subprocess.Popen(
-                self.command(), stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                self.command(), stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM),  # noqa: PLW1509 - the preexec only calls prctl
             )
         log.info(
             "tritonserver pid %s http %s grpc %s, log %s", self.process.pid, self.http_url, self.grpc_url, self.log_path

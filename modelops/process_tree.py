@@ -1,0 +1,115 @@
+"""Child processes that never outlive their parent: own process groups, parent-death signals, group kills.
+
+A step runs in a session of its own (``start_new_session``) so that the step operator can signal the step
+and everything it started at once (:func:`kill_group`: SIGTERM, a grace period, SIGKILL). Servers a step
+starts in a group of their own (``tritonserver`` and its python-backend stubs) or tools in the step's group
+(``perf_analyzer``) also get a parent-death signal (:func:`die_with_parent`, Linux ``PR_SET_PDEATHSIG``), so
+a step killed with SIGKILL (no ``finally`` runs) still takes them with it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive ``sig`` when the process that started it dies.
+
+    Linux only (None elsewhere: pass it to ``Popen(preexec_fn=...)`` as is). The signal follows the *thread*
+    that forked the child, so start long-lived children from a thread that lives as long as they should
+    (the main thread of a step). If the parent is already gone when the child runs, the child gets ``sig``
+    at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork: no dlopen in the child
+
+    def preexec() -> None:  # runs between fork and exec: only async-signal-safe calls (prctl, getppid, kill)
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died between fork and prctl
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live (non-zombie) processes of group ``pgid``, read from ``/proc`` (Linux)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        # after "(comm)": state, ppid, pgrp, session, ...
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            members.append(int(entry))
+    return members
+
+
+def group_alive(pgid: int) -> bool:
+    """True while a live process is in process group ``pgid`` (zombies waiting to be reaped do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return bool(group_members(pgid)) if os.path.isdir("/proc/self") else True
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_gone(pgid: int, leader: subprocess.Popen | None, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if leader is not None:
+            leader.poll()  # reap our own child, or it stays a zombie member of the group
+        if not group_alive(pgid):
+            if leader is not None:
+                try:
+                    leader.wait(timeout=5)  # a zombie by now: collect its exit status
+                except subprocess.TimeoutExpired:
+                    pass
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def kill_group(pgid: int, grace_s: float = 10.0, leader: subprocess.Popen | None = None) -> bool:
+    """Stop process group ``pgid``: SIGTERM to every member, SIGKILL to what is left after ``grace_s``.
+
+    Args:
+        pgid: the group (a child started with ``start_new_session=True`` leads the group of its own pid).
+        grace_s: seconds between SIGTERM and SIGKILL.
+        leader: the group leader's ``Popen`` when it is our child (reaped while waiting).
+
+    Returns:
+        True when the group is gone (after at most ``grace_s`` + 5 s).
+    """
+    if pgid <= 1 or pgid == os.getpgrp():
+        raise ValueError(f"refusing to kill process group {pgid} (our own or init's)")
+    if not group_alive(pgid):
+        return True
+    _signal_group(pgid, signal.SIGTERM)
+    if _wait_gone(pgid, leader, grace_s):
+        return True
+    _signal_group(pgid, signal.SIGKILL)
+    return _wait_gone(pgid, leader, 5.0)
