@@ -121,6 +121,15 @@ PARAMS = {
 }
 
 
+# Light network tasks retry a transient failure (S3, MLflow, Triton hiccups) with exponential backoff (15 s, 30 s,
+# 60 s); deterministic failures raise AirflowFailException and never retry. Each is safe to run again: resolve
+# re-takes its own lease (same owner) and writes a fresh spec, select rewrites its result, publish is
+# content-addressed and resumable, deploy reloads (idempotent) and recomputes the same weights, record re-logs
+# the same values. The heavy steps (minutes to hours of CPU/GPU) keep retries 0.
+LIGHT_RETRIES = {"retries": 3, "retry_delay": timedelta(seconds=15), "retry_exponential_backoff": 2.0,
+                 "max_retry_delay": timedelta(minutes=2)}
+
+
 @dag(
     dag_id="optimize_model",
     schedule=None,
@@ -132,31 +141,31 @@ PARAMS = {
     doc_md=__doc__,
 )
 def optimize_model():
-    @task
+    @task(**LIGHT_RETRIES)
     def resolve(params=None, run_id=None) -> dict:
         from operators import pipeline_tasks
 
         return pipeline_tasks.resolve(dict(params), run_id)
 
-    @task
+    @task(**LIGHT_RETRIES)
     def select(meta: dict) -> dict:
         from operators import pipeline_tasks
 
         return pipeline_tasks.select(meta["spec_uri"])
 
-    @task
+    @task(**LIGHT_RETRIES)
     def publish(meta: dict, selection: dict) -> dict:
         from operators import pipeline_tasks
 
         return pipeline_tasks.publish(meta["spec_uri"], selection)
 
-    @task
+    @task(**LIGHT_RETRIES)
     def deploy(meta: dict, selection: dict, publication: dict) -> dict:
         from operators import pipeline_tasks
 
         return pipeline_tasks.deploy(meta["spec_uri"], selection, publication)
 
-    @task(trigger_rule="none_failed")
+    @task(trigger_rule="none_failed", **LIGHT_RETRIES)
     def record(meta: dict, selection: dict, deployment: dict | None = None) -> dict:
         from operators import pipeline_tasks
 
