@@ -64,6 +64,7 @@ def test_candidate_failing_accuracy_is_rejected_and_never_published(wine, storag
     """A candidate with random weights (posing as ort_int8_static, a variant this run did not build): validate
     must reject it, select skip it, and it is never published."""
     from modelops.evaluation.selection import select
+    from modelops.serving.publish import verify_deployment
     from modelops.steps._common import load_result, result_uri
 
     reg, _meta, spec = wine
@@ -89,23 +90,44 @@ def test_candidate_failing_accuracy_is_rejected_and_never_published(wine, storag
     verdict = proc.result["candidates"][broken]
     assert verdict["status"] == "rejected" and verdict["reason"]
     assert proc.result["candidates"]["ort_fp32"]["status"] == "accepted"
+    # the broken candidate measures by far the fastest: only the validate verdict can keep it out
     bench = {"variants": {v: {"status": "done", "points": [{"concurrency": 1, "throughput": t, "p50_ms": 1, "p99_ms": 2}]}
                           for v, t in (("baseline", 10.0), ("ort_fp32", 20.0), (broken, 1e6))}}
-    assert select(proc.result, bench, 100).chosen == "ort_fp32"
-    assert not storage.exists(f"s3://{settings.triton_bucket}/{reg['name']}--v{reg['version']}-{broken}/manifest.json")
+    accepted_too = {**proc.result, "candidates": {**proc.result["candidates"], broken: {"status": "accepted"}}}
+    assert select(accepted_too, bench, 100).chosen == broken  # control: the bench alone would pick it
+    kinds = {"baseline": "pytorch", "ort_fp32": "onnxruntime", broken: "onnxruntime"}
+    storage.write_json(result_uri(bad_spec, "benchmark"), {"status": "done", "variants": {
+        v: {**m, "kind": kinds[v]} for v, m in bench["variants"].items()}})
+    # the pipeline's own select and publish tasks, on what validate wrote
+    from operators import pipeline_tasks
+
+    selection = pipeline_tasks.select(spec_uri)
+    assert selection["chosen"] == "ort_fp32"
+    publication = pipeline_tasks.publish(spec_uri, selection)
+    assert publication["deployment"] == f"{reg['name']}--v{reg['version']}-ort_fp32".lower()
+    verify_deployment(storage, publication["uri"])
+    broken_uri = f"s3://{settings.triton_bucket}/{reg['name']}--v{reg['version']}-{broken}".lower()
+    assert storage.list(broken_uri) == []  # not a file of it, manifest or not
 
 
 def test_unknown_alias_and_version_fail_resolve_with_one_line(register, wine):
+    from airflow.sdk.exceptions import AirflowFailException
+
     reg, _, _ = wine
-    with pytest.raises(Exception) as err:
+    with pytest.raises(AirflowFailException) as err:
         _resolve({"model_name": reg["name"], "model_alias": "nope"})
     assert str(err.value) == f"registered model {reg['name']!r} has no alias 'nope'"
-    with pytest.raises(Exception) as err:
+    with pytest.raises(AirflowFailException) as err:
         _resolve({"model_name": reg["name"], "model_version": "999"})
     assert str(err.value) == f"registered model {reg['name']!r} has no version '999'"
-    with pytest.raises(Exception) as err:
-        _resolve({"model_name": "never_registered_model"})
-    assert "give exactly one of model_version or model_alias" in str(err.value) or "not found" in str(err.value)
+    # a well-formed request (an alias given) for a model that does not exist: the missing model is the reason
+    missing = f"never_registered_{uuid.uuid4().hex[:6]}"
+    with pytest.raises(AirflowFailException) as err:
+        _resolve({"model_name": missing, "model_alias": "champion"})
+    assert str(err.value) == f"registered model {missing!r} not found in MLflow"
+    with pytest.raises(AirflowFailException) as err:  # and a malformed one says so, for a model that exists
+        _resolve({"model_name": reg["name"]})
+    assert str(err.value) == "give exactly one of model_version or model_alias"
 
 
 def test_corrupt_artifact_fails_the_run_and_says_why_on_the_version(register, airflow, storage, mlflow_client, settings):

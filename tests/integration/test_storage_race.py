@@ -145,3 +145,27 @@ def test_s3_failures_are_one_line_errors(storage, settings, monkeypatch):
         storage.read_bytes(f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}/k")
     with pytest.raises(StorageError, match=r"^S3 list s3://no-such-bucket-\w+/p failed: NoSuchBucket"):
         storage.list(f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}/p")
+
+
+def test_gc_on_s3_removes_an_unrouted_partial_deployment_and_keeps_a_routed_one(storage, settings):
+    import time
+
+    from modelops.serving.gc import collect
+
+    bucket, tag = settings.triton_bucket, uuid.uuid4().hex[:6]
+    dead, routed = f"gc{tag}--v1-ort_fp32", f"gc{tag}--v2-ort_fp32"
+    for name in (dead, routed):
+        storage.write_bytes(f"s3://{bucket}/{name}/config.pbtxt", b"name: x")
+        storage.write_bytes(f"s3://{bucket}/{name}/1/model.onnx", b"partial")
+    write_routes(storage, bucket, read_routes(storage, bucket, f"gc{tag}"), {routed: 100}, by="test")
+    later = time.time() + 120  # both were last written two minutes "ago"
+    found = {p.deployment: p.action for p in collect(storage, f"s3://{bucket}", grace_s=60, dry_run=True, now=later)}
+    assert found[dead] == "would remove" and found[routed] == "kept: routed"
+    assert len(storage.list(f"s3://{bucket}/{dead}")) == 2
+    young = {p.deployment: p.action for p in collect(storage, f"s3://{bucket}", grace_s=3600, now=later)}
+    assert young[dead] == "kept: younger than the grace period"
+    collect(storage, f"s3://{bucket}", grace_s=60, now=later)
+    assert storage.list(f"s3://{bucket}/{dead}") == []
+    assert len(storage.list(f"s3://{bucket}/{routed}")) == 2
+    for uri in storage.list(f"s3://{bucket}/{routed}") + [f"s3://{bucket}/routes/gc{tag}.json"]:
+        storage.delete(uri)
