@@ -7,7 +7,8 @@
 
 Every update is a conditional write (If-Match on the ETag that was read, If-None-Match for the first
 revision), so two rollouts can never silently overwrite each other: the loser gets
-:class:`RoutesConflict` and must re-read.
+:class:`RoutesConflict` and must re-read. A write that boto3 retried after its first attempt landed is not
+a conflict (:meth:`~modelops.storage.Storage.write_bytes` recognizes its own write id after the 412).
 """
 
 from __future__ import annotations
