@@ -1,7 +1,7 @@
 """LLM serving (issue 11): TTFT, inter-token latency and output tokens/s of SmolLM2 served three ways.
 
 Targets, each measured with :mod:`modelops.evaluation.llm_perf` (same prompts, greedy, fixed ``max_tokens``,
-concurrency 1, 2 and 4, one warm-up request first):
+concurrency 1, 2 and 4, after one warm-up request per prompt):
 
 - ``hf_eager`` / ``ort_genai_int4``: each LLM variant in its own private Triton (``TritonProcess`` on a local
   repository built with ``build_llm_model_dir(..., variant=...)``), streamed through ``generate_stream``;
@@ -33,6 +33,7 @@ import http.client
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -61,8 +62,9 @@ START_TIMEOUT_S = 300.0
 
 
 def run_target(stream_fn: llm_perf.StreamFn, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One short warm-up request, then every concurrency level."""
-    list(stream_fn([{"role": "user", "content": PROMPTS[0]}], {"max_tokens": 8, "temperature": 0}))
+    """Warm up with each prompt once (llama.cpp's first pass over the prompts was several times slower), then
+    every concurrency level."""
+    llm_perf.measure_level(stream_fn, PROMPTS, 1, len(PROMPTS), args.max_tokens)
     return llm_perf.measure(stream_fn, PROMPTS, args.concurrency, args.requests, args.max_tokens)
 
 
@@ -271,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {
         "note": args.note,
+        "command": shlex.join([".venv-worker/bin/python", "bench/llm.py", *(sys.argv[1:] if argv is None else argv)]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "threads_per_server": THREADS},
         "prompts": list(PROMPTS),
         "decoding": "greedy",
