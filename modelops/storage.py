@@ -47,7 +47,10 @@ def _cause(exc: BaseException) -> str:
         message = err.get("Message") or ""
         return f"{code}: {message}" if message and message != code else str(code)
     if isinstance(exc, EndpointConnectionError):
-        return f"cannot reach the S3 endpoint {exc.kwargs.get('endpoint_url', '')}".rstrip()
+        from urllib.parse import urlsplit
+
+        url = urlsplit(str(exc.kwargs.get("endpoint_url", "")))
+        return f"cannot reach the S3 endpoint {url.scheme}://{url.netloc}" if url.netloc else "cannot reach S3"
     if isinstance(exc, ConnectTimeoutError | ReadTimeoutError):
         return f"timed out ({type(exc).__name__}: {exc})"
     return f"{type(exc).__name__}: {exc}"
