@@ -3,7 +3,7 @@
 Targets, each measured with :mod:`modelops.evaluation.llm_perf` (same prompts, greedy, fixed ``max_tokens``,
 concurrency 1, 2 and 4, after one warm-up request per prompt):
 
-- ``hf_eager`` / ``ort_genai_int4``: each LLM variant in its own private Triton (``TritonProcess`` on a local
+- ``hf_eager`` / ``ort_genai_int8`` / ``ort_genai_int4``: each LLM variant in its own private Triton (``TritonProcess`` on a local
   repository built with ``build_llm_model_dir(..., variant=...)``), streamed through ``generate_stream``;
   the HF directory is SmolLM2 dequantized from its GGUF (``load_smollm2``), the ORT GenAI folder is built from it
   with ``python -m onnxruntime_genai.models.builder -p int4 -e cpu`` (the optimize step's command);
@@ -15,7 +15,7 @@ concurrency 1, 2 and 4, after one warm-up request per prompt):
 Every server gets 2 threads (the machine has 2 cores). It runs in the worker venv (torch, transformers,
 onnxruntime-genai, the GGUF package, and the Triton model's site-packages)::
 
-    .venv-worker/bin/python bench/llm.py                         # hf_eager, ort_genai_int4, llamacpp
+    .venv-worker/bin/python bench/llm.py                         # hf_eager, ort_genai_int8, ort_genai_int4, llamacpp
     .venv-worker/bin/python bench/llm.py --targets llamacpp --gateway
     .venv-worker/bin/python bench/llm.py --requests 2 --note "verification run, noisy shared machine"
 
@@ -54,7 +54,7 @@ PROMPTS = (
     "Explain what a GPU is in one sentence.",
     "Write a haiku about the sea.",
 )
-TRITON_TARGETS = ("hf_eager", "ort_genai_int4")
+TRITON_TARGETS = ("hf_eager", "ort_genai_int8", "ort_genai_int4")
 ALL_TARGETS = (*TRITON_TARGETS, "llamacpp")
 LLAMACPP_PYTHON = REPO / ".venv-llamacpp" / "bin" / "python"
 THREADS = 2
@@ -82,17 +82,16 @@ def hf_dir(work: Path, given: Path | None) -> Path:
     return out
 
 
-def genai_dir(work: Path, hf: Path, given: Path | None) -> Path:
-    """The ORT GenAI INT4 folder: ``given``, or built from ``hf`` with onnxruntime-genai's model builder."""
+def genai_dir(work: Path, hf: Path, variant: str, given: Path | None) -> Path:
+    """The ORT GenAI folder of ``variant``: ``given``, or built from ``hf`` the way the optimize step builds it
+    (:func:`modelops.steps.llm_build.build_variant`: precision and options from the variant registry)."""
+    from modelops.steps.llm_build import build_variant
+
     if given:
         return given
-    out = work / "smollm2_int4"
+    out = work / f"smollm2_{variant}"
     if not (out / "genai_config.json").is_file():
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out),
-               "-p", "int4", "-e", "cpu", "-c", str(work / "genai_cache")]  # fmt: skip
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"onnxruntime_genai builder failed: {(done.stderr or done.stdout).strip()[-300:]}")
+        build_variant(variant, hf, out, work / f"builder-{variant}.log")
     return out
 
 
@@ -103,7 +102,8 @@ def triton_target(variant: str, model_dir: Path, work: Path, args: argparse.Name
 
     name = f"smollm2_chat--bench-{variant}"
     repo = work / f"repo-{variant}"
-    build_llm_model_dir(repo / name, name=name, model_dir=model_dir, variant=variant, threads=THREADS)
+    # each runtime's serving defaults (llm_dir.DEFAULT_THREADS: 2 for transformers, 1 for onnxruntime-genai)
+    build_llm_model_dir(repo / name, name=name, model_dir=model_dir, variant=variant)
     log_path = work / f"triton-{variant}.log"
     with TritonProcess(repo, [name], log_path=log_path, timeout_s=START_TIMEOUT_S) as triton:
         fn = functools.partial(llm_perf.triton_stream, f"http://{triton.http_url}", name)
@@ -257,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if target == "hf_eager":
                     targets[target] = triton_target(target, hf_dir(work, args.hf_dir), work, args)
-                elif target == "ort_genai_int4":
-                    model = genai_dir(work, hf_dir(work, args.hf_dir), args.genai_dir)
+                elif target.startswith("ort_genai_"):
+                    model = genai_dir(work, hf_dir(work, args.hf_dir), target,
+                                      args.genai_dir if target == "ort_genai_int4" else None)
                     targets[target] = triton_target(target, model, work, args)
                 else:
                     targets[target] = llamacpp_target(work, args)
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "note": args.note,
         "command": shlex.join([".venv-worker/bin/python", "bench/llm.py", *(sys.argv[1:] if argv is None else argv)]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "threads_per_server": THREADS},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "threads_per_server": {"llamacpp": THREADS, "triton": "llm_dir.DEFAULT_THREADS (hf_eager 2, ort_genai 1)"}},
         "prompts": list(PROMPTS),
         "decoding": "greedy",
         "max_tokens": args.max_tokens,
