@@ -48,6 +48,27 @@ def variant_prefix(spec: dict[str, Any], variant: str) -> str:
     return join(spec["run_prefix"], variant)
 
 
+def download_source(storage: Storage, source_uri: str, dest: Path) -> Path:
+    """The registered model's directory (``source_uri``) at ``dest``; a one-line :class:`StepError` if unreadable."""
+    try:
+        return storage.download_dir(source_uri, dest)
+    except Exception as exc:
+        raise StepError(f"cannot download model artifact from {source_uri}: {first_line(exc)}") from exc
+
+
+def upload_measurement(storage: Storage, spec: dict[str, Any], variant: str, res: dict[str, Any]) -> dict[str, Any]:
+    """A benchmark measurement's local logs and CSV uploaded to ``<run prefix>/<variant>/``; ``res`` with their URIs
+    (``log_paths``/``csv_path`` replaced by ``csv`` and ``log``)."""
+    vprefix = variant_prefix(spec, variant)
+    for path in res.pop("log_paths"):
+        if path.exists():
+            storage.upload_file(path, join(vprefix, path.name))
+    csv_local = res.pop("csv_path")
+    res["csv"] = storage.upload_file(csv_local, join(vprefix, "perf.csv")) if csv_local else None
+    res["log"] = join(vprefix, "triton.log")
+    return res
+
+
 def load_result(storage: Storage, spec: dict[str, Any], step: str) -> dict[str, Any]:
     """The result an earlier step wrote, checked against its contract; a clear error if it never ran."""
     uri = result_uri(spec, step)

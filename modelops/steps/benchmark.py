@@ -25,8 +25,8 @@ from modelops.evaluation.perf import PerfAnalyzerError, PerfSettings, run_perf_a
 from modelops.serving.triton.local_server import TritonProcess, TritonStartError
 from modelops.serving.triton.model_dir import ONNX_FILE_KINDS, build_model_dir
 from modelops.settings import Settings
-from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
-from modelops.storage import Storage, join
+from modelops.steps._common import StepError, first_line, load_result, run_step, upload_measurement
+from modelops.storage import Storage
 
 log = logging.getLogger("modelops.steps.benchmark")
 
@@ -201,14 +201,7 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
             targets.append(Target(variant, candidate_kind, onnx, expected, assets))
         for target in targets:
             res = benchmark_target(target, io=io, max_batch_size=mbs, perf=perf, work=work / "runs", samples=samples)
-            vprefix = variant_prefix(spec, target.variant)
-            for path in res.pop("log_paths"):
-                if path.exists():
-                    storage.upload_file(path, join(vprefix, path.name))
-            csv_local = res.pop("csv_path")
-            res["csv"] = storage.upload_file(csv_local, join(vprefix, "perf.csv")) if csv_local else None
-            res["log"] = join(vprefix, "triton.log")
-            variants[target.variant] = res
+            variants[target.variant] = upload_measurement(storage, spec, target.variant, res)
             if target.variant == BASELINE and res["status"] != Status.DONE:
                 raise StepError(f"baseline ({target.kind} in Triton) failed: {res['reason']}")
     settings = {**perf.as_dict(), "max_batch_size": mbs, "instance_count": 1}

@@ -19,7 +19,7 @@ import numpy as np
 
 from modelops.contracts.status import Status
 from modelops.optimization import ort_cpu
-from modelops.steps._common import StepError, first_line, run_step, step_prefix
+from modelops.steps._common import StepError, download_source, first_line, run_step, step_prefix
 from modelops.storage import Storage, join
 
 log = logging.getLogger("modelops.steps.export")
@@ -176,11 +176,7 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
     prefix = step_prefix(spec, "export")
     source_uri = spec["source_uri"]
     with tempfile.TemporaryDirectory(prefix="modelops-export-") as tmp:
-        model_dir = Path(tmp) / "source_model"
-        try:
-            storage.download_dir(source_uri, model_dir)
-        except Exception as exc:
-            raise StepError(f"cannot download model artifact from {source_uri}: {first_line(exc)}") from exc
+        model_dir = download_source(storage, source_uri, Path(tmp) / "source_model")
         outcome = export_model(
             model_dir, spec["recipe"], Path(tmp) / "out", mlmodel=spec.get("mlmodel"), source_label=source_uri
         )

@@ -20,7 +20,7 @@ from typing import Any
 
 from modelops.contracts.status import Status
 from modelops.contracts.variants import VARIANTS, ArtifactFormat
-from modelops.steps._common import StepError, first_line, load_result, step_prefix, variant_prefix
+from modelops.steps._common import StepError, download_source, load_result, step_prefix, variant_prefix
 from modelops.storage import Storage, join
 
 log = logging.getLogger("modelops.steps.llm")
@@ -55,11 +55,7 @@ def export(spec: dict[str, Any], storage: Storage, recipe: Any) -> dict[str, Any
     prefix = step_prefix(spec, "export")
     source_uri = spec["source_uri"]
     with tempfile.TemporaryDirectory(prefix="modelops-export-llm-") as tmp:
-        model_dir = Path(tmp) / "source_model"
-        try:
-            storage.download_dir(source_uri, model_dir)
-        except Exception as exc:
-            raise StepError(f"cannot download model artifact from {source_uri}: {first_line(exc)}") from exc
+        model_dir = download_source(storage, source_uri, Path(tmp) / "source_model")
         try:
             hf = recipe.hf_dir(model_dir, Path(tmp) / "hf")
         except ValueError as exc:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from modelops.contracts.status import Status
-from modelops.steps._common import StepError, first_line, load_result, variant_prefix
+from modelops.steps._common import StepError, first_line, load_result, upload_measurement, variant_prefix
 from modelops.storage import Storage, join
 
 log = logging.getLogger("modelops.steps.llm")
@@ -230,14 +230,7 @@ def benchmark(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
             model_dir = storage.download_dir(uri, work / "models" / variant)
             res = benchmark_llm_target(variant, llm_variant, model_dir, work=work / "runs", prompts=prompts,
                                        concurrencies=concurrencies, max_tokens=max_tokens)  # fmt: skip
-            vprefix = variant_prefix(spec, variant)
-            for path in res.pop("log_paths"):
-                if path.exists():
-                    storage.upload_file(path, join(vprefix, path.name))
-            csv_local = res.pop("csv_path")
-            res["csv"] = storage.upload_file(csv_local, join(vprefix, "perf.csv")) if csv_local else None
-            res["log"] = join(vprefix, "triton.log")
-            variants[variant] = res
+            variants[variant] = upload_measurement(storage, spec, variant, res)
             if variant == BASELINE and res["status"] != Status.DONE:
                 raise StepError(f"baseline (hf_eager in Triton) failed: {res['reason']}")
     from modelops.serving.triton.llm_dir import DEFAULT_THREADS
