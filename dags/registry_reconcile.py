@@ -7,6 +7,8 @@ alias, legacy-stage or tag facts appear that call for a run, emits an asset even
 event and creates each run under the same deterministic run id the webhook uses
 (``mlflow__<model>__v<version>__alias-<alias>`` / ``__stage-<stage>`` / ``__tag-optimize``): a run the
 webhook already started is left alone, so push and pull together start exactly one run per registry fact.
+An alias moved back to an older version is a new fact: its id carries ``__after-<digest>`` of the alias's last
+recorded move (the model tag ``modelops.alias_run.<alias>``, which ``plan`` writes before the run is created).
 
 Tasks: ``plan`` turns the event's requests (or, when triggered by hand, the whole registry) into one
 ``TriggerDagRunOperator`` call per run that does not exist yet; ``start`` is that operator, mapped, with
@@ -53,6 +55,18 @@ def trigger_kwargs(requests: list[dict], existing: set[str] | frozenset[str] = f
             for run_id, req in sorted(wanted.items()) if run_id not in existing]
 
 
+def _record_alias_moves(requests: list[dict], run_ids: set[str]) -> None:
+    """Before the runs of alias moves are created, write each move on its model (``modelops.alias_run.<alias>``)
+    so that the alias moved back to this version later gets a new run id (see ``alias_run_id``)."""
+    from modelops.triggers.events import RunRequest, record_alias_moves
+
+    moves = [r for r in map(RunRequest.from_json, requests) if r.tag is not None and r.run_id in run_ids]
+    if moves:
+        from modelops_airflow.hooks import MlflowHook
+
+        record_alias_moves(MlflowHook(mlflow_conn_id=MLFLOW_CONN_ID).get_client(), moves)
+
+
 @dag(
     dag_id="registry_reconcile",
     schedule=[REGISTRY],
@@ -81,6 +95,7 @@ def registry_reconcile():
         run_ids = {item["run_id"] for item in requests}
         existing = {run_id for run_id in run_ids if ti.get_dr_count(dag_id=DAG_ID, run_ids=[run_id])}
         todo = trigger_kwargs(requests, existing)
+        _record_alias_moves(requests, {item["trigger_run_id"] for item in todo})
         for item in todo:
             print(f"to start: {DAG_ID} run {item['trigger_run_id']}: {item['note']}")
         print(f"reconciled {len(run_ids)} registry fact(s): {len(todo)} run(s) to start, "

@@ -44,7 +44,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from modelops.settings import Settings
-from modelops.triggers.events import MappedEvent, RunRequest, TriggerConfig, admit, event_name, map_webhook_event
+from modelops.triggers.events import (
+    MappedEvent,
+    RunRequest,
+    TriggerConfig,
+    admit,
+    event_name,
+    map_webhook_event,
+    with_model_tags,
+)
 from modelops.triggers.signature import ReplayGuard, WebhookRejected, load_secret, verify
 
 if TYPE_CHECKING:
@@ -202,8 +210,7 @@ def handle_delivery(body: bytes, headers: Mapping[str, str], peer: str = "?") ->
     if mapped.request is None:
         store.finish(delivery_id, None, f"ignored: {mapped.ignored}")
         return _reply(200, status="ignored", reason=mapped.ignored, delivery_id=delivery_id)
-    status, outcome = start_mapped_run(mapped, delivery_id, config, received_at)
-    run_id = mapped.request.run_id
+    status, outcome, run_id = start_mapped_run(mapped, delivery_id, config, received_at)
     if status == "ignored":
         return _reply(200, status="ignored", reason=outcome.removeprefix("ignored: "), delivery_id=delivery_id)
     if status == "failed":
@@ -240,6 +247,15 @@ def registered_model_tags(name: str, timeout: float = REGISTRY_TIMEOUT_S) -> dic
     return {t["key"]: t.get("value", "") for t in tags}
 
 
+def set_model_tag(name: str, key: str, value: str, timeout: float = REGISTRY_TIMEOUT_S) -> None:
+    """Set a tag on a registered model through MLflow's REST API."""
+    url = f"{_tracking_uri().rstrip('/')}/api/2.0/mlflow/registered-models/set-tag"
+    body = json.dumps({"name": name, "key": key, "value": value}).encode()
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    with _OPENER.open(req, timeout=timeout) as resp:
+        resp.read()
+
+
 def create_run(request: RunRequest, dag_id: str) -> str:
     """Queue the run through the REST API unless a run with that id exists: ``created`` or ``exists``."""
     global _api
@@ -253,31 +269,38 @@ def create_run(request: RunRequest, dag_id: str) -> str:
 
 
 def start_mapped_run(mapped: MappedEvent, delivery_id: str, config: TriggerConfig,
-                     received_at: float) -> tuple[str, str]:
+                     received_at: float) -> tuple[str, str, str]:
     """Check the model's opt-in if needed, then create the run; the outcome is noted in the delivery table.
 
+    An alias move's run id depends on the alias's last recorded move (the model's ``modelops.alias_run.<alias>``
+    tag, :func:`modelops.triggers.events.alias_run_id`); the tag is written before the run is created.
+
     Returns:
-        ``(status, outcome)``: status ``accepted`` (outcome ``created`` / ``exists``), ``ignored`` (outcome
-        ``ignored: <why>``) or ``failed`` (outcome ``error: <one line>``; the delivery may be retried).
+        ``(status, outcome, run id)``: status ``accepted`` (outcome ``created`` / ``exists``), ``ignored``
+        (outcome ``ignored: <why>``) or ``failed`` (outcome ``error: <one line>``; the delivery may be retried).
     """
     request = mapped.request
     assert request is not None
     store = guard()
     try:
-        tags = registered_model_tags(request.model_name) if mapped.needs_opt_in_check else None
+        needs_tags = mapped.needs_opt_in_check or request.tag is not None
+        tags = registered_model_tags(request.model_name) if needs_tags else None
         why_not = admit(mapped, tags, config)
         if why_not:
             outcome = f"ignored: {why_not}"
             store.finish(delivery_id, None, outcome)
             log.info("MLflow webhook %s: %s", delivery_id, outcome)
-            return "ignored", outcome
+            return "ignored", outcome, request.run_id
+        request = with_model_tags(request, tags)
+        if request.tag is not None and tags is not None and tags.get(request.tag[0]) != request.tag[1]:
+            set_model_tag(request.model_name, *request.tag)  # before the run: the next move is told apart
         outcome = create_run(request, config.dag_id)
     except Exception as exc:  # noqa: BLE001 - answered 503: MLflow retries, the reconcile picks the event up
         outcome = store.fail(delivery_id, request.run_id, _first_line(exc))
         log.warning("MLflow webhook %s: creating run %s failed (%s); answered 503 for a retry", delivery_id,
                     request.run_id, outcome)
-        return "failed", outcome
+        return "failed", outcome, request.run_id
     store.finish(delivery_id, request.run_id, outcome)
     log.info("MLflow webhook %s (%s): run %s %s in %.0f ms", delivery_id, request.reason, request.run_id, outcome,
              (time.time() - received_at) * 1000)
-    return "accepted", outcome
+    return "accepted", outcome, request.run_id

@@ -49,6 +49,7 @@ TAG_RECIPE = "modelops.recipe"  # the recipe resolve picked (also narrows nightl
 # triggers: registered-model / model-version tags read by the webhook, reconcile and nightly runs
 TAG_OPT_IN = "modelops.optimize"  # registered model (opt-in) or model version (explicit request)
 TAG_ALIAS = "modelops.alias"  # registered model: which alias the nightly run follows
+TAG_ALIAS_RUN = "modelops.alias_run"  # registered model, + ".<alias>": "<version>|<run id>" of the alias's last move
 TAG_FINGERPRINT = "modelops.fingerprint"  # model version: fingerprint of the last nightly-started run
 TAG_TASK = "modelops.task"  # registered model: its kind, one of TASKS (the gateway's /v1 API, Open WebUI refresh)
 TASKS = ("chat", "embedding")

@@ -4,7 +4,11 @@ Push (MLflow webhooks) and pull (registry reconcile) both turn what they see int
 objects through this module, so the same registry fact always maps to the same Airflow ``dag_run_id``:
 ``mlflow__<model>__v<version>__alias-<alias>``, ``...__stage-<stage>``, ``...__tag-optimize`` or
 ``...__created``. Creating a run whose id exists is a no-op, so retries, replays and a webhook racing the
-reconcile never start a second run.
+reconcile never start a second run. An alias moved back to a version it pointed at before is a new fact: the
+registered model's tag ``modelops.alias_run.<alias>`` (``"<version>|<run id>"``, written by whoever creates the
+run, before creating it) records the alias's last move, and a move to another version than that gets
+``...__alias-<alias>__after-<digest of the last move's run id>`` (:func:`alias_run_id`), while the same move
+seen again (duplicate delivery, retry, poll) maps to the recorded run id.
 
 Scope: by default only registered models opted in with the tag ``modelops.optimize=true`` are managed
 (``MODELOPS_TRIGGER_SCOPE=all`` manages every model). A version tagged ``modelops.optimize=true`` is an
@@ -19,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelops.contracts.naming import TAG_OPT_IN, TAG_STATUS
+from modelops.contracts.naming import TAG_ALIAS_RUN, TAG_OPT_IN, TAG_STATUS
 from modelops.settings import TRIGGER_SCOPES, Settings
 
 DAG_ID = "optimize_model"
@@ -78,6 +82,8 @@ class RunRequest:
     reason: str  # e.g. "alias champion -> v3"
     source: str  # webhook | reconcile | nightly
     settings: dict[str, Any] = field(default_factory=dict)  # variants / latency_slo_ms / accuracy_tolerance
+    # alias moves: the registered-model tag (key, value) the creator writes before creating the run
+    tag: tuple[str, str] | None = None
 
     @property
     def conf(self) -> dict[str, Any]:
@@ -92,12 +98,14 @@ class RunRequest:
     def to_json(self) -> dict[str, Any]:
         """JSON-safe form (asset event payloads, XCom)."""
         return {"run_id": self.run_id, "model_name": self.model_name, "model_version": self.model_version,
-                "reason": self.reason, "source": self.source, "settings": dict(self.settings)}
+                "reason": self.reason, "source": self.source, "settings": dict(self.settings),
+                "tag": list(self.tag) if self.tag else None}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunRequest:
+        tag = data.get("tag")
         return cls(str(data["run_id"]), str(data["model_name"]), str(data["model_version"]), str(data["reason"]),
-                   str(data["source"]), dict(data.get("settings") or {}))
+                   str(data["source"]), dict(data.get("settings") or {}), (str(tag[0]), str(tag[1])) if tag else None)
 
 
 def _safe(part: str) -> str:
@@ -122,17 +130,64 @@ def run_id_for(model: str, version: str | int, kind: str, key: str = "", prefix:
         e.g. ``mlflow__digits__v3__alias-champion``; at most 240 characters.
     """
     suffix = f"{kind}-{_safe(key)}" if key else kind
-    run_id = f"{prefix}__{_safe(model)}__v{int(version)}__{suffix}"
+    return _capped(f"{prefix}__{_safe(model)}__v{int(version)}__{suffix}")
+
+
+def _capped(run_id: str) -> str:
+    """``run_id`` cut to :data:`MAX_RUN_ID` characters, a digest of the whole keeping cut ids distinct."""
     if len(run_id) > MAX_RUN_ID:
         digest = hashlib.sha256(run_id.encode()).hexdigest()[:12]
         run_id = f"{run_id[: MAX_RUN_ID - 14]}__{digest}"
     return run_id
 
 
-def alias_request(model: str, version: str, alias: str, source: str) -> RunRequest:
-    """The run for ``alias`` pointing at ``version``."""
-    return RunRequest(run_id_for(model, version, "alias", alias), model, str(version), f"alias {alias} -> v{version}",
-                      source)
+def alias_tag(alias: str) -> str:
+    """The registered-model tag that remembers the last move of ``alias`` (``"<version>|<run id>"``)."""
+    return f"{TAG_ALIAS_RUN}.{alias}"
+
+
+def alias_run_id(model: str, version: str | int, alias: str, last_move: str = "") -> str:
+    """The run id of ``alias`` pointing at ``version``, given the alias's last recorded move (its tag value).
+
+    - no move recorded: ``mlflow__<model>__v<version>__alias-<alias>``;
+    - the last move was to this version (the same fact seen again: a duplicate delivery, a retry, a poll):
+      that move's run id, so the run is not created twice;
+    - the last move was to another version: a new move (e.g. back to an older version), a new run id,
+      ``...__alias-<alias>__after-<digest of the last move's run id>``, unique along the alias's history.
+    """
+    base = run_id_for(model, version, "alias", alias)
+    last_version, _, last_run = last_move.partition("|")
+    if not last_run:
+        return base
+    if last_version == str(int(version)):
+        return last_run
+    return _capped(f"{base}__after-{hashlib.sha256(last_run.encode()).hexdigest()[:10]}")
+
+
+def alias_request(model: str, version: str, alias: str, source: str,
+                  model_tags: Mapping[str, str] | None = None) -> RunRequest:
+    """The run for ``alias`` pointing at ``version``; ``model_tags`` (the registered model's) give the alias's
+    last move (:func:`alias_run_id`). The creator writes :attr:`RunRequest.tag` before creating the run."""
+    key = alias_tag(alias)
+    run_id = alias_run_id(model, version, alias, str((model_tags or {}).get(key) or ""))
+    return RunRequest(run_id, model, str(version), f"alias {alias} -> v{version}", source,
+                      tag=(key, f"{int(version)}|{run_id}"))
+
+
+def record_alias_moves(client: Any, requests: Iterable[RunRequest]) -> None:
+    """Write each alias request's :attr:`RunRequest.tag` on its registered model (``MlflowClient``), before the
+    runs are created: the next move of the alias is then told apart from this one."""
+    for request in requests:
+        if request.tag is not None:
+            client.set_registered_model_tag(request.model_name, request.tag[0], request.tag[1])
+
+
+def with_model_tags(request: RunRequest, model_tags: Mapping[str, str] | None) -> RunRequest:
+    """``request`` re-derived once the registered model's tags are known (the webhook maps before reading them)."""
+    if request.tag is None or not request.tag[0].startswith(f"{TAG_ALIAS_RUN}."):
+        return request
+    alias = request.tag[0].removeprefix(f"{TAG_ALIAS_RUN}.")
+    return alias_request(request.model_name, request.model_version, alias, request.source, model_tags)
 
 
 def stage_request(model: str, version: str, stage: str, source: str) -> RunRequest:
@@ -231,7 +286,7 @@ def wanted_runs(registered_models: Iterable[Any], config: TriggerConfig) -> list
         aliases = dict(getattr(rm, "aliases", None) or {})
         for alias in config.aliases:
             if alias in aliases:
-                req = alias_request(rm.name, str(aliases[alias]), alias, "reconcile")
+                req = alias_request(rm.name, str(aliases[alias]), alias, "reconcile", tags)
                 wanted[req.run_id] = req
         for mv in getattr(rm, "latest_versions", None) or []:
             stage = str(getattr(mv, "current_stage", "") or "")

@@ -85,3 +85,29 @@ def test_plan_with_nothing_new_maps_no_trigger(dag):
     events = {"x": [SimpleNamespace(extra={"payload": {"requests": [known.to_json()]}})]}
     assert dag.get_task("plan").python_callable(triggering_asset_events=events,
                                                 ti=_TaskInstance({known.run_id})) == []
+
+
+def test_plan_records_the_alias_moves_it_starts_before_their_runs_exist(dag, monkeypatch):
+    """An alias move's run id depends on the last recorded move: plan writes the model tag of each move it
+    starts (not of moves whose run exists), so moving the alias back later gets a new run id."""
+    from modelops.triggers.events import alias_request
+    from modelops_airflow import hooks
+
+    written: list[tuple[str, str, str]] = []
+
+    class _Hook:
+        def __init__(self, mlflow_conn_id: str) -> None:
+            assert mlflow_conn_id == "mlflow_default"
+
+        def get_client(self):
+            return SimpleNamespace(set_registered_model_tag=lambda *args: written.append(args))
+
+    monkeypatch.setattr(hooks, "MlflowHook", _Hook)
+    back = alias_request("digits", "3", "champion", "reconcile",
+                         {"modelops.alias_run.champion": "4|mlflow__digits__v4__alias-champion"})
+    done = alias_request("wine", "1", "champion", "reconcile")
+    events = {"x": [SimpleNamespace(extra={"payload": {"requests": [back.to_json(), done.to_json()]}})]}
+    todo = dag.get_task("plan").python_callable(triggering_asset_events=events, ti=_TaskInstance({done.run_id}))
+    assert [k["trigger_run_id"] for k in todo] == [back.run_id]
+    assert back.run_id.startswith("mlflow__digits__v3__alias-champion__after-")
+    assert written == [("digits", "modelops.alias_run.champion", f"3|{back.run_id}")]

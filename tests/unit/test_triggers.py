@@ -156,6 +156,54 @@ def test_reconcile_recovers_tag_requests_from_a_real_registry(tmp_path):
     assert requests[-1].note == "reconcile: tag modelops.optimize=true on v2"
 
 
+def test_alias_moved_back_gets_a_new_run_id_and_the_same_move_keeps_its_own():
+    tags: dict[str, str] = {}
+
+    def move(version: str) -> str:  # what a creator does: derive the id from the model's tags, record the move
+        req = ev.alias_request("m", version, "champion", "webhook", tags)
+        tags[req.tag[0]] = req.tag[1]
+        return req.run_id
+
+    first = move("1")
+    assert first == "mlflow__m__v1__alias-champion"  # a first move keeps the plain id
+    assert move("1") == first  # the same move seen again (duplicate delivery, poll): the same run
+    second = move("2")
+    back = move("1")  # moved back to v1: a new fact, a new run
+    assert second.startswith("mlflow__m__v2__alias-champion") and back.startswith("mlflow__m__v1__alias-champion__after-")
+    assert back not in (first, second) and move("1") == back
+    again = [move("2"), move("1")]  # each further move is unique along the alias's history
+    assert len({first, second, back, *again}) == 5
+    assert tags == {"modelops.alias_run.champion": f"1|{again[1]}"}
+    long = ev.alias_run_id("m" * 300, 1, "champion", "2|x")
+    assert len(long) <= ev.MAX_RUN_ID and long != ev.alias_run_id("m" * 300, 1, "champion", "2|y")
+
+
+def test_reconcile_sees_an_alias_moved_back_on_a_real_registry(tmp_path):
+    """The reconcile's alias facts read the move history from the registered model's tag (real SQLite MLflow)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("m", tags={naming.TAG_OPT_IN: "true"})
+    for i in range(2):
+        client.create_model_version("m", f"s3://nowhere/m/{i}")
+
+    def reconcile(version: str) -> list[str]:
+        client.set_registered_model_alias("m", "champion", version)
+        requests = [r for r in ev.registry_requests(client, CONFIG) if "alias" in r.run_id]
+        ev.record_alias_moves(client, requests)  # registry_reconcile's plan, before it creates the runs
+        return [r.run_id for r in requests]
+
+    first = reconcile("1")
+    assert first == ["mlflow__m__v1__alias-champion"] and reconcile("1") == first  # polled again: same run
+    reconcile("2")
+    back = reconcile("1")
+    assert back[0].startswith("mlflow__m__v1__alias-champion__after-") and reconcile("1") == back
+    webhook = ev.map_webhook_event(_body(ev.EVENT_ALIAS_CREATED, name="m", alias="champion", version="1"), CONFIG)
+    tags = client.get_registered_model("m").tags
+    assert ev.with_model_tags(webhook.request, tags).run_id == back[0]  # push and pull agree on the move
+
+
 # -- signatures and replays ------------------------------------------------------------------------
 def _signed(secret: str, body: bytes, ts: int | None = None, delivery: str = "d-1") -> dict[str, str]:
     ts_text = str(int(time.time()) if ts is None else ts)
@@ -343,7 +391,9 @@ def receiver(tmp_path, monkeypatch):
     monkeypatch.setattr(hook, "_guard", None)
     created: list[tuple[str, dict]] = []
     monkeypatch.setattr(hook, "create_run", lambda req, dag_id: created.append((req.run_id, req.conf)) or "created")
-    monkeypatch.setattr(hook, "registered_model_tags", lambda name: {naming.TAG_OPT_IN: "true"} if name == "m" else {})
+    tags: dict[str, dict[str, str]] = {"m": {naming.TAG_OPT_IN: "true"}}  # the registry's model tags
+    monkeypatch.setattr(hook, "registered_model_tags", lambda name: dict(tags.get(name, {})))
+    monkeypatch.setattr(hook, "set_model_tag", lambda name, key, value: tags.setdefault(name, {}).update({key: value}))
     return TestClient(hook.app), created
 
 
@@ -358,6 +408,22 @@ def test_receiver_accepts_then_creates_the_run(receiver):
     assert resp.status_code == 202 and resp.json()["run_id"] == "mlflow__m__v2__alias-champion"
     assert created == [("mlflow__m__v2__alias-champion", {"model_name": "m", "model_version": "2",
                                                           "model_alias": None})]
+
+
+def test_receiver_alias_moved_back_redeploys_and_a_second_delivery_of_a_move_maps_to_its_run(receiver):
+    client, created = receiver
+
+    def deliver(version: str, delivery: str) -> str:
+        resp = _post(client, _body("model_version_alias.created", name="m", alias="champion", version=version),
+                     delivery=delivery)
+        assert resp.status_code == 202, resp.text
+        return resp.json()["run_id"]
+
+    first, second, back = deliver("1", "a"), deliver("2", "b"), deliver("1", "c")
+    assert first == "mlflow__m__v1__alias-champion" and back.startswith(first + "__after-")
+    assert len({first, second, back}) == 3
+    assert deliver("1", "c-again") == back  # the same move delivered again (new delivery id): the same run id
+    assert [run_id for run_id, _ in created] == [first, second, back, back]  # Airflow answers "exists" to the last
 
 
 def test_receiver_rejects_forged_stale_and_replayed(receiver):

@@ -93,6 +93,59 @@ class FakeAirflowApi:
         self.thread.start()
 
 
+class FakeMlflowRegistry:
+    """MLflow's REST API, the two registry calls the receiver makes for an alias move: read a registered
+    model's tags (``GET /api/2.0/mlflow/registered-models/get``) and set one (``POST .../set-tag``)."""
+
+    def __init__(self) -> None:
+        self.tags: dict[str, dict[str, str]] = {}
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, code: int, body: dict[str, Any]) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self) -> None:
+                from urllib.parse import parse_qs, urlparse
+
+                url = urlparse(self.path)
+                name = parse_qs(url.query).get("name", [""])[0]
+                if url.path != "/api/2.0/mlflow/registered-models/get":
+                    return self._send(404, {"error_code": "ENDPOINT_NOT_FOUND"})
+                tags = [{"key": k, "value": v} for k, v in registry.tags.setdefault(name, {}).items()]
+                return self._send(200, {"registered_model": {"name": name, "tags": tags}})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                if self.path != "/api/2.0/mlflow/registered-models/set-tag":
+                    return self._send(404, {"error_code": "ENDPOINT_NOT_FOUND"})
+                registry.tags.setdefault(body["name"], {})[body["key"]] = body["value"]
+                return self._send(200, {})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture()
+def mlflow_registry():
+    registry = FakeMlflowRegistry()
+    yield registry
+    registry.stop()
+
+
 @pytest.fixture()
 def airflow_api():
     api = FakeAirflowApi()
@@ -101,15 +154,17 @@ def airflow_api():
 
 
 @pytest.fixture()
-def hook(tmp_path, monkeypatch, airflow_api):
-    """The receiver module, configured: secret, a fresh delivery table, scope ``all`` (no registry read),
-    a 1 KiB body limit and the Airflow API connection pointing at the fake."""
+def hook(tmp_path, monkeypatch, airflow_api, mlflow_registry):
+    """The receiver module, configured: secret, a fresh delivery table, scope ``all`` (no opt-in check; an
+    alias move still reads and records the alias's history on the fake registry), a 1 KiB body limit and the
+    Airflow API connection pointing at the fake."""
     import modelops_airflow.webhook as receiver
 
     monkeypatch.setenv("MODELOPS_WEBHOOK_SECRET", SECRET)
     monkeypatch.setenv("MODELOPS_WEBHOOK_DB", str(tmp_path / "deliveries.db"))
     monkeypatch.setenv("MODELOPS_WEBHOOK_MAX_BODY_KB", "1")
     monkeypatch.setenv("MODELOPS_TRIGGER_SCOPE", "all")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_registry.url)
     monkeypatch.setenv("AIRFLOW_CONN_AIRFLOW_API_DEFAULT", f"http://modelops:pw-for-tests@127.0.0.1:{airflow_api.port}/")
     monkeypatch.setattr(receiver, "_guard", None)
     monkeypatch.setattr(receiver, "_api", None)
@@ -253,6 +308,19 @@ def test_accepted_means_the_run_exists_and_a_duplicate_starts_none(client, airfl
     assert other.status_code == 202 and other.json()["run"] == "exists"
     assert list(airflow_api.runs) == [run_id]
     assert outcomes(tmp_path) == {"once": "created", "twice": "exists"}
+
+
+def test_alias_moved_back_creates_a_new_run_through_the_real_rest_calls(client, airflow_api, mlflow_registry):
+    """v3 -> v4 -> back to v3: three runs in Airflow; the move history is on the registered model's tag."""
+    ids = []
+    for delivery, version in (("to-3", "3"), ("to-4", "4"), ("back-to-3", "3")):
+        body = event(version=version)
+        resp = client.post(PATH, content=body, headers=headers(body, delivery=delivery))
+        assert resp.status_code == 202, resp.text
+        ids.append(resp.json()["run_id"])
+    assert ids[0] == "mlflow__m__v3__alias-champion" and ids[2].startswith(ids[0] + "__after-")
+    assert sorted(airflow_api.runs) == sorted(ids)
+    assert mlflow_registry.tags["m"] == {"modelops.alias_run.champion": f"3|{ids[2]}"}
 
 
 def test_failed_run_creation_is_503_and_mlflows_retry_creates_the_run(client, airflow_api, tmp_path):
