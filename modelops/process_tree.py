@@ -82,11 +82,11 @@ def _wait_gone(pgid: int, leader: subprocess.Popen | None, timeout_s: float) -> 
         if leader is not None:
             leader.poll()  # reap our own child, or it stays a zombie member of the group
         if not group_alive(pgid):
-            if leader is not None:
-                try:
-                    leader.wait(timeout=5)  # a zombie by now: collect its exit status
-                except subprocess.TimeoutExpired:
-                    pass
+            # the leader is a zombie by now: collect its exit status. poll(), not wait(): on_kill runs in a signal
+            # handler that may have interrupted a wait() on the same Popen, whose lock poll() never blocks on
+            reap_until = time.monotonic() + 1.0
+            while leader is not None and leader.poll() is None and time.monotonic() < reap_until:
+                time.sleep(0.01)
             return True
         if time.monotonic() >= deadline:
             return False
