@@ -146,9 +146,8 @@ def test_a_step_past_its_timeout_is_stopped_with_everything_it_started(tmp_path)
 
 
 def test_kill_group_escalates_to_sigkill_and_refuses_our_own_group():
-    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time\n"
-                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n"
-                                 "time.sleep(300)"], start_new_session=True, stdout=subprocess.PIPE, text=True)
+    code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(300)"
+    stubborn = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdout=subprocess.PIPE, text=True)
     try:
         assert stubborn.stdout.readline().strip() == "ready"
         started = time.monotonic()
