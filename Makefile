@@ -9,7 +9,7 @@ PIP_QUIET := -q --disable-pip-version-check
 # pip prints one line per package for the machine's optional local indexes; keep the log readable.
 PIP_FILTER := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup orchestrator worker modelopt openwebui llamacpp tools demo test test-unit test-worker test-integration bench docs stack-up stack-down lint clean
+.PHONY: setup orchestrator worker modelopt openwebui llamacpp tools demo test test-unit test-worker test-integration bench docs monitoring dashboards stack-up stack-down lint clean
 
 setup: orchestrator worker tools openwebui
 
@@ -92,6 +92,16 @@ bench: setup
 # README's configuration table, generated from modelops/settings.py (tests/unit/test_settings.py checks it)
 docs: orchestrator
 	$(VENV)/bin/python -m modelops.settings --update-readme README.md
+
+# Alert rules and dashboards (monitoring/): promtool checks and unit-tests the rules, the dashboards are up to date
+monitoring: orchestrator  # promtool: Debian's prometheus package (`make tools`)
+	promtool check rules monitoring/rules/*.yml
+	promtool test rules monitoring/tests/*.yml
+	$(VENV)/bin/python monitoring/dashboards/generate.py --check
+
+# Regenerate monitoring/dashboards/*.json from monitoring/dashboards/generate.py
+dashboards: orchestrator
+	$(VENV)/bin/python monitoring/dashboards/generate.py
 
 clean:
 	-$(VENV)/bin/modelops stack down

@@ -15,7 +15,7 @@ import pytest
 
 from modelops.local.stack import process
 from modelops.local.stack.endpoints import build_status, client_env
-from modelops.local.stack.monitoring_service import ready_file, render_prometheus_config
+from modelops.local.stack.monitoring_service import RULES_DIR, ready_file, render_prometheus_config
 from modelops.local.stack.service_spec import Context
 from modelops.local.stack.services import SPECS
 from modelops.local.stack.state import DEFAULT_PORTS, ServiceRecord, StackState, allocate_ports
@@ -39,21 +39,43 @@ def test_prometheus_port_is_distinct_in_each_stack_and_across_the_usual_offsets(
         assert not set(allocate_ports(a).values()) & set(allocate_ports(b).values()), (a, b)
 
 
+def _promtool_check_config(path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    promtool = shutil.which("promtool") or "/usr/bin/promtool"
+    # `make test` installs Debian's prometheus (scripts/install_tools.sh): a missing promtool is a broken setup
+    assert Path(promtool).exists(), "promtool not installed: run `make tools` (scripts/install_tools.sh)"
+    path.write_text(text)
+    return subprocess.run([promtool, "check", "config", str(path)], check=False, capture_output=True, text=True,
+                          timeout=60)
+
+
 def test_rendered_config_scrapes_triton_and_the_gateway_and_promtool_accepts_it(tmp_path: Path) -> None:
     state = StackState.new(tmp_path / "stack", 300)
     text = render_prometheus_config(state)
     assert "scrape_interval: 2s" in text and "evaluation_interval: 2s" in text
     assert "- job_name: triton" in text and "targets: ['127.0.0.1:8302']" in text
     assert "- job_name: gateway" in text and "targets: ['127.0.0.1:9300']" in text
-    promtool = shutil.which("promtool") or "/usr/bin/promtool"
-    # `make test` installs Debian's prometheus (scripts/install_tools.sh): a missing promtool is a broken setup
-    assert Path(promtool).exists(), "promtool not installed: run `make tools` (scripts/install_tools.sh)"
-    path = tmp_path / "prometheus.yml"
-    path.write_text(text)
-    proc = subprocess.run([promtool, "check", "config", str(path)], check=False, capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS" in proc.stdout + proc.stderr
+    assert f'rule_files:\n  - "{RULES_DIR}/*.yml"' in text
+    proc = _promtool_check_config(tmp_path / "prometheus.yml", text)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    # promtool check config also parses every rule file the config names: the same files as monitoring/rules
+    rule_files = sorted(RULES_DIR.glob("*.yml"))
+    assert {p.name for p in rule_files} >= {"gpu.yml", "triton.yml", "gateway.yml", "rollout.yml"}
+    assert f"SUCCESS: {len(rule_files)} rule files found" in out
+    for rules in rule_files:
+        assert f"Checking {rules}\n  SUCCESS:" in out, out
+
+
+def test_promtool_check_config_fails_on_a_broken_rule_file(tmp_path: Path) -> None:
+    """The config check covers the rules: a rule file with a bad expression fails it."""
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    (rules_dir / "bad.yml").write_text("groups:\n  - name: bad\n    rules:\n      - alert: Bad\n"
+                                       "        expr: rate(modelops_gateway_requests_total) > 1\n")
+    proc = _promtool_check_config(tmp_path / "prometheus.yml",
+                                  render_prometheus_config(StackState.new(tmp_path / "stack", 300), rules_dir))
+    assert proc.returncode != 0
+    assert "bad.yml" in proc.stdout + proc.stderr
 
 
 def test_prometheus_command_listens_on_the_stack_port_and_keeps_its_tsdb_in_the_stack(settings: Settings) -> None:

@@ -2,7 +2,9 @@
 
 - ``prometheus``: Debian's Prometheus server (``scripts/install_tools.sh`` installs it) scraping Triton's metrics
   port and the gateway's ``/metrics`` every 2 s, from ``<stack dir>/config/prometheus.yml`` (rendered on each
-  start), its TSDB in ``<stack dir>/prometheus`` (kept 7 days). Rollout analysis queries it with PromQL.
+  start), its TSDB in ``<stack dir>/prometheus`` (kept 7 days). Rollout analysis queries it with PromQL. It
+  evaluates the alert rules of ``monitoring/rules/*.yml`` (the same files a cluster's Prometheus loads; their
+  GPU alerts stay silent without dcgm-exporter); firing alerts show on its ``/alerts`` page.
 - ``reconciler``: ``modelops serving reconcile --watch 10`` against this stack, so that a routed deployment that
   Triton no longer serves (Triton restarted, a model unloaded by hand) is loaded again within one interval,
   without a ``stack up``. It reads Triton's admin token from ``stack.json`` (mode 600), never from its argv.
@@ -10,16 +12,19 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 from modelops.local.stack.endpoints import RECONCILE_INTERVAL_S, prometheus_config, prometheus_url
 from modelops.local.stack.service_spec import Context, _path_with, http
 from modelops.local.stack.state import HOST, StackError, StackState
+from modelops.settings import REPO_ROOT
 
 PROMETHEUS_BIN = Path("/usr/bin/prometheus")
 SCRAPE_INTERVAL = "2s"
 RETENTION = "7d"
+RULES_DIR = REPO_ROOT / "monitoring" / "rules"  # alert rules, unit-tested by monitoring/tests (promtool test rules)
 
 
 # -- Prometheus -------------------------------------------------------------------------------------
@@ -34,8 +39,9 @@ def prometheus_binary() -> Path:
     return Path(found)
 
 
-def render_prometheus_config(state: StackState) -> str:
-    """The Prometheus configuration of the stack: jobs ``triton`` (its metrics port) and ``gateway`` (/metrics)."""
+def render_prometheus_config(state: StackState, rules_dir: Path = RULES_DIR) -> str:
+    """The Prometheus configuration of the stack: jobs ``triton`` (its metrics port) and ``gateway`` (/metrics),
+    and the alert rules ``<rules_dir>/*.yml``."""
     ports = state.ports
     return "\n".join([
         "# written by `modelops stack up`; edits are overwritten on the next start of prometheus",
@@ -43,6 +49,8 @@ def render_prometheus_config(state: StackState) -> str:
         f"  scrape_interval: {SCRAPE_INTERVAL}",
         f"  evaluation_interval: {SCRAPE_INTERVAL}",
         f"  scrape_timeout: {SCRAPE_INTERVAL}",
+        "rule_files:",
+        f"  - {json.dumps(str(rules_dir / '*.yml'))}",
         "scrape_configs:",
         "  - job_name: triton",
         "    metrics_path: /metrics",

@@ -41,6 +41,7 @@ from modelops.serving.gateway.proxy import (
 )
 from modelops.serving.gateway.registry_info import RegistryInfo
 from modelops.serving.gateway.reload import RoutesSource, RoutesWatcher
+from modelops.serving.gateway.rollout_status import RolloutStatus, rollouts_root
 from modelops.serving.gateway.routing import RouteTable
 from modelops.storage import Storage
 
@@ -60,6 +61,8 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.watcher = RoutesWatcher(RoutesSource(config.routes_uri, storage), config.routes_poll_s,
                                      on_change=self.metrics.set_routes)
+        self.rollouts = RolloutStatus(rollouts_root(config.routes_uri), self.metrics,  # modelops_rollout_*
+                                      self.watcher.source.storage)
         self.auth = Authenticator(KeyStore(config.keys_db), config.key_ttl_s)
         self.in_flight = InFlight()
         self.registry = RegistryInfo(config.mlflow_url, config.registry_ttl_s)  # /v1/models descriptions
@@ -83,12 +86,14 @@ class Gateway:
         )
         await self.watcher.start()
         await self.registry.start()
+        await self.rollouts.start()
         log.info("gateway up: triton %s, routes %s, %d model(s)", self.config.triton_url, self.config.routes_uri,
                  len(self.watcher.tables))
         try:
             yield
         finally:
             await self.watcher.stop()
+            await self.rollouts.stop()
             await self.registry.close()
             await self._client.close()
             self._client = None

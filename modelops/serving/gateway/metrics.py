@@ -5,7 +5,13 @@
 - ``modelops_gateway_request_duration_seconds{model, deployment}``: latency histogram of forwarded requests;
 - ``modelops_gateway_in_flight{model, deployment}``: requests being forwarded now (a rollout waits for 0
   before it unloads a replaced deployment);
-- ``modelops_gateway_routes_revision{model}``: revision of the routes file being served.
+- ``modelops_gateway_routes_revision{model}``: revision of the routes file being served;
+- ``modelops_gateway_route_weight{model, deployment}``: weight (percent) of each deployment in the routes file
+  being served (alert rules join it with Triton's per-model series to find a routed deployment Triton lacks);
+- ``modelops_rollout_*{model}``: the latest rollout of each model, read from its rollout state document by
+  :mod:`.rollout_status` (``modelops_rollout_info{model, deployment, status, mode}`` = 1,
+  ``modelops_rollout_updated_timestamp_seconds``, ``modelops_rollout_canary_weight``,
+  ``modelops_rollout_step_interval_seconds``): the rollout alerts (stuck, rolled back) read them.
 """
 
 from __future__ import annotations
@@ -43,6 +49,26 @@ class GatewayMetrics:
             "modelops_gateway_routes_revision", "Revision of the routes file being served.",
             ("model",), registry=self.registry,
         )
+        self.route_weight = Gauge(
+            "modelops_gateway_route_weight", "Weight (percent) of a deployment in the routes file being served.",
+            ("model", "deployment"), registry=self.registry,
+        )
+        self.rollout_info = Gauge(
+            "modelops_rollout_info", "The latest rollout of a model (1): its deployment, status and mode.",
+            ("model", "deployment", "status", "mode"), registry=self.registry,
+        )
+        self.rollout_updated = Gauge(
+            "modelops_rollout_updated_timestamp_seconds", "When the latest rollout's state last changed (Unix time).",
+            ("model",), registry=self.registry,
+        )
+        self.rollout_weight = Gauge(
+            "modelops_rollout_canary_weight", "Percent of traffic the rollout's current step gives the new deployment.",
+            ("model",), registry=self.registry,
+        )
+        self.rollout_interval = Gauge(
+            "modelops_rollout_step_interval_seconds", "Seconds the rollout waits on each step before judging it.",
+            ("model",), registry=self.registry,
+        )
 
     def observe(self, model: str, deployment: str, code: int, seconds: float | None = None) -> None:
         """Count one answered request (and its latency when it was forwarded)."""
@@ -57,6 +83,12 @@ class GatewayMetrics:
         for labels in list(self.routes_revision._metrics):
             if labels[0] not in tables:
                 self.routes_revision.remove(*labels)
+        live = {(model, d): w for model, t in tables.items() for d, w in zip(t.deployments, t.weights, strict=True)}
+        for (model, deployment), weight in live.items():
+            self.route_weight.labels(model, deployment).set(weight)
+        for labels in list(self.route_weight._metrics):
+            if labels not in live:
+                self.route_weight.remove(*labels)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""
