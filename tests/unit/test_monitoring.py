@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
 from modelops.rollout.state import RolloutState
+from modelops.serving.gateway import GatewayConfig, create_app
 from modelops.serving.gateway.metrics import GatewayMetrics
 from modelops.serving.gateway.rollout_status import RolloutStatus, rollouts_root
 from modelops.serving.gateway.routing import parse_routes
@@ -264,3 +266,28 @@ def test_route_weights_follow_the_served_routes() -> None:
         (("deployment", "resnet--v1-ort"), ("model", "resnet")): 100.0}
     metrics.set_routes({})
     assert _samples(metrics, "modelops_gateway_route_weight") == {}
+
+
+def test_the_gateway_serves_route_weights_and_rollout_state_on_metrics(tmp_path: Path) -> None:
+    """The app's lifespan starts the rollout poller beside the routes watcher; /metrics shows both."""
+    routes, rollouts = tmp_path / "routes", tmp_path / "rollouts"
+    routes.mkdir()
+    rollouts.mkdir()
+    (routes / "resnet.json").write_text(json.dumps({"model": "resnet", "revision": 2, "routes": [
+        {"deployment": "resnet--v1-ort", "weight": 90}, {"deployment": "resnet--v2-ort", "weight": 10}]}))
+    (rollouts / "resnet.json").write_text(json.dumps(_state("resnet", "running", 0)))
+    config = GatewayConfig(triton_url="http://127.0.0.1:9", routes_uri=str(routes), keys_db=tmp_path / "keys.db")
+
+    async def scenario() -> str:
+        app = create_app(config)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=10) as client:
+                response = await client.get("/metrics")
+                assert response.status_code == 200
+                return response.text
+
+    text = asyncio.run(scenario())
+    assert 'modelops_gateway_route_weight{deployment="resnet--v2-ort",model="resnet"} 10.0' in text
+    assert 'modelops_rollout_info{deployment="resnet--v2-ort",mode="canary",model="resnet",status="running"} 1.0' in text
+    assert 'modelops_rollout_canary_weight{model="resnet"} 10.0' in text
