@@ -171,7 +171,8 @@ def test_step_pods_from_the_kpo_defaults_are_valid_and_placed_on_the_right_gpus(
     pools = gpu_capacity.airflow_pools(gpu_capacity.gpu_capacity(gpu_capacity.read_nodes_file(NODES_FIXTURE)))
     for trigger in ("manual", "event", "nightly"):
         data = {**kpo["data"], "MODELOPS_K8S_PRIORITY_CLASS": notes[f"modelops.io/priority-class.{trigger}"]}
-        pod = _step_pod(data, active_deadline_seconds=deadline)
+        pod = _step_pod(data, active_deadline_seconds=deadline,
+                        deferrable=notes["modelops.io/deferrable"] == "true")
         kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
         spec = pod["spec"]
         assert spec["priorityClassName"] == notes[f"modelops.io/priority-class.{trigger}"]
@@ -320,6 +321,57 @@ def test_compose_bind_mounts_and_build_files_exist():
     assert "../monitoring/rules:/etc/prometheus/rules:ro" in compose["services"]["prometheus"]["volumes"]
     prometheus = yaml.safe_load((DOCKER / "compose" / "prometheus.yml").read_text())
     assert prometheus["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+
+
+def test_compose_prometheus_config_loads_the_monitoring_rules(tmp_path):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (scripts/install_tools.sh installs Debian's prometheus)")
+    config = (DOCKER / "compose" / "prometheus.yml").read_text()
+    # the container's mount point of ../monitoring/rules, pointed back at the repository
+    config = config.replace("/etc/prometheus/rules/", f"{REPO / 'monitoring' / 'rules'}/")
+    (tmp_path / "prometheus.yml").write_text(config)
+    proc = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"SUCCESS: [1-9]\d* rule files found", proc.stdout), proc.stdout
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[re.sub(r"\[.*\]", "", name).lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def test_image_requirements_keep_the_repository_pins():
+    worker = _pins(REPO / "requirements-worker.txt")
+    orchestrator = _pins(REPO / "requirements.txt")
+    gpu = _pins(DOCKER / "requirements-worker-gpu.txt")
+    # the Dockerfiles drop exactly these CPU builds from requirements-worker.txt (grep -vE '^(...)==')
+    dropped = {"onnxruntime", "onnxruntime-genai"}
+    assert dropped <= set(worker), "the CPU builds the GPU images replace are no longer pinned there"
+    assert "grep -vE '^(onnxruntime|onnxruntime-genai)=='" in (DOCKER / "worker-gpu.Dockerfile").read_text()
+    assert not set(gpu) & (set(worker) - dropped), "a GPU pin would clash with a worker pin"
+    assert {"onnxruntime-gpu", "onnxruntime-genai-cuda", "tensorrt-cu12", "polygraphy"} <= set(gpu)
+    for name, version in _pins(DOCKER / "requirements-triton-python.txt").items():
+        if name in worker:
+            assert worker[name] == version, f"{name}: triton image {version}, worker {worker[name]}"
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    for name, version in _pins(DOCKER / "requirements-serving.txt").items():
+        if name in orchestrator:
+            assert orchestrator[name] == version, f"{name}: serving images {version}, requirements.txt {orchestrator[name]}"
+        try:  # the gateway's tests run on these versions (the orchestrator environment)
+            assert installed(name) == version, f"{name}: serving images {version}, tested with {installed(name)}"
+        except PackageNotFoundError:
+            pass
+    assert "open-webui==0.12.4" in (REPO / "requirements-openwebui.txt").read_text()
+    assert "ghcr.io/open-webui/open-webui:v0.12.4" in (DOCKER / "open-webui.Dockerfile").read_text()
 
 
 def test_init_secrets_writes_private_files_once(tmp_path):
