@@ -304,6 +304,13 @@ def test_compose_services_gpus_ports_secrets_and_health(compose_project):
             if SECRETISH.search(key) and not key.endswith(("_FILE", "_CMD")):
                 assert str(value).startswith("/run/secrets/"), (name, key)
     assert services["mlflow"]["environment"]["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"], "from env/mlflow.env"
+    # MLflow's own host-header check accepts the name its clients use (gateway, Airflow connection)
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    allowed = services["mlflow"]["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    mlflow_url = services["gateway"]["environment"]["MODELOPS_GATEWAY_MLFLOW_URL"]
+    assert is_allowed_host_header(allowed, mlflow_url.removeprefix("http://"))
+    assert is_allowed_host_header(allowed, "127.0.0.1:5000") and not is_allowed_host_header(allowed, "evil.example:5000")
     command = " ".join(services["triton"]["command"])  # $$: compose's escape of the shell's $(...)
     assert all(flag in command for flag in _restricted_flags("$$(cat /run/secrets/triton_admin_token)"))
     assert "--model-control-mode=explicit" in command and "--model-repository=s3://" in command
