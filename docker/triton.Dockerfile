@@ -12,9 +12,8 @@ WORKDIR /opt/modelops
 COPY docker/requirements-triton-python.txt docker/requirements-serving.txt ./docker/
 RUN pip install --no-cache-dir -r docker/requirements-triton-python.txt -r docker/requirements-serving.txt
 COPY pyproject.toml ./
+# the core library only: a deployment is self-contained (its model.py and helpers ship in it)
 COPY modelops ./modelops
-COPY model_recipes ./model_recipes
-COPY triton_repo_templates ./triton_repo_templates
 RUN pip install --no-cache-dir --no-deps . \
     && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin modelops
 

@@ -430,9 +430,16 @@ def test_dockerfile_pins_bases_runs_non_root_and_has_a_healthcheck(path):
     else:
         assert users and users[-1] not in {"root", "0"}, f"{path.name} runs as root"
     assert any(i["instruction"] == "HEALTHCHECK" for i in parser.structure), f"{path.name}: no HEALTHCHECK"
+    sources = set()
     for copy in (i for i in parser.structure if i["instruction"] == "COPY" and "--from" not in i["value"]):
         for source in [w for w in copy["value"].split() if not w.startswith("--")][:-1]:
             assert (REPO / source).exists(), f"{path.name}: COPY {source} is not in the repository"
+            sources.add(source)
+    # the build context (the repository root) is an allowlist: exactly what the COPY lines use, so neither the
+    # virtual environments (GBs) nor docker/secrets/ are ever sent to the builder
+    ignore = [line for line in Path(f"{path}.dockerignore").read_text().splitlines() if not line.startswith("#")]
+    assert ignore[0] == "*"
+    assert {line[1:] for line in ignore if line.startswith("!")} == sources
 
 
 # -- GPU pool sizing --------------------------------------------------------------------------------------------
