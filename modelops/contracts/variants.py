@@ -34,6 +34,7 @@ class Runtime(StrEnum):
     ONNXRUNTIME = "onnxruntime"
     TENSORRT = "tensorrt"
     ONNXRUNTIME_GENAI = "onnxruntime-genai"
+    OPENVINO = "openvino"
 
 
 class Family(StrEnum):
@@ -99,6 +100,7 @@ _ORT_SERVING = {Device.CPU: PYTHON_BACKEND, Device.GPU: ONNXRUNTIME_BACKEND}
 _QDQ_SERVING = {Device.GPU: ONNXRUNTIME_BACKEND}  # with the TensorRT execution accelerator
 _PLAN_SERVING = {Device.GPU: TENSORRT_BACKEND}
 _LLM_SERVING = {Device.CPU: PYTHON_BACKEND, Device.GPU: PYTHON_BACKEND}  # onnxruntime-genai (CUDA build on GPU)
+_OV_SERVING = {Device.CPU: PYTHON_BACKEND}  # OpenVINO in our python-backend models (NGC Triton has a native backend)
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -119,6 +121,11 @@ VARIANTS: dict[str, Variant] = {
                 _PLAN_SERVING, source="modelopt_int8", summary="TensorRT INT8 engine from the ModelOpt Q/DQ model"),
         Variant("trt_fp8", BuildStep.COMPILE, ArtifactFormat.TENSORRT_PLAN, Runtime.TENSORRT, Device.GPU,
                 _PLAN_SERVING, source="modelopt_fp8", summary="TensorRT FP8 engine from the ModelOpt Q/DQ model"),
+        # OpenVINO on CPU (modelops.optimization.openvino): ``precision`` is the compile-time inference precision hint
+        Variant("openvino_bf16", BuildStep.OPTIMIZE, ArtifactFormat.ONNX, Runtime.OPENVINO, Device.CPU, _OV_SERVING,
+                options={"precision": "bf16"}, summary="OpenVINO, the fp32 ONNX run in bf16 (needs AMX/AVX512-BF16)"),
+        Variant("openvino_int8", BuildStep.OPTIMIZE, ArtifactFormat.ONNX_QDQ, Runtime.OPENVINO, Device.CPU,
+                _OV_SERVING, options={"precision": "f32"}, summary="OpenVINO, NNCF post-training INT8 (calibrated Q/DQ)"),
         # LLMs (text_generation recipe): ONNX Runtime GenAI's model builder, weight-only MatMulNBits, served by a
         # decoupled python-backend model running onnxruntime-genai (the source, hf_eager, is the baseline)
         Variant("ort_genai_int8", BuildStep.OPTIMIZE, ArtifactFormat.ONNX_GENAI, Runtime.ONNXRUNTIME_GENAI,

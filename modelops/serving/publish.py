@@ -163,7 +163,7 @@ def publish_candidate(
     Raises:
         PublishError: not servable on the target device, no optimized model, or the name holds another model.
     """
-    from modelops.serving.triton.model_dir import build_model_dir
+    from modelops.serving.triton.model_dir import build_model_dir, runtime_parameters
 
     plain = deployment_name(spec["model_name"], spec["model_version"], variant)
     info, device = get_variant(variant), Device(spec.get("serving_device") or Device.CPU)
@@ -187,6 +187,7 @@ def publish_candidate(
                 io=export_result.get("serving_io") or export_result["io"],
                 max_batch_size=int(export_result["max_batch_size"]),
                 assets=assets,
+                parameters=runtime_parameters(variant),  # e.g. OpenVINO's engine and precision hint
             )
 
         def manifest_for(root: Path, name: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from modelops.contracts.status import Status
 from modelops.contracts.variants import Device, get_variant
 from modelops.evaluation.perf import PerfAnalyzerError, PerfSettings, run_perf_analyzer
 from modelops.serving.triton.local_server import TritonProcess, TritonStartError
-from modelops.serving.triton.model_dir import ONNX_FILE_KINDS, build_model_dir
+from modelops.serving.triton.model_dir import ONNX_FILE_KINDS, build_model_dir, runtime_parameters
 from modelops.settings import Settings
 from modelops.steps._common import StepError, first_line, load_result, run_step, upload_measurement
 from modelops.storage import Storage
@@ -95,6 +95,7 @@ def benchmark_target(
         max_batch_size=max_batch_size,
         threads=perf.threads,
         assets=target.assets,
+        parameters=runtime_parameters(target.variant),  # e.g. OpenVINO's engine and precision hint
     )
     try:
         with TritonProcess(repo, [name], log_path=triton_log, settings=tools) as triton:

@@ -23,11 +23,11 @@ import numpy as np
 from modelops.contracts.status import Status
 from modelops.contracts.variants import Runtime, get_variant, optimize_targets
 from modelops.contracts.variants import check_variants as check_registry
+from modelops.optimization import openvino
 from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
 from modelops.storage import Storage, join
 
 log = logging.getLogger("modelops.steps.optimize")
-
 
 
 def transformer_hints(src: Path) -> dict[str, Any] | None:
@@ -260,6 +260,8 @@ BUILDERS: dict[str, Builder] = {
     "ort_int8_static": ort_int8_static,
     "modelopt_int8": modelopt_builder("int8"),
     "modelopt_fp8": modelopt_builder("fp8"),
+    "openvino_bf16": openvino.build_bf16,  # OpenVINO variants (modelops.optimization.openvino): skipped without it
+    "openvino_int8": openvino.build_int8,
 }
 
 
@@ -282,11 +284,10 @@ def build_candidate(variant: str, ctx: VariantContext) -> dict[str, Any]:
 
     Returns:
         ``{"status": done|failed|skipped, "path", "size_bytes", "reason", "runtime", "artifacts", ...}`` plus the
-        builder's extra fields. ``runtime`` is ``onnxruntime`` or ``tensorrt`` (Q/DQ models for TensorRT: they
-        need not load in ONNX Runtime on CPU; ``cpu_loadable`` says whether they do).
+        builder's extra fields. ``runtime``: the registry's (Q/DQ models for TensorRT need not load in ONNX
+        Runtime on CPU; ``cpu_loadable`` says whether they do; OpenVINO candidates must compile in OpenVINO).
     """
     from modelops.optimization import ort_cpu
-
     ctx.dest.parent.mkdir(parents=True, exist_ok=True)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     base: dict[str, Any] = {"path": None, "size_bytes": 0, "runtime": get_variant(variant).runtime}
@@ -300,13 +301,13 @@ def build_candidate(variant: str, ctx: VariantContext) -> dict[str, Any]:
         log.warning("variant %s failed: %s", variant, first_line(exc))
         return {**base, "status": Status.FAILED, "reason": first_line(exc)}
     runtime = base["runtime"]
-    try:
-        ort_cpu.session(ctx.dest)  # it must at least load on CPU
+    try:  # it must at least load on CPU, in its runtime (TensorRT's Q/DQ models: in ONNX Runtime if they can)
+        openvino.compile_model(ctx.dest) if runtime == Runtime.OPENVINO else ort_cpu.session(ctx.dest)
         cpu_error = None
     except Exception as exc:  # noqa: BLE001
         cpu_error = first_line(exc)
-    if cpu_error and runtime == Runtime.ONNXRUNTIME:
-        log.warning("variant %s does not load in ONNX Runtime: %s", variant, cpu_error)
+    if cpu_error and runtime in (Runtime.ONNXRUNTIME, Runtime.OPENVINO):
+        log.warning("variant %s does not load in %s: %s", variant, runtime, cpu_error)
         return {**base, "status": Status.FAILED, "reason": cpu_error}
     if runtime == Runtime.TENSORRT:
         extra["cpu_loadable"] = cpu_error is None
@@ -317,7 +318,6 @@ def build_candidate(variant: str, ctx: VariantContext) -> dict[str, Any]:
         "status": Status.DONE,
         "path": ctx.dest,
         "size_bytes": ctx.dest.stat().st_size,
-        "runtime": runtime,
         "reason": None,
     }
 

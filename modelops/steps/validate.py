@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from modelops.contracts.status import Status
-from modelops.contracts.variants import Runtime, get_variant
+from modelops.contracts.variants import VARIANTS, Runtime, get_variant
 from modelops.optimization import ort_cpu
 from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
 from modelops.storage import Storage, join
@@ -60,6 +60,16 @@ def extra_metrics(recipe: Any, outputs: np.ndarray, labels: np.ndarray | None, s
         return {}
 
 
+def run_candidate(path: Path, inputs: dict[str, np.ndarray], variant: str | None = None) -> dict[str, np.ndarray]:
+    """The candidate's outputs in the runtime that serves it: OpenVINO (with the variant's precision hint) or ORT."""
+    info = VARIANTS.get(variant or "")  # test/ad-hoc names run in ONNX Runtime
+    if info is not None and info.runtime == Runtime.OPENVINO:
+        from modelops.optimization import openvino
+
+        return openvino.run(path, inputs, EVAL_CHUNK, precision=info.options.get("precision", "f32"))
+    return ort_cpu.run(path, inputs, EVAL_CHUNK)
+
+
 def _not_run(status: str, source_metric: float, reason: str, detail: str | None = None) -> dict[str, Any]:
     return {
         "status": status,
@@ -83,6 +93,7 @@ def validate_candidate(
     source_metric: float,
     tolerance: float,
     runtime: str = Runtime.ONNXRUNTIME,
+    variant: str | None = None,
 ) -> dict[str, Any]:
     """Score one candidate: the metric rule AND the GX expectation suite must pass.
 
@@ -90,12 +101,13 @@ def validate_candidate(
     (``{"success", "failed", "suite", ...}``), ``extra_metrics`` and reason. Accepted and rejected results
     also carry ``table`` (the per-sample comparison DataFrame) and ``gx_result`` (GX's result JSON); the
     callers pop them before writing JSON. A ``runtime="tensorrt"`` candidate that ORT cannot run is
-    ``skipped`` (it is checked on a GPU instead), not failed.
+    ``skipped`` (it is checked on a GPU instead), not failed. ``variant`` picks the runtime that scores it
+    (:func:`run_candidate`: an OpenVINO variant runs in OpenVINO, as served).
     """
     from modelops.evaluation.gates import comparison_table, describe, thresholds_for, validate_table
 
     try:
-        outputs = ort_cpu.run(candidate_onnx, eval_inputs, EVAL_CHUNK)
+        outputs = run_candidate(candidate_onnx, eval_inputs, variant)
     except Exception as exc:  # noqa: BLE001 - a broken candidate fails alone
         if runtime == Runtime.TENSORRT:
             return _not_run(Status.SKIPPED, source_metric, TENSORRT_REASON, f"onnxruntime: {first_line(exc)}")
@@ -178,11 +190,13 @@ def validate_candidates(
     for variant, path in candidates.items():
         started = time.perf_counter()
         runtime = (runtimes or {}).get(variant) or Runtime.ONNXRUNTIME
-        res = validate_candidate(recipe, path, eval_inputs, labels, source_outputs, source_metric, tolerance, runtime)
+        res = validate_candidate(
+            recipe, path, eval_inputs, labels, source_outputs, source_metric, tolerance, runtime, variant=variant
+        )
         _save_gate_artifacts(res, out_dir / variant if out_dir is not None else None)
         res["sample_outputs_path"] = None
         if samples is not None and out_dir is not None and res["status"] in ("accepted", "rejected"):
-            sample_out = ort_cpu.run(path, {n: samples[n] for n in io.input_names}, EVAL_CHUNK)
+            sample_out = run_candidate(path, {n: samples[n] for n in io.input_names}, variant)
             dest = out_dir / variant / "sample_outputs.npz"
             dest.parent.mkdir(parents=True, exist_ok=True)
             np.savez(dest, **sample_out)

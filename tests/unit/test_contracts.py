@@ -102,7 +102,8 @@ def test_registry_names_are_the_contract_names_and_each_step_has_its_builders():
     from modelops.steps import optimize
 
     assert VARIANT_NAMES == ["ort_fp32", "ort_int8_dynamic", "ort_int8_static", "modelopt_int8", "modelopt_fp8",
-                             "trt_fp16", "trt_int8", "trt_fp8", "ort_genai_int8", "ort_genai_int4"]  # fmt: skip
+                             "trt_fp16", "trt_int8", "trt_fp8", "openvino_bf16", "openvino_int8", "ort_genai_int8",
+                             "ort_genai_int4"]  # fmt: skip
     # tensor variants have an ONNX builder; LLM variants are built by the model builder (steps/llm_build.py)
     tensor_optimize = {n for n in built_by(BuildStep.OPTIMIZE) if VARIANTS[n].family == Family.TENSOR}
     assert set(optimize.BUILDERS) == tensor_optimize
@@ -114,7 +115,9 @@ def test_registry_names_are_the_contract_names_and_each_step_has_its_builders():
 
 def test_what_the_cpu_triton_cannot_serve_is_said_by_the_registry():
     cpu = {name for name, v in VARIANTS.items() if v.servable_on(Device.CPU)}
-    assert cpu == {"ort_fp32", "ort_int8_dynamic", "ort_int8_static", "ort_genai_int8", "ort_genai_int4"}
+    assert cpu == {"ort_fp32", "ort_int8_dynamic", "ort_int8_static", "openvino_bf16", "openvino_int8",
+                   "ort_genai_int8", "ort_genai_int4"}  # fmt: skip
+    assert VARIANTS["openvino_int8"].backend_on("cpu") == "python" and not VARIANTS["openvino_int8"].servable_on("gpu")
     assert VARIANTS["ort_fp32"].backend_on("cpu") == "python" and VARIANTS["ort_fp32"].backend_on("gpu") == "onnxruntime"
     assert VARIANTS["trt_int8"].backend_on(Device.GPU) == "tensorrt"
     assert "not served by a cpu Triton" in VARIANTS["modelopt_int8"].not_servable_reason(Device.CPU)

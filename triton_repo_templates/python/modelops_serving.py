@@ -7,7 +7,8 @@ into every version directory (the python backend's stub imports ``model.py`` wit
 - config: :func:`parse_args` (config, string parameters, version directory), :func:`tensor_specs`;
 - batching: :func:`read_inputs` -> :func:`run_batched` (the requests of one dynamic batch as one call,
   split back per request) -> :func:`responses`;
-- runtimes: :func:`ort_session` (ONNX Runtime, tuned by parameters), :func:`torch_threads`;
+- runtimes: :func:`ort_session` (ONNX Runtime, tuned by parameters), :func:`model_session` (ONNX Runtime or
+  OpenVINO, by the ``engine`` parameter), :func:`torch_threads`;
 - raw text in: :func:`load_tokenizer`, :func:`tokenize` (repeats ``model_recipes.text_embedding.tokenize``;
   the tests check both give the same ids), :func:`texts_of`, :func:`embed_requests`.
 """
@@ -94,6 +95,54 @@ def ort_session(path, params):
     disabled = params.get("ort_disabled_optimizers") or "SkipLayerNormFusion"
     disabled = [] if disabled == "none" else [d.strip() for d in disabled.split(",") if d.strip()]
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+
+
+def model_session(path, params):
+    """The session that runs ``path``: :func:`ort_session`, or :class:`OpenVINOSession` when ``engine`` is ``openvino``."""
+    if (params.get("engine") or "onnxruntime") == "openvino":
+        return OpenVINOSession(path, params)
+    return ort_session(path, params)
+
+
+class _Named:
+    def __init__(self, name):
+        self.name = name
+
+
+class OpenVINOSession:
+    """An OpenVINO compiled model (CPU) behind ONNX Runtime's ``get_inputs()``/``run(names, feeds)``.
+
+    Parameters (``modelops.serving.triton.model_dir.runtime_parameters``; ``modelops.optimization.openvino``
+    scores candidates with the same properties): ``intra_op_threads`` -> ``INFERENCE_NUM_THREADS`` (0: all
+    cores), ``ov_inference_precision`` -> ``INFERENCE_PRECISION_HINT`` (``f32``/``bf16``), ``ov_performance_hint``
+    -> ``PERFORMANCE_HINT`` (default ``LATENCY``: one stream for the one request an instance runs at a time),
+    ``ov_cpu_pinning`` (``0``/``1``) -> ``ENABLE_CPU_PINNING``.
+    """
+
+    def __init__(self, path, params):
+        import openvino as ov
+
+        config = {
+            "INFERENCE_PRECISION_HINT": params.get("ov_inference_precision") or "f32",
+            "PERFORMANCE_HINT": params.get("ov_performance_hint") or "LATENCY",
+        }
+        if int(params.get("intra_op_threads") or 0):
+            config["INFERENCE_NUM_THREADS"] = int(params["intra_op_threads"])
+        if params.get("ov_cpu_pinning"):  # "0"/"1"; unset: OpenVINO's default
+            config["ENABLE_CPU_PINNING"] = params["ov_cpu_pinning"] == "1"
+        self.compiled = ov.Core().compile_model(path, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.inputs = [_Named(i.get_any_name()) for i in self.compiled.inputs]
+        self.outputs = {name: o for o in self.compiled.outputs for name in o.get_names()}
+
+    def get_inputs(self):
+        return self.inputs
+
+    def run(self, names, feeds):
+        """Outputs ``names`` (None: all, in graph order) as arrays the next call does not overwrite."""
+        result = self.request.infer(feeds)
+        outputs = self.compiled.outputs if names is None else [self.outputs[n] for n in names]
+        return [np.array(result[o]) for o in outputs]
 
 
 def torch_threads(torch, params):

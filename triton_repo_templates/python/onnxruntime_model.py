@@ -1,19 +1,19 @@
-"""Triton python-backend model: serve ``1/model.onnx`` with ONNX Runtime on CPU.
+"""Triton python-backend model: serve ``1/model.onnx`` with ONNX Runtime (or OpenVINO: ``engine``) on CPU.
 
 Rendered into a deployment by modelops.serving.triton.model_dir; reads tensor names, dtypes and the session
-parameters from config.pbtxt (see ``modelops_serving.ort_session``). Requests of one dynamic batch run as
+parameters from config.pbtxt (see ``modelops_serving.model_session``). Requests of one dynamic batch run as
 a single ORT call.
 """
 
 import os
 
-from modelops_serving import is_batched, ort_session, parse_args, read_inputs, responses, run_batched, tensor_specs
+from modelops_serving import is_batched, model_session, parse_args, read_inputs, responses, run_batched, tensor_specs
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config, params, version_dir = parse_args(args)
-        self.session = ort_session(os.path.join(version_dir, "model.onnx"), params)
+        self.session = model_session(os.path.join(version_dir, "model.onnx"), params)
         self.inputs, self.outputs = tensor_specs(config, "input"), tensor_specs(config, "output")
         self.batched = is_batched(config)
 

@@ -5,19 +5,20 @@ TYPE_STRING tensor (``dims: [1]``, batched): one UTF-8 text per row. ``1/tokeniz
 ``serving.json`` (max_seq_length, pad id) come from the text-embedding recipe's export; the ONNX model
 already pools and normalises, so its output is the embedding. All texts of one dynamic batch are
 tokenized together, right-padded to the longest (truncated at max_seq_length), and run as one ORT call.
+The ``engine`` parameter ``openvino`` runs the encoder in OpenVINO instead (``modelops_serving.model_session``).
 """
 
 import os
 
 import numpy as np
-from modelops_serving import embed_requests, load_tokenizer, ort_session, parse_args
+from modelops_serving import embed_requests, load_tokenizer, model_session, parse_args
 
 
 class TritonPythonModel:
     def initialize(self, args):
         self.config, params, version_dir = parse_args(args)
         self.tokenizer, self.pad_id, _ = load_tokenizer(os.path.join(version_dir, "tokenizer"))
-        self.session = ort_session(os.path.join(version_dir, "model.onnx"), params)
+        self.session = model_session(os.path.join(version_dir, "model.onnx"), params)
         self.feeds = [i.name for i in self.session.get_inputs()]
 
     def _embed(self, tokens):

@@ -67,6 +67,28 @@ def triton_dtype(dtype: str) -> str:
         raise ValueError(f"dtype {dtype!r} has no Triton type; known: {sorted(TRITON_DTYPES)}") from None
 
 
+def runtime_parameters(variant: str) -> dict[str, str]:
+    """The config.pbtxt parameters a variant's runtime needs beyond its kind's; {} for ONNX Runtime and the baseline.
+
+    OpenVINO variants (``Runtime.OPENVINO``) run in the same templates as ONNX Runtime (``engine: openvino``),
+    with their precision hint (``ov_inference_precision``) and ``ov_performance_hint`` LATENCY: one python-backend
+    instance runs one (dynamically batched) request at a time, which THROUGHPUT's several streams would split.
+    """
+    from modelops.contracts.variants import VARIANTS, Runtime
+
+    info = VARIANTS.get(variant)
+    if info is None or info.runtime != Runtime.OPENVINO:
+        return {}
+    precision = info.options.get("precision", "f32")
+    return {"engine": "openvino", "ov_inference_precision": precision, "ov_performance_hint": "LATENCY"}
+
+
+def _parameters_block(parameters: dict[str, str] | None) -> str:
+    return "".join(
+        f',\n  {{\n    key: "{k}"\n    value: {{ string_value: "{v}" }}\n  }}' for k, v in (parameters or {}).items()
+    )
+
+
 def _tensor_block(field: str, tensors: list[dict[str, Any]]) -> str:
     if not tensors:
         raise ValueError(f"a model needs at least one {field}")
@@ -87,6 +109,7 @@ def render_config(
     max_batch_size: int,
     instance_count: int = 1,
     threads: int = 2,
+    parameters: dict[str, str] | None = None,
 ) -> str:
     """Render ``config.pbtxt`` for a python-backend CPU model.
 
@@ -97,6 +120,7 @@ def render_config(
         max_batch_size: Triton's max_batch_size (0 = the model does not batch; no dynamic batching).
         instance_count: model instances (KIND_CPU).
         threads: intra-op threads per instance (ORT ``intra_op_num_threads`` / ``torch.set_num_threads``).
+        parameters: more string parameters for the model (e.g. :func:`runtime_parameters`).
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
@@ -112,6 +136,7 @@ def render_config(
         dynamic_batching="dynamic_batching { }" if max_batch_size > 0 else "",
         instance_count=int(instance_count),
         threads=int(threads),
+        parameters=_parameters_block(parameters),
     )
 
 
@@ -126,6 +151,7 @@ def build_model_dir(
     instance_count: int = 1,
     threads: int = 2,
     assets: Path | None = None,
+    parameters: dict[str, str] | None = None,
 ) -> Path:
     """Write a complete Triton model directory at ``dest`` (whose last component must be ``name``).
 
@@ -141,6 +167,7 @@ def build_model_dir(
         threads: intra-op threads per instance.
         assets: for :data:`ASSET_KINDS`, the directory copied to ``1/tokenizer/`` (export's
             ``outputs.serving_assets``: ``tokenizer.json`` + ``serving.json``).
+        parameters: more config.pbtxt string parameters (:func:`runtime_parameters` of the variant served).
 
     Returns:
         ``dest``.
@@ -149,8 +176,9 @@ def build_model_dir(
     if dest.name != name:
         raise ValueError(f"Triton needs the model directory to be named like the model: {dest.name!r} != {name!r}")
     config = render_config(
-        name=name, kind=kind, io=io, max_batch_size=max_batch_size, instance_count=instance_count, threads=threads
-    )
+        name=name, kind=kind, io=io, max_batch_size=max_batch_size, instance_count=instance_count, threads=threads,
+        parameters=parameters,
+    )  # fmt: skip
     if kind in ONNX_FILE_KINDS and not model_path.is_file():
         raise ValueError(f"kind {kind!r} needs an .onnx file, got {model_path}")
     if kind not in ONNX_FILE_KINDS and not (model_path / "MLmodel").is_file():
