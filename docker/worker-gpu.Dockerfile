@@ -4,8 +4,9 @@
 # environment of its own (its pins conflict with the worker's, as in `make modelopt`).
 # Build from the repository root:  docker build -f docker/worker-gpu.Dockerfile -t modelops/worker-gpu:<tag> .
 # Checked here by hadolint and tests/unit/test_deploy_manifests.py; never built in CI (no Docker engine).
+# CUDA 13: PyPI's torch 2.13.0 and onnxruntime-gpu 1.31 are CUDA 13 builds (tensorrt-cu13 to match).
 # Python is Ubuntu 24.04's 3.12 (the code needs >= 3.11).
-FROM nvidia/cuda:12.9.1-cudnn-runtime-ubuntu24.04
+FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
 ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \

@@ -363,7 +363,12 @@ def test_image_requirements_keep_the_repository_pins():
     assert dropped <= set(worker), "the CPU builds the GPU images replace are no longer pinned there"
     assert "grep -vE '^(onnxruntime|onnxruntime-genai)=='" in (DOCKER / "worker-gpu.Dockerfile").read_text()
     assert not set(gpu) & (set(worker) - dropped), "a GPU pin would clash with a worker pin"
-    assert {"onnxruntime-gpu", "onnxruntime-genai-cuda", "tensorrt-cu12", "polygraphy"} <= set(gpu)
+    cuda = re.search(r"FROM nvidia/cuda:(\d+)\.", (DOCKER / "worker-gpu.Dockerfile").read_text()).group(1)
+    assert {"onnxruntime-gpu", "onnxruntime-genai-cuda", f"tensorrt-cu{cuda}", "polygraphy"} <= set(gpu), (
+        "TensorRT's wheel must match the base image's CUDA major")
+    triton_python = _pins(DOCKER / "requirements-triton-python.txt")
+    for name in ("onnxruntime-gpu", "onnxruntime-genai-cuda"):
+        assert triton_python[name] == gpu[name], f"{name}: the engines' builder and server disagree"
     for name, version in _pins(DOCKER / "requirements-triton-python.txt").items():
         if name in worker:
             assert worker[name] == version, f"{name}: triton image {version}, worker {worker[name]}"
