@@ -18,12 +18,14 @@ WORKDIR /opt/modelops
 COPY requirements-worker.txt requirements-worker-nodeps.txt requirements-modelopt.txt pyproject.toml ./
 COPY docker/requirements-worker-gpu.txt ./docker/
 # The worker environment, with onnxruntime / onnxruntime-genai swapped for their GPU builds (same imports).
+# ModelOpt's own pins (requirements-modelopt.txt: onnxruntime-gpu 1.24, cupy-cuda12x) are CUDA 12 builds: its
+# environment gets the CUDA 12 runtime and cuDNN as wheels (the [cuda,cudnn] extras) for cuda:0 calibration.
 RUN python3 -m venv /opt/venv \
     && grep -vE '^(onnxruntime|onnxruntime-genai)==' requirements-worker.txt > /tmp/requirements-cpu-less.txt \
     && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements-cpu-less.txt -r docker/requirements-worker-gpu.txt \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps -r requirements-worker-nodeps.txt \
     && python3 -m venv /opt/venv-modelopt \
-    && /opt/venv-modelopt/bin/pip install --no-cache-dir -r requirements-modelopt.txt \
+    && /opt/venv-modelopt/bin/pip install --no-cache-dir -r requirements-modelopt.txt "onnxruntime-gpu[cuda,cudnn]==1.24.4" \
     && rm /tmp/requirements-cpu-less.txt
 
 COPY modelops ./modelops

@@ -366,6 +366,8 @@ def test_image_requirements_keep_the_repository_pins():
     cuda = re.search(r"FROM nvidia/cuda:(\d+)\.", (DOCKER / "worker-gpu.Dockerfile").read_text()).group(1)
     assert {"onnxruntime-gpu", "onnxruntime-genai-cuda", f"tensorrt-cu{cuda}", "polygraphy"} <= set(gpu), (
         "TensorRT's wheel must match the base image's CUDA major")
+    modelopt = _pins(REPO / "requirements-modelopt.txt")["onnxruntime-gpu"]
+    assert f'"onnxruntime-gpu[cuda,cudnn]=={modelopt}"' in (DOCKER / "worker-gpu.Dockerfile").read_text()
     triton_python = _pins(DOCKER / "requirements-triton-python.txt")
     for name in ("onnxruntime-gpu", "onnxruntime-genai-cuda"):
         assert triton_python[name] == gpu[name], f"{name}: the engines' builder and server disagree"
