@@ -74,7 +74,16 @@ class KubernetesSettings(_Group):
         default_factory=lambda: {"nvidia.com/gpu.present": "true"}, shown='{"nvidia.com/gpu.present": "true"}',
         validate_default=True,
     )
-    priority_class: str = _var("MODELOPS_K8S_PRIORITY_CLASS", "Priority class of GPU step pods.", "modelops-gpu")
+    priority_class: str = _var("MODELOPS_K8S_PRIORITY_CLASS", "Priority class of GPU step pods of runs started by "
+                               "registry events (and of runs of unknown origin).", "modelops-gpu")
+    priority_class_manual: str = _var("MODELOPS_K8S_PRIORITY_CLASS_MANUAL", "Priority class of GPU step pods of runs "
+                                      "started by hand (Airflow UI or API).", "modelops-interactive")
+    priority_class_nightly: str = _var("MODELOPS_K8S_PRIORITY_CLASS_NIGHTLY", "Priority class of GPU step pods of "
+                                       "nightly_reoptimize runs.", "modelops-nightly")
+    active_deadline_s: int = _var("MODELOPS_K8S_ACTIVE_DEADLINE_S", "activeDeadlineSeconds of a step pod (0: none).",
+                                  7200, ge=0)
+    deferrable: bool = _var("MODELOPS_K8S_DEFERRABLE", "Wait for step pods in the triggerer (deferrable), not in a "
+                            "worker slot.", True)
     service_account: str = _var("MODELOPS_K8S_SERVICE_ACCOUNT", "Service account of the step pods.", "modelops-worker")
     s3_secret: str = _var("MODELOPS_K8S_S3_SECRET", "Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and "
                           "AWS_ENDPOINT_URL, mounted into the pods.", "modelops-s3")

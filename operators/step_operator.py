@@ -4,9 +4,12 @@ Both modes run the same command, ``python -m modelops.steps.<step> --spec <uri> 
 
 - ``local`` (the embedded default): :class:`LocalStepOperator` runs it with the worker environment's
   Python, streams its output into the task log, reads the result JSON and returns it (XCom).
-- ``kubernetes``: a ``KubernetesPodOperator`` in the worker image with GPU resources, GPU Feature
-  Discovery node selectors, the ``nvidia.com/gpu`` toleration, a priority class and a pool; the pod
-  writes its result to ``/airflow/xcom/return.json``.
+- ``kubernetes``: a ``KubernetesPodOperator`` (:class:`StepPodOperator`) in the worker image with GPU
+  resources (a full GPU or a MIG profile), GPU Feature Discovery node selectors, the ``nvidia.com/gpu``
+  toleration, a pool, ``activeDeadlineSeconds`` and deferrable waiting; its priority class is picked when
+  the pod is built, from how the run was triggered (:func:`trigger_kind`: by hand > registry event >
+  nightly, as ``deploy/priority-classes.yaml`` orders them). The pod writes its result to
+  ``/airflow/xcom/return.json``.
 
 In both, exit code 99 means "not applicable here" and becomes a skipped task.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -33,6 +37,10 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 XCOM_RESULT_PATH = "/airflow/xcom/return.json"
+TRIGGER_KINDS = ("manual", "event", "nightly")  # highest priority first
+# Run id prefixes of modelops.triggers.events.run_id_for: registry events (webhook, reconcile) and nightly plans.
+_EVENT_PREFIX, _NIGHTLY_PREFIX = "mlflow__", "nightly__"
+_GPU_RESOURCE = re.compile(r"^nvidia\.com/(gpu|mig-\d+g\.\d+gb(\+me)?)$")
 # Steps that need no accelerator even in a GPU cluster (none yet: export/optimize may build TensorRT).
 CPU_ONLY_STEPS: frozenset[str] = frozenset()
 
@@ -148,11 +156,87 @@ class LocalStepOperator(BaseOperator):
             kill_group(proc.pid, getattr(self, "_grace_s", 10.0), leader=proc)
 
 
-def kubernetes_step(step: str, spec: str, k8s_settings: KubernetesSettings, *, gpu: bool = True, **kwargs: Any):
-    """The same step as a ``KubernetesPodOperator`` (imported here: it costs ~2 s and only this mode needs it)."""
+def trigger_kind(run_id: str | None, run_type: str | None = None) -> str:
+    """How a run was started: ``manual`` (Airflow UI or API by hand), ``event`` (registry) or ``nightly``.
+
+    Registry events (webhook, ``registry_reconcile``) and ``nightly_reoptimize`` create their runs through the
+    REST API, so Airflow records them as manual runs too; their deterministic run ids tell them apart
+    (``mlflow__...`` and ``nightly__...``, :func:`modelops.triggers.events.run_id_for`). A backfill counts as
+    nightly work, a scheduled or asset-triggered run as an event.
+    """
+    run_id, run_type = run_id or "", str(getattr(run_type, "value", run_type) or "").lower()
+    if run_id.startswith(_NIGHTLY_PREFIX) or run_type == "backfill":
+        return "nightly"
+    if run_id.startswith(_EVENT_PREFIX) or run_type in ("scheduled", "asset_triggered"):
+        return "event"
+    return "manual"
+
+
+def priority_classes(k8s_settings: KubernetesSettings) -> dict[str, str]:
+    """Trigger kind -> priority class of its GPU step pods (``MODELOPS_K8S_PRIORITY_CLASS*``)."""
+    return {"manual": k8s_settings.priority_class_manual, "event": k8s_settings.priority_class,
+            "nightly": k8s_settings.priority_class_nightly}
+
+
+def _step_pod_operator_class():
+    """:class:`StepPodOperator`, built on first use (importing the provider costs ~2 s; only this mode needs it)."""
+    global _STEP_POD_OPERATOR
+    if _STEP_POD_OPERATOR is not None:
+        return _STEP_POD_OPERATOR
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    class StepPodOperator(KubernetesPodOperator):
+        """A ``KubernetesPodOperator`` whose pod gets the priority class of how its run was triggered.
+
+        Args:
+            priority_by_trigger: trigger kind (:data:`TRIGGER_KINDS`) -> priority class; without a run in the
+                context (a dry run) the pod keeps ``priority_class_name``.
+        """
+
+        def __init__(self, *, priority_by_trigger: dict[str, str] | None = None, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.priority_by_trigger = dict(priority_by_trigger or {})
+
+        def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False):
+            pod = super().build_pod_request_obj(context, dry_run=dry_run)
+            dag_run = (context or {}).get("dag_run")
+            run_id = getattr(dag_run, "run_id", None) or (context or {}).get("run_id")
+            if self.priority_by_trigger and run_id:
+                kind = trigger_kind(run_id, getattr(dag_run, "run_type", None))
+                pod.spec.priority_class_name = self.priority_by_trigger.get(kind, pod.spec.priority_class_name)
+                pod.metadata.labels = {**(pod.metadata.labels or {}), "modelops/trigger": kind}
+            return pod
+
+    StepPodOperator.__module__ = __name__
+    _STEP_POD_OPERATOR = StepPodOperator
+    return StepPodOperator
+
+
+_STEP_POD_OPERATOR: Any = None
+
+
+def __getattr__(name: str) -> Any:  # operators.step_operator.StepPodOperator, imported on first use
+    if name == "StepPodOperator":
+        return _step_pod_operator_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def kubernetes_step(step: str, spec: str, k8s_settings: KubernetesSettings, *, gpu: bool = True, **kwargs: Any):
+    """The same step as a :class:`StepPodOperator` (a ``KubernetesPodOperator``).
+
+    GPU steps request ``MODELOPS_K8S_GPU_COUNT`` of ``MODELOPS_K8S_GPU_RESOURCE`` (``nvidia.com/gpu`` or a MIG
+    profile such as ``nvidia.com/mig-1g.10gb``), select nodes by GPU Feature Discovery labels (the product from
+    ``MODELOPS_K8S_GPU_PRODUCT``), tolerate the ``nvidia.com/gpu`` taint and take the priority class of their
+    run's trigger. ``active_deadline_seconds`` and ``deferrable`` default to the settings; ``kwargs`` win.
+
+    Raises:
+        ValueError: the GPU resource is neither ``nvidia.com/gpu`` nor a MIG profile.
+    """
     from kubernetes.client import models as k8s
 
+    if gpu and not _GPU_RESOURCE.match(k8s_settings.gpu_resource):
+        raise ValueError(f"MODELOPS_K8S_GPU_RESOURCE={k8s_settings.gpu_resource!r} is neither nvidia.com/gpu "
+                         "nor a MIG profile such as nvidia.com/mig-1g.10gb")
     requests = {"cpu": k8s_settings.cpu, "memory": k8s_settings.memory}
     limits = {"memory": k8s_settings.memory}
     tolerations = []
@@ -162,7 +246,9 @@ def kubernetes_step(step: str, spec: str, k8s_settings: KubernetesSettings, *, g
         limits[k8s_settings.gpu_resource] = str(k8s_settings.gpu_count)
         tolerations = [k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
         node_selector = dict(k8s_settings.node_selector)
-    return KubernetesPodOperator(
+    kwargs.setdefault("active_deadline_seconds", k8s_settings.active_deadline_s or None)
+    kwargs.setdefault("deferrable", k8s_settings.deferrable)
+    return _step_pod_operator_class()(
         name=f"modelops-{step}",
         namespace=k8s_settings.namespace,
         image=k8s_settings.image,
@@ -172,6 +258,7 @@ def kubernetes_step(step: str, spec: str, k8s_settings: KubernetesSettings, *, g
         node_selector=node_selector,
         tolerations=tolerations,
         priority_class_name=k8s_settings.priority_class if gpu else None,
+        priority_by_trigger=priority_classes(k8s_settings) if gpu else None,
         service_account_name=k8s_settings.service_account,
         env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=k8s_settings.s3_secret))],
         env_vars=[k8s.V1EnvVar(name="MODELOPS_EXECUTION", value="kubernetes"),

@@ -27,11 +27,17 @@ def k8s_dag():
     mp.undo()
 
 
-def _render(op):
+def _render(op, dag_run=None):
     from kubernetes.client import ApiClient
 
     ti = SimpleNamespace(xcom_pull=lambda task_ids=None, **_: {"spec_uri": SPEC_URI})
-    op.render_template_fields({"ti": ti, "task_instance": ti, "params": {}})
+    context = {"ti": ti, "task_instance": ti, "params": {}}
+    op.render_template_fields(context)
+    if dag_run is not None:  # the run as the task's context holds it when Airflow executes the task
+        run_ti = SimpleNamespace(dag_id="optimize_model", task_id=op.task_id, map_index=-1, try_number=1)
+        context.update(dag_run=dag_run, run_id=dag_run.run_id, ti=run_ti, task_instance=run_ti,
+                       dag=SimpleNamespace(dag_id="optimize_model"))
+        return ApiClient().sanitize_for_serialization(op.build_pod_request_obj(context, dry_run=True))
     return ApiClient().sanitize_for_serialization(op.build_pod_request_obj(dry_run=True))
 
 
@@ -81,3 +87,86 @@ def test_local_benchmark_runs_in_the_benchmark_pool_when_one_is_set(monkeypatch)
     monkeypatch.setenv("MODELOPS_BENCHMARK_POOL", "modelops_benchmark")
     assert step_operator("benchmark", SPEC_URI).pool == "modelops_benchmark"
     assert step_operator("export", SPEC_URI).pool == "default_pool"  # only the measurement is serialized
+
+
+# -- per-trigger placement: priority class, deadline, deferrable, MIG or full GPU --------------------------------
+def _runs():
+    """One real run id per way optimize_model runs are started (the triggers' own id functions)."""
+    from airflow.utils.types import DagRunType
+
+    from modelops.triggers.events import alias_run_id, run_id_for
+
+    return {
+        "manual": SimpleNamespace(run_id="manual__2026-11-28T07:00:00+00:00", run_type=DagRunType.MANUAL),
+        "event": SimpleNamespace(run_id=alias_run_id("digits_cnn", 3, "champion"), run_type=DagRunType.MANUAL),
+        "event-reconcile": SimpleNamespace(run_id=run_id_for("digits_cnn", 3, "stage", "production"),
+                                           run_type=DagRunType.MANUAL),
+        "nightly": SimpleNamespace(run_id=run_id_for("digits_cnn", 3, "fp", "0123456789ab", prefix="nightly"),
+                                   run_type=DagRunType.MANUAL),
+        "nightly-backfill": SimpleNamespace(run_id="backfill__2026-11-27T00:00:00+00:00", run_type=DagRunType.BACKFILL_JOB),
+    }
+
+
+@pytest.mark.parametrize("run", ["manual", "event", "event-reconcile", "nightly", "nightly-backfill"])
+def test_priority_class_follows_how_the_run_was_triggered(k8s_dag, run):
+    kind = run.split("-")[0]
+    expected = {"manual": "modelops-interactive", "event": "modelops-gpu", "nightly": "modelops-nightly"}[kind]
+    for step in HEAVY:
+        pod = _render(k8s_dag.get_task(step), _runs()[run])
+        assert pod["spec"]["priorityClassName"] == expected, (step, run)
+        assert pod["metadata"]["labels"]["modelops/trigger"] == kind
+        assert pod["spec"]["activeDeadlineSeconds"] == 7200
+        assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true",
+                                               "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+        assert k8s_dag.get_task(step).deferrable is True
+
+
+def test_trigger_kind_orders_manual_above_events_above_nightly():
+    from operators.step_operator import TRIGGER_KINDS, trigger_kind
+
+    assert TRIGGER_KINDS == ("manual", "event", "nightly")
+    assert [trigger_kind(r.run_id, r.run_type) for r in _runs().values()] == [
+        "manual", "event", "event", "nightly", "nightly"]
+    assert trigger_kind("my_own_run_from_the_api") == "manual"
+    assert trigger_kind(None, "scheduled") == "event"
+
+
+def test_priority_classes_deadline_and_deferrable_come_from_settings_and_match_deploy():
+    import yaml
+
+    from modelops.settings import Settings
+    from operators.step_operator import kubernetes_step
+
+    kpo = yaml.safe_load((REPO / "deploy" / "airflow" / "kpo-defaults.yaml").read_text())
+    notes = kpo["metadata"]["annotations"]
+    k8s = Settings.from_env(kpo["data"]).kubernetes  # the defaults are the ConfigMap's choices
+    assert (k8s.priority_class_manual, k8s.priority_class, k8s.priority_class_nightly) == tuple(
+        notes[f"modelops.io/priority-class.{kind}"] for kind in ("manual", "event", "nightly"))
+    assert k8s.active_deadline_s == int(notes["modelops.io/active-deadline-seconds"])
+    assert k8s.deferrable is (notes["modelops.io/deferrable"] == "true")
+
+    env = {**kpo["data"], "MODELOPS_K8S_PRIORITY_CLASS_MANUAL": "team-urgent", "MODELOPS_K8S_ACTIVE_DEADLINE_S": "0",
+           "MODELOPS_K8S_DEFERRABLE": "false"}
+    op = kubernetes_step("compile", SPEC_URI, Settings.from_env(env).kubernetes, task_id="compile")
+    pod = _render(op, _runs()["manual"])
+    assert pod["spec"]["priorityClassName"] == "team-urgent"
+    assert "activeDeadlineSeconds" not in pod["spec"] and op.deferrable is False
+    assert _render(op)["spec"]["priorityClassName"] == "modelops-gpu"  # no run in the context: the event class
+
+
+def test_full_gpu_or_mig_profile_and_a_bad_resource_is_one_line():
+    from modelops.settings import Settings
+    from operators.step_operator import kubernetes_step
+
+    full = kubernetes_step("export", SPEC_URI, Settings.from_env({"MODELOPS_K8S_GPU_COUNT": "2"}).kubernetes,
+                           task_id="export")
+    limits = _render(full)["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "2" and not any(k.startswith("nvidia.com/mig-") for k in limits)
+    mig = kubernetes_step("export", SPEC_URI, Settings.from_env(
+        {"MODELOPS_K8S_GPU_RESOURCE": "nvidia.com/mig-3g.40gb"}).kubernetes, task_id="export")
+    assert _render(mig)["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/mig-3g.40gb"] == "1"
+    with pytest.raises(ValueError, match="neither nvidia.com/gpu nor a MIG profile") as err:
+        kubernetes_step("export", SPEC_URI, Settings.from_env({"MODELOPS_K8S_GPU_RESOURCE": "nvidia/gpu"}).kubernetes,
+                        task_id="export")
+    assert "\n" not in str(err.value)
