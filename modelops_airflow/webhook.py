@@ -77,6 +77,7 @@ app = FastAPI(title="ModelOps MLflow webhook", description="MLflow registry even
 _guard_lock = threading.Lock()
 _guard: ReplayGuard | None = None
 _api: AirflowApiHook | None = None
+_slots: threading.BoundedSemaphore | None = None
 
 
 def deliveries_db() -> Path:
@@ -256,6 +257,26 @@ def set_model_tag(name: str, key: str, value: str, timeout: float = REGISTRY_TIM
         resp.read()
 
 
+def _creation_slots() -> threading.BoundedSemaphore:
+    """How many run creations may be in flight at once: one when Airflow's metadata DB is SQLite (the embedded
+    stack), else :data:`WORKER_THREADS`.
+
+    On SQLite, concurrent dag-run inserts through the REST API fail with "database is locked" after SQLite's busy
+    wait (tests/chaos found 8 at a time failing 3 in 4, each after 5 to 35 s), while one at a time takes ~50 ms.
+    """
+    global _slots
+    with _guard_lock:
+        if _slots is None:
+            try:
+                from airflow.configuration import conf
+
+                sqlite = conf.get("database", "sql_alchemy_conn", fallback="").startswith("sqlite")
+            except Exception:  # noqa: BLE001 - no Airflow config in this process: assume the safe choice
+                sqlite = True
+            _slots = threading.BoundedSemaphore(1 if sqlite else WORKER_THREADS)
+        return _slots
+
+
 def create_run(request: RunRequest, dag_id: str) -> str:
     """Queue the run through the REST API unless a run with that id exists: ``created`` or ``exists``."""
     global _api
@@ -265,7 +286,13 @@ def create_run(request: RunRequest, dag_id: str) -> str:
         if _api is None:  # one hook per process: it keeps its API token between deliveries
             _api = AirflowApiHook(AIRFLOW_API_CONN_ID, timeout=API_TIMEOUT_S)
         api = _api
-    return api.create_dag_run(dag_id, request.run_id, request.conf, request.note)
+    slots = _creation_slots()
+    if not slots.acquire(timeout=API_TIMEOUT_S):  # answered 503 in time for MLflow's retry
+        raise TimeoutError(f"no run-creation slot free within {API_TIMEOUT_S:g} s")
+    try:
+        return api.create_dag_run(dag_id, request.run_id, request.conf, request.note)
+    finally:
+        slots.release()
 
 
 def start_mapped_run(mapped: MappedEvent, delivery_id: str, config: TriggerConfig,
