@@ -7,6 +7,8 @@
   sensitivity-driven layer-exclusion policy. Runs in the worker environment.
 - :mod:`modelops.optimization.modelopt_cli`: NVIDIA ModelOpt INT8/FP8 Q/DQ for TensorRT. Runs in its own
   environment (``.venv-modelopt``) as a subprocess; importing it here never imports ``modelopt``.
+- :mod:`modelops.optimization.openvino`: the OpenVINO variants (NNCF INT8, bf16 hint) and running a model in
+  OpenVINO as the deployments do. Imports ``openvino``/``nncf`` only when used.
 - :mod:`modelops.optimization.gpu`: the GPU a step runs on (``nvidia-smi``), for TensorRT engines.
 
 This package imports nothing heavy at import time.

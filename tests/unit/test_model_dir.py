@@ -61,8 +61,24 @@ def test_build_onnxruntime_dir(tmp_path: Path):
         "config.pbtxt",
     ]
     assert (out / "1" / "model.onnx").read_bytes() == b"onnx-bytes"
-    assert "ort_session(" in (out / "1" / "model.py").read_text()
+    assert "model_session(" in (out / "1" / "model.py").read_text()
     assert "ort.InferenceSession" in (out / "1" / "modelops_serving.py").read_text()
+    assert "engine" not in (out / "config.pbtxt").read_text()  # ONNX Runtime: the template's default engine
+
+
+def test_openvino_variants_render_their_engine_and_precision(tmp_path: Path):
+    from modelops.serving.triton.model_dir import runtime_parameters
+
+    assert runtime_parameters("ort_int8_dynamic") == {} and runtime_parameters("baseline") == {}
+    assert runtime_parameters("openvino_bf16")["ov_inference_precision"] == "bf16"
+    onnx = tmp_path / "candidate.onnx"
+    onnx.write_bytes(b"onnx-bytes")
+    out = build_model_dir(tmp_path / "m", name="m", kind="onnxruntime", model_path=onnx, io=IO, max_batch_size=8,
+                          parameters=runtime_parameters("openvino_int8"))  # fmt: skip
+    config = (out / "config.pbtxt").read_text()
+    for key, value in (("engine", "openvino"), ("ov_inference_precision", "f32"), ("intra_op_threads", "2")):
+        assert f'key: "{key}"\n    value: {{ string_value: "{value}" }}' in config
+    assert config.rstrip().endswith("}\n]")  # still one well-formed parameters list
 
 
 def test_build_pytorch_dir_copies_mlflow_model(tmp_path: Path):
