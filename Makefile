@@ -9,7 +9,7 @@ PIP_QUIET := -q --disable-pip-version-check
 # pip prints one line per package for the machine's optional local indexes; keep the log readable.
 PIP_FILTER := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup orchestrator worker modelopt openwebui llamacpp tools demo test test-unit test-worker test-integration bench docs monitoring dashboards stack-up stack-down lint clean
+.PHONY: setup orchestrator worker modelopt openwebui llamacpp tools demo test test-unit test-worker test-integration bench gpu-check docs monitoring dashboards stack-up stack-down lint clean
 
 setup: orchestrator worker tools openwebui
 
@@ -89,9 +89,14 @@ bench: setup
 	$(VENV)/bin/python bench/e2e.py
 	$(WORKER)/bin/python bench/speedups.py
 
+# GPU check for a lent GPU machine (no network, no setup): discovery, ORT CUDA vs torch, ModelOpt, TensorRT ->
+# bench/results/gpu_check.json; without a GPU every GPU check says skipped (scripts/gpu_check.sh)
+gpu-check:
+	scripts/gpu_check.sh
+
 # README's configuration table, generated from modelops/settings.py (tests/unit/test_settings.py checks it)
 docs: orchestrator
-	$(VENV)/bin/python -m modelops.settings --update-readme README.md
+	$(VENV)/bin/python -m modelops.settings_docs --update-readme README.md
 
 # Alert rules and dashboards (monitoring/): promtool checks and unit-tests the rules, the dashboards are up to date
 monitoring: orchestrator  # promtool: Debian's prometheus package (`make tools`)
