@@ -96,7 +96,7 @@ gpu-check:
 
 # README's configuration table, generated from modelops/settings.py (tests/unit/test_settings.py checks it)
 docs: orchestrator
-	$(VENV)/bin/python -m modelops.settings --update-readme README.md
+	$(VENV)/bin/python -m modelops.settings_docs --update-readme README.md
 
 # Alert rules and dashboards (monitoring/): promtool checks and unit-tests the rules, the dashboards are up to date
 monitoring: orchestrator  # promtool: Debian's prometheus package (`make tools`)

@@ -11,10 +11,9 @@ changed environment is seen at once. The README's configuration table is generat
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -27,8 +26,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EXECUTION_MODES = ("local", "kubernetes")
 TRIGGER_SCOPES = ("opted_in", "all")
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # GPU Feature Discovery
-TABLE_START = "<!-- settings-table:start -->"
-TABLE_END = "<!-- settings-table:end -->"
 _PYTRITON = Path("pytriton") / "pytriton" / "tritonserver"
 _PERF_ANALYZER = Path("tritonclient") / "tritonclient-2.51.0.data" / "data" / "bin" / "perf_analyzer"
 _ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("modelops_settings_environ", default=None)
@@ -349,57 +346,7 @@ def get_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings.from_env(environ)
 
 
-# -- the README table --------------------------------------------------------------------------------
-def _leaves(model: type[BaseModel]) -> Iterator[tuple[str, Any]]:
-    for info in model.model_fields.values():
-        if isinstance(info.annotation, type) and issubclass(info.annotation, _Group):
-            yield from _leaves(info.annotation)
-        elif isinstance(info.validation_alias, str):
-            yield info.validation_alias, info
+if __name__ == "__main__":  # the README table lives in modelops.settings_docs; this keeps the old command working
+    from modelops.settings_docs import main
 
-
-def _shown(info: Any) -> str:
-    extra = info.json_schema_extra or {}
-    if "shown_default" in extra:
-        return str(extra["shown_default"])
-    value = info.default
-    if isinstance(value, tuple):
-        return ",".join(value)
-    if isinstance(value, bool):
-        return str(value).lower()
-    return "(empty)" if value in ("", None) else str(value)
-
-
-def settings_table() -> str:
-    """The Markdown table of every ``MODELOPS_*`` variable: name, default, description."""
-    rows = ["| variable | default | description |", "|---|---|---|"]
-    for var, info in _leaves(Settings):
-        default = _shown(info).replace("|", "\\|")
-        rows.append(f"| `{var}` | `{default}` | {(info.description or '').replace('|', chr(92) + '|')} |")
-    return "\n".join(rows) + "\n"
-
-
-def readme_with_table(text: str) -> str:
-    """``text`` with the block between :data:`TABLE_START` and :data:`TABLE_END` replaced by the table."""
-    start, end = text.find(TABLE_START), text.find(TABLE_END)
-    if start < 0 or end < start:
-        raise SettingsError(f"README has no {TABLE_START} ... {TABLE_END} block")
-    return text[: start + len(TABLE_START)] + "\n" + settings_table() + text[end:]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``--markdown`` prints the table; ``--update-readme PATH`` rewrites it in place."""
-    parser = argparse.ArgumentParser(prog="python -m modelops.settings", description=__doc__.splitlines()[0])
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--markdown", action="store_true", help="print the configuration table")
-    group.add_argument("--update-readme", metavar="PATH", type=Path, help="rewrite the table in this README")
-    args = parser.parse_args(argv)
-    if args.markdown:
-        print(settings_table(), end="")
-    else:
-        args.update_readme.write_text(readme_with_table(args.update_readme.read_text()))
-    return 0
-
-
-if __name__ == "__main__":
     raise SystemExit(main())

@@ -9,15 +9,11 @@ import pytest
 
 from modelops.settings import (
     REPO_ROOT,
-    TABLE_END,
-    TABLE_START,
     Settings,
     SettingsError,
     get_settings,
-    main,
-    readme_with_table,
-    settings_table,
 )
+from modelops.settings_docs import TABLE_END, TABLE_START, main, readme_with_table, settings_table
 
 
 def test_defaults_without_any_variable() -> None:
@@ -163,7 +159,7 @@ def test_readme_table_is_current() -> None:
     assert TABLE_START in readme and TABLE_END in readme, "README.md lost its settings-table markers"
     assert readme_with_table(readme) == readme, (
         "README.md's configuration table is stale: run `make docs` "
-        "(.venv/bin/python -m modelops.settings --update-readme README.md)"
+        "(.venv/bin/python -m modelops.settings_docs --update-readme README.md)"
     )
 
 
