@@ -131,7 +131,7 @@ def check_gpu_discovery(ctx: dict[str, Any]) -> dict[str, Any]:
     return {"gpus": gpus, "placement": placement(gpus, mig),
             "engine_tag": {"gpu": engine_gpu.name, "compute_capability": engine_gpu.compute_capability,
                            "driver": engine_gpu.driver, "slug": engine_gpu.slug()} if engine_gpu else None,
-            "k8s_gpu_product_setting": os.environ.get("MODELOPS_K8S_GPU_PRODUCT") or None}
+            "k8s_gpu_product_setting": (settings.kubernetes.gpu_product or None) if (settings := _settings()) else None}
 
 
 # -- demo candidates, PyTorch eager vs ONNX Runtime CUDA ---------------------------------------------------------
@@ -167,12 +167,12 @@ def _candidates(ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
             x_train, x_test = wine_split()[:2]
         path = Path(ctx["workdir"]) / f"{kind}.onnx"
         example = torch.from_numpy(trained.example)
+        names = {"input_names": ["input"], "output_names": ["output"],
+                 "dynamic_axes": {"input": {0: "batch"}, "output": {0: "batch"}}}
         try:
-            torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["output"],
-                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+            torch.onnx.export(model, (example,), str(path), **names, dynamo=False)
         except TypeError:  # a torch without the dynamo argument
-            torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["output"],
-                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+            torch.onnx.export(model, (example,), str(path), **names)
         calib = Path(ctx["workdir"]) / f"{kind}-calib.npz"
         np.savez(calib, input=x_train[:128])
         out[kind] = {"model": model, "onnx": path, "calib": calib, "x_test": x_test, "accuracy": trained.accuracy}
@@ -237,9 +237,18 @@ def check_ort_cuda_vs_torch(ctx: dict[str, Any], iters: int = 300) -> dict[str, 
 
 
 # -- ModelOpt on the GPU -------------------------------------------------------------------------------------------
+def _settings() -> Any | None:
+    """``modelops.settings.Settings`` of this environment; None where pydantic-settings is missing (a bare machine)."""
+    try:
+        from modelops.settings import Settings
+    except ModuleNotFoundError:
+        return None
+    return Settings.from_env()
+
+
 def _modelopt_python() -> Path:
-    explicit = os.environ.get("MODELOPS_MODELOPT_PYTHON")
-    path = Path(explicit) if explicit else REPO / ".venv-modelopt" / "bin" / "python"
+    settings = _settings()
+    path = (settings.tools.modelopt_python if settings else None) or REPO / ".venv-modelopt" / "bin" / "python"
     if not (path.is_file() and os.access(path, os.X_OK)):
         raise Skip(f"ModelOpt environment not found at {path}: make modelopt (or MODELOPS_MODELOPT_PYTHON)")
     return path
