@@ -207,7 +207,7 @@ def _step_pod_operator_class():
                 pod.metadata.labels = {**(pod.metadata.labels or {}), "modelops/trigger": kind}
             return pod
 
-    StepPodOperator.__module__ = __name__
+    StepPodOperator.__module__, StepPodOperator.__qualname__ = __name__, "StepPodOperator"
     _STEP_POD_OPERATOR = StepPodOperator
     return StepPodOperator
 
