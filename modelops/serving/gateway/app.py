@@ -30,6 +30,8 @@ from modelops.serving.gateway.inflight import InFlight
 from modelops.serving.gateway.keys import KeyStore
 from modelops.serving.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from modelops.serving.gateway.openai_api import OpenAIApi
+from modelops.serving.gateway.openai_schema import OpenAIError
+from modelops.serving.gateway.openai_schema import error_response as openai_error_response
 from modelops.serving.gateway.proxy import (
     Upstream,
     check_inference_header,
@@ -209,6 +211,11 @@ class Gateway:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if request.url.path == "/v1" or request.url.path.startswith("/v1/"):  # OpenAI's shape, e.g. for a /v1 path that
+        # no route matches (Starlette's path patterns stop at a newline: /v1/models/a%0Ab)
+        detail = f"unknown endpoint {request.method} {request.url.path}" if exc.status_code == 404 else str(exc.detail)
+        err = OpenAIError(exc.status_code, " ".join(detail.split()), code="unknown_url" if exc.status_code == 404 else None)
+        return openai_error_response(err, exc.headers)
     return error_response(exc.status_code, str(exc.detail), exc.headers)
 
 
