@@ -62,8 +62,13 @@ def file_table(root: Path) -> dict[str, dict[str, Any]]:
 
 
 def build_manifest(root: Path, spec: dict[str, Any], variant: str, deployment: str, versions: dict[str, str]) -> dict:
-    """The deployment's manifest: provenance, the Triton backend and device it is rendered for, sha256 per file."""
-    info, device = get_variant(variant), Device(spec.get("serving_device") or Device.CPU)
+    """The deployment's manifest: provenance, the Triton backend and device it is rendered for, sha256 per file.
+
+    ``backend`` (``<Triton backend>/<runtime>``) and ``target_device`` are read back from the rendered config.pbtxt.
+    """
+    from modelops.serving.triton.model_dir import rendered_target
+
+    info, (backend, device) = get_variant(variant), rendered_target(root)
     return {
         "deployment": deployment,
         "model": spec["model_name"],
@@ -73,8 +78,8 @@ def build_manifest(root: Path, spec: dict[str, Any], variant: str, deployment: s
         "source_model_uri": spec["model_uri"],
         "source_artifacts": spec["source_uri"],
         "run_id": spec["run_id"],
-        "backend": f"{info.backend_on(device)}/{info.runtime}",
-        "target_device": str(device),
+        "backend": f"{backend}/{info.runtime}",
+        "target_device": device,
         "library_versions": versions,
         "files": file_table(root),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -163,17 +168,19 @@ def publish_candidate(
     Raises:
         PublishError: not servable on the target device, no optimized model, or the name holds another model.
     """
-    from modelops.serving.triton.model_dir import build_model_dir, runtime_parameters
+    from modelops.serving.triton.model_dir import TENSORRT_BACKEND, build_model_dir, gpu_accelerator, runtime_parameters
 
     plain = deployment_name(spec["model_name"], spec["model_version"], variant)
     info, device = get_variant(variant), Device(spec.get("serving_device") or Device.CPU)
     if not info.servable_on(device):
         raise PublishError(f"cannot publish {variant}: {info.not_servable_reason(device)}")
+    backend = info.backend_on(device)  # the registry's backend on the serving device decides what is rendered
+    artifact = "plan" if backend == TENSORRT_BACKEND else "onnx"  # engines: the compile step's ``plan``
     candidate = optimize_result.get("candidates", {}).get(variant) or {}
-    if candidate.get("status") != Status.DONE or not candidate.get("onnx"):
+    if candidate.get("status") != Status.DONE or not candidate.get(artifact):
         raise PublishError(f"variant {variant!r} has no optimized model to publish")
     with tempfile.TemporaryDirectory(prefix="modelops-publish-") as tmp:
-        onnx_path = storage.download_file(candidate["onnx"], Path(tmp) / "src" / "model.onnx")
+        onnx_path = storage.download_file(candidate[artifact], Path(tmp) / "src" / f"model.{artifact}")
         # text-in recipes serve another contract than the ONNX model's (export's serving_kind/serving_io + tokenizer)
         assets_uri = export_result["outputs"].get("serving_assets")
         assets = storage.download_dir(assets_uri, Path(tmp) / "assets") if assets_uri else None
@@ -188,6 +195,9 @@ def publish_candidate(
                 max_batch_size=int(export_result["max_batch_size"]),
                 assets=assets,
                 parameters=runtime_parameters(variant),  # e.g. OpenVINO's engine and precision hint
+                backend=backend,
+                device=str(device),
+                accelerator=gpu_accelerator(variant),
             )
 
         def manifest_for(root: Path, name: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import pytest
 
 from modelops.contracts.naming import deployment_name
 from modelops.serving.publish import MANIFEST, verify_deployment
+from modelops.serving.triton.config_proto import parse
 from modelops.serving.triton.llm_dir import (
     LLM_IO,
     LLM_TEMPLATE,
@@ -53,16 +54,40 @@ def test_variants_map_to_runtimes():
 @pytest.mark.parametrize(("variant", "runtime"), sorted(LLM_VARIANTS.items()))
 def test_render_llm_config(variant, runtime):
     config = render_llm_config(name="chat--v2-x", variant=variant, instance_count=2, threads=3, max_concurrency=4)
-    assert 'name: "chat--v2-x"' in config and 'backend: "python"' in config and "max_batch_size: 0" in config
-    assert "decoupled: true" in config and "count: 2" in config
+    parsed = parse(config)
+    assert (parsed.name, parsed.backend, parsed.max_batch_size) == ("chat--v2-x", "python", 0)
+    assert parsed.model_transaction_policy.decoupled and parsed.instance_group[0].count == 2
     for tensor in LLM_IO["inputs"] + LLM_IO["outputs"]:
         assert f'name: "{tensor["name"]}"' in config
-    assert 'name: "params_json"\n    optional: true' in config
+    assert [(i.name, i.optional) for i in parsed.input] == [("messages_json", False), ("params_json", True)]
     assert (_param(config, "runtime"), _param(config, "intra_op_threads"), _param(config, "max_concurrency")) == (
         runtime,
         "3",
         "4",
     )
+
+
+# config.pbtxt as the string renderer wrote it before the protobuf one (Triton 2.51 served it): the same message
+LEGACY_LLM = """name: "chat--v2-x"\nbackend: "python"\nmax_batch_size: 0\nmodel_transaction_policy {\n  decoupled: true\n}
+input [\n  {\n    name: "messages_json"\n    data_type: TYPE_STRING\n    dims: [ 1 ]\n  },
+  {\n    name: "params_json"\n    optional: true\n    data_type: TYPE_STRING\n    dims: [ 1 ]\n  }\n]
+output [\n  {\n    name: "text"\n    data_type: TYPE_STRING\n    dims: [ 1 ]\n  },
+  {\n    name: "finish_reason"\n    data_type: TYPE_STRING\n    dims: [ 1 ]\n  },
+  {\n    name: "prompt_tokens"\n    data_type: TYPE_INT32\n    dims: [ 1 ]\n  },
+  {\n    name: "completion_tokens"\n    data_type: TYPE_INT32\n    dims: [ 1 ]\n  }\n]
+instance_group [\n  {\n    kind: KIND_CPU\n    count: 2\n  }\n]
+parameters: [\n  {\n    key: "runtime"\n    value: { string_value: "RUNTIME" }\n  },
+  {\n    key: "intra_op_threads"\n    value: { string_value: "3" }\n  },
+  {\n    key: "max_concurrency"\n    value: { string_value: "4" }\n  }\n]
+"""
+
+
+@pytest.mark.parametrize(("variant", "runtime"), sorted(LLM_VARIANTS.items()))
+def test_protobuf_rendering_equals_the_string_one(variant, runtime):
+    """The ModelConfig rendering parses to the same message as the string template Triton 2.51 served."""
+    config = render_llm_config(name="chat--v2-x", variant=variant, instance_count=2, threads=3, max_concurrency=4)
+    assert parse(config) == parse(LEGACY_LLM.replace("RUNTIME", runtime))
+    assert parse(config) != parse(LEGACY_LLM.replace("RUNTIME", runtime).replace("decoupled: true", "decoupled: false"))
 
 
 def test_default_concurrency_is_a_pool_of_four():

@@ -115,7 +115,7 @@ def test_triton_serves_openvino_int8_text_in(pipeline, tmp_path):
         assets=Path(export["outputs"]["serving_assets"]), parameters=runtime_parameters("openvino_int8"),
     )  # fmt: skip
     config = (model_dir / "config.pbtxt").read_text()
-    assert 'key: "engine"\n    value: { string_value: "openvino" }' in config
+    assert 'key: "engine"\n  value {\n    string_value: "openvino"' in config  # config_proto's text_format
     with np.load(export["outputs"]["serving_samples"]) as npz:
         texts = np.char.decode(npz["text"], "utf-8").astype(object)
     with np.load(pipeline["validate"]["candidates"]["openvino_int8"]["sample_outputs"]) as npz:

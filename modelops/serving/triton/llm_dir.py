@@ -30,7 +30,8 @@ from typing import Any
 
 from modelops.contracts.naming import deployment_name
 from modelops.serving.publish import file_table, publish_content
-from modelops.serving.triton.model_dir import PYTHON_TEMPLATES, _tensor_block
+from modelops.serving.triton.config_proto import model_config, to_text
+from modelops.serving.triton.model_dir import PYTHON_TEMPLATES
 from modelops.storage import Storage
 
 LLM_TEMPLATE = "llm_model.py"
@@ -97,21 +98,11 @@ def render_llm_config(
     threads = DEFAULT_THREADS[runtime] if threads is None else threads
     if instance_count < 1 or threads < 0 or concurrency < 1:
         raise ValueError("instance_count >= 1, threads >= 0 and max_concurrency >= 1 are required")
-    inputs = _tensor_block("input", LLM_IO["inputs"])
-    # params_json may be left out (all defaults): mark it optional
-    inputs = inputs.replace('name: "params_json"', 'name: "params_json"\n    optional: true')
+    # params_json may be left out (all defaults): optional
     parameters = {"runtime": runtime, "intra_op_threads": int(threads), "max_concurrency": int(concurrency)}
-    rendered = ",\n".join(
-        f'  {{\n    key: "{k}"\n    value: {{ string_value: "{v}" }}\n  }}' for k, v in parameters.items()
-    )
-    return (
-        f"# Rendered by modelops.serving.triton.llm_dir ({variant}); do not edit by hand.\n"
-        f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
-        "model_transaction_policy {\n  decoupled: true\n}\n"
-        f"{inputs}\n{_tensor_block('output', LLM_IO['outputs'])}\n"
-        f"instance_group [\n  {{\n    kind: KIND_CPU\n    count: {int(instance_count)}\n  }}\n]\n"
-        f"parameters: [\n{rendered}\n]\n"
-    )
+    config = model_config(name=name, backend="python", io=LLM_IO, max_batch_size=0, instance_count=instance_count,
+                          parameters=parameters, decoupled=True, optional_inputs=frozenset({"params_json"}))  # fmt: skip
+    return to_text(config, f"Rendered by modelops.serving.triton.llm_dir ({variant}); do not edit by hand.")
 
 
 def hf_files(model_dir: Path) -> dict[str, Path]:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from string import Template
 from typing import Any
 
+from modelops.serving.triton.config_proto import TRITON_DTYPES, model_config, to_text, triton_dtype
 from modelops.settings import REPO_ROOT
 
 TEMPLATES_DIR = REPO_ROOT / "triton_repo_templates"
@@ -40,31 +40,31 @@ ONNX_FILE_KINDS: frozenset[str] = frozenset({"onnxruntime", "onnxruntime_text"})
 # kinds that also ship assets (a tokenizer: tokenizer.json + serving.json), copied to 1/<ASSETS_DIR>/
 ASSET_KINDS: frozenset[str] = frozenset({"onnxruntime_text", "transformers_text"})
 ASSETS_DIR = "tokenizer"
+__all__ = ["TRITON_DTYPES", "triton_dtype"]  # re-exported from config_proto (where they are defined)
 
-# numpy dtype name -> Triton data type
-TRITON_DTYPES: dict[str, str] = {
-    "bool": "TYPE_BOOL",
-    "uint8": "TYPE_UINT8",
-    "uint16": "TYPE_UINT16",
-    "uint32": "TYPE_UINT32",
-    "uint64": "TYPE_UINT64",
-    "int8": "TYPE_INT8",
-    "int16": "TYPE_INT16",
-    "int32": "TYPE_INT32",
-    "int64": "TYPE_INT64",
-    "float16": "TYPE_FP16",
-    "float32": "TYPE_FP32",
-    "float64": "TYPE_FP64",
-    "object": "TYPE_STRING",
+PYTHON_BACKEND, ONNXRUNTIME_BACKEND, TENSORRT_BACKEND = "python", "onnxruntime", "tensorrt"  # contracts.variants'
+# native backends on a GPU Triton: backend -> (platform, the model file in the version directory)
+NATIVE_BACKENDS: dict[str, tuple[str, str]] = {
+    ONNXRUNTIME_BACKEND: ("onnxruntime_onnx", "model.onnx"),
+    TENSORRT_BACKEND: ("tensorrt_plan", "model.plan"),
 }
+TRT_WORKSPACE_BYTES = 1 << 30  # the TensorRT execution accelerator's builder workspace
 
 
-def triton_dtype(dtype: str) -> str:
-    """Triton's ``TYPE_*`` for a numpy dtype name (``float32`` -> ``TYPE_FP32``)."""
-    try:
-        return TRITON_DTYPES[dtype]
-    except KeyError:
-        raise ValueError(f"dtype {dtype!r} has no Triton type; known: {sorted(TRITON_DTYPES)}") from None
+def gpu_accelerator(variant: str) -> dict[str, str] | None:
+    """The TensorRT execution accelerator of an ONNX candidate served by onnxruntime on GPU; None = the CUDA EP.
+
+    Q/DQ models built for TensorRT (``modelopt_int8``/``modelopt_fp8``: runtime tensorrt, ONNX artifact) need it to
+    run their quantized kernels: INT8 precision for int8 Q/DQ, FP16 otherwise (ORT's TensorRT EP has no FP8 mode; the
+    explicit FP8 Q/DQ nodes are honoured by TensorRT itself). Plain ONNX Runtime candidates run on the CUDA EP.
+    """
+    from modelops.contracts.variants import VARIANTS, ArtifactFormat, Runtime
+
+    info = VARIANTS.get(variant)
+    if info is None or info.runtime != Runtime.TENSORRT or info.artifact != ArtifactFormat.ONNX_QDQ:
+        return None
+    precision = "INT8" if "int8" in variant else "FP16"
+    return {"name": "tensorrt", "precision_mode": precision, "max_workspace_size_bytes": str(TRT_WORKSPACE_BYTES)}
 
 
 def runtime_parameters(variant: str) -> dict[str, str]:
@@ -81,24 +81,6 @@ def runtime_parameters(variant: str) -> dict[str, str]:
         return {}
     precision = info.options.get("precision", "f32")
     return {"engine": "openvino", "ov_inference_precision": precision, "ov_performance_hint": "LATENCY"}
-
-
-def _parameters_block(parameters: dict[str, str] | None) -> str:
-    return "".join(
-        f',\n  {{\n    key: "{k}"\n    value: {{ string_value: "{v}" }}\n  }}' for k, v in (parameters or {}).items()
-    )
-
-
-def _tensor_block(field: str, tensors: list[dict[str, Any]]) -> str:
-    if not tensors:
-        raise ValueError(f"a model needs at least one {field}")
-    items = []
-    for t in tensors:
-        dims = ", ".join(str(int(d)) for d in t["dims"]) or "1"  # Triton wants at least one dim
-        items.append(
-            f'  {{\n    name: "{t["name"]}"\n    data_type: {triton_dtype(str(t["dtype"]))}\n    dims: [ {dims} ]\n  }}'
-        )
-    return f"{field} [\n" + ",\n".join(items) + "\n]"
 
 
 def render_config(
@@ -126,18 +108,109 @@ def render_config(
         raise ValueError(f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
     if max_batch_size < 0 or instance_count < 1 or threads < 0:
         raise ValueError("max_batch_size >= 0, instance_count >= 1 and threads >= 0 are required")
-    template = Template((PYTHON_TEMPLATES / "config.pbtxt.tmpl").read_text())
-    return template.substitute(
-        name=name,
-        kind=kind,
-        max_batch_size=int(max_batch_size),
-        inputs=_tensor_block("input", io["inputs"]),
-        outputs=_tensor_block("output", io["outputs"]),
-        dynamic_batching="dynamic_batching { }" if max_batch_size > 0 else "",
-        instance_count=int(instance_count),
-        threads=int(threads),
-        parameters=_parameters_block(parameters),
-    )
+    params = {"runtime": kind, "intra_op_threads": int(threads), **(parameters or {})}
+    config = model_config(name=name, backend=PYTHON_BACKEND, io=io, max_batch_size=max_batch_size,
+                          instance_count=instance_count, parameters=params)  # fmt: skip
+    return to_text(config, f"Rendered by modelops.serving.triton.model_dir ({kind}); do not edit by hand.")
+
+
+def render_onnxruntime_gpu_config(
+    *,
+    name: str,
+    io: dict[str, Any],
+    max_batch_size: int,
+    instance_count: int = 1,
+    gpus: list[int] | None = None,
+    accelerator: dict[str, str] | None = None,
+    preferred_batch_sizes: list[int] | None = None,
+    max_queue_delay_us: int = 0,
+) -> str:
+    """``config.pbtxt`` of an ONNX model served by Triton's native onnxruntime backend on GPU (``1/model.onnx``).
+
+    Args:
+        name: model name (the directory name).
+        io: tensor specs as in :func:`render_config`.
+        max_batch_size: Triton's max_batch_size (> 0 adds dynamic batching).
+        instance_count: instances per GPU (KIND_GPU).
+        gpus: GPU ids (None = every GPU).
+        accelerator: ``{"name": "tensorrt", "precision_mode": "FP16", ...}`` (:func:`gpu_accelerator`); None = CUDA EP.
+        preferred_batch_sizes: dynamic batching's preferred sizes.
+        max_queue_delay_us: dynamic batching's queue delay.
+    """
+    platform, filename = NATIVE_BACKENDS[ONNXRUNTIME_BACKEND]
+    config = model_config(name=name, backend=ONNXRUNTIME_BACKEND, platform=platform, io=io,
+                          max_batch_size=max_batch_size, instance_count=instance_count, gpus=gpus, device="gpu",
+                          preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us,
+                          default_model_filename=filename, gpu_accelerator=accelerator)  # fmt: skip
+    return to_text(config, "Rendered by modelops.serving.triton.model_dir (onnxruntime on GPU); do not edit by hand.")
+
+
+def render_tensorrt_config(
+    *,
+    name: str,
+    io: dict[str, Any],
+    max_batch_size: int,
+    instance_count: int = 1,
+    gpus: list[int] | None = None,
+    compute_capabilities: list[str] | None = None,
+    preferred_batch_sizes: list[int] | None = None,
+    max_queue_delay_us: int = 0,
+) -> str:
+    """``config.pbtxt`` of a TensorRT engine served by Triton's tensorrt backend (``1/model.plan``).
+
+    Args:
+        name: model name (the directory name).
+        io: tensor specs as in :func:`render_config` (the engine's bindings).
+        max_batch_size: Triton's max_batch_size (> 0 adds dynamic batching; the engine's profile must allow it).
+        instance_count: instances per GPU (KIND_GPU).
+        gpus: GPU ids (None = every GPU).
+        compute_capabilities: with several (``["8.0", "9.0"]``), one engine per capability,
+            ``model_<cc>.plan``, named in ``cc_model_filenames``; ``model.plan`` stays the default.
+        preferred_batch_sizes: dynamic batching's preferred sizes.
+        max_queue_delay_us: dynamic batching's queue delay.
+    """
+    platform, filename = NATIVE_BACKENDS[TENSORRT_BACKEND]
+    config = model_config(name=name, backend=TENSORRT_BACKEND, platform=platform, io=io,
+                          max_batch_size=max_batch_size, instance_count=instance_count, gpus=gpus, device="gpu",
+                          preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us,
+                          default_model_filename=filename,
+                          cc_model_filenames={cc: plan_filename(cc) for cc in compute_capabilities or []})  # fmt: skip
+    return to_text(config, "Rendered by modelops.serving.triton.model_dir (tensorrt); do not edit by hand.")
+
+
+def plan_filename(compute_capability: str) -> str:
+    """The engine file of one compute capability (``"8.9"`` -> ``model_8.9.plan``)."""
+    if not compute_capability.replace(".", "", 1).isdigit():
+        raise ValueError(f"compute capability {compute_capability!r} is not like '8.9'")
+    return f"model_{compute_capability}.plan"
+
+
+def rendered_target(model_dir: Path) -> tuple[str, str]:
+    """``(backend, device)`` of a rendered model directory, read back from its config.pbtxt."""
+    from modelops.serving.triton.config_proto import parse, target_of
+
+    return target_of(parse((Path(model_dir) / "config.pbtxt").read_text()))
+
+
+def _build_native(dest: Path, name: str, backend: str, model_path: Path, io: dict[str, Any], max_batch_size: int,
+                  instance_count: int, accelerator: dict[str, str] | None,
+                  plans: dict[str, Path] | None) -> None:  # fmt: skip
+    filename = NATIVE_BACKENDS[backend][1]
+    if not model_path.is_file():
+        raise ValueError(f"backend {backend!r} needs a {filename.rsplit('.', 1)[1]} file, got {model_path}")
+    if backend == ONNXRUNTIME_BACKEND:
+        config = render_onnxruntime_gpu_config(name=name, io=io, max_batch_size=max_batch_size,
+                                               instance_count=instance_count, accelerator=accelerator)  # fmt: skip
+    else:
+        config = render_tensorrt_config(name=name, io=io, max_batch_size=max_batch_size, instance_count=instance_count,
+                                        compute_capabilities=list(plans or {}))  # fmt: skip
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "1").mkdir(parents=True)
+    (dest / "config.pbtxt").write_text(config)
+    shutil.copyfile(model_path, dest / "1" / filename)
+    for cc, plan in (plans or {}).items():
+        shutil.copyfile(plan, dest / "1" / plan_filename(cc))
 
 
 def build_model_dir(
@@ -152,6 +225,10 @@ def build_model_dir(
     threads: int = 2,
     assets: Path | None = None,
     parameters: dict[str, str] | None = None,
+    backend: str = PYTHON_BACKEND,
+    device: str = "cpu",
+    accelerator: dict[str, str] | None = None,
+    plans: dict[str, Path] | None = None,
 ) -> Path:
     """Write a complete Triton model directory at ``dest`` (whose last component must be ``name``).
 
@@ -168,6 +245,12 @@ def build_model_dir(
         assets: for :data:`ASSET_KINDS`, the directory copied to ``1/tokenizer/`` (export's
             ``outputs.serving_assets``: ``tokenizer.json`` + ``serving.json``).
         parameters: more config.pbtxt string parameters (:func:`runtime_parameters` of the variant served).
+        backend: the Triton backend (the variant registry's ``backend_on(device)``): ``python`` (the templates, CPU),
+            ``onnxruntime`` (``model_path`` an .onnx file, ``1/model.onnx``) or ``tensorrt`` (``model_path`` an
+            engine, ``1/model.plan``); the native backends are GPU only and take no ``kind``/``threads``/``assets``.
+        device: ``cpu`` or ``gpu``: the Triton that serves it.
+        accelerator: onnxruntime on GPU: the execution accelerator (:func:`gpu_accelerator`).
+        plans: tensorrt: one engine per compute capability (``{"8.9": path}``), besides ``model_path``.
 
     Returns:
         ``dest``.
@@ -175,6 +258,15 @@ def build_model_dir(
     dest, model_path = Path(dest), Path(model_path)
     if dest.name != name:
         raise ValueError(f"Triton needs the model directory to be named like the model: {dest.name!r} != {name!r}")
+    if backend in NATIVE_BACKENDS:
+        if device != "gpu":
+            raise ValueError(f"backend {backend!r} is rendered for a GPU Triton; this one serves on {device}")
+        if kind in ASSET_KINDS:
+            raise ValueError(f"kind {kind!r} takes raw text (tokenizer in model.py): python backend only")
+        _build_native(dest, name, backend, model_path, io, max_batch_size, instance_count, accelerator, plans)
+        return dest
+    if backend != PYTHON_BACKEND or device != "cpu":
+        raise ValueError(f"no {backend!r} backend on {device!r}; known: python on cpu, {sorted(NATIVE_BACKENDS)} on gpu")
     config = render_config(
         name=name, kind=kind, io=io, max_batch_size=max_batch_size, instance_count=instance_count, threads=threads,
         parameters=parameters,
