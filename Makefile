@@ -71,9 +71,10 @@ stack-up: setup
 stack-down:
 	$(VENV)/bin/modelops stack down
 
+# tests/chaos (marker chaos: faults and fuzzing) run last, on the integration tests' stack in the same session.
 test: setup
 	$(WORKER)/bin/python -m pytest tests/worker -q -p no:cacheprovider
-	$(VENV)/bin/python -m pytest tests/unit tests/dags tests/integration -q -p no:cacheprovider
+	$(VENV)/bin/python -m pytest tests/unit tests/dags tests/integration tests/chaos -q -p no:cacheprovider
 
 test-unit: orchestrator
 	$(VENV)/bin/python -m pytest tests/unit tests/dags -q
@@ -82,7 +83,7 @@ test-worker: worker tools
 	$(WORKER)/bin/python -m pytest tests/worker -q
 
 test-integration: setup
-	$(VENV)/bin/python -m pytest tests/integration -q
+	$(VENV)/bin/python -m pytest tests/integration tests/chaos -q
 
 bench: setup
 	$(VENV)/bin/python bench/dag_import.py
