@@ -132,6 +132,10 @@ def _ensure(ctx: Context, name: str) -> None:
         if spec.configure:
             spec.configure(ctx)
         return
+    # What a dead instance left behind (e.g. Triton's python-backend stubs outlive a killed tritonserver, holding
+    # its accepted connections: the gateway's pooled connection then hangs instead of being refused) goes first.
+    for pid in process.stop_leftovers(process.stack_id(state.stack_dir), [name]):
+        process.say(f"{spec.name}: stopped leftover process {pid} of its previous run")
     check_ports_free({key: state.ports[key] for key in spec.ports}, wait_s=PORT_RELEASE_WAIT_S)
     spec.prepare(ctx)
     process.say(f"starting {spec.name} ...")
