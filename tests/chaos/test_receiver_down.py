@@ -5,7 +5,8 @@ receiver down: MLflow's deliveries are refused, it retries three times and drops
 registry reconcile (pull) recovers the events. The 20 events are those
 the webhook handles: 10 ``champion`` alias moves on opted-in models and 10 ``modelops.optimize=true`` tags on
 versions of a model that is not opted in. Lost after the reconcile: nothing (every event has its run, with
-the reconcile's note); seen by the user meanwhile: no run at all (the webhook path did not start them by luck).
+the reconcile's note, whether its scheduled registry poll or the run triggered here started it); none came
+through the webhook path.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def outage(stack, mlflow_client, airflow, quiet_optimize):
                 break
             time.sleep(3)
         print(f"\nreceiver down: 20 events, recovered {sum(1 for r in found.values() if r)} runs "
-              f"{time.monotonic() - down_at:.0f} s after the outage began")
+              f"{time.monotonic() - down_at:.0f} s after the outage began "
+              f"({sum(1 for r in during.values() if r)} by the scheduled poll within the first 12 s)")
         yield {"expected": expected, "during": during, "found": found, "lost_deliveries": lost_deliveries,
                "reconcile": reconcile}
     finally:
@@ -78,9 +80,12 @@ def outage(stack, mlflow_client, airflow, quiet_optimize):
                 mlflow_client.delete_registered_model(name)
 
 
-def test_no_event_reached_the_receiver_and_no_run_started(outage):
+def test_no_event_reached_the_receiver(outage):
+    """MLflow's deliveries were all refused, and no run came from the webhook path (the reconcile's scheduled
+    registry poll may already have started some of them during the outage: their note says reconcile)."""
     assert outage["lost_deliveries"] == 0
-    assert [run_id for run_id, run in outage["during"].items() if run is not None] == []
+    early = {run_id: run.get("note") for run_id, run in outage["during"].items() if run is not None}
+    assert all((note or "").startswith("reconcile:") for note in early.values()), early
 
 
 def test_reconcile_recovers_every_event(outage):
