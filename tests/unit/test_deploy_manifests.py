@@ -332,8 +332,7 @@ def test_compose_bind_mounts_and_build_files_exist():
 
 def test_compose_prometheus_config_loads_the_monitoring_rules(tmp_path):
     promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (scripts/install_tools.sh installs Debian's prometheus)")
+    assert promtool, "promtool not installed: run `make tools` (scripts/install_tools.sh installs Debian's prometheus)"
     config = (DOCKER / "compose" / "prometheus.yml").read_text()
     # the container's mount point of ../monitoring/rules, pointed back at the repository
     config = config.replace("/etc/prometheus/rules/", f"{REPO / 'monitoring' / 'rules'}/")

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from modelops.serving.gateway.polling import Poller
 from modelops.serving.gateway.routing import RoutesFileError, RouteTable, parse_routes
 from modelops.storage import Storage, is_s3, parse_s3_uri
 
@@ -57,7 +58,7 @@ class RoutesSource:
         return self.storage.read_bytes(f"{self.root}/{model}.json")
 
 
-class RoutesWatcher:
+class RoutesWatcher(Poller):
     """The current :class:`RouteTable` per model, kept up to date by a polling task.
 
     Args:
@@ -65,6 +66,8 @@ class RoutesWatcher:
         poll_s: seconds between polls (<= 1 keeps a change visible within 2 s).
         on_change: called on the event loop with the new tables after each swap (metrics).
     """
+
+    task_name = "modelops-gateway-routes"
 
     def __init__(
         self,
@@ -80,29 +83,10 @@ class RoutesWatcher:
         self.last_error: str | None = None
         self.last_poll: float | None = None
         self._tags: dict[str, str] = {}
-        self._task: asyncio.Task[None] | None = None
+        super().__init__()
 
     def get(self, model: str) -> RouteTable | None:
         return self.tables.get(model)
-
-    async def start(self) -> None:
-        """One poll now (so the first requests see the routes), then poll in the background."""
-        await self.poll_once()
-        self._task = asyncio.create_task(self._loop(), name="modelops-gateway-routes")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_s)
-            await self.poll_once()
 
     async def poll_once(self) -> bool:
         """Re-read what changed and swap; ``True`` when the tables changed."""

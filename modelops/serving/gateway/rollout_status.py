@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from modelops.serving.gateway.metrics import GatewayMetrics
+from modelops.serving.gateway.polling import Poller
 from modelops.serving.gateway.reload import RoutesSource
 from modelops.storage import Storage, is_s3
 
@@ -41,7 +42,7 @@ def _timestamp(text: Any) -> float:
         return 0.0
 
 
-class RolloutStatus:
+class RolloutStatus(Poller):
     """Keeps ``modelops_rollout_*`` equal to the rollout state documents under ``root``.
 
     Args:
@@ -51,32 +52,15 @@ class RolloutStatus:
         poll_s: seconds between polls.
     """
 
+    task_name = "modelops-gateway-rollouts"
+
     def __init__(self, root: str, metrics: GatewayMetrics, storage: Storage | None = None, poll_s: float = POLL_S):
         self.source = RoutesSource(root, storage)  # a prefix of <model>.json documents, listed with their tags
         self.metrics = metrics
         self.poll_s = poll_s
         self._tags: dict[str, str] = {}
         self._docs: dict[str, dict[str, Any]] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """One poll now, then poll in the background."""
-        await self.poll_once()
-        self._task = asyncio.create_task(self._loop(), name="modelops-gateway-rollouts")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_s)
-            await self.poll_once()
+        super().__init__()
 
     async def poll_once(self) -> None:
         """Re-read the changed documents and set the gauges; a failed listing keeps the last values."""
