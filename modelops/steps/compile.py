@@ -9,6 +9,12 @@ min/opt/max from the spec, sequence-like dims from the spec or recipe), reuses a
 the run prefix, and is tagged with the GPU product and TensorRT version it was built with (result and
 ``engine.json`` sidecar), since a plan only runs on that GPU model and TensorRT version.
 
+Engines per GPU product: each engine records ``gpu_product`` (the GPU Feature Discovery ``nvidia.com/gpu.product``
+label value of the node it was built on, the one the serving pods select) and ``compute_capability``. The plan is
+kept at ``<variant>/<gpu product>/model.plan``, and ``plans`` maps compute capability -> plan URI over every compile
+run of this run prefix (one per GPU product, e.g. one KPO per node pool): a later run keeps the earlier runs' plans
+of other capabilities, so publish can ship one engine per capability (``cc_model_filenames``).
+
 Exit 99 (skipped) when no engine variant is requested, no NVIDIA GPU is visible or the ``tensorrt`` package
 is missing: that is the CPU machine. ``tensorrt`` is imported only inside :func:`run`.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shlex
 import sys
 import tempfile
@@ -236,6 +243,27 @@ def trtexec_command(build: EngineBuild, onnx_name: str, timing_cache_name: str) 
 # ------------------------------------------------------------------------------------------ step
 
 
+def gfd_product(gpu_name: str) -> str:
+    """The GPU Feature Discovery ``nvidia.com/gpu.product`` value of a GPU named ``gpu_name`` by NVML/nvidia-smi.
+
+    GFD writes the NVML name with blanks replaced by ``-`` (``NVIDIA A100-SXM4-40GB`` -> ``NVIDIA-A100-SXM4-40GB``);
+    characters a label value cannot hold become ``-`` too.
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", gpu_name.strip()).strip("-_.") or "unknown"
+
+
+def _previous_plans(storage: Storage, spec: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """variant -> {compute capability: plan URI} of an earlier compile run on this run prefix (another GPU)."""
+    if not storage.exists(result_uri(spec, "compile")):
+        return {}
+    try:
+        previous = load_result(storage, spec, "compile")
+    except Exception as exc:  # noqa: BLE001 - an unreadable earlier result only loses its plans
+        log.warning("earlier compile result not read: %s", first_line(exc))
+        return {}
+    return {v: dict(e.get("plans") or {}) for v, e in (previous.get("engines") or {}).items()}
+
+
 def requested_engines(spec: dict[str, Any]) -> list[str]:
     """The requested variants the registry says compile builds, in registry order."""
     return built_by(BuildStep.COMPILE, list(spec.get("variants") or []))
@@ -289,10 +317,12 @@ def compile_engines(
         storage.download_file(cache_uri, timing_cache)
     tag = {
         "gpu": gpu.name,
+        "gpu_product": gfd_product(gpu.name),
         "compute_capability": gpu.compute_capability,
         "driver": gpu.driver,
         "tensorrt": trt.__version__,
     }
+    previous = _previous_plans(storage, spec)
     engines: dict[str, Any] = {}
     for variant in requested_engines(spec):
         recipe_ = ENGINES[variant]
@@ -305,7 +335,8 @@ def compile_engines(
                 f"{recipe_.precision} needs compute capability >= {need}; {gpu.name} has {gpu.compute_capability}",
             )
         if uri is None:
-            engines[variant] = {"status": Status.SKIPPED, "reason": reason, "plan": None, **tag}
+            engines[variant] = {"status": Status.SKIPPED, "reason": reason, "plan": None, **tag,
+                                "plans": previous.get(variant, {})}  # fmt: skip
             continue
         local = storage.download_file(uri, work / variant / "model.onnx")
         plan = work / variant / "model.plan"
@@ -315,17 +346,21 @@ def compile_engines(
             )
         except Exception as exc:  # noqa: BLE001 - one engine fails alone
             log.warning("engine %s failed: %s", variant, first_line(exc))
-            engines[variant] = {"status": Status.FAILED, "reason": first_line(exc), "plan": None, "source_onnx": uri, **tag}
+            engines[variant] = {"status": Status.FAILED, "reason": first_line(exc), "plan": None, "source_onnx": uri,
+                                **tag, "plans": previous.get(variant, {})}  # fmt: skip
             continue
-        prefix = variant_prefix(spec, variant)
+        prefix = join(variant_prefix(spec, variant), tag["gpu_product"])
         sidecar = {**tag, **asdict(build), "variant": variant, "source_onnx": uri, "built_at": time.time()}
         script = f"#!/usr/bin/env bash\n# Rebuild {variant} on a {gpu.name} with TensorRT {trt.__version__}\n"
         script += f"set -euo pipefail\n{trtexec_command(build, 'model.onnx', cache_name)}\n"
         storage.write_bytes(join(prefix, "reproduce_engine.sh"), script.encode())
+        plan_uri = storage.upload_file(plan, join(prefix, "model.plan"))
+        plans = {**previous.get(variant, {}), **({gpu.compute_capability: plan_uri} if gpu.compute_capability else {})}
         engines[variant] = {
             "status": Status.DONE,
             "reason": None,
-            "plan": storage.upload_file(plan, join(prefix, "model.plan")),
+            "plan": plan_uri,
+            "plans": dict(sorted(plans.items())),
             "sidecar": storage.write_json(join(prefix, "engine.json"), sidecar),
             "source_onnx": uri,
             "runtime": get_variant(variant).runtime,

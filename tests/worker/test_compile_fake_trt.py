@@ -25,6 +25,7 @@ from tests.worker.stepkit import export_result, run_spec
 
 onnx = pytest.importorskip("onnx")
 
+FAKE_PLAN_MAGIC = b"FAKEPLAN\0"  # + the ONNX bytes the fake engine was "built" from
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0", "570.1")
 A100 = GpuInfo("NVIDIA A100-SXM4-40GB", "8.0", "570.1")
 
@@ -49,9 +50,13 @@ class FakeTRT:
     class MemoryPoolType(enum.IntEnum):
         WORKSPACE = 0
 
-    def __init__(self, *, parse_ok: bool = True, build_ok: bool = True, strongly_typed: bool = True) -> None:
+    def __init__(
+        self, *, parse_ok: bool = True, build_ok: bool = True, strongly_typed: bool = True, embed_onnx: bool = False
+    ) -> None:
+        """``embed_onnx``: the plan is :data:`FAKE_PLAN_MAGIC` + the parsed ONNX bytes, so a fake runtime
+        (``tests/worker/fake_trt_runtime.py``) can compute what the engine would, through ONNX Runtime."""
         self.calls: list[tuple[str, Any]] = []
-        self.parse_ok, self.build_ok = parse_ok, build_ok
+        self.parse_ok, self.build_ok, self.embed_onnx = parse_ok, build_ok, embed_onnx
         if not strongly_typed:  # TensorRT < 9 has no STRONGLY_TYPED
             self.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0})
         fake = self
@@ -68,7 +73,7 @@ class FakeTRT:
 
         class Network:
             def __init__(self, flags: int) -> None:
-                self.flags, self.inputs = flags, []
+                self.flags, self.inputs, self.onnx = flags, [], b""
 
             @property
             def num_inputs(self) -> int:
@@ -83,6 +88,7 @@ class FakeTRT:
 
             def parse(self, model: bytes, path: str | None = None) -> bool:
                 fake.calls.append(("parse", len(model)))
+                self.network.onnx = bytes(model)
                 try:
                     proto = onnx.load_from_string(model)
                 except Exception as exc:  # noqa: BLE001
@@ -167,6 +173,8 @@ class FakeTRT:
                 assert config.cache is not None, "timing cache not set before the build"
                 assert len(config.profiles) == 1
                 fake.calls.append(("build", {"network_flags": network.flags, "config": config}))
+                if fake.embed_onnx and fake.build_ok:
+                    return FAKE_PLAN_MAGIC + network.onnx
                 return b"PLAN:" + json.dumps(sorted(config.flags)).encode() if fake.build_ok else None
 
         self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
@@ -335,13 +343,18 @@ def test_run_builds_tags_and_reuses_the_timing_cache(run_dir):
     }
     assert engines["trt_fp8"]["reason"] == "fp8 needs compute capability >= 8.9; NVIDIA A100-SXM4-40GB has 8.0"
     fp16 = engines["trt_fp16"]
-    assert fp16["plan"] == str(prefix / "trt_fp16" / "model.plan") and Path(fp16["plan"]).is_file()
+    # per GPU product: the GFD nvidia.com/gpu.product value and the compute capability, the plan under the product
+    plan = prefix / "trt_fp16" / "NVIDIA-A100-SXM4-40GB" / "model.plan"
+    assert fp16["plan"] == str(plan) and plan.is_file() and fp16["plans"] == {"8.0": str(plan)}
+    assert fp16["gpu_product"] == "NVIDIA-A100-SXM4-40GB" and fp16["compute_capability"] == "8.0"
+    assert engines["trt_fp8"]["gpu_product"] == "NVIDIA-A100-SXM4-40GB" and engines["trt_fp8"]["plans"] == {}
     assert fp16["gpu"] == "NVIDIA A100-SXM4-40GB" and fp16["tensorrt"] == "10.13.0.35" and fp16["runtime"] == "tensorrt"
     assert fp16["source_onnx"].endswith("export.onnx") and engines["trt_int8"]["source_onnx"].endswith("qdq.onnx")
-    sidecar = json.loads((prefix / "trt_fp16" / "engine.json").read_text())
+    sidecar = json.loads((plan.parent / "engine.json").read_text())
     assert sidecar["gpu"] == "NVIDIA A100-SXM4-40GB" and sidecar["compute_capability"] == "8.0"
+    assert sidecar["gpu_product"] == "NVIDIA-A100-SXM4-40GB"
     assert sidecar["tensorrt"] == "10.13.0.35" and sidecar["profiles"] == {"x": [[1, 4], [8, 4], [64, 4]]}
-    script = (prefix / "trt_int8" / "reproduce_engine.sh").read_text()
+    script = (prefix / "trt_int8" / "NVIDIA-A100-SXM4-40GB" / "reproduce_engine.sh").read_text()
     assert "trtexec --onnx=model.onnx --saveEngine=model.plan" in script and "--int8 --fp16" in script
     assert "--minShapes=x:1x4 --optShapes=x:8x4 --maxShapes=x:64x4" in script
     # one timing cache per GPU model + TensorRT version under the run prefix, shared by both builds ...
@@ -352,6 +365,26 @@ def test_run_builds_tags_and_reuses_the_timing_cache(run_dir):
     again = FakeTRT()
     compile_step.run(spec, storage, gpu=A100, trt=again)
     assert next(c for n, c in again.calls if n == "create_timing_cache") == b"+entries+entries"
+
+
+def test_gfd_product_label_values():
+    assert compile_step.gfd_product("NVIDIA A100-SXM4-40GB") == "NVIDIA-A100-SXM4-40GB"
+    assert compile_step.gfd_product("NVIDIA H100 80GB HBM3") == "NVIDIA-H100-80GB-HBM3"
+    assert compile_step.gfd_product("Tesla T4 (rev a1)") == "Tesla-T4--rev-a1"
+
+
+def test_compile_per_gpu_product_keeps_the_other_capabilities(run_dir):
+    """One compile per GPU product on the same run prefix: the second keeps the first one's plans by capability."""
+    spec, storage, prefix = run_dir["spec"], run_dir["storage"], run_dir["prefix"]
+    spec = {**spec, "variants": ["trt_fp16"]}
+    first = compile_step.run(spec, storage, gpu=A100, trt=FakeTRT())
+    storage.write_json(str(prefix / "compile" / "result.json"), first)  # what run_step writes after the step
+    second = compile_step.run(spec, storage, gpu=H100, trt=FakeTRT())
+    fp16 = second["engines"]["trt_fp16"]
+    a100 = str(prefix / "trt_fp16" / "NVIDIA-A100-SXM4-40GB" / "model.plan")
+    h100 = str(prefix / "trt_fp16" / "NVIDIA-H100-80GB-HBM3" / "model.plan")
+    assert fp16["plan"] == h100 and fp16["plans"] == {"8.0": a100, "9.0": h100}
+    assert Path(a100).is_file() and Path(h100).is_file() and fp16["gpu_product"] == "NVIDIA-H100-80GB-HBM3"
 
 
 def test_run_on_fp8_gpu_and_missing_sources(run_dir):
