@@ -254,7 +254,8 @@ def _publish_llm(storage, spec: dict[str, Any], variant: str, optimize: dict[str
             return publish_llm(storage, model_dir=model_dir, model_name=spec["model_name"],
                                model_version=spec["model_version"], triton_bucket=spec["triton_bucket"],
                                variant=variant, model_uri=spec.get("model_uri") or None, run_id=spec["run_id"],
-                               recipe=spec.get("recipe") or "text_generation")  # fmt: skip
+                               recipe=spec.get("recipe") or "text_generation",
+                               device=str(spec.get("serving_device") or "cpu"))  # fmt: skip
         except ValueError as exc:
             raise _fail(f"cannot publish {variant}: {exc}") from None
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from modelops.contracts.naming import deployment_name, deployment_uri, digest_name
 from modelops.contracts.status import Status
-from modelops.contracts.variants import Device, get_variant
+from modelops.contracts.variants import BuildStep, Device, get_variant
 from modelops.storage import PreconditionFailed, Storage, join
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,13 @@ def publish_candidate(
     Raises:
         PublishError: not servable on the target device, no optimized model, or the name holds another model.
     """
-    from modelops.serving.triton.model_dir import TENSORRT_BACKEND, build_model_dir, gpu_accelerator, runtime_parameters
+    from modelops.serving.triton.model_dir import (
+        TENSORRT_BACKEND,
+        build_model_dir,
+        engine_max_batch,
+        gpu_accelerator,
+        runtime_parameters,
+    )
 
     plain = deployment_name(spec["model_name"], spec["model_version"], variant)
     info, device = get_variant(variant), Device(spec.get("serving_device") or Device.CPU)
@@ -177,10 +183,19 @@ def publish_candidate(
     backend = info.backend_on(device)  # the registry's backend on the serving device decides what is rendered
     artifact = "plan" if backend == TENSORRT_BACKEND else "onnx"  # engines: the compile step's ``plan``
     candidate = optimize_result.get("candidates", {}).get(variant) or {}
+    if not candidate and info.built_by == BuildStep.COMPILE:  # an engine: the compile step's result holds its plans
+        candidate = _compiled(storage, spec, variant)
     if candidate.get("status") != Status.DONE or not candidate.get(artifact):
         raise PublishError(f"variant {variant!r} has no optimized model to publish")
+    max_batch_size = int(export_result["max_batch_size"])
     with tempfile.TemporaryDirectory(prefix="modelops-publish-") as tmp:
         onnx_path = storage.download_file(candidate[artifact], Path(tmp) / "src" / f"model.{artifact}")
+        plans = None  # engines of several compute capabilities: model_<cc>.plan each, named by cc_model_filenames
+        if artifact == "plan":
+            max_batch_size = engine_max_batch(candidate, max_batch_size)
+            if len(candidate.get("plans") or {}) > 1:
+                plans = {cc: storage.download_file(uri, Path(tmp) / "src" / cc / "model.plan")
+                         for cc, uri in candidate["plans"].items()}  # fmt: skip
         # text-in recipes serve another contract than the ONNX model's (export's serving_kind/serving_io + tokenizer)
         assets_uri = export_result["outputs"].get("serving_assets")
         assets = storage.download_dir(assets_uri, Path(tmp) / "assets") if assets_uri else None
@@ -192,12 +207,13 @@ def publish_candidate(
                 kind=export_result.get("serving_kind") or "onnxruntime",
                 model_path=onnx_path,
                 io=export_result.get("serving_io") or export_result["io"],
-                max_batch_size=int(export_result["max_batch_size"]),
+                max_batch_size=max_batch_size,
                 assets=assets,
                 parameters=runtime_parameters(variant),  # e.g. OpenVINO's engine and precision hint
                 backend=backend,
                 device=str(device),
                 accelerator=gpu_accelerator(variant),
+                plans=plans,
             )
 
         def manifest_for(root: Path, name: str) -> dict[str, Any]:
@@ -205,6 +221,16 @@ def publish_candidate(
 
         return publish_content(storage, triton_bucket, plain, render, manifest_for, model_name=spec["model_name"],
                                variant=variant, run_id=spec.get("run_id"), claim_wait_s=claim_wait_s)  # fmt: skip
+
+
+def _compiled(storage: Storage, spec: dict[str, Any], variant: str) -> dict[str, Any]:
+    """The compile step's record of engine ``variant`` (``plan``, ``plans`` by compute capability, ``profiles``)."""
+    from modelops.steps._common import StepError, load_result
+
+    try:
+        return (load_result(storage, spec, "compile").get("engines") or {}).get(variant) or {}
+    except StepError as exc:
+        raise PublishError(f"cannot publish {variant}: {exc}") from None
 
 
 def publish_content(

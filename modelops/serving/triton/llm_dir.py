@@ -83,6 +83,7 @@ def render_llm_config(
     instance_count: int = 1,
     threads: int | None = None,
     max_concurrency: int | None = None,
+    device: str = "cpu",
 ) -> str:
     """``config.pbtxt`` of a decoupled python-backend LLM (``params_json`` optional).
 
@@ -92,6 +93,8 @@ def render_llm_config(
         instance_count: model instances (KIND_CPU).
         threads: intra-op threads per instance (torch or onnxruntime; 0 = the runtime's default).
         max_concurrency: requests one instance generates at once (default: the runtime's measured best).
+        device: ``cpu`` (KIND_CPU) or ``gpu`` (KIND_GPU: the GPU worker image's onnxruntime-genai CUDA build, whose
+            provider the model folder's genai_config.json names).
     """
     runtime = runtime_of(variant)
     concurrency = DEFAULT_MAX_CONCURRENCY[runtime] if max_concurrency is None else max_concurrency
@@ -101,7 +104,8 @@ def render_llm_config(
     # params_json may be left out (all defaults): optional
     parameters = {"runtime": runtime, "intra_op_threads": int(threads), "max_concurrency": int(concurrency)}
     config = model_config(name=name, backend="python", io=LLM_IO, max_batch_size=0, instance_count=instance_count,
-                          parameters=parameters, decoupled=True, optional_inputs=frozenset({"params_json"}))  # fmt: skip
+                          parameters=parameters, decoupled=True, optional_inputs=frozenset({"params_json"}),
+                          device=device)  # fmt: skip
     return to_text(config, f"Rendered by modelops.serving.triton.llm_dir ({variant}); do not edit by hand.")
 
 
@@ -152,6 +156,7 @@ def build_llm_model_dir(
     instance_count: int = 1,
     threads: int | None = None,
     max_concurrency: int | None = None,
+    device: str = "cpu",
 ) -> Path:
     """Write a complete decoupled LLM model directory at ``dest`` (replaced if it exists).
 
@@ -164,6 +169,7 @@ def build_llm_model_dir(
         instance_count: CPU instances.
         threads: intra-op threads per instance.
         max_concurrency: requests one instance generates at once (default: the runtime's measured best).
+        device: ``cpu`` or ``gpu``: the instance kind (:func:`render_llm_config`).
 
     Returns:
         ``dest``.
@@ -172,7 +178,7 @@ def build_llm_model_dir(
     if dest.name != name:
         raise ValueError(f"Triton needs the model directory to be named like the model: {dest.name!r} != {name!r}")
     config = render_llm_config(name=name, variant=variant, instance_count=instance_count, threads=threads,
-                               max_concurrency=max_concurrency)  # fmt: skip
+                               max_concurrency=max_concurrency, device=device)  # fmt: skip
     files = genai_files(model_dir) if runtime_of(variant) == "ort_genai" else hf_files(model_dir)
     if dest.exists():
         shutil.rmtree(dest)
@@ -236,6 +242,7 @@ def publish_llm(
     recipe: str = "text_generation",
     threads: int | None = None,
     instance_count: int = 1,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Render and upload the ``<model>--v<N>-<variant>`` deployment of a chat model; manifest last.
 
@@ -252,17 +259,29 @@ def publish_llm(
         recipe: recipe name recorded in the manifest.
         threads: intra-op threads per instance.
         instance_count: CPU instances.
+        device: the run spec's ``serving_device`` (``cpu`` | ``gpu``): the instance kind rendered, and the manifest's
+            ``target_device`` (read back from the rendered config.pbtxt).
 
     Returns:
         ``{"deployment", "uri", "manifest", "reused", "content_digest"}`` as ``publish_candidate``.
+
+    Raises:
+        ValueError: an unknown variant, or one the registry does not serve on ``device``.
     """
+    from modelops.contracts.variants import VARIANTS
+    from modelops.serving.triton.model_dir import rendered_target
+
     runtime = runtime_of(variant)
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"unknown device {device!r}; known: ['cpu', 'gpu']")
+    if variant in VARIANTS and not VARIANTS[variant].servable_on(device):
+        raise ValueError(VARIANTS[variant].not_servable_reason(device))
     plain = deployment_name(model_name, model_version, variant)
     with tempfile.TemporaryDirectory(prefix="modelops-publish-llm-") as tmp:
 
         def render(name: str) -> Path:
             return build_llm_model_dir(Path(tmp) / name, name=name, model_dir=model_dir, variant=variant,
-                                       threads=threads, instance_count=instance_count)  # fmt: skip
+                                       threads=threads, instance_count=instance_count, device=device)  # fmt: skip
 
         def manifest_for(root: Path, name: str) -> dict[str, Any]:
             return {
@@ -274,7 +293,7 @@ def publish_llm(
                 "source_model_uri": model_uri or f"models:/{model_name}/{model_version}",
                 "run_id": run_id,
                 "backend": LLM_BACKENDS[runtime],
-                "target_device": "cpu",
+                "target_device": rendered_target(root)[1],
                 "serving": {"decoupled": True, "io": LLM_IO},
                 "library_versions": library_versions(model_dir, variant),
                 "files": file_table(root),

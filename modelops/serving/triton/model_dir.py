@@ -178,6 +178,13 @@ def render_tensorrt_config(
     return to_text(config, "Rendered by modelops.serving.triton.model_dir (tensorrt); do not edit by hand.")
 
 
+def engine_max_batch(engine: dict[str, Any], max_batch_size: int) -> int:
+    """Triton's ``max_batch_size`` for an engine: the model's, capped by the largest batch every input's optimization
+    profile allows (the compile step's ``profiles``: name -> [min, opt, max] shapes); 0 stays 0 (no batch dim)."""
+    tops = [int(s[2][0]) for s in (engine.get("profiles") or {}).values() if s and len(s) == 3 and s[2]]
+    return min([int(max_batch_size), *tops]) if max_batch_size > 0 else 0
+
+
 def plan_filename(compute_capability: str) -> str:
     """The engine file of one compute capability (``"8.9"`` -> ``model_8.9.plan``)."""
     if not compute_capability.replace(".", "", 1).isdigit():
