@@ -1,6 +1,6 @@
 """The stack's AIRFLOW_HOME: ``airflow.cfg`` from the repo's template, the auth passwords file and a PATH shim.
 
-``airflow standalone`` starts ``airflow scheduler`` and ``airflow triggerer`` from PATH, and both then
+The stack's Airflow supervisor starts ``airflow scheduler`` and ``airflow triggerer`` from PATH, and both then
 serve task logs on all interfaces (the log server's host is hard-coded). The shim put first on PATH adds
 ``--skip-serve-logs`` to those two commands, so that every listener of the stack stays on 127.0.0.1. With
 one machine and one log folder nothing is lost: the API server reads task logs from the local files.
@@ -65,7 +65,7 @@ def _shim_text(real_airflow: Path) -> str:
     real = shlex.quote(str(real_airflow))
     return (
         "#!/bin/sh\n"
-        "# Written by `modelops stack up`. `airflow standalone` runs `airflow <component>` from PATH; the\n"
+        "# Written by `modelops stack up`. The Airflow supervisor runs `airflow <component>` from PATH; the\n"
         "# scheduler and triggerer would otherwise serve logs on 0.0.0.0 (see modelops/local/stack/airflow_home.py).\n"
         'case "$1" in\n'
         f'  scheduler|triggerer) exec {real} "$@" --skip-serve-logs ;;\n'

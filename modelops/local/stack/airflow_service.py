@@ -1,4 +1,5 @@
-"""The Airflow service of the embedded stack: ``airflow standalone``, its environment, health and benchmark pool."""
+"""The Airflow service of the embedded stack: its components under a restarting supervisor (not ``airflow
+standalone``, which never restarts a dead scheduler), its environment, health and benchmark pool."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ def _airflow_prepare(ctx: Context) -> None:
 
 
 def _airflow_command(ctx: Context) -> list[str]:
-    return [str(ctx.binary("airflow")), "standalone"]
+    # the supervisor runs `airflow db migrate`, then each component from PATH (the shim), restarting the dead ones
+    return [str(ctx.binary("python")), "-m", "modelops.local.stack.airflow_supervisor"]
 
 
 def airflow_env(ctx: Context) -> dict[str, str]:
-    """Environment of ``airflow standalone`` (and so of its scheduler, workers and tasks)."""
+    """Environment of the Airflow supervisor (and so of its scheduler, workers and tasks)."""
     state, creds = ctx.state, ctx.state.credentials
     home = airflow_home.airflow_home(state)
     api = airflow_home.api_url(state)
