@@ -83,6 +83,22 @@ PARAMS = {
         description="LLMs only: among accurate candidates, the most output tokens/s whose TTFT p99 is within this "
         "bound wins.",
     ),
+    "config_search": Param(
+        True,
+        type="boolean",
+        title="Search the serving configuration",
+        description="Benchmark searches each candidate's Triton configuration (instances x intra-op threads, dynamic "
+        "batching queue delay and preferred batch, max_batch_size) by coordinate descent, and the chosen "
+        "(variant, configuration) is published. Off: every candidate is served with the one default configuration.",
+    ),
+    "config_search_budget_s": Param(
+        60,
+        type="number",
+        minimum=0,
+        maximum=3600,
+        title="Configuration search budget (s)",
+        description="Wall time of the configuration search per run, shared by the candidates.",
+    ),
     "accuracy_tolerance": Param(
         0.01,
         type="number",

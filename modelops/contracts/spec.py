@@ -37,6 +37,10 @@ class BenchmarkSpec(_Block):
     protocol: Literal["http", "grpc"] = "http"
     input_data: str = "random"
     threads: int = Field(2, ge=1)
+    config_search: bool = Field(True, description="search each candidate's serving configuration (instances x "
+                                "threads, dynamic batching); false: the fixed default configuration only")
+    config_search_budget_s: float = Field(60.0, ge=0, le=3600, description="wall time of the configuration search "
+                                          "per benchmark step, shared by its candidates")
 
 
 class StaticQuantSpec(_Block):

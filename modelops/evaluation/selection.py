@@ -1,4 +1,5 @@
-"""Pick the winner: highest throughput with p99 within the latency SLO, among accurate candidates.
+"""Pick the winner: highest throughput with p99 within the latency SLO, among accurate candidates and their measured
+serving configurations (the winner's configuration is what publish renders).
 
 Pure functions over the ``validate`` and ``benchmark`` step results, so the rule is unit-tested
 without any server.
@@ -23,6 +24,7 @@ class VariantScore:
     p99_ms: float | None = None
     concurrency: int | None = None
     reason: str | None = None
+    config: dict[str, Any] | None = None  # the serving configuration of that point (benchmark's configuration search)
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Selection:
             "baseline": asdict(self.baseline),
             "scores": {k: asdict(v) for k, v in self.scores.items()},
             "reason": self.reason,
+            "config": self.scores[self.chosen].config if self.chosen in self.scores else None,
         }
 
 
@@ -49,11 +52,23 @@ def best_point(points: list[dict[str, Any]], slo_ms: float) -> dict[str, Any] | 
     return max(within, key=lambda p: p["throughput"]) if within else None
 
 
+def best_configuration(bench: dict[str, Any], slo_ms: float) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``(point, configuration)``: the best point under the SLO over every configuration measured in full (benchmark's
+    ``configs``; a result without them has one, ``points`` at ``config``); ``(None, None)`` if none meets the SLO."""
+    configs = bench.get("configs") or [{"config": bench.get("config"), "points": bench.get("points") or []}]
+    best: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None)
+    for entry in configs:
+        point = best_point(entry.get("points") or [], slo_ms)
+        if point is not None and (best[0] is None or point["throughput"] > best[0]["throughput"]):
+            best = (point, entry.get("config"))
+    return best
+
+
 def _score(variant: str, bench: dict[str, Any] | None, slo_ms: float) -> VariantScore:
     if not bench or bench.get("status") != Status.DONE or not bench.get("points"):
         reason = (bench or {}).get("reason") or "not benchmarked"
         return VariantScore(variant, eligible=False, reason=f"benchmark failed: {reason}")
-    point = best_point(bench["points"], slo_ms)
+    point, config = best_configuration(bench, slo_ms)
     if point is None:
         fastest = min(p["p99_ms"] for p in bench["points"])
         return VariantScore(variant, eligible=False, p99_ms=fastest, reason=f"p99 {fastest:.2f} ms > SLO {slo_ms:g} ms")
@@ -64,6 +79,7 @@ def _score(variant: str, bench: dict[str, Any] | None, slo_ms: float) -> Variant
         p50_ms=float(point["p50_ms"]),
         p99_ms=float(point["p99_ms"]),
         concurrency=int(point["concurrency"]),
+        config=config,
     )
 
 

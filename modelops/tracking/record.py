@@ -74,6 +74,13 @@ def _status(variant: str, verdict: dict[str, Any], score: dict[str, Any], chosen
     return Status.SLOWER if score["eligible"] else Status.EXCLUDED
 
 
+def plot_search(searches: dict[str, Any], slo_ms: float, path: Path) -> Path | None:
+    """The configuration search's plot (every measured configuration); see ``config_search.plot_search``."""
+    from modelops.evaluation.config_search import plot_search as plot
+
+    return plot(searches, slo_ms, path)
+
+
 def _pyplot() -> Any:
     """``matplotlib.pyplot`` on the Agg backend (no display; imported only when a plot is drawn)."""
     import matplotlib
@@ -257,6 +264,11 @@ def record_run(
                     storage.download_file(res["csv"], perf_dir / f"{variant}.csv")
                 except FileNotFoundError:
                     log.warning("perf CSV of %s is missing at %s", variant, res["csv"])
+            if (res.get("config_search") or {}).get("csv"):  # every configuration the search measured
+                try:
+                    storage.download_file(res["config_search"]["csv"], perf_dir / f"{variant}.config_search.csv")
+                except FileNotFoundError:
+                    log.warning("configuration search CSV of %s is missing", variant)
         if perf_dir.exists():
             client.log_artifacts(run_id, str(perf_dir), artifact_path="perf_analyzer")
         gate_dir = tmpdir / "accuracy"
@@ -269,6 +281,10 @@ def record_run(
                 benchmark, spec.get("ttft_slo_ms") if export.get("generative") else spec["latency_slo_ms"],
                 tmpdir / "throughput_vs_p99.png",
             )
+        searches = {v: r.get("config_search") for v, r in benchmark.get("variants", {}).items()}
+        search_plot = plot_search(searches, spec["latency_slo_ms"], tmpdir / "config_search.png")
+        if search_plot is not None:
+            plots["Configuration search"] = search_plot
         floor = None
         if validate.get("source_metric") is not None:
             floor = float(validate["source_metric"]) - float(validate.get("accuracy_tolerance") or 0.0)

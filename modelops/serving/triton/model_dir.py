@@ -92,6 +92,8 @@ def render_config(
     instance_count: int = 1,
     threads: int = 2,
     parameters: dict[str, str] | None = None,
+    preferred_batch_sizes: list[int] | None = None,
+    max_queue_delay_us: int = 0,
 ) -> str:
     """Render ``config.pbtxt`` for a python-backend CPU model.
 
@@ -103,6 +105,8 @@ def render_config(
         instance_count: model instances (KIND_CPU).
         threads: intra-op threads per instance (ORT ``intra_op_num_threads`` / ``torch.set_num_threads``).
         parameters: more string parameters for the model (e.g. :func:`runtime_parameters`).
+        preferred_batch_sizes: dynamic batching's preferred sizes (the configuration search's choice).
+        max_queue_delay_us: dynamic batching's queue delay (0 = none).
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
@@ -110,7 +114,8 @@ def render_config(
         raise ValueError("max_batch_size >= 0, instance_count >= 1 and threads >= 0 are required")
     params = {"runtime": kind, "intra_op_threads": int(threads), **(parameters or {})}
     config = model_config(name=name, backend=PYTHON_BACKEND, io=io, max_batch_size=max_batch_size,
-                          instance_count=instance_count, parameters=params)  # fmt: skip
+                          instance_count=instance_count, parameters=params, preferred_batch_sizes=preferred_batch_sizes,
+                          max_queue_delay_us=max_queue_delay_us)  # fmt: skip
     return to_text(config, f"Rendered by modelops.serving.triton.model_dir ({kind}); do not edit by hand.")
 
 
@@ -236,6 +241,8 @@ def build_model_dir(
     device: str = "cpu",
     accelerator: dict[str, str] | None = None,
     plans: dict[str, Path] | None = None,
+    preferred_batch_sizes: list[int] | None = None,
+    max_queue_delay_us: int = 0,
 ) -> Path:
     """Write a complete Triton model directory at ``dest`` (whose last component must be ``name``).
 
@@ -258,6 +265,8 @@ def build_model_dir(
         device: ``cpu`` or ``gpu``: the Triton that serves it.
         accelerator: onnxruntime on GPU: the execution accelerator (:func:`gpu_accelerator`).
         plans: tensorrt: one engine per compute capability (``{"8.9": path}``), besides ``model_path``.
+        preferred_batch_sizes: python backend: dynamic batching's preferred sizes.
+        max_queue_delay_us: python backend: dynamic batching's queue delay.
 
     Returns:
         ``dest``.
@@ -276,7 +285,7 @@ def build_model_dir(
         raise ValueError(f"no {backend!r} backend on {device!r}; known: python on cpu, {sorted(NATIVE_BACKENDS)} on gpu")
     config = render_config(
         name=name, kind=kind, io=io, max_batch_size=max_batch_size, instance_count=instance_count, threads=threads,
-        parameters=parameters,
+        parameters=parameters, preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us,
     )  # fmt: skip
     if kind in ONNX_FILE_KINDS and not model_path.is_file():
         raise ValueError(f"kind {kind!r} needs an .onnx file, got {model_path}")

@@ -1,0 +1,166 @@
+"""The configuration search on a deterministic measure function: it stops early, never re-measures, keeps every point;
+and the (variant, configuration) choice flows through select, the spec and the rendered config.pbtxt."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+
+import pytest
+
+from modelops.contracts.spec import RunSpec
+from modelops.evaluation.config_search import SearchSpace, ServingConfig, coordinate_search, plot_search, write_csv
+from modelops.evaluation.selection import select
+from modelops.serving.triton.config_proto import parse
+from modelops.serving.triton.model_dir import render_config
+
+SPACE = SearchSpace.for_cpu(2, 64, [1, 4])
+START = ServingConfig(instance_count=1, threads=2, max_batch_size=64)
+
+
+def landscape(config: ServingConfig) -> list[dict[str, float]]:
+    """A unimodal CPU-like surface: 2x1 is best, a 500 us queue delay helps, 2000 us adds only latency."""
+    base = {(1, 1): 60.0, (1, 2): 100.0, (2, 1): 130.0, (2, 2): 90.0}[config.placement]
+    delay_gain = {0: 1.0, 500: 1.1, 2000: 0.9}[config.max_queue_delay_us]
+    pref_gain = 1.05 if config.preferred_batch_sizes else 1.0
+    thr = base * delay_gain * pref_gain
+    p99 = 400.0 / thr + config.max_queue_delay_us / 1000.0
+    return [{"concurrency": 1, "throughput": thr / 2, "p99_ms": p99 / 2}, {"concurrency": 4, "throughput": thr, "p99_ms": p99}]
+
+
+class Counting:
+    def __init__(self, fn=landscape, fail=lambda config: False):
+        self.fn, self.fail, self.calls = fn, fail, Counter()
+
+    def __call__(self, config: ServingConfig):
+        self.calls[config] += 1
+        if self.fail(config):
+            raise RuntimeError(f"Triton refused {config.key()}\nsecond line")
+        return self.fn(config)
+
+
+class Clock:
+    """Each measurement takes ``step`` seconds of fake time."""
+
+    def __init__(self, step: float = 0.0):
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step / 2  # the search reads the clock before and after each measurement
+        return self.now
+
+
+def test_space_on_two_cores():
+    assert SPACE.placements == ((1, 1), (1, 2), (2, 1), (2, 2))
+    assert SPACE.max_queue_delay_us == (0, 500, 2000)
+    assert SPACE.preferred_batch_sizes == ((), (4,)) and SPACE.max_batch_size == (4, 64)
+    assert SPACE.size == 48 == len(set(SPACE.all_configs()))
+
+
+def test_finds_the_optimum_without_trying_every_point_and_never_remeasures():
+    measure = Counting()
+    result = coordinate_search(measure, SPACE, START, slo_ms=100.0, budget_s=1e9)
+    optimum = max(SPACE.all_configs(), key=lambda c: landscape(c)[-1]["throughput"])
+    assert result.best.config.placement == optimum.placement == (2, 1)
+    assert result.best.config.max_queue_delay_us == 500 and result.best.config.preferred_batch_sizes == (4,)
+    assert max(measure.calls.values()) == 1, "a configuration was measured twice"
+    assert len(measure.calls) < SPACE.size / 2, f"measured {len(measure.calls)} of {SPACE.size}"
+    # every measured point is kept, in measurement order, with its perf points
+    assert [t.config for t in result.trials] == list(measure.calls)
+    assert [t.order for t in result.trials] == list(range(len(result.trials)))
+    assert all(len(t.points) == 2 for t in result.trials)
+    assert result.stopped == "converged" and result.space_size == 48
+
+
+def test_a_dominated_point_stops_its_direction():
+    measure = Counting()
+    result = coordinate_search(measure, SPACE, START, slo_ms=100.0, budget_s=1e9)
+    by_key = {t.config.key(): t for t in result.trials}
+    # from 1x2, going up: 2x1 improves; then 2x2 is dominated by 2x1 (lower throughput, higher p99): the walk stops
+    two_two = by_key["i2xt2-d0-pnone-b64"]
+    assert two_two.dominated_by == "i2xt1-d0-pnone-b64"
+    # with 2x1, delay 0 -> 500 improves, then 2000 is dominated; nothing past it is measured (there is none)
+    assert by_key["i2xt1-d2000-pnone-b64"].dominated_by is not None
+    # the SLO excludes points: with a tight SLO the winner must meet it
+    tight = coordinate_search(Counting(), SPACE, START, slo_ms=3.5, budget_s=1e9)
+    assert tight.best.meets_slo and tight.best.p99_ms <= 3.5
+
+
+def test_budget_stops_the_search_and_the_start_is_always_measured():
+    measure = Counting()
+    result = coordinate_search(measure, SPACE, START, slo_ms=100.0, budget_s=25.0, clock=Clock(step=10.0))
+    assert result.stopped == "budget"
+    assert 1 <= len(measure.calls) <= 3 and result.seconds <= 40
+    zero = coordinate_search(Counting(), SPACE, START, slo_ms=100.0, budget_s=0.0, clock=Clock(step=10.0))
+    assert [t.config for t in zero.trials] == [START] and zero.best.config == START
+
+
+def test_seeded_start_is_not_measured_again():
+    measure = Counting()
+    result = coordinate_search(measure, SPACE, START, slo_ms=100.0, budget_s=1e9, start_points=landscape(START))
+    assert START not in measure.calls
+    assert result.trials[0].config == START and result.trials[0].points == landscape(START)
+
+
+def test_a_failing_configuration_is_kept_with_its_reason_and_the_search_goes_on():
+    bad = ServingConfig(instance_count=2, threads=1, max_batch_size=64)
+    result = coordinate_search(Counting(fail=lambda c: c.placement == (2, 1)), SPACE, START, slo_ms=100.0, budget_s=1e9)
+    failed = next(t for t in result.trials if t.config == bad)
+    assert failed.error == "Triton refused i2xt1-d0-pnone-b64" and not failed.points
+    assert failed.dominated_by == START.key()  # a failure ends its direction like a dominated point
+    assert result.best.config.placement == (1, 2)  # every 2x1 failed; the next best placement is kept
+    assert result.best.error is None
+
+
+def test_csv_and_plot_keep_every_point(tmp_path):
+    result = coordinate_search(Counting(), SPACE, START, slo_ms=100.0, budget_s=1e9)
+    rows = list(csv.DictReader(write_csv(result, tmp_path / "search.csv").open()))
+    assert len(rows) == 2 * len(result.trials)
+    assert {r["config"] for r in rows} == {t.config.key() for t in result.trials}
+    png = plot_search({"ort_fp32": result.to_json()}, 100.0, tmp_path / "search.png")
+    assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
+    assert plot_search({"ort_fp32": None}, 100.0, tmp_path / "none.png") is None
+
+
+def test_select_chooses_the_best_variant_and_configuration():
+    fast = ServingConfig(instance_count=2, threads=1, max_queue_delay_us=500).as_dict()
+    default = START.as_dict()
+
+    def pts(thr: float, p99: float) -> list[dict[str, float]]:
+        return [{"concurrency": 4, "throughput": thr, "p50_ms": p99 / 2, "p99_ms": p99}]
+
+    bench = {"variants": {
+        "baseline": {"status": "done", "points": pts(50, 10)},
+        "ort_fp32": {"status": "done", "points": pts(120, 9), "config": fast,
+                     "configs": [{"config": default, "points": pts(100, 8)}, {"config": fast, "points": pts(120, 9)}]},
+        "ort_int8_dynamic": {"status": "done", "points": pts(110, 7), "config": default,
+                             "configs": [{"config": default, "points": pts(110, 7)}]},
+    }}  # fmt: skip
+    validate = {"candidates": {v: {"status": "accepted"} for v in ("ort_fp32", "ort_int8_dynamic")}}
+    chosen = select(validate, bench, slo_ms=100.0).to_json()
+    assert chosen["chosen"] == "ort_fp32" and chosen["config"] == fast and chosen["speedup"] == 2.4
+    # under a tighter SLO the searched configuration misses it: the default configuration of another variant wins
+    tight = select(validate, bench, slo_ms=8.5).to_json()
+    assert tight["chosen"] == "ort_int8_dynamic" and tight["config"] == default
+    # a result without configurations (before the search existed) still selects, with no configuration
+    del bench["variants"]["ort_fp32"]["configs"], bench["variants"]["ort_fp32"]["config"]
+    assert select(validate, bench, slo_ms=100.0).to_json()["config"] is None
+
+
+def test_the_chosen_configuration_renders_into_config_pbtxt():
+    io = {"inputs": [{"name": "x", "dtype": "float32", "dims": [4]}],
+          "outputs": [{"name": "y", "dtype": "float32", "dims": [4]}]}  # fmt: skip
+    text = render_config(name="m", kind="onnxruntime", io=io, max_batch_size=8, instance_count=2, threads=1,
+                         preferred_batch_sizes=[4], max_queue_delay_us=500)  # fmt: skip
+    config = parse(text)
+    assert config.instance_group[0].count == 2 and config.parameters["intra_op_threads"].string_value == "1"
+    assert list(config.dynamic_batching.preferred_batch_size) == [4]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500 and config.max_batch_size == 8
+
+
+def test_spec_defaults_and_bounds():
+    bench = RunSpec().benchmark
+    assert bench.config_search is True and bench.config_search_budget_s == 60.0
+    with pytest.raises(ValueError, match="config_search_budget_s"):
+        RunSpec.parse({"benchmark": {"config_search_budget_s": -1}})
+    assert ServingConfig.from_dict(START.as_dict()) == START
