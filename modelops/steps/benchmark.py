@@ -174,6 +174,10 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
     variants: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="modelops-benchmark-") as tmp:
         work = Path(tmp)
+        if device == Device.GPU:  # native backends (onnxruntime_onnx, tensorrt_plan) on a GPU Triton
+            from modelops.steps.gpu_bench import benchmark_gpu
+
+            return benchmark_gpu(spec, storage, export, validate, optimize, perf, work)
         all_samples = _load_npz(storage.download_file(export["outputs"]["samples"], work / "samples.npz"))
         samples = {t["name"]: all_samples[t["name"]] for t in io["inputs"]}
         baseline_kind = export.get("baseline_kind", "pytorch")

@@ -4,6 +4,9 @@ The source is export's ONNX model, which export parity-checked against the frame
 accepted iff its metric >= source metric - tolerance, none of its outputs is NaN/inf, AND its per-sample
 comparison table passes the recipe's great-expectations suite (:mod:`modelops.evaluation.gates`). The table and GX's
 result are uploaded to ``<run prefix>/<variant>/comparison.csv`` and ``expectations.json``.
+
+TensorRT engines (the compile step's plans) go through the same gate, run by TensorRT
+(:mod:`modelops.evaluation.trt_gate`); their verdicts also record the ONNX they were built from and the GPU product.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from modelops.contracts.status import Status
-from modelops.contracts.variants import VARIANTS, Runtime, get_variant
+from modelops.contracts.variants import VARIANTS, ArtifactFormat, Runtime, get_variant
 from modelops.optimization import ort_cpu
 from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
 from modelops.storage import Storage, join
@@ -63,6 +66,10 @@ def extra_metrics(recipe: Any, outputs: np.ndarray, labels: np.ndarray | None, s
 def run_candidate(path: Path, inputs: dict[str, np.ndarray], variant: str | None = None) -> dict[str, np.ndarray]:
     """The candidate's outputs in the runtime that serves it: OpenVINO (with the variant's precision hint) or ORT."""
     info = VARIANTS.get(variant or "")  # test/ad-hoc names run in ONNX Runtime
+    if info is not None and info.artifact == ArtifactFormat.TENSORRT_PLAN:  # a compiled engine: TensorRT runs it
+        from modelops.evaluation.trt_gate import run_engine
+
+        return run_engine(path, inputs)
     if info is not None and info.runtime == Runtime.OPENVINO:
         from modelops.optimization import openvino
 
@@ -109,7 +116,9 @@ def validate_candidate(
     try:
         outputs = run_candidate(candidate_onnx, eval_inputs, variant)
     except Exception as exc:  # noqa: BLE001 - a broken candidate fails alone
-        if runtime == Runtime.TENSORRT:
+        info = VARIANTS.get(variant or "")
+        engine = info is not None and info.artifact == ArtifactFormat.TENSORRT_PLAN
+        if runtime == Runtime.TENSORRT and (isinstance(exc, ImportError) or not engine):  # a broken engine fails
             return _not_run(Status.SKIPPED, source_metric, TENSORRT_REASON, f"onnxruntime: {first_line(exc)}")
         return _not_run(Status.FAILED, source_metric, f"cannot run candidate: {first_line(exc)}")
     first = next(iter(source_outputs))
@@ -218,6 +227,17 @@ def validate_candidates(
     return source_metric, recipe.metric_name, results
 
 
+def _engines(storage: Storage, spec: dict[str, Any], work: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    """The compile step's built engines (none when compile did not run or was skipped): local plans, provenance."""
+    from modelops.evaluation import trt_gate
+    from modelops.steps._common import result_uri
+
+    if not storage.exists(result_uri(spec, "compile")):
+        return {}, {}
+    compiled = load_result(storage, spec, "compile")
+    return trt_gate.engine_candidates(storage, compiled, work, trt_gate.local_compute_capability())
+
+
 def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
     """The step: download export + optimize outputs, gate the done candidates, upload sample outputs."""
     from modelops.steps import llm_build, llm_eval
@@ -238,10 +258,12 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
         # a TensorRT-only artifact (an engine, no ONNX) cannot be scored here: it is checked on a GPU
         skipped = {v: _not_run(Status.SKIPPED, math.nan, TENSORRT_REASON) for v, c in done.items() if not c.get("onnx")}
         todo = {v: c for v, c in done.items() if c.get("onnx")}
-        if not todo and not skipped:
+        engines, provenance = _engines(storage, spec, work)
+        if not todo and not skipped and not engines:
             raise StepError("optimize produced no candidate to validate")
         paths = {v: storage.download_file(c["onnx"], work / "candidates" / v / "model.onnx") for v, c in todo.items()}
-        runtimes = {v: get_variant(v).runtime for v in todo}
+        paths.update(engines)
+        runtimes = {v: get_variant(v).runtime for v in paths}
         source_metric, metric_name, results = validate_candidates(
             spec["recipe"], export["io"], source, paths, tolerance, samples=samples, out_dir=work / "out",
             runtimes=runtimes,
@@ -258,7 +280,7 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
                 res["expectations"]["uri"] = (
                     storage.upload_file(local, join(prefix, "expectations.json")) if local else None
                 )
-            candidates[variant] = res
+            candidates[variant] = {**res, **provenance.get(variant, {})}
     return {
         "status": Status.DONE,
         "source_metric": source_metric,

@@ -21,11 +21,11 @@ from modelops.steps import compile as compile_step
 from modelops.steps._common import StepSkipped, run_step
 from modelops.steps.compile import ENGINES, EngineBuildError, GpuInfo, build_engine, detect_gpu, profile_shapes
 from modelops.storage import Storage
+from tests.worker.fakes.polygraphy_trt import FAKE_PLAN_MAGIC  # + the ONNX bytes a fake engine was "built" from
 from tests.worker.stepkit import export_result, run_spec
 
 onnx = pytest.importorskip("onnx")
 
-FAKE_PLAN_MAGIC = b"FAKEPLAN\0"  # + the ONNX bytes the fake engine was "built" from
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0", "570.1")
 A100 = GpuInfo("NVIDIA A100-SXM4-40GB", "8.0", "570.1")
 
@@ -54,7 +54,7 @@ class FakeTRT:
         self, *, parse_ok: bool = True, build_ok: bool = True, strongly_typed: bool = True, embed_onnx: bool = False
     ) -> None:
         """``embed_onnx``: the plan is :data:`FAKE_PLAN_MAGIC` + the parsed ONNX bytes, so a fake runtime
-        (``tests/worker/fake_trt_runtime.py``) can compute what the engine would, through ONNX Runtime."""
+        (``tests/worker/fakes/polygraphy_trt.py``) can compute what the engine would, through ONNX Runtime."""
         self.calls: list[tuple[str, Any]] = []
         self.parse_ok, self.build_ok, self.embed_onnx = parse_ok, build_ok, embed_onnx
         if not strongly_typed:  # TensorRT < 9 has no STRONGLY_TYPED
