@@ -122,6 +122,7 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
                 rollout=int(params["rollout"]) if params.get("rollout") is not None else 100,
                 rollout_steps=list(params["rollout_steps"]) if params.get("rollout_steps") else None,
                 rollout_interval_s=float(params.get("rollout_interval_s") or 60),
+                benchmark=_search_params(params),
             )
         except SpecError as exc:
             mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}", run_id)
@@ -198,6 +199,16 @@ def _load(storage, spec_uri: str) -> dict[str, Any]:
     return storage.read_json(spec_uri)
 
 
+def _search_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The benchmark block's configuration-search keys from the DAG params (absent keys keep the spec defaults)."""
+    out: dict[str, Any] = {}
+    if params.get("config_search") is not None:
+        out["config_search"] = bool(params["config_search"])
+    if params.get("config_search_budget_s") is not None:
+        out["config_search_budget_s"] = float(params["config_search_budget_s"])
+    return out
+
+
 def select(spec_uri: str) -> dict[str, Any]:
     from modelops.evaluation.selection import select as select_winner
     from modelops.steps._common import load_result
@@ -235,7 +246,8 @@ def publish(spec_uri: str, selection: dict[str, Any]) -> dict[str, Any]:
         if export.get("generative"):
             out = _publish_llm(storage, spec, selection["chosen"], optimize)
         else:
-            out = publish_candidate(storage, spec, selection["chosen"], export, optimize, spec["triton_bucket"])
+            out = publish_candidate(storage, spec, selection["chosen"], export, optimize, spec["triton_bucket"],
+                                    serving_config=selection.get("config"))  # benchmark's configuration search
     except PublishError as exc:
         raise _fail(str(exc)) from None
     return {"deployment": out["deployment"], "uri": out["uri"], "reused": out["reused"]}

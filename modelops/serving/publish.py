@@ -141,8 +141,13 @@ def publish_candidate(
     triton_bucket: str,
     *,
     claim_wait_s: float = CLAIM_WAIT_S,
+    serving_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Render and upload the deployment of ``variant``.
+
+    ``serving_config`` is the configuration select chose with it (benchmark's configuration search of a python-backend
+    candidate: instance count, threads, max_batch_size, dynamic batching's queue delay and preferred sizes); None,
+    or a native GPU backend, renders the default one.
 
     A deployment name never stands for two contents. The model directory is rendered first under the plain
     name ``<model>--v<version>-<variant>`` and its content digest computed (:func:`content_digest`). Then:
@@ -169,6 +174,7 @@ def publish_candidate(
         PublishError: not servable on the target device, no optimized model, or the name holds another model.
     """
     from modelops.serving.triton.model_dir import (
+        PYTHON_BACKEND,
         TENSORRT_BACKEND,
         build_model_dir,
         engine_max_batch,
@@ -200,6 +206,8 @@ def publish_candidate(
         assets_uri = export_result["outputs"].get("serving_assets")
         assets = storage.download_dir(assets_uri, Path(tmp) / "assets") if assets_uri else None
 
+        serving = _serving_kwargs(serving_config if backend == PYTHON_BACKEND else None, max_batch_size)
+
         def render(name: str) -> Path:
             return build_model_dir(
                 Path(tmp) / "render" / name,
@@ -207,13 +215,13 @@ def publish_candidate(
                 kind=export_result.get("serving_kind") or "onnxruntime",
                 model_path=onnx_path,
                 io=export_result.get("serving_io") or export_result["io"],
-                max_batch_size=max_batch_size,
                 assets=assets,
                 parameters=runtime_parameters(variant),  # e.g. OpenVINO's engine and precision hint
                 backend=backend,
                 device=str(device),
                 accelerator=gpu_accelerator(variant),
                 plans=plans,
+                **serving,  # max_batch_size, and the chosen serving configuration
             )
 
         def manifest_for(root: Path, name: str) -> dict[str, Any]:
@@ -221,6 +229,19 @@ def publish_candidate(
 
         return publish_content(storage, triton_bucket, plain, render, manifest_for, model_name=spec["model_name"],
                                variant=variant, run_id=spec.get("run_id"), claim_wait_s=claim_wait_s)  # fmt: skip
+
+
+def _serving_kwargs(config: dict[str, Any] | None, max_batch_size: int) -> dict[str, Any]:
+    """``build_model_dir`` keyword arguments of a chosen serving configuration (the default one without it)."""
+    if not config:
+        return {"max_batch_size": max_batch_size}
+    return {
+        "max_batch_size": int(config.get("max_batch_size") or max_batch_size),
+        "instance_count": int(config.get("instance_count") or 1),
+        "threads": int(config.get("threads") or 2),
+        "preferred_batch_sizes": [int(b) for b in config.get("preferred_batch_sizes") or []],
+        "max_queue_delay_us": int(config.get("max_queue_delay_us") or 0),
+    }
 
 
 def _compiled(storage: Storage, spec: dict[str, Any], variant: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ A candidate whose server fails is marked failed; a failing baseline fails the st
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -21,12 +22,14 @@ import numpy as np
 from modelops.contracts.naming import slug
 from modelops.contracts.status import Status
 from modelops.contracts.variants import Device, get_variant
+from modelops.evaluation.config_search import SearchSpace, ServingConfig, TritonMeasure, coordinate_search, write_csv
 from modelops.evaluation.perf import PerfAnalyzerError, PerfSettings, run_perf_analyzer
+from modelops.evaluation.selection import best_point
 from modelops.serving.triton.local_server import TritonProcess, TritonStartError
-from modelops.serving.triton.model_dir import ONNX_FILE_KINDS, build_model_dir, runtime_parameters
+from modelops.serving.triton.model_dir import ONNX_FILE_KINDS, build_model_dir, render_config, runtime_parameters
 from modelops.settings import Settings
-from modelops.steps._common import StepError, first_line, load_result, run_step, upload_measurement
-from modelops.storage import Storage
+from modelops.steps._common import StepError, first_line, load_result, run_step, upload_measurement, variant_prefix
+from modelops.storage import Storage, join
 
 log = logging.getLogger("modelops.steps.benchmark")
 
@@ -65,11 +68,17 @@ def benchmark_target(
     work: Path,
     samples: dict[str, np.ndarray] | None = None,
     tools: Settings | None = None,
+    search_budget_s: float = 0.0,
+    slo_ms: float = 100.0,
 ) -> dict[str, Any]:
     """Serve one target in a fresh Triton and measure it; never raises for server/perf failures.
 
+    With ``search_budget_s`` > 0 the serving configuration is then searched in the same Triton (:func:`search_configs`)
+    and ``points``/``config`` are those of the better of the default and the searched configuration.
+
     Returns:
-        ``{"status", "kind", "points", "csv_path", "log_paths", "reason", "triton_max_abs_diff", "seconds"}``.
+        ``{"status", "kind", "points", "config", "configs", "csv_path", "log_paths", "reason", "triton_max_abs_diff",
+        "seconds"}`` (+ ``config_search`` after a search).
     """
     started = time.time()
     name = slug(target.variant).replace("-", "_")
@@ -117,6 +126,11 @@ def benchmark_target(
                 notes=out["notes"],
             )
             out["csv_path"] = csv_path
+            default = ServingConfig(threads=perf.threads, max_batch_size=max_batch_size)
+            out["config"], out["configs"] = default.as_dict(), [{"config": default.as_dict(), "points": out["points"]}]
+            if search_budget_s > 0:
+                search_configs(out, triton, target, name=name, model_dir=repo / name, io=io, perf=perf, url=url,
+                               tools=tools, work=vdir, budget_s=search_budget_s, slo_ms=slo_ms)  # fmt: skip
             out["status"] = "done"
     except TritonStartError as exc:
         out["reason"] = f"Triton could not serve {target.variant}: {exc.reason}"
@@ -127,6 +141,61 @@ def benchmark_target(
     out["seconds"] = round(time.time() - started, 2)
     log.info("%s (%s): %s %s", target.variant, target.kind, out["status"], out["reason"] or out["points"])
     return out
+
+
+def search_configs(
+    out: dict[str, Any], triton: TritonProcess, target: Target, *, name: str, model_dir: Path, io: dict[str, Any],
+    perf: PerfSettings, url: str, tools: Settings | None, work: Path, budget_s: float, slo_ms: float,
+    space: SearchSpace | None = None,
+) -> None:  # fmt: skip
+    """Search ``target``'s serving configuration in its running Triton, from the default just measured in ``out``.
+
+    Search points use short perf_analyzer windows; a best configuration other than the default is then measured with
+    the full settings, and ``out``'s ``points``/``config``/``csv_path`` become the better of the two under the SLO
+    (``configs`` keeps both). Every searched point goes to ``config_search.csv``. A failing search is a note, never
+    a failed candidate.
+    """
+    default = ServingConfig.from_dict(out["config"])
+    space = space or SearchSpace.for_cpu(os.cpu_count() or 1, default.max_batch_size, perf.concurrency)
+    # short windows, and any spread accepted at once (3 windows): a point only steers the search, the chosen
+    # configuration is measured again with the full settings
+    short = perf.model_copy(update={"measurement_interval_ms": max(250, perf.measurement_interval_ms // 2),
+                                    "max_trials": 3, "stability_percentage": 10000})  # fmt: skip
+    pa_log, params = work / "perf_analyzer.log", runtime_parameters(target.variant)
+
+    def render(cfg: ServingConfig) -> str:
+        return render_config(name=name, kind=target.kind, io=io, max_batch_size=cfg.max_batch_size,
+                             instance_count=cfg.instance_count, threads=cfg.threads, parameters=params,
+                             preferred_batch_sizes=list(cfg.preferred_batch_sizes),
+                             max_queue_delay_us=cfg.max_queue_delay_us)  # fmt: skip
+
+    def run_perf(cfg: ServingConfig, csv_path: Path, settings: PerfSettings = short) -> list[dict[str, Any]]:
+        return run_perf_analyzer(model=name, url=url, settings=settings, csv_path=csv_path, tools=tools,
+                                 shapes=_shapes(io), log_path=pa_log, timeout_s=120)  # fmt: skip
+
+    measure = TritonMeasure(triton, name=name, model_dir=model_dir, render=render, run_perf=run_perf,
+                            work=work / "search")  # fmt: skip
+    result = coordinate_search(measure, space, default, slo_ms=slo_ms, budget_s=budget_s, start_points=out["points"])
+    out["config_search"] = {**result.to_json(), "csv": None, "reloads": measure.loads}
+    out["log_paths"].append(write_csv(result, work / "config_search.csv"))
+    if result.best.config == default:
+        return
+    best = result.best.config
+    try:
+        measure.apply(best)
+        points = run_perf(best, work / "perf_best.csv", perf)
+    except (TritonStartError, PerfAnalyzerError, RuntimeError, OSError) as exc:
+        out["notes"].append(f"configuration {best.key()} could not be measured in full: {first_line(exc)}")
+        return
+    out["configs"].append({"config": best.as_dict(), "points": points})
+    full_best, full_default = best_point(points, slo_ms), best_point(out["points"], slo_ms)
+    if full_best is not None and (full_default is None or full_best["throughput"] > full_default["throughput"]):
+        kept = work / "perf_default.csv"  # the default's CSV, beside the chosen one (uploaded as perf.csv)
+        kept.write_bytes(Path(out["csv_path"]).read_bytes())
+        out["log_paths"].append(kept)
+        out["points"], out["config"], out["csv_path"] = points, best.as_dict(), work / "perf_best.csv"
+    else:
+        out["log_paths"].append(work / "perf_best.csv")
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -204,8 +273,18 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
             )
             expected = _load_npz(storage.download_file(res["sample_outputs"], work / "models" / variant / "sample.npz"))
             targets.append(Target(variant, candidate_kind, onnx, expected, assets))
+        # the configuration search (CPU python backend): the budget shared by the candidates, unused time carried on
+        search_left = perf.config_search_budget_s if perf.config_search and str(device) == Device.CPU else 0.0
+        searched = sum(t.variant != BASELINE for t in targets)
         for target in targets:
-            res = benchmark_target(target, io=io, max_batch_size=mbs, perf=perf, work=work / "runs", samples=samples)
+            share = search_left / searched if target.variant != BASELINE and searched else 0.0
+            res = benchmark_target(target, io=io, max_batch_size=mbs, perf=perf, work=work / "runs", samples=samples,
+                                   search_budget_s=share, slo_ms=float(spec.get("latency_slo_ms") or 100.0))
+            if target.variant != BASELINE:
+                searched -= 1
+                search_left = max(0.0, search_left - (res.get("config_search") or {}).get("seconds", 0.0))
+            if res.get("config_search"):
+                res["config_search"]["csv"] = join(variant_prefix(spec, target.variant), "config_search.csv")
             variants[target.variant] = upload_measurement(storage, spec, target.variant, res)
             if target.variant == BASELINE and res["status"] != Status.DONE:
                 raise StepError(f"baseline ({target.kind} in Triton) failed: {res['reason']}")

@@ -164,3 +164,24 @@ def test_spec_defaults_and_bounds():
     with pytest.raises(ValueError, match="config_search_budget_s"):
         RunSpec.parse({"benchmark": {"config_search_budget_s": -1}})
     assert ServingConfig.from_dict(START.as_dict()) == START
+
+
+def test_publish_renders_the_chosen_configuration(tmp_path):
+    from modelops.serving.publish import _serving_kwargs
+    from modelops.serving.triton.model_dir import build_model_dir
+
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"not read by the renderer")
+    io = {"inputs": [{"name": "x", "dtype": "float32", "dims": [4]}],
+          "outputs": [{"name": "y", "dtype": "float32", "dims": [4]}]}  # fmt: skip
+    chosen = ServingConfig(instance_count=2, threads=1, max_queue_delay_us=2000, preferred_batch_sizes=(4,),
+                           max_batch_size=16).as_dict()  # fmt: skip
+    root = build_model_dir(tmp_path / "m", name="m", kind="onnxruntime", model_path=onnx, io=io,
+                           **_serving_kwargs(chosen, 64))  # fmt: skip
+    config = parse((root / "config.pbtxt").read_text())
+    assert (config.instance_group[0].count, config.max_batch_size) == (2, 16)
+    assert config.parameters["intra_op_threads"].string_value == "1"
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert list(config.dynamic_batching.preferred_batch_size) == [4]
+    # no configuration (a selection from before the search): the default rendering, the model's max_batch_size
+    assert _serving_kwargs(None, 64) == {"max_batch_size": 64}

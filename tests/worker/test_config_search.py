@@ -1,0 +1,56 @@
+"""The configuration search in a real tritonserver with real perf_analyzer, on the digits candidate (tiny budget):
+each configuration is reloaded through the repository API and verified against what Triton serves."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from model_recipes.demo_models import save_local
+from modelops.evaluation.config_search import ServingConfig
+from modelops.evaluation.perf import PerfSettings
+from modelops.settings import Settings
+from modelops.steps.benchmark import Target, benchmark_target
+from tests.worker.stepkit import run_spec, step, write_spec
+
+pytestmark = pytest.mark.skipif(not Settings.from_env().tritonserver_bin.exists(), reason="tritonserver not installed")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> dict:
+    """digits_cnn exported to ONNX (the ort_fp32 candidate's model) with its io."""
+    tmp = tmp_path_factory.mktemp("digits")
+    save_local("digits", str(tmp / "source_model"), "pt2")
+    spec = run_spec(tmp / "run", model_name="digits", recipe="digits_cnn", source_uri=str(tmp / "source_model"),
+                    variants=["ort_fp32"])  # fmt: skip
+    return step("export", write_spec(tmp, spec))
+
+
+def test_search_reloads_each_configuration_in_one_triton(digits, tmp_path):
+    perf = PerfSettings.from_spec({"concurrency": [1, 4], "measurement_interval_ms": 400, "max_trials": 4})
+    onnx = Path(digits["outputs"]["onnx"])
+    out = benchmark_target(Target("ort_fp32", "onnxruntime", onnx), io=digits["io"], max_batch_size=64, perf=perf,
+                           work=tmp_path, search_budget_s=20.0, slo_ms=1000.0)  # fmt: skip
+    assert out["status"] == "done", out["reason"]
+    search = out["config_search"]
+    trials = search["points"]
+    keys = [t["key"] for t in trials]
+    assert len(keys) == len(set(keys)) >= 3, keys  # the start (seeded) and at least two reloaded configurations
+    assert trials[0]["config"] == ServingConfig(threads=2, max_batch_size=64).as_dict() and trials[0]["seconds"] == 0
+    assert search["measured"] < search["space_size"] == 48
+    # every reload served exactly the configuration asked for (TritonMeasure compares Triton's own config)
+    assert all(t["error"] is None for t in trials), [t["error"] for t in trials if t["error"]]
+    assert search["reloads"] >= len(trials) - 1
+    assert all(t["points"] and {p["concurrency"] for p in t["points"]} == {1, 4} for t in trials)
+    rows = list(csv.DictReader((tmp_path / "ort_fp32" / "config_search.csv").open()))
+    assert {r["config"] for r in rows} == set(keys) and len(rows) == 2 * len(keys)
+    # the result's configuration is one measured in full, and its points are that configuration's
+    full = {ServingConfig.from_dict(c["config"]).key(): c["points"] for c in out["configs"]}
+    assert ServingConfig.from_dict(out["config"]).key() in full
+    assert out["points"] == full[ServingConfig.from_dict(out["config"]).key()]
+    assert search["best_key"] in full
