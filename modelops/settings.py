@@ -181,6 +181,10 @@ class GatewaySettings(_Group):
     mlflow_url: str = _var("MODELOPS_GATEWAY_MLFLOW_URL", "MLflow the gateway reads model descriptions and "
                            "modelops.task tags from (/v1/models).", "",
                            shown="http://127.0.0.1:5000, shifted by MODELOPS_PORT_OFFSET")
+    mlflow_username: str = _var("MODELOPS_GATEWAY_MLFLOW_USERNAME", "MLflow user (basic auth) of those lookups; "
+                                "the stack gives its read-only `gateway` user.", "", shown="none")
+    mlflow_password: SecretStr | None = _var("MODELOPS_GATEWAY_MLFLOW_PASSWORD", "Password of that MLflow user.",
+                                             shown="none")
 
 
 class _EnvironSource(PydanticBaseSettingsSource):

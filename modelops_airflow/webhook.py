@@ -234,11 +234,29 @@ def _tracking_uri() -> str:
         return os.environ["MLFLOW_TRACKING_URI"]
 
 
+def _registry_headers() -> dict[str, str]:
+    """MLflow basic auth: the ``mlflow_default`` connection's login, else ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``."""
+    from modelops_airflow.hooks import MlflowHook
+
+    try:
+        headers = MlflowHook().auth_headers()
+    except Exception:  # noqa: BLE001 - no connection in this process: the environment may hold the login
+        headers = {}
+    if headers:
+        return headers
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    if not user:
+        return {}
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
 def registered_model_tags(name: str, timeout: float = REGISTRY_TIMEOUT_S) -> dict[str, str] | None:
     """Tags of a registered model through MLflow's REST API (no mlflow import in the API server); None if absent."""
     url = f"{_tracking_uri().rstrip('/')}/api/2.0/mlflow/registered-models/get?{urllib.parse.urlencode({'name': name})}"
     try:
-        with _OPENER.open(url, timeout=timeout) as resp:
+        with _OPENER.open(urllib.request.Request(url, headers=_registry_headers()), timeout=timeout) as resp:
             data = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
@@ -252,7 +270,8 @@ def set_model_tag(name: str, key: str, value: str, timeout: float = REGISTRY_TIM
     """Set a tag on a registered model through MLflow's REST API."""
     url = f"{_tracking_uri().rstrip('/')}/api/2.0/mlflow/registered-models/set-tag"
     body = json.dumps({"name": name, "key": key, "value": value}).encode()
-    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": "application/json", **_registry_headers()})
     with _OPENER.open(req, timeout=timeout) as resp:
         resp.read()
 

@@ -41,6 +41,13 @@ TRIGGER_KINDS = ("manual", "event", "nightly")  # highest priority first
 # Run id prefixes of modelops.triggers.events.run_id_for: registry events (webhook, reconcile) and nightly plans.
 _EVENT_PREFIX, _NIGHTLY_PREFIX = "mlflow__", "nightly__"
 _GPU_RESOURCE = re.compile(r"^nvidia\.com/(gpu|mig-\d+g\.\d+gb(\+me)?)$")
+# Orchestrator secrets a step never gets (it loads untrusted model files): the stack's state folder (stack.json
+# holds every key), MLflow logins, the webhook secret, the gateway's MLflow login. AWS_* are replaced too.
+STEP_ENV_DROPPED = frozenset({
+    "MODELOPS_STACK_DIR", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+    "MODELOPS_WEBHOOK_SECRET", "MODELOPS_WEBHOOK_SECRET_FILE", "MODELOPS_GATEWAY_MLFLOW_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_AUTH_CONFIG_PATH",
+})
 # Steps that need no accelerator even in a GPU cluster (none yet: export/optimize may build TensorRT).
 CPU_ONLY_STEPS: frozenset[str] = frozenset()
 
@@ -58,26 +65,42 @@ class LocalStepOperator(BaseOperator):
         step: one of ``modelops.steps.HEAVY_STEPS``.
         spec: the run spec's URI (templated).
         s3_conn_id: the aws connection whose endpoint and keys the step gets as ``AWS_*`` variables (a DAG
-            may set it for every step in ``default_args``).
+            may set it for every step in ``default_args``) when ``worker_s3_conn_id`` does not exist.
+        worker_s3_conn_id: the connection of the worker S3 identity (the embedded stack's ``s3_worker``: read
+            MLflow's models, write run artifacts, nothing on the Triton repository). Steps load untrusted model
+            files, so they get that identity and none of the orchestrator's secrets (:data:`STEP_ENV_DROPPED`).
     """
 
     template_fields = ("spec",)
     ui_color = "#d9ecf2"
 
-    def __init__(self, *, step: str, spec: str, s3_conn_id: str = "s3_default", **kwargs: Any) -> None:
+    def __init__(self, *, step: str, spec: str, s3_conn_id: str = "s3_default",
+                 worker_s3_conn_id: str = "s3_worker", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.step = step
         self.spec = spec
         self.s3_conn_id = s3_conn_id
+        self.worker_s3_conn_id = worker_s3_conn_id
+
+    def _step_s3_conn_id(self) -> str:
+        """``worker_s3_conn_id`` when that connection exists, else ``s3_conn_id``."""
+        from airflow.sdk import BaseHook
+
+        try:
+            BaseHook.get_connection(self.worker_s3_conn_id)
+        except Exception:  # noqa: BLE001 - AirflowNotFoundException: a deployment with one S3 connection
+            return self.s3_conn_id
+        return self.worker_s3_conn_id
 
     def _env(self, settings: Settings | None = None) -> dict[str, str]:
         from modelops_airflow.hooks import ModelOpsS3Hook
 
         settings = settings or Settings.from_env()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__"))}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__", "AWS_")) and k not in STEP_ENV_DROPPED}
         env.update(MLFLOW_HTTP_REQUEST_TIMEOUT=str(settings.mlflow_timeout_s),
                    MLFLOW_HTTP_REQUEST_MAX_RETRIES=str(settings.mlflow_max_retries))
-        env.update(ModelOpsS3Hook(aws_conn_id=self.s3_conn_id).s3_config().as_env())
+        env.update(ModelOpsS3Hook(aws_conn_id=self._step_s3_conn_id()).s3_config().as_env())
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.repo_root), env.get("PYTHONPATH", "")]))
         env["PYTHONUNBUFFERED"] = "1"
         return env

@@ -27,6 +27,7 @@ def refresh_stack(status: Mapping[str, Any], settings: Settings | None = None, *
     """
     from mlflow import MlflowClient
 
+    from modelops.local.stack.auth import use_mlflow_credentials
     from modelops.local.stack.endpoints import s3_config
     from modelops.local.stack.openwebui_service import ensure_gateway_key
     from modelops.local.stack.state import StackError, StackState
@@ -43,6 +44,7 @@ def refresh_stack(status: Mapping[str, Any], settings: Settings | None = None, *
     key = ensure_gateway_key(state, settings)
     s3, mlflow, webui = status["s3"], status["mlflow"], status["openwebui"]
     storage = Storage(s3_config(status))
+    use_mlflow_credentials(status)  # the stack's (operator's) MLflow login
     entries = registry_models(storage, s3["triton_bucket"], MlflowClient(mlflow["url"], mlflow["url"]))
     try:
         return refresh(webui["url"], webui["admin_email"], webui["admin_password"], status["gateway"]["url"], key,

@@ -56,6 +56,9 @@ def ensure_secret(stack_dir: Path, rotate: bool = False) -> str:
 def _client(status: dict[str, Any]):
     from mlflow import MlflowClient
 
+    from modelops.local.stack.auth import use_mlflow_credentials
+
+    use_mlflow_credentials(status)  # webhooks are managed by MLflow's admin
     url = status["mlflow"]["url"]
     return MlflowClient(tracking_uri=url, registry_uri=url)
 

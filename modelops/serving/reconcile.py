@@ -150,8 +150,9 @@ def reconcile_stack(status: Mapping[str, Any], *, say: Callable[[str], None] | N
     from modelops.storage import S3Config
 
     s3, triton = status["s3"], status["triton"]
-    storage = Storage(S3Config(endpoint_url=s3["endpoint"], access_key=s3["access_key"],
-                               secret_key=s3["secret_key"], region=s3.get("region", "us-east-1")))
+    keys = (s3.get("identities") or {}).get("serving") or s3  # read-only on the Triton bucket; else the admin's
+    storage = Storage(S3Config(endpoint_url=s3["endpoint"], access_key=keys["access_key"],
+                               secret_key=keys["secret_key"], region=s3.get("region", "us-east-1")))
     client = admin_client(triton["http"].removeprefix("http://"), triton["admin_header"], triton["admin_token"])
     try:
         return reconcile(client, storage, s3["triton_bucket"], say=say)

@@ -20,9 +20,11 @@ def stack():
     os.environ.setdefault("MODELOPS_STACK_DIR", str(REPO / ".stack-test"))
     os.environ.setdefault("MODELOPS_PORT_OFFSET", "100")
     from modelops.local import stack as stack_mod
+    from modelops.local.stack.auth import use_mlflow_credentials
 
     status = stack_mod.up()
-    env = stack_mod.client_env(status)
+    env = stack_mod.client_env(status)  # Airflow's: the pipeline S3 identity, MLflow's `airflow` user
+    use_mlflow_credentials(status, environ=env)  # the tests act as the operator: MLflow's admin
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield status
@@ -44,13 +46,15 @@ def settings(stack):
 
 @pytest.fixture(scope="session")
 def storage(stack):
+    from modelops.local import stack as stack_mod
     from modelops.storage import Storage
 
-    return Storage()
+    return Storage(stack_mod.s3_config(stack))  # the admin identity: tests also tamper with MLflow's bucket
 
 
 @pytest.fixture(scope="session")
 def mlflow_client(stack):
+    """MLflow as its admin (the session's environment holds the admin's login)."""
     from mlflow import MlflowClient
 
     return MlflowClient(stack["mlflow"]["url"], registry_uri=stack["mlflow"]["url"])

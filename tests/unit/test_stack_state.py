@@ -195,26 +195,50 @@ def test_status_shape_and_client_env(settings: Settings) -> None:
     assert status["s3"]["running"] is True and status["mlflow"]["running"] is False
     json.dumps(status)  # serializable
 
+    # MLflow's admin (basic auth) for the operator; the other users' logins beside it
+    assert (status["mlflow"]["username"], status["mlflow"]["password"]) == ("admin", creds.mlflow_admin_password)
+    assert status["mlflow"]["users"] == {
+        "airflow": {"username": "airflow", "password": creds.mlflow_airflow_password},
+        "gateway": {"username": "gateway", "password": creds.mlflow_gateway_password},
+    }
+    identities = status["s3"]["identities"]
+    assert set(identities) == {"mlflow", "serving", "worker", "pipeline"}
+    keys = {creds.s3_access_key, *(i["access_key"] for i in identities.values())}
+    assert len(keys) == 5, "every S3 identity has keys of its own"
+
+    # client_env is Airflow's environment: the pipeline S3 identity and MLflow's `airflow` user, never the admins
     env = client_env(status)
     assert env["AWS_ENDPOINT_URL"] == env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:8433"
-    assert env["AWS_ACCESS_KEY_ID"] == creds.s3_access_key
-    assert env["AWS_SECRET_ACCESS_KEY"] == creds.s3_secret_key
+    assert env["AWS_ACCESS_KEY_ID"] == creds.s3_pipeline_access_key
+    assert env["AWS_SECRET_ACCESS_KEY"] == creds.s3_pipeline_secret_key
     assert env["AWS_DEFAULT_REGION"] == "us-east-1"
     assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5100"
+    assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == \
+        ("airflow", creds.mlflow_airflow_password)
     assert env["MODELOPS_STACK_DIR"] == str(settings.stack_dir)
     assert all(isinstance(v, str) for v in env.values())
+    assert creds.s3_secret_key not in json.dumps(env) and creds.mlflow_admin_password not in json.dumps(env)
     assert json.loads(env["AIRFLOW_CONN_MLFLOW_DEFAULT"]) == {
         "conn_type": "http",
         "host": "127.0.0.1",
         "port": 5100,
         "schema": "http",
+        "login": "airflow",
+        "password": creds.mlflow_airflow_password,
     }
+    s3_extra = {"endpoint_url": "http://127.0.0.1:8433", "region_name": "us-east-1",
+                "config_kwargs": {"s3": {"addressing_style": "path"}}}
     assert json.loads(env["AIRFLOW_CONN_S3_DEFAULT"]) == {
         "conn_type": "aws",
-        "login": creds.s3_access_key,
-        "password": creds.s3_secret_key,
-        "extra": {"endpoint_url": "http://127.0.0.1:8433", "region_name": "us-east-1",
-                  "config_kwargs": {"s3": {"addressing_style": "path"}}},
+        "login": creds.s3_pipeline_access_key,
+        "password": creds.s3_pipeline_secret_key,
+        "extra": s3_extra,
+    }
+    assert json.loads(env["AIRFLOW_CONN_S3_WORKER"]) == {
+        "conn_type": "aws",
+        "login": creds.s3_worker_access_key,
+        "password": creds.s3_worker_secret_key,
+        "extra": s3_extra,
     }
     triton = json.loads(env["AIRFLOW_CONN_TRITON_DEFAULT"])
     assert (triton["port"], triton["extra"]) == (8100, {"grpc_port": 8101, "metrics_port": 8102,
@@ -257,7 +281,7 @@ def test_service_env_scrubs_caller_stack_variables(settings: Settings, monkeypat
     state = StackState.new(settings.stack_dir, 0)
     env = airflow_env(Context(state, settings))
     assert "AIRFLOW__CORE__EXECUTOR" not in env
-    assert env["AWS_SECRET_ACCESS_KEY"] == state.credentials.s3_secret_key
+    assert env["AWS_SECRET_ACCESS_KEY"] == state.credentials.s3_pipeline_secret_key  # not the admin's
     assert env["MODELOPS_TOOLS_DIR"] == "/opt/tools"
     assert env["MODELOPS_EXECUTION"] == "local"
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:8080/execution/"
@@ -287,12 +311,90 @@ def test_gateway_runs_on_the_orchestrator_python_against_the_stack_triton(
     assert env["MODELOPS_GATEWAY_KEYS_DB"] == str(settings.stack_dir / "gateway" / "keys.db")
     assert env["MODELOPS_TRITON_BUCKET"] == "triton"
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:8633"
-    assert env["AWS_ACCESS_KEY_ID"] == state.credentials.s3_access_key
+    assert env["AWS_ACCESS_KEY_ID"] == state.credentials.s3_serving_access_key  # read-only on the Triton bucket
+    assert (env["MODELOPS_GATEWAY_MLFLOW_USERNAME"], env["MODELOPS_GATEWAY_MLFLOW_PASSWORD"]) == \
+        ("gateway", state.credentials.mlflow_gateway_password)
     assert (env["MODELOPS_STACK_DIR"], env["MODELOPS_PORT_OFFSET"]) == (str(settings.stack_dir), "300")
     assert env["PYTHONPATH"] == str(settings.repo_root)
     settings.stack_dir.mkdir(parents=True)
     spec.prepare(ctx)
     assert stat.S_IMODE(os.stat(settings.stack_dir / "gateway").st_mode) == 0o700
+
+
+# -- least privilege: MLflow users, S3 identities, the steps' environment --------------------------
+def test_mlflow_runs_with_basic_auth_and_grants_nothing_by_default(settings: Settings) -> None:
+    from modelops.local.stack.services import SPECS, Context
+
+    state = StackState.new(settings.stack_dir, 0)
+    ctx = Context(state, settings)
+    spec = SPECS["mlflow"]
+    cmd = spec.command(ctx)
+    assert cmd[cmd.index("--app-name") + 1] == "basic-auth"
+    settings.stack_dir.mkdir(parents=True)
+    spec.prepare(ctx)
+    env = spec.env(ctx)
+    ini = Path(env["MLFLOW_AUTH_CONFIG_PATH"])
+    assert stat.S_IMODE(os.stat(ini).st_mode) == 0o600
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(ini)
+    assert cfg["mlflow"]["default_permission"] == "NO_PERMISSIONS"
+    assert cfg["mlflow"]["admin_username"] == "admin"
+    assert cfg["mlflow"]["admin_password"] == state.credentials.mlflow_admin_password
+    assert cfg["mlflow"]["database_uri"] == f"sqlite:///{settings.stack_dir / 'mlflow' / 'basic_auth.db'}"
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == state.credentials.mlflow_flask_secret_key
+    assert env["AWS_ACCESS_KEY_ID"] == state.credentials.s3_mlflow_access_key  # its bucket only
+    assert spec.configure is not None, "the airflow and gateway users are made once MLflow answers"
+
+
+def test_s3_identities_are_limited_to_their_buckets(settings: Settings) -> None:
+    from modelops.local.stack.auth import s3_identities
+    from modelops.local.stack.services import SPECS, Context
+
+    state = StackState.new(settings.stack_dir, 0)
+    creds = state.credentials
+    doc = s3_identities(creds, settings)
+    by_name = {i["name"]: i for i in doc["identities"]}
+    assert [i["actions"] for i in doc["identities"] if "Admin" in i["actions"]] == [by_name["modelops"]["actions"]]
+    assert by_name["modelops"]["credentials"] == [{"accessKey": creds.s3_access_key, "secretKey": creds.s3_secret_key}]
+    assert by_name["modelops-serving"]["actions"] == ["Read:triton", "List:triton"]
+    assert by_name["modelops-mlflow"]["actions"] == ["Read:mlflow", "Write:mlflow", "List:mlflow", "Tagging:mlflow"]
+    worker = by_name["modelops-worker"]["actions"]
+    assert not [a for a in worker if a.endswith(":triton")] and "Write:modelops-artifacts" in worker
+    assert not [a for a in worker if a.startswith("Write") and a.endswith(":mlflow")]
+    assert "Write:triton" in by_name["modelops-pipeline"]["actions"]
+    assert all(":" in a for name, i in by_name.items() if name != "modelops" for a in i["actions"])
+    keys = [i["credentials"][0]["accessKey"] for i in doc["identities"]]
+    assert len(set(keys)) == len(keys) == 5
+    ctx = Context(state, settings)
+    assert SPECS["triton"].env(ctx)["AWS_ACCESS_KEY_ID"] == creds.s3_serving_access_key
+    settings.stack_dir.mkdir(parents=True)
+    SPECS["s3"].prepare(ctx)
+    path = settings.stack_dir / "config" / "s3-identities.json"
+    assert json.loads(path.read_text()) == doc and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_steps_get_the_worker_identity_and_no_stack_secrets(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from operators.step_operator import LocalStepOperator
+
+    state = StackState.new(settings.stack_dir, 0)
+    status = build_status(state, settings, running={})
+    creds = state.credentials
+    for key, value in client_env(status).items():  # the Airflow worker's environment, as the stack sets it
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MODELOPS_WEBHOOK_SECRET", "hmac-secret")
+    env = LocalStepOperator(task_id="export", step="export", spec="s3://x/spec.json")._env(settings)
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (creds.s3_worker_access_key,
+                                                                         creds.s3_worker_secret_key)
+    assert "MODELOPS_STACK_DIR" not in env and "MLFLOW_TRACKING_PASSWORD" not in env
+    assert not [k for k in env if k.startswith("AIRFLOW_CONN_")]
+    text = json.dumps(env)
+    leaked = [name for name, value in creds.to_dict().items()
+              if len(value) > 8 and value in text and not name.startswith("s3_worker_")]
+    assert not leaked and "hmac-secret" not in text
+    # a deployment with one S3 connection: the steps get that one
+    monkeypatch.delenv("AIRFLOW_CONN_S3_WORKER")
+    env = LocalStepOperator(task_id="export", step="export", spec="s3://x/spec.json")._env(settings)
+    assert env["AWS_ACCESS_KEY_ID"] == creds.s3_pipeline_access_key
 
 
 # -- airflow.cfg ------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from modelops.local.stack.auth import MLFLOW_ADMIN, mlflow_users_status, s3_identities_status, use_mlflow_credentials
 from modelops.local.stack.state import HOST, StackState
 from modelops.serving.triton.admin import ADMIN_HEADER
 from modelops.settings import Settings
@@ -109,6 +110,8 @@ def build_status(state: StackState, settings: Settings, running: Mapping[str, bo
             "mlflow_bucket": settings.mlflow_bucket,
             "triton_bucket": settings.triton_bucket,
             "data_dir": str(state.stack_dir / "seaweedfs"),
+            # the keys above are the admin identity; each service and task gets one of these instead
+            "identities": s3_identities_status(creds),
             **proc("s3"),
         },
         "mlflow": {
@@ -116,6 +119,9 @@ def build_status(state: StackState, settings: Settings, running: Mapping[str, bo
             "port": ports["mlflow"],
             "backend_store_uri": f"sqlite:///{state.stack_dir / 'mlflow' / 'mlflow.db'}",
             "artifacts_destination": f"s3://{settings.mlflow_bucket}/",
+            "username": MLFLOW_ADMIN,  # basic auth: the stack's MLflow admin
+            "password": creds.mlflow_admin_password,
+            "users": mlflow_users_status(creds),  # airflow (MANAGE on all models, experiments), gateway (READ)
             **proc("mlflow"),
         },
         "triton": {
@@ -172,22 +178,29 @@ def airflow_connections(status: Mapping[str, Any]) -> dict[str, str]:
 
     ``mlflow_default``/``triton_default``/``gateway_default``/``prometheus_default`` are ``http`` connections (``HttpHook``), ``s3_default`` an ``aws`` one
     (``S3Hook``: keys as login/password, ``endpoint_url`` and path-style addressing in the extra), and
+    ``mlflow_default`` logs in as MLflow's ``airflow`` user; ``s3_default`` has the ``pipeline`` S3 identity and
+    ``s3_worker`` the ``worker`` one (the heavy steps, which load untrusted model files, get only that);
     ``airflow_api_default`` names the API server and its user for runs created through the REST API;
     ``openwebui_default`` Open WebUI with its admin as login/password.
     ``triton_default`` carries Triton's admin header and token in the extras ``admin_header``/``admin_token``.
     """
     s3, mlflow, triton, airflow = status["s3"], status["mlflow"], status["triton"], status["airflow"]
+    airflow_user = (mlflow.get("users") or {}).get("airflow") or {}
+    mlflow_login = {"login": airflow_user["username"], "password": airflow_user["password"]} if airflow_user else {}
+
+    def s3_conn(identity: str) -> dict[str, Any]:
+        cfg = s3_config(status, identity)
+        return {"conn_type": "aws", "login": cfg.access_key, "password": cfg.secret_key,
+                "extra": {"endpoint_url": s3["endpoint"], "region_name": s3.get("region", REGION),
+                          "config_kwargs": {"s3": {"addressing_style": "path"}}}}
+
     # Triton's admin header: TritonHook sends it on model-control calls only (never as a plain header)
     admin = {key: triton[key] for key in ("admin_header", "admin_token") if triton.get("admin_token")}
     conns = {
-        "AIRFLOW_CONN_MLFLOW_DEFAULT": {"conn_type": "http", "host": HOST, "port": mlflow["port"], "schema": "http"},
-        "AIRFLOW_CONN_S3_DEFAULT": {
-            "conn_type": "aws",
-            "login": s3["access_key"],
-            "password": s3["secret_key"],
-            "extra": {"endpoint_url": s3["endpoint"], "region_name": s3.get("region", REGION),
-                      "config_kwargs": {"s3": {"addressing_style": "path"}}},
-        },
+        "AIRFLOW_CONN_MLFLOW_DEFAULT": {"conn_type": "http", "host": HOST, "port": mlflow["port"], "schema": "http",
+                                        **mlflow_login},
+        "AIRFLOW_CONN_S3_DEFAULT": s3_conn("pipeline"),
+        "AIRFLOW_CONN_S3_WORKER": s3_conn("worker"),
         "AIRFLOW_CONN_TRITON_DEFAULT": {
             "conn_type": "http",
             "host": HOST,
@@ -229,32 +242,44 @@ def _openwebui_gateway_key(status: Mapping[str, Any]) -> str:
         return ""
 
 
-def s3_config(status: Mapping[str, Any]) -> S3Config:
-    """The stack's S3 endpoint and credentials (for ``Storage(s3_config(status))``)."""
+def s3_config(status: Mapping[str, Any], identity: str | None = None) -> S3Config:
+    """The stack's S3 endpoint and credentials (for ``Storage(s3_config(status))``).
+
+    Args:
+        status: ``modelops stack status --json``.
+        identity: one of ``modelops.local.stack.auth.S3_ROLES`` (mlflow, serving, worker, pipeline); None,
+            or a status without identities (an older stack), gives the admin identity.
+    """
     s3 = status["s3"]
+    keys = (s3.get("identities") or {}).get(identity) if identity else None
+    keys = keys or {"access_key": s3["access_key"], "secret_key": s3["secret_key"]}
     return S3Config(
         endpoint_url=s3["endpoint"],
-        access_key=s3["access_key"],
-        secret_key=s3["secret_key"],
+        access_key=keys["access_key"],
+        secret_key=keys["secret_key"],
         region=s3.get("region", REGION),
     )
 
 
-def s3_env(status: Mapping[str, Any]) -> dict[str, str]:
-    """AWS_* / MLFLOW_S3_ENDPOINT_URL variables for the stack's S3."""
-    return s3_config(status).as_env()
+def s3_env(status: Mapping[str, Any], identity: str | None = None) -> dict[str, str]:
+    """AWS_* / MLFLOW_S3_ENDPOINT_URL variables for the stack's S3 (``identity``: see :func:`s3_config`)."""
+    return s3_config(status, identity).as_env()
 
 
 def client_env(status: Mapping[str, Any]) -> dict[str, str]:
     """Environment variables a client process needs to reach the stack described by ``status``.
 
     AWS_ENDPOINT_URL, MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION
-    (and AWS_REGION), MLFLOW_TRACKING_URI, the seven AIRFLOW_CONN_* JSON strings, MODELOPS_STACK_DIR and
-    MODELOPS_PORT_OFFSET.
+    (and AWS_REGION) of the ``pipeline`` S3 identity, MLFLOW_TRACKING_URI with MLFLOW_TRACKING_USERNAME and
+    MLFLOW_TRACKING_PASSWORD of MLflow's ``airflow`` user, the AIRFLOW_CONN_* JSON strings, MODELOPS_STACK_DIR
+    and MODELOPS_PORT_OFFSET. Airflow runs with it; the admin logins are in ``status`` only.
     """
+    mlflow_login: dict[str, str] = {}
+    use_mlflow_credentials(status, "airflow", mlflow_login)
     return {
-        **s3_env(status),
+        **s3_env(status, "pipeline"),
         "MLFLOW_TRACKING_URI": status["mlflow"]["url"],
+        **mlflow_login,
         **airflow_connections(status),
         "MODELOPS_STACK_DIR": str(status["stack_dir"]),
         "MODELOPS_PORT_OFFSET": str(status.get("port_offset", 0)),

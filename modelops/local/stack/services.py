@@ -9,12 +9,11 @@ binaries and talks HTTP (and boto3 for S3).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from modelops.local.stack import process
+from modelops.local.stack import auth, process
 from modelops.local.stack.airflow_service import (
     BENCHMARK_POOL,
     _airflow_command,
@@ -49,7 +48,7 @@ from modelops.local.stack.openwebui_service import (
     _openwebui_prepare,
 )
 from modelops.local.stack.service_spec import Context, ServiceSpec, _path_with, http
-from modelops.local.stack.state import HOST, StackError, write_private
+from modelops.local.stack.state import HOST, StackError
 from modelops.serving.triton.admin import ADMIN_HEADER, admin_headers, restricted_args
 from modelops.settings import Settings
 
@@ -68,17 +67,8 @@ def _identities_file(ctx: Context) -> Path:
 
 
 def _seaweed_prepare(ctx: Context) -> None:
-    creds = ctx.state.credentials
-    identities = {
-        "identities": [
-            {
-                "name": "modelops",
-                "credentials": [{"accessKey": creds.s3_access_key, "secretKey": creds.s3_secret_key}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
-        ]
-    }
-    write_private(_identities_file(ctx), json.dumps(identities, indent=2) + "\n")
+    # one identity per role, each limited to its buckets (auth.s3_actions)
+    auth.write_s3_identities(_identities_file(ctx), ctx.state.credentials, ctx.settings)
     (ctx.state.stack_dir / "seaweedfs").mkdir(parents=True, exist_ok=True)
 
 
@@ -138,12 +128,15 @@ def _seaweed_health(ctx: Context) -> bool:
 # -- MLflow -----------------------------------------------------------------------------------------
 def _mlflow_prepare(ctx: Context) -> None:
     (ctx.state.stack_dir / "mlflow").mkdir(parents=True, exist_ok=True)
+    auth.write_mlflow_auth_config(ctx.state)
 
 
 def _mlflow_command(ctx: Context) -> list[str]:
     return [
         str(ctx.binary("mlflow")),
         "server",
+        "--app-name",
+        "basic-auth",  # users and grants: modelops.local.stack.auth
         "--backend-store-uri",
         f"sqlite:///{ctx.state.stack_dir / 'mlflow' / 'mlflow.db'}",
         "--artifacts-destination",
@@ -160,7 +153,8 @@ def _mlflow_command(ctx: Context) -> list[str]:
 def _mlflow_env(ctx: Context) -> dict[str, str]:
     return {
         **ctx.base_env(),
-        **s3_env(ctx.status),
+        **s3_env(ctx.status, "mlflow"),
+        **auth.mlflow_server_env(ctx.state),
         "PATH": _path_with(ctx.orchestrator_bin),
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": ctx.state.credentials.mlflow_webhook_encryption_key,
@@ -173,7 +167,13 @@ def _mlflow_health(ctx: Context) -> bool:
     base = mlflow_url(ctx.state)
     if http("GET", f"{base}/health")[0] != 200:
         return False
-    return http("GET", f"{base}/api/2.0/mlflow/experiments/search?max_results=1")[0] == 200
+    url = f"{base}/api/2.0/mlflow/experiments/search?max_results=1"
+    return http("GET", url, headers=auth.mlflow_admin_headers(ctx.state))[0] == 200
+
+
+def _mlflow_configure(ctx: Context) -> None:
+    """The ``airflow`` and ``gateway`` users and their grants (idempotent)."""
+    auth.configure_mlflow_users(ctx.state, mlflow_url(ctx.state), http)
 
 
 # -- Triton -----------------------------------------------------------------------------------------
@@ -216,7 +216,7 @@ def _triton_env(ctx: Context) -> dict[str, str]:
     ld_path = [x for x in (ctx.settings.tool_library_path, os.environ.get("LD_LIBRARY_PATH", "")) if x]
     return {
         **ctx.base_env(),
-        **s3_env(ctx.status),
+        **s3_env(ctx.status, "serving"),  # read-only on the Triton bucket
         "LD_LIBRARY_PATH": os.pathsep.join(ld_path),
         # The python backend stub finds its interpreter prefix through `python3` on PATH, so the worker
         # venv first on PATH is what gives python models torch/onnxruntime/numpy<2 (PYTHONPATH is ignored
@@ -262,13 +262,15 @@ def _gateway_env(ctx: Context) -> dict[str, str]:
     status = ctx.status
     return {
         **ctx.base_env(),
-        **s3_env(status),
+        **s3_env(status, "serving"),  # read-only on the Triton bucket
         "PATH": _path_with(ctx.orchestrator_bin),
         "PYTHONPATH": str(ctx.settings.repo_root),
         "MODELOPS_TRITON_BUCKET": ctx.settings.triton_bucket,
         "MODELOPS_GATEWAY_TRITON_URL": status["triton"]["http"],
         "MODELOPS_GATEWAY_KEYS_DB": str(gateway_keys_db(ctx.state, ctx.settings)),
-        "MODELOPS_GATEWAY_MLFLOW_URL": status["mlflow"]["url"],  # /v1/models descriptions
+        "MODELOPS_GATEWAY_MLFLOW_URL": status["mlflow"]["url"],  # /v1/models descriptions, as MLflow's reader
+        "MODELOPS_GATEWAY_MLFLOW_USERNAME": "gateway",
+        "MODELOPS_GATEWAY_MLFLOW_PASSWORD": auth.mlflow_password(ctx.state.credentials, "gateway"),
     }
 
 
@@ -308,6 +310,7 @@ SPECS: dict[str, ServiceSpec] = {
         env=_mlflow_env,
         health=_mlflow_health,
         prepare=_mlflow_prepare,
+        configure=_mlflow_configure,
     ),
     "triton": ServiceSpec(
         name="triton",

@@ -133,6 +133,10 @@ def fernet_key() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 
 
+def _s3_key_pair() -> dict[str, str]:
+    return {"access_key": "MO" + _token(18, string.ascii_uppercase + string.digits), "secret_key": _token(40)}
+
+
 @dataclass(frozen=True)
 class Credentials:
     """Secrets of one stack, generated once with :mod:`secrets` and reused on every later ``up``."""
@@ -149,6 +153,19 @@ class Credentials:
     openwebui_secret_key: str  # Open WebUI's WEBUI_SECRET_KEY (signs its sessions)
     openwebui_admin_email: str
     openwebui_admin_password: str
+    mlflow_admin_password: str  # MLflow basic-auth users (modelops.local.stack.auth): admin, airflow, gateway
+    mlflow_airflow_password: str
+    mlflow_gateway_password: str
+    mlflow_flask_secret_key: str  # MLFLOW_FLASK_SERVER_SECRET_KEY of the auth app
+    # one S3 identity per role besides the admin one above (modelops.local.stack.auth.s3_actions)
+    s3_mlflow_access_key: str
+    s3_mlflow_secret_key: str
+    s3_serving_access_key: str
+    s3_serving_secret_key: str
+    s3_worker_access_key: str
+    s3_worker_secret_key: str
+    s3_pipeline_access_key: str
+    s3_pipeline_secret_key: str
 
     @classmethod
     def generate(cls) -> Credentials:
@@ -166,6 +183,12 @@ class Credentials:
             openwebui_secret_key=secrets.token_urlsafe(48),
             openwebui_admin_email="admin@modelops.example",
             openwebui_admin_password=_token(24),
+            mlflow_admin_password=_token(24),
+            mlflow_airflow_password=_token(24),
+            mlflow_gateway_password=_token(24),
+            mlflow_flask_secret_key=secrets.token_urlsafe(48),
+            **{f"s3_{role}_{kind}": value for role in ("mlflow", "serving", "worker", "pipeline")
+               for kind, value in _s3_key_pair().items()},
         )
 
     @classmethod

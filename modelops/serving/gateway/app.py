@@ -67,7 +67,7 @@ class Gateway:
                                       self.watcher.source.storage)
         self.auth = Authenticator(KeyStore(config.keys_db), config.key_ttl_s)
         self.in_flight = InFlight()
-        self.registry = RegistryInfo(config.mlflow_url, config.registry_ttl_s)  # /v1/models descriptions
+        self.registry = RegistryInfo(config.mlflow_url, config.registry_ttl_s, auth=config.mlflow_auth)  # /v1/models descriptions
         self._client: aiohttp.ClientSession | None = None
 
     @property

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelops.settings import Settings
@@ -25,6 +25,7 @@ class GatewayConfig:
         max_connections: size of the pooled HTTP client to Triton.
         mlflow_url: MLflow's base URL for model descriptions on ``/v1/models`` (empty: none are shown).
         registry_ttl_s: how long an MLflow answer is cached.
+        mlflow_auth: ``(username, password)`` sent to MLflow as basic auth (None: anonymous).
     """
 
     triton_url: str
@@ -37,6 +38,7 @@ class GatewayConfig:
     max_connections: int = 512
     mlflow_url: str = ""
     registry_ttl_s: float = 30.0
+    mlflow_auth: tuple[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> GatewayConfig:
@@ -50,4 +52,13 @@ class GatewayConfig:
             routes_poll_s=settings.gateway.routes_poll_s,
             upstream_timeout_s=settings.gateway.upstream_timeout_s,
             mlflow_url=settings.gateway_mlflow_url,
+            mlflow_auth=_mlflow_auth(settings),
         )
+
+
+def _mlflow_auth(settings: Settings) -> tuple[str, str] | None:
+    """``(username, password)`` of ``MODELOPS_GATEWAY_MLFLOW_USERNAME``/``PASSWORD``, or None when unset."""
+    gw = settings.gateway
+    if not gw.mlflow_username:
+        return None
+    return gw.mlflow_username, gw.mlflow_password.get_secret_value() if gw.mlflow_password else ""

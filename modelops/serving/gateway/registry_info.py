@@ -37,10 +37,13 @@ class RegistryInfo:
         url: MLflow's base URL (``http://host:port``).
         ttl_s: how long an answer is kept.
         timeout_s: timeout of one lookup.
+        auth: ``(username, password)`` sent as basic auth (None: anonymous).
     """
 
-    def __init__(self, url: str, ttl_s: float = 30.0, timeout_s: float = 2.0):
+    def __init__(self, url: str, ttl_s: float = 30.0, timeout_s: float = 2.0,
+                 auth: tuple[str, str] | None = None):
         self.url = url.rstrip("/")
+        self._auth = auth  # MLflow basic auth (the stack's read-only `gateway` user)
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self._cache: dict[str, tuple[float, ModelInfo | None]] = {}
@@ -49,7 +52,7 @@ class RegistryInfo:
 
     async def start(self) -> None:
         if self.url:
-            self._client = httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s)
+            self._client = httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s, auth=self._auth)
 
     async def close(self) -> None:
         if self._client is not None:

@@ -1,0 +1,136 @@
+"""Least privilege on the real stack (issue 14): MLflow refuses anonymous writes, each S3 identity reaches only
+its buckets, and the gateway reads the registry with its read-only MLflow user.
+
+Run against a chosen stack with ``MODELOPS_STACK_DIR`` / ``MODELOPS_PORT_OFFSET`` (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _mlflow(stack: dict, method: str, path: str, body: dict | None = None,
+            login: tuple[str, str] | None = None) -> int:
+    headers = {"Content-Type": "application/json"}
+    if login:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(login).encode()).decode()
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{stack['mlflow']['url']}{path}", data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.fixture(scope="module")
+def model_version(stack, mlflow_client) -> tuple[str, str]:
+    """A registered model with one version (made by the admin, as a data scientist would register it)."""
+    name = f"lp_{uuid.uuid4().hex[:6]}"
+    mlflow_client.create_registered_model(name)
+    run = mlflow_client.create_run("0")
+    version = mlflow_client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    return name, str(version.version)
+
+
+def _login(stack: dict, user: str) -> tuple[str, str]:
+    entry = stack["mlflow"] if user == "admin" else stack["mlflow"]["users"][user]
+    return entry["username"], entry["password"]
+
+
+def test_anonymous_process_cannot_tag_a_model_version(stack, model_version):
+    name, version = model_version
+    tag = {"name": name, "version": version, "key": "modelops.optimize", "value": "true"}
+    assert _mlflow(stack, "POST", "/api/2.0/mlflow/model-versions/set-tag", tag) == 401
+    assert _mlflow(stack, "POST", "/api/2.0/mlflow/registered-models/alias",
+                   {"name": name, "alias": "champion", "version": version}) == 401
+    assert _mlflow(stack, "GET", "/api/2.0/mlflow/registered-models/search") == 401
+    wrong = ("admin", "not-the-password")
+    assert _mlflow(stack, "POST", "/api/2.0/mlflow/model-versions/set-tag", tag, wrong) == 401
+    # the gateway's user reads, never writes; Airflow's user may tag (the pipeline records on the version)
+    assert _mlflow(stack, "GET", f"/api/2.0/mlflow/registered-models/get?name={name}",
+                   login=_login(stack, "gateway")) == 200
+    assert _mlflow(stack, "POST", "/api/2.0/mlflow/model-versions/set-tag", tag, _login(stack, "gateway")) == 403
+    assert _mlflow(stack, "POST", "/api/2.0/mlflow/model-versions/set-tag", {**tag, "key": "lp.probe"},
+                   _login(stack, "airflow")) == 200
+    # only the admin manages webhooks (they send registry events to the receiver that starts runs)
+    hook = {"name": f"lp_{uuid.uuid4().hex[:6]}", "url": "http://127.0.0.1:9/x",
+            "events": [{"entity": "model_version", "action": "created"}]}
+    assert _mlflow(stack, "POST", "/api/2.0/mlflow/webhooks", hook, _login(stack, "airflow")) == 403
+
+
+def _s3(stack: dict, identity: str | None):
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    s3 = stack["s3"]
+    config = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+                    **({"signature_version": UNSIGNED} if identity == "anonymous" else {}))
+    keys = s3["identities"][identity] if identity not in (None, "anonymous") else s3
+    return boto3.client("s3", endpoint_url=s3["endpoint"], region_name=s3["region"], config=config,
+                        aws_access_key_id=keys["access_key"], aws_secret_access_key=keys["secret_key"])
+
+
+def _put_status(client, bucket: str, key: str) -> str:
+    from botocore.exceptions import ClientError
+
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    except ClientError as exc:
+        return exc.response["Error"]["Code"]
+    client.delete_object(Bucket=bucket, Key=key)
+    return "ok"
+
+
+def test_each_s3_identity_reaches_only_its_buckets(stack):
+    s3 = stack["s3"]
+    triton, artifacts, mlflow = s3["triton_bucket"], s3["artifacts_bucket"], s3["mlflow_bucket"]
+    key = f"lp-probe/{uuid.uuid4().hex}"
+    denied = {"AccessDenied", "403"}
+    # Triton, the gateway and the reconciler read the model repository and cannot change it
+    serving = _s3(stack, "serving")
+    serving.list_objects_v2(Bucket=triton, MaxKeys=1)
+    assert _put_status(serving, triton, key) in denied
+    assert _put_status(serving, artifacts, key) in denied
+    # the steps (untrusted model files) write run artifacts, never the model repository or MLflow's models
+    worker = _s3(stack, "worker")
+    assert _put_status(worker, artifacts, key) == "ok"
+    assert _put_status(worker, triton, key) in denied
+    assert _put_status(worker, mlflow, key) in denied
+    worker.list_objects_v2(Bucket=mlflow, MaxKeys=1)
+    # MLflow: its bucket only; publish/deploy (the pipeline identity): the model repository
+    assert _put_status(_s3(stack, "mlflow"), mlflow, key) == "ok"
+    assert _put_status(_s3(stack, "mlflow"), triton, key) in denied
+    assert _put_status(_s3(stack, "pipeline"), triton, key) == "ok"
+    assert _put_status(_s3(stack, "pipeline"), mlflow, key) in denied
+    # no keys at all
+    assert _put_status(_s3(stack, "anonymous"), triton, key) in denied
+
+
+def test_the_gateway_reads_descriptions_with_its_mlflow_user(stack, mlflow_client, model_version):
+    from modelops.serving.gateway.registry_info import RegistryInfo
+
+    name, _ = model_version
+    mlflow_client.update_registered_model(name, description="least privilege probe")
+
+    async def lookup(auth: tuple[str, str] | None):
+        info = RegistryInfo(stack["mlflow"]["url"], auth=auth)
+        await info.start()
+        try:
+            return await info.get(name)
+        finally:
+            await info.close()
+
+    found = asyncio.run(lookup(_login(stack, "gateway")))
+    assert found is not None and found.description == "least privilege probe"
+    assert asyncio.run(lookup(None)) is None, "anonymous lookups get 401, so no description"
