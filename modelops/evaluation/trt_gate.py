@@ -103,6 +103,37 @@ def engine_candidates(
     return plans, provenance
 
 
+def not_built(compile_result: dict[str, Any] | None) -> dict[str, str]:
+    """variant -> why the compile step built no engine (skipped or failed there), for validate to report."""
+    if not compile_result or compile_result.get("status") != Status.DONE:
+        return {}
+    return {v: f"compile {e.get('status')}: {e.get('reason')}" for v, e in (compile_result.get("engines") or {}).items()
+            if e.get("status") != Status.DONE}  # fmt: skip
+
+
+def built_from_parity(
+    storage: Storage, results: dict[str, dict[str, Any]], provenance: dict[str, dict[str, Any]],
+    samples: dict[str, np.ndarray], work: Path,
+) -> None:  # fmt: skip
+    """Each scored engine against the ONNX it was built from, on export's samples (ONNX Runtime on CPU): sets
+    ``built_from_max_abs_diff`` in its result (None when that ONNX does not run here, e.g. FP8 Q/DQ)."""
+    from modelops.optimization import ort_cpu
+
+    for variant, info in provenance.items():
+        res = results.get(variant) or {}
+        if not res.get("sample_outputs_path") or not info.get("built_from"):
+            continue
+        try:
+            onnx = storage.download_file(info["built_from"], work / "built_from" / variant / "model.onnx")
+            ref = ort_cpu.run(onnx, samples)
+            with np.load(res["sample_outputs_path"]) as got:
+                diffs = [float(np.max(np.abs(got[k].astype(np.float64) - v))) for k, v in ref.items() if k in got]
+            res["built_from_max_abs_diff"] = max(diffs) if diffs else None
+        except Exception as exc:  # noqa: BLE001 - informative: the gate has already judged the engine
+            log.warning("%s: the ONNX it was built from does not run here (%s)", variant, exc)
+            res["built_from_max_abs_diff"] = None
+
+
 def local_compute_capability() -> str | None:
     """This machine's GPU compute capability (``nvidia-smi``), None without a GPU."""
     from modelops.optimization.gpu import detect_gpu

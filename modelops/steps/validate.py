@@ -227,15 +227,17 @@ def validate_candidates(
     return source_metric, recipe.metric_name, results
 
 
-def _engines(storage: Storage, spec: dict[str, Any], work: Path) -> tuple[dict[str, Path], dict[str, Any]]:
-    """The compile step's built engines (none when compile did not run or was skipped): local plans, provenance."""
+def _engines(storage: Storage, spec: dict[str, Any], work: Path) -> tuple[dict[str, Path], dict[str, Any], dict]:
+    """The compile step's engines (none when compile did not run or was skipped): local plans, provenance, and
+    the verdicts (skipped, with compile's reason) of those it did not build."""
     from modelops.evaluation import trt_gate
     from modelops.steps._common import result_uri
 
     if not storage.exists(result_uri(spec, "compile")):
-        return {}, {}
+        return {}, {}, {}
     compiled = load_result(storage, spec, "compile")
-    return trt_gate.engine_candidates(storage, compiled, work, trt_gate.local_compute_capability())
+    plans, provenance = trt_gate.engine_candidates(storage, compiled, work, trt_gate.local_compute_capability())
+    return plans, provenance, {v: _not_run(Status.SKIPPED, math.nan, r) for v, r in trt_gate.not_built(compiled).items()}
 
 
 def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
@@ -258,7 +260,8 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
         # a TensorRT-only artifact (an engine, no ONNX) cannot be scored here: it is checked on a GPU
         skipped = {v: _not_run(Status.SKIPPED, math.nan, TENSORRT_REASON) for v, c in done.items() if not c.get("onnx")}
         todo = {v: c for v, c in done.items() if c.get("onnx")}
-        engines, provenance = _engines(storage, spec, work)
+        engines, provenance, unbuilt = _engines(storage, spec, work)
+        skipped.update(unbuilt)
         if not todo and not skipped and not engines:
             raise StepError("optimize produced no candidate to validate")
         paths = {v: storage.download_file(c["onnx"], work / "candidates" / v / "model.onnx") for v, c in todo.items()}
@@ -268,6 +271,10 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
             spec["recipe"], export["io"], source, paths, tolerance, samples=samples, out_dir=work / "out",
             runtimes=runtimes,
         )  # fmt: skip
+        if provenance:  # engines: also compared with the ONNX each was built from (informative)
+            from modelops.evaluation.trt_gate import built_from_parity
+
+            built_from_parity(storage, results, provenance, samples, work)
         candidates: dict[str, Any] = {}
         for variant, res in {**results, **skipped}.items():
             res["source_metric"] = source_metric

@@ -97,6 +97,7 @@ def test_the_engine_passes_the_same_gate_as_the_onnx_candidates(run):
     assert engine["expectations"]["success"] and Path(engine["comparison"]).is_file()
     assert engine["built_from"] == run["export"]["outputs"]["onnx"] and engine["gpu_product"] == PRODUCT
     assert engine["plan"] == run["compile"]["engines"]["trt_fp16"]["plan"] and engine["tensorrt"] == "10.13.0.35"
+    assert engine["built_from_max_abs_diff"] < 1e-5  # the engine against the ONNX it was built from, on the samples
     with np.load(engine["sample_outputs"]) as npz:
         assert npz["output"].shape[1] == 3
     assert run["trt_batches"] and max(run["trt_batches"]) <= 32  # chunks the engine profile allows
@@ -130,6 +131,7 @@ def test_a_wrong_engine_is_rejected_a_foreign_one_fails_and_no_runtime_skips(run
     compiled(_perturbed_plan(run, tmp_path / "bad" / "model.plan"))
     verdict = validate_step.run(spec, storage)["candidates"]["trt_fp16"]
     assert verdict["status"] == "rejected" and "is below source" in verdict["reason"]
+    assert verdict["built_from_max_abs_diff"] > 0.1
     foreign = tmp_path / "foreign" / "model.plan"
     foreign.parent.mkdir()
     foreign.write_bytes(b"\x00real plan of another TensorRT")
@@ -139,6 +141,12 @@ def test_a_wrong_engine_is_rejected_a_foreign_one_fails_and_no_runtime_skips(run
     monkeypatch.setitem(sys.modules, "polygraphy.backend.trt", None)  # the CPU machine: no Polygraphy/TensorRT
     verdict = validate_step.run(spec, storage)["candidates"]["trt_fp16"]
     assert verdict["status"] == "skipped" and verdict["reason"] == "needs TensorRT (GPU) to run"
+    # an engine compile could not build is reported with compile's reason
+    storage.write_json(str(tmp_path / "run" / "compile" / "result.json"), {**run["compile"], "engines": {
+        "trt_fp16": {"status": "failed", "reason": "EngineBuildError: TensorRT cannot parse model.onnx", "plan": None}}})
+    verdict = validate_step.run(spec, storage)["candidates"]["trt_fp16"]
+    assert verdict["status"] == "skipped" and verdict["reason"] == (
+        "compile failed: EngineBuildError: TensorRT cannot parse model.onnx")  # fmt: skip
 
 
 def _program(tmp: Path, name: str, script: Path) -> Path:
