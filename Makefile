@@ -9,7 +9,7 @@ PIP_QUIET := -q --disable-pip-version-check
 # pip prints one line per package for the machine's optional local indexes; keep the log readable.
 PIP_FILTER := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup orchestrator worker modelopt openwebui llamacpp tools demo test test-unit test-worker test-integration bench gpu-check docs monitoring dashboards stack-up stack-down lint clean
+.PHONY: setup orchestrator worker modelopt openwebui llamacpp model-analyzer tools demo test test-unit test-worker test-integration bench gpu-check docs monitoring dashboards stack-up stack-down lint clean
 
 setup: orchestrator worker tools openwebui
 
@@ -55,6 +55,13 @@ llamacpp: .venv-llamacpp/.installed
 	.venv-llamacpp/bin/pip install $(PIP_QUIET) --upgrade pip $(PIP_FILTER)
 	set -o pipefail; CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
 	  CMAKE_BUILD_PARALLEL_LEVEL=2 .venv-llamacpp/bin/pip install $(PIP_QUIET) -r requirements-llamacpp.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	touch $@
+
+# bench/config_search.py only (not make test): Triton Model Analyzer in its own venv, CPU remote mode
+model-analyzer: .venv-ma/.installed
+.venv-ma/.installed: requirements-ma.txt
+	test -x .venv-ma/bin/python || $(PY) -m venv .venv-ma
+	set -o pipefail; .venv-ma/bin/pip install $(PIP_QUIET) -r requirements-ma.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	touch $@
 
 tools: .tools/.installed
