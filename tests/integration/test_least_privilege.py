@@ -134,3 +134,29 @@ def test_the_gateway_reads_descriptions_with_its_mlflow_user(stack, mlflow_clien
     found = asyncio.run(lookup(_login(stack, "gateway")))
     assert found is not None and found.description == "least privilege probe"
     assert asyncio.run(lookup(None)) is None, "anonymous lookups get 401, so no description"
+
+
+def test_seaweedfs_filer_and_volume_ports_refuse_unsigned_requests(stack, storage):
+    """JWT signing: only the S3 gateway (with an identity's keys) reaches the data; a local process talking
+    to the filer or volume HTTP port directly gets 401, for writes and for reads."""
+    ports, triton = stack["ports"], stack["s3"]["triton_bucket"]
+    key = f"lp-probe/{uuid.uuid4().hex}.txt"
+    storage.write_bytes(f"s3://{triton}/{key}", b"through S3")  # the same object through S3 works
+    filer = f"http://127.0.0.1:{ports['seaweedfs_filer']}/buckets/{triton}"
+
+    def plain(method: str, url: str, data: bytes | None = None) -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=data, method=method), timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        assert plain("PUT", f"{filer}/lp-probe/evil.txt", b"hack") == 401
+        assert plain("GET", f"{filer}/{key}") == 401
+        assert plain("DELETE", f"{filer}/{key}") == 401
+        assert plain("POST", f"http://127.0.0.1:{ports['seaweedfs_volume']}/1,01637037d6", b"hack") == 401
+        assert storage.read_bytes(f"s3://{triton}/{key}") == b"through S3"
+        assert not storage.exists(f"s3://{triton}/lp-probe/evil.txt")
+    finally:
+        storage.delete(f"s3://{triton}/{key}")

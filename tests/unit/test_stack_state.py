@@ -367,6 +367,10 @@ def test_s3_identities_are_limited_to_their_buckets(settings: Settings) -> None:
     assert len(set(keys)) == len(keys) == 5
     ctx = Context(state, settings)
     assert SPECS["triton"].env(ctx)["AWS_ACCESS_KEY_ID"] == creds.s3_serving_access_key
+    weed = SPECS["s3"].env(ctx)  # JWT signing: the filer and volume ports refuse what S3 did not sign
+    assert weed["WEED_JWT_SIGNING_KEY"] == creds.seaweedfs_jwt_key
+    assert weed["WEED_JWT_FILER_SIGNING_KEY"] == creds.seaweedfs_jwt_filer_key
+    assert weed["WEED_JWT_FILER_SIGNING_READ_KEY"] and weed["WEED_JWT_SIGNING_READ_KEY"]
     settings.stack_dir.mkdir(parents=True)
     SPECS["s3"].prepare(ctx)
     path = settings.stack_dir / "config" / "s3-identities.json"

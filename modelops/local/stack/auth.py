@@ -193,6 +193,21 @@ def write_s3_identities(path: Path, creds: Credentials, settings: Settings) -> N
     write_private(path, json.dumps(s3_identities(creds, settings), indent=2) + "\n")
 
 
+def seaweedfs_jwt_env(creds: Credentials) -> dict[str, str]:
+    """SeaweedFS's JWT signing keys (the ``WEED_JWT_*`` form of ``security.toml``'s ``[jwt.signing]``,
+    ``[jwt.signing.read]``, ``[jwt.filer_signing]`` and ``[jwt.filer_signing.read]``).
+
+    With them the volume and filer HTTP ports answer 401 to any read or write that the master or the S3
+    gateway did not sign: only S3, with an identity's keys, reaches the data.
+    """
+    return {
+        "WEED_JWT_SIGNING_KEY": creds.seaweedfs_jwt_key,
+        "WEED_JWT_SIGNING_READ_KEY": creds.seaweedfs_jwt_read_key,
+        "WEED_JWT_FILER_SIGNING_KEY": creds.seaweedfs_jwt_filer_key,
+        "WEED_JWT_FILER_SIGNING_READ_KEY": creds.seaweedfs_jwt_filer_read_key,
+    }
+
+
 def s3_identities_status(creds: Credentials) -> dict[str, dict[str, str]]:
     """``status["s3"]["identities"]``: the keys of each role."""
     return {role: dict(zip(("access_key", "secret_key"), s3_keys(creds, role), strict=True)) for role in S3_ROLES}

@@ -100,6 +100,10 @@ def _seaweed_command(ctx: Context) -> list[str]:
     ]
 
 
+def _seaweed_env(ctx: Context) -> dict[str, str]:
+    return {**ctx.base_env(), **auth.seaweedfs_jwt_env(ctx.state.credentials)}  # filer/volume ports: JWT only
+
+
 def s3_client(ctx: Context) -> Any:
     """A boto3 S3 client with the stack's credentials (path-style, short timeouts)."""
     import boto3
@@ -296,7 +300,7 @@ SPECS: dict[str, ServiceSpec] = {
         requires=(),
         timeout_s=30,
         command=_seaweed_command,
-        env=Context.base_env,
+        env=_seaweed_env,
         health=_seaweed_health,
         prepare=_seaweed_prepare,
         stop_grace_s=30.0,  # its filer can take ~12 s to flush on SIGTERM; SIGKILL risks the metadata store

@@ -166,6 +166,11 @@ class Credentials:
     s3_worker_secret_key: str
     s3_pipeline_access_key: str
     s3_pipeline_secret_key: str
+    # SeaweedFS JWT signing (WEED_JWT_*): its filer and volume HTTP ports refuse what S3 did not sign
+    seaweedfs_jwt_key: str
+    seaweedfs_jwt_read_key: str
+    seaweedfs_jwt_filer_key: str
+    seaweedfs_jwt_filer_read_key: str
 
     @classmethod
     def generate(cls) -> Credentials:
@@ -189,6 +194,10 @@ class Credentials:
             mlflow_flask_secret_key=secrets.token_urlsafe(48),
             **{f"s3_{role}_{kind}": value for role in ("mlflow", "serving", "worker", "pipeline")
                for kind, value in _s3_key_pair().items()},
+            seaweedfs_jwt_key=secrets.token_urlsafe(32),
+            seaweedfs_jwt_read_key=secrets.token_urlsafe(32),
+            seaweedfs_jwt_filer_key=secrets.token_urlsafe(32),
+            seaweedfs_jwt_filer_read_key=secrets.token_urlsafe(32),
         )
 
     @classmethod
