@@ -4,6 +4,10 @@ resolve -> export -> optimize -> compile -> validate -> benchmark -> select -> p
 -> start_rollout (when the new deployment got only its first step: triggers rollout_model, run id
 ``rollout__<deployment>``, which moves the traffic step by step, judged on live metrics)
 
+compile is mapped, one instance per GPU product engines are built for (``gpu_products``; each pod selects its
+``nvidia.com/gpu.product``), and merge_compile writes their plans as one compile result; ``serving_device`` (cpu |
+gpu, default MODELOPS_SERVING_DEVICE) picks the Triton that benchmark measures on and publish renders for.
+
 Heavy steps (export, optimize, compile, validate, benchmark) run through the step operator (local subprocess
 in the worker environment, or a GPU pod with MODELOPS_EXECUTION=kubernetes). This file is wiring only:
 every import here is cheap, the work happens in ``operators.pipeline_tasks`` at run time.
@@ -20,7 +24,7 @@ from airflow.sdk import Param, dag, task
 from modelops.contracts.spec import DEFAULT_ROLLOUT_STEPS
 from modelops.contracts.variants import DEFAULT_VARIANTS, VARIANT_NAMES, VARIANTS
 from operators.pipeline_tasks import on_failure
-from operators.step_operator import step_operator
+from operators.step_operator import mapped_step_operator, step_operator
 
 SPEC = "{{ ti.xcom_pull(task_ids='resolve')['spec_uri'] }}"
 
@@ -98,6 +102,25 @@ PARAMS = {
         maximum=3600,
         title="Configuration search budget (s)",
         description="Wall time of the configuration search per run, shared by the candidates.",
+    ),
+    "serving_device": Param(
+        None,
+        type=["null", "string"],
+        enum=[None, "cpu", "gpu"],
+        title="Serving device",
+        description="Device of the Triton that benchmarks and serves: cpu (python backend, the embedded stack) or "
+        "gpu (onnxruntime_onnx and TensorRT engines on a GPU Triton, in the GPU worker image; text-in recipes are "
+        "refused). Leave empty for MODELOPS_SERVING_DEVICE (default cpu).",
+    ),
+    "gpu_products": Param(
+        None,
+        type=["null", "array"],
+        items={"type": "string", "pattern": r"^[A-Za-z0-9]([A-Za-z0-9_.\-]{0,61}[A-Za-z0-9])?$"},
+        uniqueItems=True,
+        title="GPU products (TensorRT engines)",
+        description="GPU Feature Discovery products (nvidia.com/gpu.product, e.g. NVIDIA-H100-80GB-HBM3) to build "
+        "TensorRT engines for: one compile pod per product, plans merged by compute capability. Leave empty for "
+        "MODELOPS_GPU_PRODUCTS, else MODELOPS_K8S_GPU_PRODUCT. Local execution builds on its own GPU only.",
     ),
     "accuracy_tolerance": Param(
         0.01,
@@ -196,18 +219,40 @@ def optimize_model():
             raise AirflowSkipException("the new deployment took 100% of the traffic: no rollout to run")
         return deployment["rollout"]
 
+    @task
+    def compile_targets(params=None) -> list[str]:
+        """The GPU products compile is mapped over (one pod per product; [""]: one on any GPU)."""
+        from operators.compile_tasks import compile_targets as targets
+
+        try:
+            return targets(dict(params or {}))
+        except ValueError as exc:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from None
+
+    @task(trigger_rule="none_failed", **LIGHT_RETRIES)
+    def merge_compile(meta: dict, results) -> dict:
+        """The mapped compile instances' plans as one compile result; skipped when none built an engine."""
+        from operators.compile_tasks import merge_compile as merge
+
+        return merge(meta["spec_uri"], results)
+
     meta = resolve()
+    # TensorRT engines, one mapped instance per GPU product: each skipped (exit 99) where there is no GPU or no
+    # TensorRT; merge_compile combines their plans; validate runs either way.
+    compiled = mapped_step_operator("compile", SPEC, compile_targets())
     heavy = [
         step_operator("export", SPEC),
         step_operator("optimize", SPEC),
-        # TensorRT engines: skipped (exit 99) where there is no GPU; validate runs either way.
-        step_operator("compile", SPEC),
+        compiled,
         step_operator("validate", SPEC, trigger_rule="none_failed"),
         step_operator("benchmark", SPEC),
     ]
     meta >> heavy[0]
     for upstream, downstream in itertools.pairwise(heavy):
         upstream >> downstream
+    merge_compile(meta, compiled.output) >> heavy[3]
     selection = select(meta)
     heavy[-1] >> selection
     publication = publish(meta, selection)

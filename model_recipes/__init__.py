@@ -21,6 +21,7 @@ TEXT_GENERATION = RecipeInfo(
 
 TEXT_EMBEDDING = RecipeInfo(
     "model_recipes.text_embedding:RECIPE", flavors=("sentence_transformers", "transformers"), order=10,
+    text_in=True,
     description="sentence-transformers / transformers text embedders, served with raw text in",
 )  # fmt: skip
 SKLEARN_TABULAR = RecipeInfo(

@@ -85,6 +85,16 @@ class KubernetesSettings(_Group):
     s3_secret: str = _var("MODELOPS_K8S_S3_SECRET", "Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and "
                           "AWS_ENDPOINT_URL, mounted into the pods.", "modelops-s3")
     pool: str = _var("MODELOPS_K8S_POOL", "Airflow pool of GPU steps (one slot per GPU).", "gpu")
+    gpu_products: tuple[str, ...] = _var(
+        "MODELOPS_GPU_PRODUCTS", "GPU Feature Discovery products TensorRT engines are built for, comma-separated: one "
+        "mapped compile pod per product, each selecting its nvidia.com/gpu.product (optimize_model's gpu_products "
+        "param wins).", (), shown="MODELOPS_K8S_GPU_PRODUCT, else one compile pod on any GPU",
+    )
+
+    @field_validator("gpu_products", mode="before")
+    @classmethod
+    def _split_products(cls, value: Any) -> Any:
+        return _csv(value)
 
     @field_validator("node_selector", mode="before")
     @classmethod
@@ -231,6 +241,10 @@ class Settings(BaseSettings):
                                shown="<repo>/.venv-worker/bin/python")
     execution: Literal["local", "kubernetes"] = _var("MODELOPS_EXECUTION", "Where heavy steps run: local "
                                                      "subprocesses or Kubernetes pods.", "local")
+    serving_device: Literal["cpu", "gpu"] = _var(
+        "MODELOPS_SERVING_DEVICE", "Device of the Triton that benchmarks and serves when optimize_model's "
+        "serving_device param is empty: cpu (python backend) or gpu (onnxruntime_onnx / tensorrt_plan).", "cpu",
+    )
     artifacts_bucket: str = _var("MODELOPS_ARTIFACTS_BUCKET", "S3 bucket of run artifacts.", "modelops-artifacts")
     triton_bucket: str = _var("MODELOPS_TRITON_BUCKET", "S3 bucket of the Triton model repository.", "triton")
     mlflow_bucket: str = _var("MODELOPS_MLFLOW_BUCKET", "S3 bucket of MLflow artifacts.", "mlflow")

@@ -106,6 +106,7 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
             "rollout_steps": params.get("rollout_steps") or [],
             "rollout": params.get("rollout") or "",
             "execution": settings.execution,
+            "serving_device": params.get("serving_device") or settings.serving_device,
         }
         run_id = open_run(client, resolved.name, resolved.version, airflow_run_id, run_params)
         try:
@@ -123,6 +124,8 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
                 rollout_steps=list(params["rollout_steps"]) if params.get("rollout_steps") else None,
                 rollout_interval_s=float(params.get("rollout_interval_s") or 60),
                 benchmark=_search_params(params),
+                serving_device=run_params["serving_device"],
+                text_in=recipe_infos()[recipe].text_in,
             )
         except SpecError as exc:
             mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}", run_id)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from modelops.process_tree import die_with_parent, kill_group
-from modelops.settings import KubernetesSettings, Settings
+from modelops.settings import GPU_PRODUCT_LABEL, KubernetesSettings, Settings
 from modelops.steps import EXIT_SKIPPED, HEAVY_STEPS
 
 if TYPE_CHECKING:
@@ -69,14 +69,17 @@ class LocalStepOperator(BaseOperator):
         worker_s3_conn_id: the connection of the worker S3 identity (the embedded stack's ``s3_worker``: read
             MLflow's models, write run artifacts, nothing on the Triton repository). Steps load untrusted model
             files, so they get that identity and none of the orchestrator's secrets (:data:`STEP_ENV_DROPPED`).
+        gpu_product: the GPU product a mapped compile instance is for (names the instance; a local step runs on
+            this machine's GPU, whatever it is).
     """
 
     template_fields = ("spec",)
     ui_color = "#d9ecf2"
 
     def __init__(self, *, step: str, spec: str, s3_conn_id: str = "s3_default",
-                 worker_s3_conn_id: str = "s3_worker", **kwargs: Any) -> None:
+                 worker_s3_conn_id: str = "s3_worker", gpu_product: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.gpu_product = gpu_product
         self.step = step
         self.spec = spec
         self.s3_conn_id = s3_conn_id
@@ -214,14 +217,21 @@ def _step_pod_operator_class():
         Args:
             priority_by_trigger: trigger kind (:data:`TRIGGER_KINDS`) -> priority class; without a run in the
                 context (a dry run) the pod keeps ``priority_class_name``.
+            gpu_product: a GPU Feature Discovery product (a mapped compile instance's): the pod selects
+                ``nvidia.com/gpu.product=<product>`` (over ``MODELOPS_K8S_GPU_PRODUCT``); empty: the defaults.
         """
 
-        def __init__(self, *, priority_by_trigger: dict[str, str] | None = None, **kwargs: Any) -> None:
+        def __init__(self, *, priority_by_trigger: dict[str, str] | None = None, gpu_product: str = "",
+                     **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.priority_by_trigger = dict(priority_by_trigger or {})
+            self.gpu_product = gpu_product
 
         def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False):
             pod = super().build_pod_request_obj(context, dry_run=dry_run)
+            if self.gpu_product:
+                pod.spec.node_selector = {**(pod.spec.node_selector or {}), GPU_PRODUCT_LABEL: self.gpu_product}
+                pod.metadata.labels = {**(pod.metadata.labels or {}), "modelops/gpu-product": self.gpu_product}
             dag_run = (context or {}).get("dag_run")
             run_id = getattr(dag_run, "run_id", None) or (context or {}).get("run_id")
             if self.priority_by_trigger and run_id:
@@ -245,7 +255,13 @@ def __getattr__(name: str) -> Any:  # operators.step_operator.StepPodOperator, i
 
 
 def kubernetes_step(step: str, spec: str, k8s_settings: KubernetesSettings, *, gpu: bool = True, **kwargs: Any):
-    """The same step as a :class:`StepPodOperator` (a ``KubernetesPodOperator``).
+    """The same step as a :class:`StepPodOperator` (a ``KubernetesPodOperator``); see :func:`pod_kwargs`."""
+    return _step_pod_operator_class()(**pod_kwargs(step, spec, k8s_settings, gpu=gpu, **kwargs))
+
+
+def pod_kwargs(step: str, spec: str, k8s_settings: KubernetesSettings, *, gpu: bool = True,
+               **kwargs: Any) -> dict[str, Any]:
+    """The :class:`StepPodOperator` arguments of one step (its constructor's, or ``partial``'s when mapped).
 
     GPU steps request ``MODELOPS_K8S_GPU_COUNT`` of ``MODELOPS_K8S_GPU_RESOURCE`` (``nvidia.com/gpu`` or a MIG
     profile such as ``nvidia.com/mig-1g.10gb``), select nodes by GPU Feature Discovery labels (the product from
@@ -271,7 +287,7 @@ def kubernetes_step(step: str, spec: str, k8s_settings: KubernetesSettings, *, g
         node_selector = dict(k8s_settings.node_selector)
     kwargs.setdefault("active_deadline_seconds", k8s_settings.active_deadline_s or None)
     kwargs.setdefault("deferrable", k8s_settings.deferrable)
-    return _step_pod_operator_class()(
+    return dict(
         name=f"modelops-{step}",
         namespace=k8s_settings.namespace,
         image=k8s_settings.image,
@@ -306,3 +322,22 @@ def step_operator(step: str, spec: str, *, task_id: str | None = None, settings:
     if step == "benchmark" and settings.benchmark_pool:
         kwargs.setdefault("pool", settings.benchmark_pool)  # one benchmark at a time on a shared machine
     return LocalStepOperator(step=step, spec=spec, task_id=task_id, **kwargs)
+
+
+def mapped_step_operator(step: str, spec: str, gpu_products: Any, *, task_id: str | None = None,
+                         settings: Settings | None = None, **kwargs: Any):
+    """One instance of ``step`` per GPU product (dynamic task mapping over ``gpu_products``, an XComArg or list).
+
+    In Kubernetes mode each instance is a GPU pod selecting ``nvidia.com/gpu.product=<product>`` (an empty
+    product keeps the default selectors); locally each runs the step on this machine. Exit 99 skips an
+    instance like the unmapped step; the instances' results are XComs a downstream task combines.
+    """
+    settings = settings or Settings.from_env()
+    task_id = task_id or step
+    kwargs.setdefault("map_index_template", "{{ task.gpu_product or 'default GPU' }}")
+    if settings.execution == "kubernetes":
+        cls = _step_pod_operator_class()
+        partial = cls.partial(**pod_kwargs(step, spec, settings.kubernetes, gpu=True, task_id=task_id, **kwargs))
+    else:
+        partial = LocalStepOperator.partial(step=step, spec=spec, task_id=task_id, **kwargs)
+    return partial.expand(gpu_product=gpu_products)

@@ -50,6 +50,8 @@ class RecipeInfo:
         description: one line for listings and docs.
         generative: an LLM recipe (:class:`~modelops.recipes.generative.GenerativeRecipe`): the steps take the LLM
             path and the run gets the LLM variants.
+        text_in: clients send raw text, tokenized in the python backend (``write_serving_artifacts``): served on
+            the CPU python backend only (``serving_device: gpu`` is refused at resolve).
     """
 
     target: str
@@ -58,6 +60,7 @@ class RecipeInfo:
     check: Check | None = None
     description: str = ""
     generative: bool = False
+    text_in: bool = False
 
     def __post_init__(self) -> None:
         module, sep, attr = self.target.partition(":")

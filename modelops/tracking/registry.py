@@ -134,12 +134,20 @@ def build_spec(
     rollout_steps: list[int] | None = None,
     rollout_interval_s: float = 60.0,
     benchmark: dict[str, Any] | None = None,
+    serving_device: str = "cpu",
+    text_in: bool = False,
 ) -> RunSpec:
     """The run spec every step reads, complete: every block at its defaults unless given (see ``RunSpec``).
 
+    ``serving_device`` is the device of the Triton that benchmarks and serves; ``text_in`` says the recipe's
+    clients send raw text (tokenized in the python backend), which a GPU Triton's native backends cannot serve.
+
     Raises:
-        SpecError: a value is out of range or a variant unknown (one line naming the field).
+        SpecError: a value is out of range, a variant unknown, or a text-in recipe asked on gpu (one line).
     """
+    if serving_device == "gpu" and text_in:
+        raise SpecError(f"serving_device: gpu serves native backends only (onnxruntime_onnx, tensorrt_plan); recipe "
+                        f"{recipe} takes raw text through the python backend's tokenizer: use serving_device cpu")
     try:
         steps = rollout_steps_from_params(rollout_steps, rollout)
     except ValueError as exc:
@@ -165,6 +173,7 @@ def build_spec(
             "run_prefix": run_prefix(artifacts_bucket, resolved.name, resolved.version, run_id),
             "triton_bucket": triton_bucket,
             "benchmark": dict(benchmark or {}),
+            "serving_device": serving_device,
         }
     )
 

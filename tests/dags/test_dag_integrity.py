@@ -50,8 +50,33 @@ def test_params_are_the_contract(dagbag):
     assert set(schema["items"]["enum"]) >= {"ort_fp32", "ort_int8_dynamic"}
 
 
+def test_compile_is_mapped_per_gpu_product_and_merged(dagbag):
+    dag = dagbag.dags["optimize_model"]
+    compile_ = dag.get_task("compile")
+    assert hasattr(compile_, "expand_input") and "gpu_product" in compile_.expand_input.value
+    assert {"compile_targets", "optimize"} <= compile_.upstream_task_ids
+    merge = dag.get_task("merge_compile")
+    # every instance skipped (no GPU) -> merge skipped -> validate still runs; a failed instance fails the run
+    assert merge.trigger_rule == "none_failed" and merge.retries == 3
+    assert {"compile", "resolve"} <= merge.upstream_task_ids
+    assert {"compile", "merge_compile"} <= dag.get_task("validate").upstream_task_ids
+
+
+def test_serving_device_and_gpu_products_params():
+    from airflow.sdk.definitions.param import ParamsDict
+
+    from dags.optimize_model import PARAMS
+
+    assert PARAMS["serving_device"].value is None  # empty: MODELOPS_SERVING_DEVICE
+    assert PARAMS["gpu_products"].value is None  # empty: MODELOPS_GPU_PRODUCTS
+    params = ParamsDict(PARAMS)
+    params["serving_device"], params["gpu_products"] = "gpu", ["NVIDIA-H100-80GB-HBM3", "NVIDIA-L4"]
+    params.validate()
+
+
 @pytest.mark.parametrize("bad", [{"latency_slo_ms": -1}, {"accuracy_tolerance": 2}, {"variants": ["nope"]},
-                                 {"model_version": "abc"}, {"rollout": 0}])
+                                 {"model_version": "abc"}, {"rollout": 0}, {"serving_device": "tpu"},
+                                 {"gpu_products": ["NVIDIA H100"]}, {"gpu_products": ["A", "A"]}])
 def test_bad_params_are_refused_before_any_work(dagbag, bad):
     from airflow.sdk.definitions.param import ParamsDict
     from airflow.sdk.exceptions import ParamValidationError

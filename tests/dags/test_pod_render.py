@@ -27,9 +27,11 @@ def k8s_dag():
     mp.undo()
 
 
-def _render(op, dag_run=None):
+def _render(op, dag_run=None, gpu_product=""):
     from kubernetes.client import ApiClient
 
+    if hasattr(op, "expand_input"):  # the mapped compile: the instance of one GPU product
+        op = op.unmap({"gpu_product": gpu_product})
     ti = SimpleNamespace(xcom_pull=lambda task_ids=None, **_: {"spec_uri": SPEC_URI})
     context = {"ti": ti, "task_instance": ti, "params": {}}
     op.render_template_fields(context)
@@ -119,7 +121,8 @@ def test_priority_class_follows_how_the_run_was_triggered(k8s_dag, run):
         assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true",
                                                "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
-        assert k8s_dag.get_task(step).deferrable is True
+        op = k8s_dag.get_task(step)
+        assert (op.partial_kwargs["deferrable"] if hasattr(op, "expand_input") else op.deferrable) is True
 
 
 def test_trigger_kind_orders_manual_above_events_above_nightly():
@@ -170,3 +173,44 @@ def test_full_gpu_or_mig_profile_and_a_bad_resource_is_one_line():
         kubernetes_step("export", SPEC_URI, Settings.from_env({"MODELOPS_K8S_GPU_RESOURCE": "nvidia/gpu"}).kubernetes,
                         task_id="export")
     assert "\n" not in str(err.value)
+
+
+# -- compile mapped over GPU products ---------------------------------------------------------------------------
+@pytest.mark.parametrize("product", ["NVIDIA-A100-SXM4-80GB", "NVIDIA-L4"])
+def test_mapped_compile_instance_selects_its_gpu_product(k8s_dag, product):
+    compile_ = k8s_dag.get_task("compile")
+    assert hasattr(compile_, "expand_input") and compile_.map_index_template  # mapped, instances named by product
+    assert "compile_targets" in compile_.upstream_task_ids
+    pod = _render(compile_, _runs()["manual"], gpu_product=product)
+    spec, container = pod["spec"], pod["spec"]["containers"][0]
+    # the instance's product replaces MODELOPS_K8S_GPU_PRODUCT; the other selectors, the MIG slice, the
+    # toleration and the priority class stay the step operator's
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": product}
+    assert pod["metadata"]["labels"]["modelops/gpu-product"] == product
+    assert container["resources"]["limits"]["nvidia.com/mig-1g.10gb"] == "1"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert spec["priorityClassName"] == "modelops-interactive"
+    assert container["args"][:2] == ["-m", "modelops.steps.compile"]
+    assert compile_.partial_kwargs["skip_on_exit_code"] == 99  # a node without TensorRT skips its instance
+
+
+def test_mapped_compile_serializes_for_the_scheduler(k8s_dag):
+    """The DAG processor stores the mapped pod operator; the scheduler reads it back with its expansion."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = DagSerialization.from_dict(DagSerialization.to_dict(k8s_dag))
+    task = dag.get_task("compile")
+    assert "gpu_product" in task.expand_input.value
+    assert task.partial_kwargs["pool"] == "gpu" and task.partial_kwargs["map_index_template"]
+    assert "compile" in dag.get_task("merge_compile").upstream_task_ids
+    assert {"merge_compile", "compile"} <= dag.get_task("validate").upstream_task_ids
+
+
+def test_local_compile_is_mapped_on_the_subprocess_operator(monkeypatch):
+    monkeypatch.setenv("MODELOPS_EXECUTION", "local")
+    from operators.step_operator import LocalStepOperator, mapped_step_operator
+
+    mapped = mapped_step_operator("compile", SPEC_URI, ["", "NVIDIA-L4"])
+    assert mapped.operator_class is LocalStepOperator
+    op = mapped.unmap({"gpu_product": "NVIDIA-L4"})
+    assert isinstance(op, LocalStepOperator) and op.step == "compile" and op.gpu_product == "NVIDIA-L4"
