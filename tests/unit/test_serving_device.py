@@ -145,3 +145,27 @@ def test_merge_of_only_skipped_instances_is_none():
 
     assert merge_compile_results([]) is None
     assert merge_compile_results([None, {"status": "skipped", "reason": "no NVIDIA GPU visible"}]) is None
+
+
+# -- the GPU Triton the benchmark pod serves in (docker/worker-gpu.Dockerfile) --------------------------------------
+def test_worker_gpu_image_benchmarks_in_the_serving_triton_with_its_tools():
+    """Same NGC release as the serving image; the tool settings the image sets point at what it copies in."""
+    from pathlib import Path
+
+    from dockerfile_parse import DockerfileParser
+
+    docker = Path(__file__).resolve().parents[2] / "docker"
+    worker = DockerfileParser(path=str(docker / "worker-gpu.Dockerfile"))
+    serving = DockerfileParser(path=str(docker / "triton.Dockerfile"))
+    bases = [i["value"].split()[0] for i in worker.structure if i["instruction"] == "FROM"]
+    serving_base = next(i["value"].split()[0] for i in serving.structure if i["instruction"] == "FROM")
+    assert serving_base in bases and f"{serving_base}-sdk" in bases  # server and perf_analyzer of one release
+    copied = {i["value"].split()[-1] for i in worker.structure if i["instruction"] == "COPY" and "--from=triton" in i["value"]}
+    settings = Settings.from_env({k: v for k, v in worker.envs.items() if k.startswith("MODELOPS_")})  # final stage
+    assert settings.tritonserver_bin == Path("/opt/tritonserver/bin/tritonserver")
+    assert settings.perf_analyzer_bin.parent == Path("/opt/tritonserver/bin") and "/opt/tritonserver/bin" in copied
+    assert {str(settings.triton_backends_dir / b) for b in ("onnxruntime", "tensorrt")} <= copied
+    assert set(settings.tool_library_path.split(":")) <= copied  # tritonserver's libraries, on its path only
+    assert "LD_LIBRARY_PATH" not in worker.envs  # torch and onnxruntime-gpu keep their own CUDA libraries
+    # the compile step's TensorRT must be the served one: the build compares them
+    assert "TENSORRT_VERSION" in (docker / "worker-gpu.Dockerfile").read_text()
