@@ -3,8 +3,8 @@
 The space (:class:`SearchSpace`) is what matters for a python-backend model on CPU: instance count x intra-op
 threads (a *placement*), dynamic batching's ``max_queue_delay_microseconds``, its preferred batch sizes and
 ``max_batch_size``. :func:`coordinate_search` starts from the step's default configuration and walks one axis at a
-time, each ordered axis in both directions from the incumbent; a direction stops at the first point dominated by the
-incumbent (lower throughput AND higher p99) or that failed. Passes repeat while one improved the incumbent, within a
+time: every placement (unordered, a few on CPU), then each ordered axis in both directions from the incumbent; a
+direction stops at the first point dominated by the incumbent (lower throughput AND higher p99) or that failed. Passes repeat while one improved the incumbent, within a
 time budget. A configuration is measured at most once (a cache keyed by the configuration), and every measured point
 is kept: the caller writes them as CSV (:func:`write_csv`) and a plot (:func:`plot_search`).
 
@@ -25,6 +25,8 @@ from typing import Any
 log = logging.getLogger("modelops.evaluation.config_search")
 
 AXES: tuple[str, ...] = ("placement", "max_queue_delay_us", "preferred_batch_sizes", "max_batch_size")
+# unordered axes: every value is tried (instances x threads has no direction a dominated point could close)
+CATEGORICAL: frozenset[str] = frozenset({"placement"})
 QUEUE_DELAYS_US: tuple[int, ...] = (0, 500, 2000)
 CSV_FIELDS = ("order", "config", "instance_count", "threads", "max_queue_delay_us", "preferred_batch_sizes",
               "max_batch_size", "concurrency", "throughput", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "seconds",
@@ -236,6 +238,14 @@ def coordinate_search(
             improved = False
             for axis in AXES:
                 values = list(space.values(axis))
+                if axis in CATEGORICAL:
+                    for value in values:
+                        trial = run(best.config.with_axis(axis, value))
+                        if trial.rank() > best.rank():
+                            best, improved = trial, True
+                        elif trial.dominated(best):
+                            trial.dominated_by = trial.dominated_by or best.config.key()
+                    continue
                 for direction in (1, -1):
                     current = best.config.axis_value(axis)
                     if current not in values:

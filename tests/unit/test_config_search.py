@@ -76,11 +76,21 @@ def test_a_dominated_point_stops_its_direction():
     measure = Counting()
     result = coordinate_search(measure, SPACE, START, slo_ms=100.0, budget_s=1e9)
     by_key = {t.config.key(): t for t in result.trials}
-    # from 1x2, going up: 2x1 improves; then 2x2 is dominated by 2x1 (lower throughput, higher p99): the walk stops
-    two_two = by_key["i2xt2-d0-pnone-b64"]
-    assert two_two.dominated_by == "i2xt1-d0-pnone-b64"
-    # with 2x1, delay 0 -> 500 improves, then 2000 is dominated; nothing past it is measured (there is none)
+    # placements are unordered: all four are tried; 2x2 is marked dominated by 2x1 (lower throughput, higher p99)
+    assert {t.config.placement for t in result.trials} == set(SPACE.placements)
+    assert by_key["i2xt2-d0-pnone-b64"].dominated_by == "i2xt1-d0-pnone-b64"
     assert by_key["i2xt1-d2000-pnone-b64"].dominated_by is not None
+
+    # an ordered axis: delay 500 is dominated, so 2000 (better on this surface) is never measured: the early stop
+    def dip(config: ServingConfig) -> list[dict[str, float]]:
+        thr = {0: 100.0, 500: 80.0, 2000: 120.0}[config.max_queue_delay_us]
+        return [{"concurrency": 4, "throughput": thr, "p99_ms": 1000.0 / thr}]
+
+    measure = Counting(dip)
+    result = coordinate_search(measure, SPACE, START, slo_ms=100.0, budget_s=1e9)
+    delays = {c.max_queue_delay_us for c in measure.calls}
+    assert delays == {0, 500} and result.stopped == "converged"
+    assert next(t for t in result.trials if t.config.max_queue_delay_us == 500).dominated_by == START.key()
     # the SLO excludes points: with a tight SLO the winner must meet it
     tight = coordinate_search(Counting(), SPACE, START, slo_ms=3.5, budget_s=1e9)
     assert tight.best.meets_slo and tight.best.p99_ms <= 3.5
@@ -107,7 +117,7 @@ def test_a_failing_configuration_is_kept_with_its_reason_and_the_search_goes_on(
     result = coordinate_search(Counting(fail=lambda c: c.placement == (2, 1)), SPACE, START, slo_ms=100.0, budget_s=1e9)
     failed = next(t for t in result.trials if t.config == bad)
     assert failed.error == "Triton refused i2xt1-d0-pnone-b64" and not failed.points
-    assert failed.dominated_by == START.key()  # a failure ends its direction like a dominated point
+    assert failed.dominated_by == START.key()  # a failure counts as dominated (it ends an ordered axis' direction)
     assert result.best.config.placement == (1, 2)  # every 2x1 failed; the next best placement is kept
     assert result.best.error is None
 
