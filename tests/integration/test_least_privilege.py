@@ -138,7 +138,7 @@ def test_the_gateway_reads_descriptions_with_its_mlflow_user(stack, mlflow_clien
 
 def test_seaweedfs_filer_and_volume_ports_refuse_unsigned_requests(stack, storage):
     """JWT signing: only the S3 gateway (with an identity's keys) reaches the data; a local process talking
-    to the filer or volume HTTP port directly gets 401, for writes and for reads."""
+    to the filer, master or volume HTTP port directly gets 401, for writes and for reads."""
     ports, triton = stack["ports"], stack["s3"]["triton_bucket"]
     key = f"lp-probe/{uuid.uuid4().hex}.txt"
     storage.write_bytes(f"s3://{triton}/{key}", b"through S3")  # the same object through S3 works
@@ -156,6 +156,11 @@ def test_seaweedfs_filer_and_volume_ports_refuse_unsigned_requests(stack, storag
         assert plain("GET", f"{filer}/{key}") == 401
         assert plain("DELETE", f"{filer}/{key}") == 401
         assert plain("POST", f"http://127.0.0.1:{ports['seaweedfs_volume']}/1,01637037d6", b"hack") == 401
+        # the master's HTTP API assigns a file id but no write token for it: the volume refuses the write
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['seaweedfs_master']}/dir/assign", timeout=10) as resp:
+            assigned = json.loads(resp.read())
+        assert not assigned.get("auth")
+        assert plain("POST", f"http://127.0.0.1:{ports['seaweedfs_volume']}/{assigned['fid']}", b"hack") == 401
         assert storage.read_bytes(f"s3://{triton}/{key}") == b"through S3"
         assert not storage.exists(f"s3://{triton}/lp-probe/evil.txt")
     finally:
