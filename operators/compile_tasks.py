@@ -89,7 +89,8 @@ def merge_compile(spec_uri: str, results: Sequence[Mapping[str, Any] | None]) ->
     from modelops.steps._common import result_uri
     from operators.pipeline_tasks import _hooks
 
-    merged = merge_compile_results(list(results or ()))
+    # by index up to the XCom count (Airflow's lazy sequence): iterating would ask for one past the end
+    merged = merge_compile_results([results[i] for i in range(len(results))] if results else [])
     if merged is None:
         raise AirflowSkipException("no compile instance built engines (each was skipped: no GPU or no TensorRT)")
     check_result("compile", merged)
