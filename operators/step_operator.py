@@ -11,7 +11,8 @@ Both modes run the same command, ``python -m modelops.steps.<step> --spec <uri> 
   nightly, as ``deploy/priority-classes.yaml`` orders them). The pod writes its result to
   ``/airflow/xcom/return.json``.
 
-In both, exit code 99 means "not applicable here" and becomes a skipped task.
+In both, exit code 99 means "not applicable here" and becomes a skipped task. :func:`mapped_step_operator` maps a
+step over GPU products (``optimize_model``'s compile: one pod per ``nvidia.com/gpu.product``).
 """
 
 from __future__ import annotations
