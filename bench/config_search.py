@@ -13,7 +13,7 @@ Per model (digits_cnn ``ort_fp32``, MiniLM ``ort_int8_dynamic``) the candidate i
 2. **Model Analyzer**: ``model-analyzer profile`` in remote mode (``cpu_only``, DCGM off) against a tritonserver
    with explicit model control, ``run_config_search_disable`` + lists = a brute sweep of the same space at the same
    concurrency levels; wall time from that server's start to the end. Its best = the highest throughput whose p99
-   meets the SLO in its own ``metrics-model-inference.csv``.
+   meets the SLO among what it measured (its checkpoint; also after ``--ma-timeout-s`` interrupts it).
 3. **same run check**: both winners served in one Triton, alternating rounds, full perf settings.
 
 Writes ``bench/results/config_search.json``.
@@ -22,9 +22,9 @@ Writes ``bench/results/config_search.json``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -158,8 +158,9 @@ def ma_config(cand: dict[str, Any], name: str, repo: Path, work: Path, ports: tu
     return path
 
 
-def run_ma(cand: dict[str, Any], work: Path, perf: PerfSettings, name: str) -> dict[str, Any]:
-    """Model Analyzer's brute sweep in remote mode against our own explicit-mode tritonserver."""
+def run_ma(cand: dict[str, Any], work: Path, perf: PerfSettings, name: str, timeout_s: float) -> dict[str, Any]:
+    """Model Analyzer's brute sweep in remote mode against our own explicit-mode tritonserver; interrupted after
+    ``timeout_s`` (then its best is among the configurations it measured, ``finished: false``)."""
     tools = Settings.from_env()
     repo = model_repo(cand, work / "repo", name, ServingConfig(threads=perf.threads, max_batch_size=64))
     ports = (free_port(), free_port(), free_port())
@@ -175,40 +176,63 @@ def run_ma(cand: dict[str, Any], work: Path, perf: PerfSettings, name: str) -> d
     t0 = time.monotonic()
     with (work / "triton_ma.log").open("wb") as logf:
         server = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    finished = True
     try:
         time.sleep(2)
-        proc = subprocess.run([str(MA), "profile", "-f", str(config)], env=ma_env, capture_output=True,
-                              text=True, timeout=3600, check=False)  # fmt: skip
+        with (work / "ma.log").open("wb") as malog:  # cwd: perf_analyzer's <model>-results.csv lands there
+            ma = subprocess.Popen([str(MA), "profile", "-f", str(config)], env=ma_env, stdout=malog,
+                                  stderr=subprocess.STDOUT, cwd=work, start_new_session=True)  # fmt: skip
+            try:
+                rc = ma.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:  # interrupted: Model Analyzer checkpoints what it measured
+                finished, rc = False, None
+                os.killpg(ma.pid, signal.SIGINT)
+                try:
+                    ma.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(ma.pid, signal.SIGKILL)
+                    ma.wait()
         seconds = time.monotonic() - t0
     finally:
         server.terminate()
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
-    (work / "ma.log").write_text(proc.stdout + proc.stderr)
-    rows_path = work / "ma_export" / "results" / "metrics-model-inference.csv"
-    if proc.returncode != 0 or not rows_path.exists():
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
-        return {"seconds": round(seconds, 1), "error": f"model-analyzer exit {proc.returncode}: {' | '.join(tail)}"}
-    rows = list(csv.DictReader(rows_path.open()))
-    configs = {}
-    for row in rows:
-        variant = row.get("Model Config Path") or row.get("Model Config")
+            os.killpg(server.pid, signal.SIGKILL)
+    configs = ma_measurements(work, name)
+    out: dict[str, Any] = {"seconds": round(seconds, 1), "finished": finished, "exit_code": rc,
+                           "measured": len(configs)}  # fmt: skip
+    if not configs:
+        tail = (work / "ma.log").read_text(errors="replace").strip().splitlines()[-5:]
+        return {**out, "error": f"model-analyzer measured nothing (exit {rc}): {' | '.join(tail)}"}
+    ranked = [(p, k) for k, c in configs.items() if (p := best_of(c["points"])) is not None]
+    point, key = max(ranked, key=lambda pk: pk[0]["throughput"]) if ranked else (None, None)
+    return {**out, "best_key": key, "best": point, "best_config": configs[key]["config"] if key else None,
+            "configs": {k: c["points"] for k, c in configs.items()}}  # fmt: skip
+
+
+def ma_measurements(work: Path, name: str) -> dict[str, dict[str, Any]]:
+    """Every (configuration, concurrency) Model Analyzer measured, from its checkpoint (also after an interrupt)."""
+    ckpts = sorted((work / "ma_ckpt").glob("*.ckpt"))
+    if not ckpts:
+        return {}
+    results = json.loads(ckpts[-1].read_text())["ResultManager.results"]["_results"].get(name, {})
+    configs: dict[str, dict[str, Any]] = {}
+    for variant, runs in results.items():
         cfg = parse((work / "ma_out" / variant / "config.pbtxt").read_text())
-        threads = int(cfg.parameters["intra_op_threads"].string_value or 0)
-        sc = ServingConfig(instance_count=cfg.instance_group[0].count, threads=threads,
+        sc = ServingConfig(instance_count=cfg.instance_group[0].count,
+                           threads=int(cfg.parameters["intra_op_threads"].string_value or 0),
                            max_queue_delay_us=cfg.dynamic_batching.max_queue_delay_microseconds,
                            max_batch_size=cfg.max_batch_size)  # fmt: skip
-        configs.setdefault(sc.key(), {"config": sc.as_dict(), "points": []})["points"].append(
-            {"concurrency": int(row["Concurrency"]), "throughput": float(row["Throughput (infer/sec)"]),
-             "p99_ms": float(row["p99 Latency (ms)"])})  # fmt: skip
-    ranked = [(best_of(c["points"]), k) for k, c in configs.items()]
-    ranked = [(p, k) for p, k in ranked if p is not None]
-    point, key = max(ranked, key=lambda pk: pk[0]["throughput"]) if ranked else (None, None)
-    return {"seconds": round(seconds, 1), "measured": len(configs), "best_key": key, "best": point,
-            "best_config": configs[key]["config"] if key else None,
-            "configs": {k: c["points"] for k, c in configs.items()}}  # fmt: skip
+        entry = configs.setdefault(sc.key(), {"config": sc.as_dict(), "points": [], "variants": []})
+        entry["variants"].append(variant)
+        for measurement in (runs[1] if len(runs) > 1 else {}).values():
+            m = measurement["_model_config_measurements"][0]
+            data = m["_non_gpu_data_from_tag"]
+            entry["points"].append({"concurrency": int(m["_model_specific_pa_params"]["concurrency-range"]),
+                                    "throughput": float(data["perf_throughput"][1]["_value"]),
+                                    "p99_ms": float(data["perf_latency_p99"][1]["_value"])})  # fmt: skip
+    return {k: c for k, c in configs.items() if c["points"]}
 
 
 def same_run(cand: dict[str, Any], work: Path, perf: PerfSettings, name: str, configs: dict[str, dict],
@@ -235,7 +259,7 @@ def same_run(cand: dict[str, Any], work: Path, perf: PerfSettings, name: str, co
     return out
 
 
-def run_model(key: str, work: Path, skip_ma: bool) -> dict[str, Any]:
+def run_model(key: str, work: Path, skip_ma: bool, ma_timeout_s: float) -> dict[str, Any]:
     perf = PerfSettings.from_spec(PERF)
     t0 = time.monotonic()
     cand = build_candidate(key, work / "build")
@@ -247,7 +271,7 @@ def run_model(key: str, work: Path, skip_ma: bool) -> dict[str, Any]:
     res["ours"] = run_ours(cand, work / "ours", perf, name)
     print(f"{key} ours: {json.dumps(res['ours'])[:600]}", flush=True)
     if not skip_ma:
-        res["model_analyzer"] = run_ma(cand, work / "ma", perf, name)
+        res["model_analyzer"] = run_ma(cand, work / "ma", perf, name, ma_timeout_s)
         print(f"{key} MA: {json.dumps(res['model_analyzer'])[:600]}", flush=True)
     winners = {"ours": res["ours"]["best_config"]}
     if (res.get("model_analyzer") or {}).get("best_config"):
@@ -262,6 +286,7 @@ def main() -> None:
     parser.add_argument("--models", default="digits,minilm")
     parser.add_argument("--skip-ma", action="store_true", help="only our search (no Model Analyzer)")
     parser.add_argument("--workdir")
+    parser.add_argument("--ma-timeout-s", type=float, default=3600.0, help="interrupt Model Analyzer after this")
     args = parser.parse_args()
     if not args.skip_ma and not MA.exists():
         raise SystemExit(f"{MA} missing: make model-analyzer (pip install 'triton-model-analyzer==1.58.*' in .venv-ma)")
@@ -270,7 +295,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="modelops-config-search-") as tmp:
         work = Path(args.workdir).resolve() if args.workdir else Path(tmp)
         for key in [m.strip() for m in args.models.split(",") if m.strip()]:
-            results["models"][key] = run_model(key, work / key, args.skip_ma)
+            results["models"][key] = run_model(key, work / key, args.skip_ma, args.ma_timeout_s)
     print(f"wrote {write_results('config_search', results)}")
 
 
