@@ -195,3 +195,20 @@ def test_publish_renders_the_chosen_configuration(tmp_path):
     assert list(config.dynamic_batching.preferred_batch_size) == [4]
     # no configuration (a selection from before the search): the default rendering, the model's max_batch_size
     assert _serving_kwargs(None, 64) == {"max_batch_size": 64}
+
+
+def test_record_logs_every_searched_point_as_csv_and_plot(tmp_path):
+    from modelops.tracking.record import record_run
+    from tests.unit.test_report import FakeMlflow, _LocalStorage, _results
+
+    res = _results(tmp_path)
+    search = coordinate_search(Counting(), SPACE, START, slo_ms=100.0, budget_s=1e9)
+    res["benchmark"]["variants"]["ort_fp32"]["config_search"] = {
+        **search.to_json(), "csv": str(write_csv(search, tmp_path / "ort_fp32" / "config_search.csv"))}
+    client = FakeMlflow()
+    spec = {"run_id": "r1", "model_name": "digits", "model_version": "3", "latency_slo_ms": 50.0, "run_prefix": "x"}
+    record_run(client, _LocalStorage(), spec, res, select(res["validate"], res["benchmark"], 50.0).to_json(), None)
+    assert client.artifacts["config_search.png"][:4] == b"\x89PNG"
+    rows = client.artifacts["perf_analyzer/ort_fp32.config_search.csv"].decode().splitlines()
+    assert len(rows) == 1 + 2 * len(search.trials)
+    assert client.artifacts["report.html"].decode().count("data:image/png;base64,") == 3
