@@ -144,7 +144,10 @@ class LocalStepOperator(BaseOperator):
             TimeoutError: the step ran past ``timeout_s`` (its process group is gone by then).
         """
         self._grace_s = grace_s
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # stdin /dev/null, not the task's (a socket to Airflow's supervisor): nothing below may read it, and a
+        # `bash -c` further down (Triton's python stubs) would source ~/.bashrc when stdin is a socket
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
                                 bufsize=1, start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))  # noqa: PLW1509 - prctl only
         self._proc = proc
         tail: deque[str] = deque(maxlen=20)

@@ -76,6 +76,10 @@ def worker_site_packages(worker_python: Path) -> list[Path]:
     return sorted(venv.glob("lib/python3*/site-packages"))
 
 
+# Variables that make a non-interactive `bash -c` (how the python backend starts its stubs) read startup files.
+_SHELL_STARTUP_VARS = ("BASH_ENV", "ENV", "SSH_CLIENT", "SSH2_CLIENT")
+
+
 def triton_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for tritonserver whose python models must see the worker environment's packages."""
     env = dict(os.environ)
@@ -85,6 +89,8 @@ def triton_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[
     env["VIRTUAL_ENV"] = str(venv)
     env["PYTHONPATH"] = os.pathsep.join([*site, str(settings.repo_root)])
     env["PYTHONNOUSERSITE"] = "1"
+    for var in _SHELL_STARTUP_VARS:  # the stubs' `bash -c` must not run a user's shell startup files
+        env.pop(var, None)
     libs = settings.tool_library_path
     if libs:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libs, env.get("LD_LIBRARY_PATH", "")) if p)
@@ -195,7 +201,11 @@ class TritonProcess:
             # own group (stop() kills its python stubs with it); SIGTERM (a graceful stop that ends the stubs) if
             # the step that started it dies without stopping it (killed: no finally/__exit__ runs)
             self.process = subprocess.Popen(
-                self.command(), stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                # stdin /dev/null: the python backend starts its stubs with `bash -c`, and bash whose stdin is a
+                # socket (an Airflow task's stdin is one) sources ~/.bashrc, whose PATH edits (pyenv shims) then
+                # pick the stub's interpreter instead of the worker venv's
+                self.command(), stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,
                 preexec_fn=die_with_parent(signal.SIGTERM),  # noqa: PLW1509 - the preexec only calls prctl
             )
         log.info(
