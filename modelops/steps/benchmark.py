@@ -143,6 +143,19 @@ def benchmark_target(
     return out
 
 
+SEARCH_WINDOW_REQUESTS = 50  # a search window holds at least this many requests at the slowest level (a p99 of fewer
+# is little more than the maximum: MiniLM at ~50 sentences/s in 250 ms windows flipped around a 100 ms SLO)
+
+
+def search_window_ms(points: list[dict[str, Any]], perf: PerfSettings) -> int:
+    """A search point's perf_analyzer window: short (a point only steers the search, any spread is accepted over 3
+    windows, the chosen configuration is measured again in full), but long enough for
+    :data:`SEARCH_WINDOW_REQUESTS` requests at the default configuration's slowest measured level."""
+    slowest = min((p["throughput"] for p in points if p.get("throughput")), default=0.0)
+    needed = int(1000 * SEARCH_WINDOW_REQUESTS / slowest) if slowest > 0 else perf.measurement_interval_ms
+    return max(250, min(perf.measurement_interval_ms, needed))
+
+
 def search_configs(
     out: dict[str, Any], triton: TritonProcess, target: Target, *, name: str, model_dir: Path, io: dict[str, Any],
     perf: PerfSettings, url: str, tools: Settings | None, work: Path, budget_s: float, slo_ms: float,
@@ -157,9 +170,7 @@ def search_configs(
     """
     default = ServingConfig.from_dict(out["config"])
     space = space or SearchSpace.for_cpu(os.cpu_count() or 1, default.max_batch_size, perf.concurrency)
-    # short windows, and any spread accepted at once (3 windows): a point only steers the search, the chosen
-    # configuration is measured again with the full settings
-    short = perf.model_copy(update={"measurement_interval_ms": max(250, perf.measurement_interval_ms // 2),
+    short = perf.model_copy(update={"measurement_interval_ms": search_window_ms(out["points"], perf),
                                     "max_trials": 3, "stability_percentage": 10000})  # fmt: skip
     pa_log, params = work / "perf_analyzer.log", runtime_parameters(target.variant)
 

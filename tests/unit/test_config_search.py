@@ -212,3 +212,16 @@ def test_record_logs_every_searched_point_as_csv_and_plot(tmp_path):
     rows = client.artifacts["perf_analyzer/ort_fp32.config_search.csv"].decode().splitlines()
     assert len(rows) == 1 + 2 * len(search.trials)
     assert client.artifacts["report.html"].decode().count("data:image/png;base64,") == 3
+
+
+def test_search_windows_hold_enough_requests_for_a_p99():
+    from modelops.evaluation.perf import PerfSettings
+    from modelops.steps.benchmark import search_window_ms
+
+    perf = PerfSettings(measurement_interval_ms=1000)
+    fast = [{"concurrency": 1, "throughput": 1500.0}, {"concurrency": 4, "throughput": 3000.0}]
+    slow = [{"concurrency": 1, "throughput": 52.0}, {"concurrency": 4, "throughput": 80.0}]
+    assert search_window_ms(fast, perf) == 250  # digits: the shortest window already holds 375 requests
+    assert search_window_ms(slow, perf) == 961  # MiniLM under load: ~50 requests at concurrency 1
+    assert search_window_ms([{"concurrency": 1, "throughput": 5.0}], perf) == 1000  # never above the full window
+    assert search_window_ms([], perf) == 1000
