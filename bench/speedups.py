@@ -52,7 +52,7 @@ def save_model(key: str, path: Path) -> None:
 
 
 def run_model(key: str, work: Path) -> dict[str, Any]:
-    from model_recipes import select_recipe
+    from modelops.recipes import select_recipe
 
     model_dir, run_dir = work / key / "model", work / key / "run"
     t0 = time.monotonic()
