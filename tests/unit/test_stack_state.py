@@ -9,6 +9,7 @@ import os
 import socket
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -487,5 +488,18 @@ def test_wait_healthy_reports_early_exit_and_timeout(tmp_path: Path) -> None:
         with pytest.raises(StackError, match=r"^slow did not become healthy within 1 s; see .*x\.log$"):
             process.wait_healthy("slow", slow, lambda: False, timeout_s=1, log_path=log, interval_s=0.1)
         assert process.wait_healthy("slow", slow, lambda: True, timeout_s=1, log_path=log) < 1
+
+        def refuses() -> bool:  # a probe that knows the service will never be healthy (e.g. a login mismatch)
+            raise StackError("mlflow refuses the stack's admin login")
+
+        def flaky() -> bool:
+            raise ConnectionRefusedError  # not up yet: keep waiting
+
+        started = time.monotonic()
+        with pytest.raises(StackError, match="refuses the stack's admin login"):
+            process.wait_healthy("slow", slow, refuses, timeout_s=30, log_path=log)
+        assert time.monotonic() - started < 5, "a StackError from the probe ends the wait at once"
+        with pytest.raises(StackError, match="did not become healthy within 1 s"):
+            process.wait_healthy("slow", slow, flaky, timeout_s=1, log_path=log, interval_s=0.1)
     finally:
         process.stop("slow", slow, grace_s=2)

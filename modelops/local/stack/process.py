@@ -166,7 +166,9 @@ def wait_healthy(
             raise StackError(f"{name} exited{how} before becoming healthy; see {display_path(log_path)}")
         try:
             healthy = bool(check())
-        except Exception:  # noqa: BLE001 - any failure of a probe means "not healthy yet"
+        except StackError:  # a probe that knows the service will never be healthy says why
+            raise
+        except Exception:  # noqa: BLE001 - any other failure of a probe means "not healthy yet"
             healthy = False
         if healthy:
             return time.monotonic() - start

@@ -172,7 +172,13 @@ def _mlflow_health(ctx: Context) -> bool:
     if http("GET", f"{base}/health")[0] != 200:
         return False
     url = f"{base}/api/2.0/mlflow/experiments/search?max_results=1"
-    return http("GET", url, headers=auth.mlflow_admin_headers(ctx.state))[0] == 200
+    code = http("GET", url, headers=auth.mlflow_admin_headers(ctx.state))[0]
+    if code == 401:  # the auth app creates its admin before serving: a refusal now is a credentials mismatch
+        raise StackError(
+            f"mlflow refuses the stack's admin login: {ctx.state.stack_dir / 'mlflow' / 'basic_auth.db'} holds "
+            "other credentials than stack.json (was stack.json regenerated?); stop the stack and delete that file"
+        )
+    return code == 200
 
 
 def _mlflow_configure(ctx: Context) -> None:
