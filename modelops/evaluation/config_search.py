@@ -105,7 +105,9 @@ class SearchSpace:
     @classmethod
     def for_cpu(cls, cores: int, max_batch_size: int, concurrency: list[int]) -> SearchSpace:
         """The CPU space: instances x threads with 1..2x the cores in use, queue delays, preferred batch = the
-        highest concurrency measured (when the model batches that far), max_batch_size = the model's and that one."""
+        highest concurrency measured (when the model batches that far). ``max_batch_size`` stays the model's: it is
+        the deployment's contract with its clients (a smaller one refuses their larger batches, and deploy's smoke
+        test sends export's sample batch), so the server-side batch is steered by the preferred size instead."""
         powers = [p for p in (1, 2, 4, 8, 16, 32) if p <= max(1, cores)]
         placements = tuple((i, t) for i in powers for t in powers if cores / 2 <= i * t <= 2 * cores or i * t == 1)
         top = max(concurrency)
@@ -114,7 +116,7 @@ class SearchSpace:
             placements=placements,
             max_queue_delay_us=QUEUE_DELAYS_US if max_batch_size > 0 else (0,),
             preferred_batch_sizes=((), (top,)) if batches else ((),),
-            max_batch_size=tuple(sorted({max_batch_size, top})) if batches else (max_batch_size,),
+            max_batch_size=(max_batch_size,),
         )
 
 

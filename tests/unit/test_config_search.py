@@ -14,7 +14,10 @@ from modelops.evaluation.selection import select
 from modelops.serving.triton.config_proto import parse
 from modelops.serving.triton.model_dir import render_config
 
-SPACE = SearchSpace.for_cpu(2, 64, [1, 4])
+CPU_SPACE = SearchSpace.for_cpu(2, 64, [1, 4])
+# the algorithm's tests use every axis, max_batch_size included (the CPU space keeps the model's)
+SPACE = SearchSpace(placements=CPU_SPACE.placements, max_queue_delay_us=CPU_SPACE.max_queue_delay_us,
+                    preferred_batch_sizes=CPU_SPACE.preferred_batch_sizes, max_batch_size=(4, 64))
 START = ServingConfig(instance_count=1, threads=2, max_batch_size=64)
 
 
@@ -51,9 +54,12 @@ class Clock:
 
 
 def test_space_on_two_cores():
-    assert SPACE.placements == ((1, 1), (1, 2), (2, 1), (2, 2))
-    assert SPACE.max_queue_delay_us == (0, 500, 2000)
-    assert SPACE.preferred_batch_sizes == ((), (4,)) and SPACE.max_batch_size == (4, 64)
+    assert CPU_SPACE.placements == ((1, 1), (1, 2), (2, 1), (2, 2))
+    assert CPU_SPACE.max_queue_delay_us == (0, 500, 2000)
+    # max_batch_size is the model's: a smaller one would refuse clients' (and deploy's smoke test's) batches
+    assert CPU_SPACE.preferred_batch_sizes == ((), (4,)) and CPU_SPACE.max_batch_size == (64,)
+    assert CPU_SPACE.size == 24 == len(set(CPU_SPACE.all_configs()))
+    assert all(c.max_batch_size == 64 for c in CPU_SPACE.all_configs())
     assert SPACE.size == 48 == len(set(SPACE.all_configs()))
 
 
