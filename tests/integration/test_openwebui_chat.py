@@ -181,13 +181,17 @@ def _click(driver, element) -> None:
 
 
 def test_a_member_chats_in_a_headless_browser(chat, browser, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     member = chat["users"]["member"]
-    wait = WebDriverWait(browser, 90)
+    # Svelte re-renders the message list while the chat starts: an element found a moment ago may be gone when its
+    # text is read; the waits then look again instead of failing
+    stale = (StaleElementReferenceException,)
+    wait = WebDriverWait(browser, 90, ignored_exceptions=stale)
     with _evidence(browser, tmp_path):
         browser.get(f"{chat['url']}/auth")
         wait.until(ec.visibility_of_element_located((By.ID, "email"))).send_keys(member["email"])
@@ -212,7 +216,7 @@ def test_a_member_chats_in_a_headless_browser(chat, browser, tmp_path):
         _click(browser, send)
 
         wait.until(lambda d: PROMPT in " ".join(e.text for e in d.find_elements(By.CSS_SELECTOR, ".chat-user")))
-        long_wait = WebDriverWait(browser, ANSWER_TIMEOUT_S)
+        long_wait = WebDriverWait(browser, ANSWER_TIMEOUT_S, ignored_exceptions=stale)
         # the answer is done when its actions (copy, regenerate; only assistant messages have them) render
         long_wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#messages-container .copy-response-button")))
         answer = browser.find_elements(By.CSS_SELECTOR, ".chat-assistant #response-content-container")
