@@ -91,7 +91,7 @@ PARAMS = {
         True,
         type="boolean",
         title="Search the serving configuration",
-        description="Benchmark searches each candidate's Triton configuration (instances x intra-op threads, dynamic "
+        description="Benchmark searches the contending candidates' Triton configuration (instances x intra-op threads, dynamic "
         "batching queue delay and preferred batch, max_batch_size) by coordinate descent, and the chosen "
         "(variant, configuration) is published. Off: every candidate is served with the one default configuration.",
     ),
@@ -101,7 +101,8 @@ PARAMS = {
         minimum=0,
         maximum=3600,
         title="Configuration search budget (s)",
-        description="Wall time of the configuration search per run, shared by the candidates.",
+        description="Wall time of the configuration search per run, shared by the contenders (the candidates within 75% of "
+        "the best one's default throughput), best first.",
     ),
     "serving_device": Param(
         None,

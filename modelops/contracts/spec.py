@@ -40,7 +40,7 @@ class BenchmarkSpec(_Block):
     config_search: bool = Field(True, description="search each candidate's serving configuration (instances x "
                                 "threads, dynamic batching); false: the fixed default configuration only")
     config_search_budget_s: float = Field(60.0, ge=0, le=3600, description="wall time of the configuration search "
-                                          "per benchmark step, shared by its candidates")
+                                          "per benchmark step, shared by its contenders")
 
 
 class StaticQuantSpec(_Block):

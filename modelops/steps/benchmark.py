@@ -1,9 +1,11 @@
-"""Benchmark step: serve the source-framework baseline and every accepted candidate in its own Triton, measure each.
+"""Benchmark step: serve the source-framework baseline and every accepted candidate in one Triton, measure each.
 
-Per variant (sequentially): build the model directory in a local repository, start a
-:class:`TritonProcess` on free ports, smoke-check its answers on export's sample inputs, run
-perf_analyzer, upload ``perf.csv`` and the server log to ``<run prefix>/<variant>/``.
-A candidate whose server fails is marked failed; a failing baseline fails the step.
+One tritonserver with explicit model control is started on free ports for the step. Per variant (sequentially):
+build the model directory in its local repository, load it through the repository API, smoke-check its answers
+on export's sample inputs, run perf_analyzer with the default configuration, unload it. Then the contenders (the
+candidates within :data:`CONTENDER_FRACTION` of the best one's throughput) get the configuration search, in the same
+server. ``perf.csv``, the search's CSV and the server log go to ``<run prefix>/<variant>/``.
+A candidate whose model fails to load is marked failed; a failing baseline fails the step.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,14 @@ import numpy as np
 from modelops.contracts.naming import slug
 from modelops.contracts.status import Status
 from modelops.contracts.variants import Device, get_variant
-from modelops.evaluation.config_search import SearchSpace, ServingConfig, TritonMeasure, coordinate_search, write_csv
+from modelops.evaluation.config_search import (
+    SearchSpace,
+    ServingConfig,
+    TritonMeasure,
+    coordinate_search,
+    summarize,
+    write_csv,
+)
 from modelops.evaluation.perf import PerfAnalyzerError, PerfSettings, run_perf_analyzer
 from modelops.evaluation.selection import best_point
 from modelops.serving.triton.local_server import TritonProcess, TritonStartError
@@ -70,8 +80,13 @@ def benchmark_target(
     tools: Settings | None = None,
     search_budget_s: float = 0.0,
     slo_ms: float = 100.0,
+    server: TritonProcess | None = None,
 ) -> dict[str, Any]:
-    """Serve one target in a fresh Triton and measure it; never raises for server/perf failures.
+    """Serve one target in Triton and measure it; never raises for server/perf failures.
+
+    Without ``server`` the target gets a fresh Triton of its own; with one (a started :class:`TritonProcess` with
+    explicit model control, see :func:`run`), the target's model is written into that server's repository, loaded
+    through the repository API, measured, and unloaded again, so one tritonserver serves the step's targets in turn.
 
     With ``search_budget_s`` > 0 the serving configuration is then searched in the same Triton (:func:`search_configs`)
     and ``points``/``config`` are those of the better of the default and the searched configuration.
@@ -81,10 +96,12 @@ def benchmark_target(
         "seconds"}`` (+ ``config_search`` after a search).
     """
     started = time.time()
-    name = slug(target.variant).replace("-", "_")
+    name = model_name(target)
     vdir = work / target.variant
-    repo = vdir / "repo"
-    triton_log, pa_log, csv_path = vdir / "triton.log", vdir / "perf_analyzer.log", vdir / "perf.csv"
+    repo = Path(server.repository) if server is not None else vdir / "repo"
+    triton_log = server.log_path if server is not None else vdir / "triton.log"
+    pa_log, csv_path = vdir / "perf_analyzer.log", vdir / "perf.csv"
+    vdir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {
         "status": Status.FAILED,
         "kind": target.kind,
@@ -107,17 +124,22 @@ def benchmark_target(
         parameters=runtime_parameters(target.variant),  # e.g. OpenVINO's engine and precision hint
     )
     try:
-        with TritonProcess(repo, [name], log_path=triton_log, settings=tools) as triton:
+        with ExitStack() as serving:
+            if server is None:
+                triton = serving.enter_context(TritonProcess(repo, [name], log_path=triton_log, settings=tools))
+            else:
+                triton = server
+                serving.callback(unload_quietly, server, name)
+                server.load_model(name)
             if samples is not None and target.expected is not None:
                 got = triton.infer(name, samples)
                 diff = max(float(np.max(np.abs(got[k] - v))) for k, v in target.expected.items())
                 out["triton_max_abs_diff"] = diff
                 if not diff <= SMOKE_TOLERANCE:
                     raise SmokeCheckFailed(f"Triton's answers differ from ONNX Runtime's by {diff:.3g}")
-            url = triton.grpc_url if perf.protocol == "grpc" else triton.http_url
             out["points"] = run_perf_analyzer(
                 model=name,
-                url=url,
+                url=perf_url(triton, perf),
                 settings=perf,
                 csv_path=csv_path,
                 tools=tools,
@@ -129,8 +151,9 @@ def benchmark_target(
             default = ServingConfig(threads=perf.threads, max_batch_size=max_batch_size)
             out["config"], out["configs"] = default.as_dict(), [{"config": default.as_dict(), "points": out["points"]}]
             if search_budget_s > 0:
-                search_configs(out, triton, target, name=name, model_dir=repo / name, io=io, perf=perf, url=url,
-                               tools=tools, work=vdir, budget_s=search_budget_s, slo_ms=slo_ms)  # fmt: skip
+                search_configs(out, triton, target, name=name, model_dir=repo / name, io=io, perf=perf,
+                               url=perf_url(triton, perf), tools=tools, work=vdir, budget_s=search_budget_s,
+                               slo_ms=slo_ms)  # fmt: skip
             out["status"] = "done"
     except TritonStartError as exc:
         out["reason"] = f"Triton could not serve {target.variant}: {exc.reason}"
@@ -141,6 +164,57 @@ def benchmark_target(
     out["seconds"] = round(time.time() - started, 2)
     log.info("%s (%s): %s %s", target.variant, target.kind, out["status"], out["reason"] or out["points"])
     return out
+
+
+def model_name(target: Target) -> str:
+    """The target's model name in the benchmark Triton."""
+    return slug(target.variant).replace("-", "_")
+
+
+def perf_url(triton: TritonProcess, perf: PerfSettings) -> str:
+    return triton.grpc_url if perf.protocol == "grpc" else triton.http_url
+
+
+def unload_quietly(triton: TritonProcess, name: str) -> None:
+    """Unload ``name`` from a shared benchmark Triton (a failure is logged: the next target still loads its own)."""
+    try:
+        triton.unload_model(name)
+    except (RuntimeError, OSError) as exc:
+        log.warning("could not unload %s: %s", name, first_line(exc))
+
+
+def search_target(
+    out: dict[str, Any], target: Target, *, server: TritonProcess, io: dict[str, Any], perf: PerfSettings, work: Path,
+    tools: Settings | None, budget_s: float, slo_ms: float,
+) -> None:  # fmt: skip
+    """Search the serving configuration of a target :func:`benchmark_target` measured in ``server`` (and unloaded):
+    each configuration is loaded in turn through the repository API; the model is unloaded afterwards."""
+    name = model_name(target)
+    started = time.time()
+    try:
+        search_configs(out, server, target, name=name, model_dir=Path(server.repository) / name, io=io, perf=perf,
+                       url=perf_url(server, perf), tools=tools, work=work / target.variant, budget_s=budget_s,
+                       slo_ms=slo_ms)  # fmt: skip
+    finally:
+        unload_quietly(server, name)
+        out["seconds"] = round(out.get("seconds", 0.0) + time.time() - started, 2)
+
+
+CONTENDER_FRACTION = 0.75  # a candidate is searched when its default configuration reaches this share of the best
+# candidate's throughput: a search moved a candidate by 2-30% in bench/config_search.py, never past a 25% gap
+
+
+def contenders(results: dict[str, dict[str, Any]], slo_ms: float) -> list[str]:
+    """The candidates worth a configuration search, best first: measured (``done``), in the SLO class of the best one
+    (meets it, or none does), and within :data:`CONTENDER_FRACTION` of its throughput. The baseline is never searched
+    (it is the reference the speedups are relative to)."""
+    ranked = {v: summarize(r["points"], slo_ms) for v, r in results.items()
+              if v != BASELINE and r.get("status") == Status.DONE and r.get("points")}  # fmt: skip
+    if not ranked:
+        return []
+    meeting = {v: s for v, s in ranked.items() if s[2]} or ranked
+    top = max(s[0] for s in meeting.values())
+    return sorted((v for v, s in meeting.items() if s[0] >= CONTENDER_FRACTION * top), key=lambda v: -meeting[v][0])
 
 
 SEARCH_WINDOW_REQUESTS = 50  # a search window holds at least this many requests at the slowest level (a p99 of fewer
@@ -284,21 +358,41 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
             )
             expected = _load_npz(storage.download_file(res["sample_outputs"], work / "models" / variant / "sample.npz"))
             targets.append(Target(variant, candidate_kind, onnx, expected, assets))
-        # the configuration search (CPU python backend): the budget shared by the candidates, unused time carried on
-        search_left = perf.config_search_budget_s if perf.config_search and str(device) == Device.CPU else 0.0
-        searched = sum(t.variant != BASELINE for t in targets)
-        for target in targets:
-            share = search_left / searched if target.variant != BASELINE and searched else 0.0
-            res = benchmark_target(target, io=io, max_batch_size=mbs, perf=perf, work=work / "runs", samples=samples,
-                                   search_budget_s=share, slo_ms=float(spec.get("latency_slo_ms") or 100.0))
-            if target.variant != BASELINE:
-                searched -= 1
+        slo_ms = float(spec.get("latency_slo_ms") or 100.0)
+        runs = work / "runs"
+        (runs / "repo").mkdir(parents=True, exist_ok=True)
+        results: dict[str, dict[str, Any]] = {}
+        # one tritonserver (explicit model control) for every target: each is loaded, smoke-checked, measured with
+        # the default configuration and unloaded in turn; then the contenders' configurations are searched
+        with TritonProcess(runs / "repo", [], log_path=runs / "triton.log") as server:
+            for target in targets:
+                if server.process is None or server.process.poll() is not None:  # died under the previous target
+                    log.warning("the benchmark tritonserver exited; starting it again for %s", target.variant)
+                    server.stop()
+                    server.start()
+                res = benchmark_target(target, io=io, max_batch_size=mbs, perf=perf, work=runs, samples=samples,
+                                       slo_ms=slo_ms, server=server)  # fmt: skip
+                if target.variant == BASELINE and res["status"] != Status.DONE:
+                    raise StepError(f"baseline ({target.kind} in Triton) failed: {res['reason']}")
+                results[target.variant] = res
+            # the configuration search (CPU python backend): the budget shared by the contenders, best first, unused
+            # time carried on to the next
+            budget = perf.config_search_budget_s if perf.config_search and str(device) == Device.CPU else 0.0
+            search_left, searched = budget, contenders(results, slo_ms) if budget > 0 else []
+            by_variant = {t.variant: t for t in targets}
+            for i, variant in enumerate(searched):
+                res = results[variant]
+                search_target(res, by_variant[variant], server=server, io=io, perf=perf, work=runs, tools=None,
+                              budget_s=search_left / (len(searched) - i), slo_ms=slo_ms)  # fmt: skip
                 search_left = max(0.0, search_left - (res.get("config_search") or {}).get("seconds", 0.0))
+            for variant, res in results.items():
+                if variant != BASELINE and budget and variant not in searched and res["status"] == Status.DONE:
+                    res["notes"].append(f"configuration not searched: its default configuration is not within "
+                                        f"{CONTENDER_FRACTION:.0%} of the best candidate's throughput")  # fmt: skip
+        for variant, res in results.items():
             if res.get("config_search"):
-                res["config_search"]["csv"] = join(variant_prefix(spec, target.variant), "config_search.csv")
-            variants[target.variant] = upload_measurement(storage, spec, target.variant, res)
-            if target.variant == BASELINE and res["status"] != Status.DONE:
-                raise StepError(f"baseline ({target.kind} in Triton) failed: {res['reason']}")
+                res["config_search"]["csv"] = join(variant_prefix(spec, variant), "config_search.csv")
+            variants[variant] = upload_measurement(storage, spec, variant, res)
     settings = {**perf.as_dict(), "max_batch_size": mbs, "instance_count": 1}
     if export.get("serving_io"):  # the JSON perf_analyzer read, not the temporary copy
         settings["input_data"] = export["outputs"]["perf_input_data"]

@@ -231,3 +231,28 @@ def test_search_windows_hold_enough_requests_for_a_p99():
     assert search_window_ms(slow, perf) == 961  # MiniLM under load: ~50 requests at concurrency 1
     assert search_window_ms([{"concurrency": 1, "throughput": 5.0}], perf) == 1000  # never above the full window
     assert search_window_ms([], perf) == 1000
+
+
+def _measured(thr_p99: list[tuple[float, float]], status: str = "done") -> dict:
+    return {"status": status, "points": [{"concurrency": 1 + i, "throughput": t, "p99_ms": p} for i, (t, p) in
+                                         enumerate(thr_p99)]}  # fmt: skip
+
+
+def test_only_contenders_are_searched_best_first():
+    from modelops.steps.benchmark import CONTENDER_FRACTION, contenders
+
+    results = {
+        "baseline": _measured([(5000.0, 1.0)]),  # the reference: never searched, however fast
+        "ort_fp32": _measured([(800.0, 2.0), (1000.0, 9.0)]),
+        "ort_int8_dynamic": _measured([(1000.0, 3.0), (1500.0, 80.0)]),  # 1500 under the 100 ms SLO
+        "openvino_int8": _measured([(1400.0, 50.0)]),
+        "ort_int8_static": _measured([], status="failed"),
+    }
+    assert CONTENDER_FRACTION * 1500 > 1000
+    assert contenders(results, slo_ms=100.0) == ["ort_int8_dynamic", "openvino_int8"]
+    # the SLO class comes first: under a 20 ms SLO only ort_fp32 (1000/s at 9 ms) and the int8 points at 3 ms count
+    assert contenders(results, slo_ms=20.0) == ["ort_fp32", "ort_int8_dynamic"]
+    # none meets the SLO: ranked at their lowest-p99 points (800, 1000, 1400/s; a searched configuration may bring
+    # one under it)
+    assert contenders(results, slo_ms=0.5) == ["openvino_int8"]
+    assert contenders({"baseline": results["baseline"]}, slo_ms=100.0) == []

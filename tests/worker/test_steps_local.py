@@ -238,6 +238,16 @@ def test_benchmark(pipelines):
         # Triton (python backend) answered the export samples exactly like ORT/torch did in validate/export
         assert v["triton_max_abs_diff"] is not None and v["triton_max_abs_diff"] <= 1e-5
     assert res["settings"]["concurrency"] == [1, 4]
+    # one tritonserver served every target in turn (its one log, uploaded beside each variant's CSV)
+    log = Path(variants["baseline"]["log"]).read_text()
+    assert all(Path(v["log"]).read_text() == log for v in variants.values())
+    assert all(f"successfully loaded '{name}'" in log for name in variants), log[-2000:]
+    assert all(f"successfully unloaded '{name}'" in log for name in variants), log[-2000:]
+    # the configuration search ran on the contenders only (the spec's default budget), never on the baseline
+    searched = {name for name, v in variants.items() if v.get("config_search")}
+    assert "baseline" not in searched and searched, variants
+    assert all(any("not searched" in n for n in v["notes"]) for name, v in variants.items()
+               if name != "baseline" and name not in searched)  # fmt: skip
 
 
 @triton
@@ -258,3 +268,26 @@ def test_benchmark_marks_an_unloadable_candidate_failed(pipelines, tmp_path):
     assert res["status"] == "failed"
     assert res["reason"].startswith("Triton could not serve ort_garbage:") and "\n" not in res["reason"]
     assert (tmp_path / "work" / "ort_garbage" / "triton.log").is_file()
+
+
+@triton
+def test_an_unloadable_candidate_in_the_shared_server_leaves_it_serving_the_next(pipelines, tmp_path):
+    pipeline = pipelines("wine")
+    from modelops.evaluation.perf import PerfSettings
+    from modelops.serving.triton.local_server import TritonProcess
+    from modelops.steps.benchmark import Target, benchmark_target
+
+    bad = tmp_path / "garbage.onnx"
+    bad.write_bytes(b"this is not onnx")
+    good = Path(pipeline["optimize"]["candidates"]["ort_fp32"]["onnx"])
+    perf = PerfSettings(concurrency=[1], measurement_interval_ms=300, max_trials=3)
+    common = {"io": pipeline["export"]["io"], "max_batch_size": 8, "perf": perf, "work": tmp_path / "work"}
+    (tmp_path / "repo").mkdir()
+    with TritonProcess(tmp_path / "repo", [], log_path=tmp_path / "triton.log") as server:
+        res = benchmark_target(Target("ort_garbage", "onnxruntime", bad), server=server, **common)
+        assert res["status"] == "failed"
+        assert res["reason"].startswith("Triton could not serve ort_garbage:") and "\n" not in res["reason"]
+        ok = benchmark_target(Target("ort_fp32", "onnxruntime", good), server=server, **common)
+        assert ok["status"] == "done", ok["reason"]
+        assert server.process is not None and server.process.poll() is None
+    assert res["log_paths"][0] == ok["log_paths"][0] == tmp_path / "triton.log"

@@ -261,9 +261,8 @@ class TritonProcess:
         try:
             self._call(timeout_s or self.timeout_s, lambda c: c.load_model(name), admin=True)
         except _Refused as exc:
-            raise TritonStartError(
-                f"loading {name!r} failed ({exc.code}): {exc.text}", log_tail(self.log_path)
-            ) from None
+            text = (exc.text.strip().splitlines() or [""])[0]  # one line (a python stub adds its traceback)
+            raise TritonStartError(f"loading {name!r} failed ({exc.code}): {text}", log_tail(self.log_path)) from None
         self.wait_ready([name], timeout_s or self.timeout_s)
 
     def unload_model(self, name: str) -> None:
