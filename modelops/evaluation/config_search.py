@@ -330,12 +330,14 @@ class TritonMeasure:
         perf: perf_analyzer settings of a search point.
         run_perf: ``(config, csv path) -> points`` (perf_analyzer against this server).
         work: where each point's perf CSV goes.
+        warmup: run after each reload, before anything is measured (requests on every new instance, discarded).
     """
 
     def __init__(self, triton: Any, *, name: str, model_dir: Path, render: Callable[[ServingConfig], str],
-                 run_perf: Callable[[ServingConfig, Path], list[dict[str, Any]]], work: Path) -> None:  # fmt: skip
+                 run_perf: Callable[[ServingConfig, Path], list[dict[str, Any]]], work: Path,
+                 warmup: Callable[[ServingConfig], None] | None = None) -> None:  # fmt: skip
         self.triton, self.name, self.model_dir = triton, name, Path(model_dir)
-        self.render, self.run_perf, self.work = render, run_perf, Path(work)
+        self.render, self.run_perf, self.work, self.warmup = render, run_perf, Path(work), warmup
         self.loads = 0
 
     def apply(self, config: ServingConfig) -> None:
@@ -350,6 +352,8 @@ class TritonMeasure:
         loaded = loaded_config(self.triton.http_url, self.name)
         if loaded.normalized() != config.normalized():
             raise RuntimeError(f"Triton serves {loaded.key()} after reloading {config.key()}")
+        if self.warmup is not None:  # fresh instances: their first requests (arena growth, lazy init) would count
+            self.warmup(config)
 
     def __call__(self, config: ServingConfig) -> list[dict[str, Any]]:
         self.apply(config)

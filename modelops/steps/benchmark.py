@@ -258,8 +258,21 @@ def search_configs(
         return run_perf_analyzer(model=name, url=url, settings=settings, csv_path=csv_path, tools=tools,
                                  shapes=_shapes(io), log_path=pa_log, timeout_s=120)  # fmt: skip
 
+    def warmup(cfg: ServingConfig) -> None:
+        """Three short discarded windows at a concurrency that reaches every instance: a reload's first requests (ORT
+        arena growth, the stub's first batch) would otherwise land in a search point's p99 (short windows make the
+        p99 close to the maximum) and in the full measurement of the chosen configuration."""
+        level = max(max(perf.concurrency), cfg.instance_count)
+        warm = short.model_copy(update={"concurrency": [level], "max_trials": 3,  # perf_analyzer's fewest windows
+                                        "measurement_interval_ms": max(100, short.measurement_interval_ms // 3)})  # fmt: skip
+        (work / "search").mkdir(parents=True, exist_ok=True)
+        try:
+            run_perf(cfg, work / "search" / "warmup.csv", warm)
+        except PerfAnalyzerError as exc:  # the point's own measurement reports what is wrong
+            log.warning("warm-up of %s failed: %s", cfg.key(), first_line(exc))
+
     measure = TritonMeasure(triton, name=name, model_dir=model_dir, render=render, run_perf=run_perf,
-                            work=work / "search")  # fmt: skip
+                            work=work / "search", warmup=warmup)  # fmt: skip
     result = coordinate_search(measure, space, default, slo_ms=slo_ms, budget_s=budget_s, start_points=out["points"])
     out["config_search"] = {**result.to_json(), "csv": None, "reloads": measure.loads}
     out["log_paths"].append(write_csv(result, work / "config_search.csv"))

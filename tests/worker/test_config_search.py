@@ -49,6 +49,8 @@ def test_search_reloads_each_configuration_in_one_triton(digits, tmp_path):
     # every reload served exactly the configuration asked for (TritonMeasure compares Triton's own config)
     assert all(t["error"] is None for t in trials), [t["error"] for t in trials if t["error"]]
     assert search["reloads"] >= len(trials) - 1
+    # each reload was warmed up (a discarded perf_analyzer window) before its point was measured
+    assert (tmp_path / "ort_fp32" / "search" / "warmup.csv").is_file()
     assert all(t["points"] and {p["concurrency"] for p in t["points"]} == {1, 4} for t in trials)
     rows = list(csv.DictReader((tmp_path / "ort_fp32" / "config_search.csv").open()))
     assert {r["config"] for r in rows} == set(keys) and len(rows) == 2 * len(keys)
