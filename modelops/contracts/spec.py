@@ -31,7 +31,8 @@ class BenchmarkSpec(_Block):
 
     concurrency: list[int] = Field(default_factory=lambda: [1, 4], min_length=1)
     batch_size: int = Field(1, ge=1)
-    measurement_interval_ms: int = Field(1000, ge=100)
+    measurement_interval_ms: int = Field(1000, ge=100, description="perf_analyzer's window at most: a fast model gets "
+                                         "a shorter one holding 200 requests at concurrency 1 (250 ms at least)")
     max_trials: int = Field(6, ge=1)
     stability_percentage: int = Field(50, ge=1, le=100)
     protocol: Literal["http", "grpc"] = "http"

@@ -93,7 +93,8 @@ def benchmark_target(
 
     Returns:
         ``{"status", "kind", "points", "config", "configs", "csv_path", "log_paths", "reason", "triton_max_abs_diff",
-        "seconds"}`` (+ ``config_search`` after a search).
+        "window_ms", "seconds"}`` (+ ``config_search`` after a search); ``window_ms`` is the perf_analyzer window
+        :func:`probe_window_ms` chose.
     """
     started = time.time()
     name = model_name(target)
@@ -137,10 +138,12 @@ def benchmark_target(
                 out["triton_max_abs_diff"] = diff
                 if not diff <= SMOKE_TOLERANCE:
                     raise SmokeCheckFailed(f"Triton's answers differ from ONNX Runtime's by {diff:.3g}")
+            window = probe_window_ms(triton, name, perf=perf, io=io, tools=tools, work=vdir, log_path=pa_log)
+            out["window_ms"] = window
             out["points"] = run_perf_analyzer(
                 model=name,
                 url=perf_url(triton, perf),
-                settings=perf,
+                settings=perf.model_copy(update={"measurement_interval_ms": window}),
                 csv_path=csv_path,
                 tools=tools,
                 shapes=_shapes(io),
@@ -164,6 +167,33 @@ def benchmark_target(
     out["seconds"] = round(time.time() - started, 2)
     log.info("%s (%s): %s %s", target.variant, target.kind, out["status"], out["reason"] or out["points"])
     return out
+
+
+WINDOW_REQUESTS = 200  # a full measurement window holds at least this many requests at concurrency 1 (3 stable
+# windows per level: a p99 over 600+ requests), unless that takes longer than the spec's measurement_interval_ms
+
+
+def probe_window_ms(
+    triton: TritonProcess, name: str, *, perf: PerfSettings, io: dict[str, Any], tools: Settings | None, work: Path,
+    log_path: Path,
+) -> int:  # fmt: skip
+    """The perf_analyzer window for ``name``: the spec's ``measurement_interval_ms`` at most, shorter for a fast
+    model (:data:`WINDOW_REQUESTS` at its concurrency-1 rate, 250 ms at least). The rate comes from a short probe
+    (three 100 ms windows at concurrency 1, discarded), which also warms the model up; a failed probe keeps the
+    spec's window (the measurement itself reports what is wrong)."""
+    probe = perf.model_copy(update={"concurrency": [1], "measurement_interval_ms": 100, "max_trials": 3,
+                                    "stability_percentage": 10000})  # fmt: skip
+    try:
+        points = run_perf_analyzer(model=name, url=perf_url(triton, perf), settings=probe, csv_path=work / "probe.csv",
+                                   tools=tools, shapes=_shapes(io), log_path=log_path, timeout_s=60)  # fmt: skip
+    except PerfAnalyzerError as exc:
+        log.warning("window probe of %s failed (%s): %d ms windows", name, first_line(exc), perf.measurement_interval_ms)
+        return perf.measurement_interval_ms
+    rate = points[0]["throughput"] if points else 0.0
+    if rate <= 0:
+        return perf.measurement_interval_ms
+    return max(min(250, perf.measurement_interval_ms), min(perf.measurement_interval_ms,
+                                                          int(1000 * WINDOW_REQUESTS / rate)))  # fmt: skip
 
 
 def model_name(target: Target) -> str:
@@ -281,7 +311,8 @@ def search_configs(
     best = result.best.config
     try:
         measure.apply(best)
-        points = run_perf(best, work / "perf_best.csv", perf)
+        full = perf.model_copy(update={"measurement_interval_ms": out.get("window_ms") or perf.measurement_interval_ms})
+        points = run_perf(best, work / "perf_best.csv", full)  # the default's window: the two compare like for like
     except (TritonStartError, PerfAnalyzerError, RuntimeError, OSError) as exc:
         out["notes"].append(f"configuration {best.key()} could not be measured in full: {first_line(exc)}")
         return

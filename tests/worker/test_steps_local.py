@@ -233,6 +233,7 @@ def test_benchmark(pipelines):
         assert v["status"] == "done", (name, v["reason"])
         assert v["kind"] == ("pytorch" if name == "baseline" else "onnxruntime")
         assert [p["concurrency"] for p in v["points"]] == [1, 4]
+        assert 250 <= v["window_ms"] <= 500  # the probe's window: the spec's 500 ms at most
         assert all(p["throughput"] > 0 and 0 < p["p50_ms"] <= p["p99_ms"] for p in v["points"])
         assert Path(v["csv"]).is_file() and Path(v["log"]).is_file()
         # Triton (python backend) answered the export samples exactly like ORT/torch did in validate/export
