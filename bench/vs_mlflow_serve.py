@@ -164,7 +164,7 @@ def main() -> None:
     parser.add_argument(
         "--triton-configs",
         default="2x1",
-        help="more serving configurations measured beside the published one: instances x threads",
+        help="more serving configurations measured beside the published one: <instances>x<threads>[d<queue delay us>]",
     )
     parser.add_argument("--label", default="current", help="key of this run in the JSON (e.g. before/after)")
     parser.add_argument("--mlflow-port", type=int, default=MLFLOW_PORT)
@@ -174,9 +174,10 @@ def main() -> None:
     model_dir = deployment_dir(work, built, args.variant)  # as published
     extra = {}  # other serving configurations of the same candidate, in the same Triton: "<instances>x<threads>"
     for cfg in [c for c in args.triton_configs.split(",") if c]:
-        count, threads = (int(x) for x in cfg.split("x"))
-        extra[f"triton_{cfg}"] = deployment_dir(work, built, args.variant, name=f"minilm_{cfg}",
-                                                instance_count=count, threads=threads)  # fmt: skip
+        shape, _, delay = cfg.partition("d")  # e.g. 2x1, or 1x2d500: 500 us dynamic-batching queue delay
+        count, threads = (int(x) for x in shape.split("x"))
+        extra[f"triton_{cfg}"] = deployment_dir(work, built, args.variant, name=f"minilm_{cfg}", instance_count=count,
+                                                threads=threads, max_queue_delay_us=int(delay or 0))  # fmt: skip
     workloads = {
         "short": list(EVAL_SENTENCES),
         "tok128": [d["text"][0] for d in RECIPE.perf_input_data(n=64, tokens=PERF_SEQ_LEN)["data"]],
