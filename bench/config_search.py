@@ -41,11 +41,11 @@ sys.path.insert(0, str(REPO))
 from modelops.evaluation.config_search import SearchSpace, ServingConfig, TritonMeasure
 from modelops.evaluation.perf import PerfSettings, run_perf_analyzer
 from modelops.evaluation.selection import best_point
+from modelops.evaluation.triton_bench import Target, perf_shapes, search_configs
 from modelops.serving.triton.config_proto import parse
 from modelops.serving.triton.local_server import TritonProcess, free_port, triton_env
 from modelops.serving.triton.model_dir import build_model_dir, render_config
 from modelops.settings import Settings
-from modelops.steps.benchmark import Target, _shapes, search_configs
 
 MA = REPO / ".venv-ma" / "bin" / "model-analyzer"
 MODELS = {"digits": ("ort_fp32", 64), "minilm": ("ort_int8_dynamic", 64)}
@@ -109,7 +109,7 @@ def run_ours(cand: dict[str, Any], work: Path, perf: PerfSettings, name: str) ->
     with TritonProcess(repo, [name], log_path=work / "triton.log") as triton:
         url = triton.http_url
         points = run_perf_analyzer(model=name, url=url, settings=perf, csv_path=work / "perf.csv",
-                                   shapes=_shapes(cand["io"]), log_path=work / "perf_analyzer.log")  # fmt: skip
+                                   shapes=perf_shapes(cand["io"]), log_path=work / "perf_analyzer.log")  # fmt: skip
         out = {"points": points, "config": default.as_dict(), "configs": [{"config": default.as_dict(),
                "points": points}], "log_paths": [], "csv_path": work / "perf.csv", "notes": []}  # fmt: skip
         target = Target(cand["variant"], cand["kind"], cand["onnx"], assets=cand["assets"])
@@ -130,7 +130,7 @@ def ma_config(cand: dict[str, Any], name: str, repo: Path, work: Path, ports: tu
     flags: dict[str, Any] = {}
     if cand["input_data"] != "random":
         flags["input-data"] = cand["input_data"]
-    shapes = _shapes(cand["io"]) or {}
+    shapes = perf_shapes(cand["io"]) or {}
     if shapes:
         flags["shape"] = [f"{k}:{','.join(map(str, v))}" for k, v in shapes.items()]
     cfg = {
@@ -251,7 +251,7 @@ def same_run(cand: dict[str, Any], work: Path, perf: PerfSettings, name: str, co
     with TritonProcess(repo, [name], log_path=work / "triton.log") as triton:
         measure = TritonMeasure(triton, name=name, model_dir=repo / name, render=render, work=work,
                                 run_perf=lambda c, p: run_perf_analyzer(model=name, url=triton.http_url, settings=perf,
-                                                                        csv_path=p, shapes=_shapes(cand["io"])))
+                                                                        csv_path=p, shapes=perf_shapes(cand["io"])))
         for _ in range(rounds):
             for who, cfg in configs.items():
                 best = best_of(measure(ServingConfig.from_dict(cfg)))

@@ -222,7 +222,7 @@ def test_record_logs_every_searched_point_as_csv_and_plot(tmp_path):
 
 def test_search_windows_hold_enough_requests_for_a_p99():
     from modelops.evaluation.perf import PerfSettings
-    from modelops.steps.benchmark import search_window_ms
+    from modelops.evaluation.triton_bench import search_window_ms
 
     perf = PerfSettings(measurement_interval_ms=1000)
     fast = [{"concurrency": 1, "throughput": 1500.0}, {"concurrency": 4, "throughput": 3000.0}]
@@ -239,7 +239,7 @@ def _measured(thr_p99: list[tuple[float, float]], status: str = "done") -> dict:
 
 
 def test_only_contenders_are_searched_best_first():
-    from modelops.steps.benchmark import CONTENDER_FRACTION, contenders
+    from modelops.evaluation.triton_bench import CONTENDER_FRACTION, contenders
 
     results = {
         "baseline": _measured([(5000.0, 1.0)]),  # the reference: never searched, however fast
