@@ -70,10 +70,18 @@ def supervised(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "modelops.local.stack.airflow_supervisor"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     yield proc, tmp_path
+    try:  # the supervisor's own descendants, listed before it goes (then they would be re-parented)
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
     if proc.poll() is None:
         proc.kill()
-    for child in psutil.Process().children(recursive=True):
-        child.kill()
+    proc.wait(timeout=10)
+    for child in family:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:  # already gone (CI once errored here, killing every child of pytest)
+            pass
 
 
 def test_migrates_then_starts_the_four_components(supervised):
