@@ -68,6 +68,25 @@ def test_anonymous_process_cannot_tag_a_model_version(stack, model_version):
     assert _mlflow(stack, "POST", "/api/2.0/mlflow/webhooks", hook, _login(stack, "airflow")) == 403
 
 
+def test_a_changed_password_is_refused_at_once_despite_the_credentials_cache(stack):
+    """The stack turns on MLflow's cache of verified credentials: a password change and a deleted user must still
+    take effect on the next request (MLflow drops the user's cached entries)."""
+    admin = _login(stack, "admin")
+    user, old, new = f"lp_{uuid.uuid4().hex[:6]}", uuid.uuid4().hex, uuid.uuid4().hex
+    assert _mlflow(stack, "POST", "/api/2.0/mlflow/users/create", {"username": user, "password": old}, admin) == 200
+    probe = f"/api/2.0/mlflow/users/get?username={user}"
+    try:
+        assert _mlflow(stack, "GET", probe, login=(user, old)) == 200
+        assert _mlflow(stack, "GET", probe, login=(user, old)) == 200  # now from the cache
+        assert _mlflow(stack, "PATCH", "/api/2.0/mlflow/users/update-password", {"username": user, "password": new},
+                       admin) == 200  # fmt: skip
+        assert _mlflow(stack, "GET", probe, login=(user, old)) == 401
+        assert _mlflow(stack, "GET", probe, login=(user, new)) == 200
+    finally:
+        assert _mlflow(stack, "DELETE", "/api/2.0/mlflow/users/delete", {"username": user}, admin) == 200
+    assert _mlflow(stack, "GET", probe, login=(user, new)) == 401
+
+
 def _s3(stack: dict, identity: str | None):
     import boto3
     from botocore import UNSIGNED

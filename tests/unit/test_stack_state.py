@@ -339,6 +339,7 @@ def test_mlflow_runs_with_basic_auth_and_grants_nothing_by_default(settings: Set
     cfg = configparser.ConfigParser(interpolation=None)
     cfg.read(ini)
     assert cfg["mlflow"]["default_permission"] == "NO_PERMISSIONS"
+    assert int(cfg["mlflow"]["auth_cache_ttl_seconds"]) > 0  # MLflow's verified-credentials cache (no scrypt per call)
     assert cfg["mlflow"]["admin_username"] == "admin"
     assert cfg["mlflow"]["admin_password"] == state.credentials.mlflow_admin_password
     assert cfg["mlflow"]["database_uri"] == f"sqlite:///{settings.stack_dir / 'mlflow' / 'basic_auth.db'}"
