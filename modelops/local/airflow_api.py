@@ -9,6 +9,7 @@ from typing import Any
 import requests
 
 FINISHED = {"success", "failed"}
+IDEMPOTENT_RETRIES = (1.0, 1.0, 1.0)  # pause before each repeat of a read, times the attempt number (1 s, 2 s, 3 s)
 
 
 class AirflowAPIError(Exception):
@@ -32,14 +33,31 @@ class AirflowAPI:
         return {"Authorization": f"Bearer {self._token}"}
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One API call; reads (GET) are retried on a server error or a lost connection (IDEMPOTENT_RETRIES, with
+        backoff): the embedded stack's SQLite answers 500 "database is locked" while several runs start their tasks
+        at once, and a poll that gives up there loses the whole wait. Writes are never repeated."""
+        retries = IDEMPOTENT_RETRIES if method.upper() == "GET" else ()
+        for attempt, pause in enumerate((*retries, None)):
+            try:
+                resp = self._send(method, path, **kwargs)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if pause is None:
+                    raise AirflowAPIError(f"{method} {path}: {type(exc).__name__}: {str(exc)[:200]}") from None
+            else:
+                if resp.status_code < 500 or pause is None:
+                    break
+            time.sleep(pause * (attempt + 1))
+        if resp.status_code >= 400:
+            raise AirflowAPIError(f"{method} {path} -> {resp.status_code}: {resp.text[:300]}")
+        return resp.json() if resp.content else None
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         resp = self.session.request(method, f"{self.url}/api/v2{path}", headers=self._auth(), timeout=self.timeout, **kwargs)
         if resp.status_code == 401:  # token expired: log in again once
             self._token = None
             resp = self.session.request(method, f"{self.url}/api/v2{path}", headers=self._auth(), timeout=self.timeout,
                                         **kwargs)
-        if resp.status_code >= 400:
-            raise AirflowAPIError(f"{method} {path} -> {resp.status_code}: {resp.text[:300]}")
-        return resp.json() if resp.content else None
+        return resp
 
     def wait_for_dag(self, dag_id: str, timeout_s: float = 180.0) -> dict[str, Any]:
         """Wait until the DAG processor has parsed ``dag_id``; surface import errors instead of timing out silently."""
