@@ -9,6 +9,7 @@ from typing import Any
 import requests
 
 FINISHED = {"success", "failed"}
+IDEMPOTENT_METHODS = frozenset({"GET", "PATCH"})
 IDEMPOTENT_RETRIES = (1.0, 1.0, 1.0)  # pause before each repeat of a read, times the attempt number (1 s, 2 s, 3 s)
 
 
@@ -33,10 +34,11 @@ class AirflowAPI:
         return {"Authorization": f"Bearer {self._token}"}
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One API call; reads (GET) are retried on a server error or a lost connection (IDEMPOTENT_RETRIES, with
+        """One API call; idempotent ones (GET, and PATCH, which sets fields to the values sent: unpausing a DAG,
+        answering an approval) are retried on a server error or a lost connection (IDEMPOTENT_RETRIES, with
         backoff): the embedded stack's SQLite answers 500 "database is locked" while several runs start their tasks
-        at once, and a poll that gives up there loses the whole wait. Writes are never repeated."""
-        retries = IDEMPOTENT_RETRIES if method.upper() == "GET" else ()
+        at once (CI: the unpause before the sixth of six triggers). POST is never repeated."""
+        retries = IDEMPOTENT_RETRIES if method.upper() in IDEMPOTENT_METHODS else ()
         for attempt, pause in enumerate((*retries, None)):
             try:
                 resp = self._send(method, path, **kwargs)

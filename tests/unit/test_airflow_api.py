@@ -1,4 +1,4 @@
-"""The REST client's reads survive the embedded stack's transient server errors; its writes are never repeated.
+"""The REST client's reads and field updates survive the embedded stack's transient server errors; its writes are never repeated.
 
 A real HTTP server on 127.0.0.1 plays Airflow's API: a token endpoint, then scripted answers per path.
 """
@@ -57,6 +57,13 @@ def test_a_read_that_meets_a_locked_database_is_retried(server):
     script["/api/v2/dags/d/dagRuns/r"] = [500, 500, 200]
     assert api.request("GET", "/dags/d/dagRuns/r") == {"state": "success"}
     assert seen.count(("GET", "/api/v2/dags/d/dagRuns/r")) == 3
+
+
+def test_the_unpause_before_a_trigger_is_retried_and_the_trigger_sent_once(server):
+    api, script, seen = server
+    script["/api/v2/dags/d"] = [500, 200]
+    api.trigger("d", {"model_name": "m"})
+    assert seen == [("PATCH", "/api/v2/dags/d"), ("PATCH", "/api/v2/dags/d"), ("POST", "/api/v2/dags/d/dagRuns")]
 
 
 def test_a_read_that_keeps_failing_ends_with_the_last_answer(server):
