@@ -31,17 +31,12 @@ from modelops.evaluation.selection import best_point
 from modelops.serving.triton.local_server import TritonProcess, TritonStartError
 from modelops.serving.triton.model_dir import render_config, runtime_parameters
 from modelops.settings import Settings
+from modelops.steps._common import first_line
 
 log = logging.getLogger("modelops.evaluation.triton_bench")
 
 BASELINE = "baseline"
 VARIABLE_DIM = 8
-
-
-def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message``."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 @dataclass
