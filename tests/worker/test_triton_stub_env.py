@@ -67,12 +67,12 @@ def test_stub_ignores_the_users_bashrc_when_stdin_is_a_socket(tmp_path):
            "STUB_REPORT": str(tmp_path / "stub.txt")}
     try:
         proc = subprocess.run([sys.executable, "-c", CALLER, str(tmp_path / "repo"), str(tmp_path / "triton.log")],
-                              stdin=theirs.fileno(), env=env, capture_output=True, text=True, timeout=180)
+                              check=False, stdin=theirs.fileno(), env=env, capture_output=True, text=True, timeout=180)
     finally:
         ours.close()
         theirs.close()
     log = (tmp_path / "triton.log").read_text(errors="replace") if (tmp_path / "triton.log").exists() else ""
     assert proc.returncode == 0 and "loaded" in proc.stdout, (proc.stderr[-2000:], log[-2000:])
     assert not marker.exists(), "the stub's bash sourced ~/.bashrc"
-    executable, ort = (tmp_path / "stub.txt").read_text().splitlines()
+    _executable, ort = (tmp_path / "stub.txt").read_text().splitlines()
     assert Path(ort).is_relative_to(Path(Settings.from_env().worker_python).parent.parent), ort

@@ -7,9 +7,14 @@ module stays cheap.
 
 from __future__ import annotations
 
+from http.client import HTTPException
 from typing import Any
 
 import numpy as np
+
+#: What a lost Triton raises through ``tritonclient.http`` (geventhttpclient): a refused or reset socket, a
+#: timeout (``OSError``), or a connection closed before the answer (``HTTPConnectionClosed``, an ``HTTPException``).
+UNREACHABLE: tuple[type[BaseException], ...] = (OSError, HTTPException)
 
 
 def http_client(url: str, timeout_s: float = 60.0) -> Any:

@@ -251,7 +251,7 @@ class TritonProcess:
             client = with_admin(client, ADMIN_HEADER, self._admin_token)
         try:
             return call(client)
-        except (InferenceServerException, OSError) as exc:
+        except (InferenceServerException, *triton_client.UNREACHABLE) as exc:
             raise _Refused(triton_client.error_status(exc), triton_client.error_text(exc)[:400]) from None
         finally:
             client.close()
