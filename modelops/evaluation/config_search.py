@@ -160,6 +160,24 @@ def summarize(points: list[dict[str, Any]], slo_ms: float) -> tuple[float, float
     return float(best["throughput"]), float(best.get("p99_ms") or float("inf")), False
 
 
+def measure_top_down(
+    measure_level: Callable[[int], list[dict[str, Any]]], levels: list[int], slo_ms: float
+) -> list[dict[str, Any]]:
+    """A search point's perf points: the highest concurrency first, a lower one only while the SLO is missed.
+
+    In a closed loop throughput grows with concurrency until the server saturates, so once a level meets the SLO
+    the lower ones cannot be what :func:`summarize` picks; skipping them saves a third to a half of a point's
+    measuring time. ``measure_level(level)`` returns that level's points.
+    """
+    points: list[dict[str, Any]] = []
+    for level in sorted(set(levels), reverse=True):
+        got = list(measure_level(level))
+        points.extend(got)
+        if summarize(got, slo_ms)[2]:
+            break
+    return sorted(points, key=lambda p: p.get("concurrency", 0))
+
+
 @dataclass
 class SearchResult:
     best: Trial

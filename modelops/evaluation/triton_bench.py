@@ -23,6 +23,7 @@ from modelops.evaluation.config_search import (
     ServingConfig,
     TritonMeasure,
     coordinate_search,
+    measure_top_down,
     summarize,
     write_csv,
 )
@@ -154,9 +155,10 @@ def search_configs(
 ) -> None:  # fmt: skip
     """Search ``target``'s serving configuration in its running Triton, from the default just measured in ``out``.
 
-    Search points use short perf_analyzer windows; a best configuration other than the default is then measured with
-    the full settings, and ``out``'s ``points``/``config``/``csv_path`` become the better of the two under the SLO
-    (``configs`` keeps both). Every searched point goes to ``config_search.csv``. A failing search is a note, never
+    Search points use short perf_analyzer windows, the highest concurrency first (lower ones only while it misses
+    the SLO: :func:`~modelops.evaluation.config_search.measure_top_down`); a best configuration other than the
+    default is then measured with the full settings at every concurrency, and ``out``'s ``points``/``config``/
+    ``csv_path`` become the better of the two under the SLO (``configs`` keeps both). Every searched point goes to ``config_search.csv``. A failing search is a note, never
     a failed candidate.
     """
     default = ServingConfig.from_dict(out["config"])
@@ -188,7 +190,15 @@ def search_configs(
         except PerfAnalyzerError as exc:  # the point's own measurement reports what is wrong
             log.warning("warm-up of %s failed: %s", cfg.key(), first_line(exc))
 
-    measure = TritonMeasure(triton, name=name, model_dir=model_dir, render=render, run_perf=run_perf,
+    def run_point(cfg: ServingConfig, csv_path: Path) -> list[dict[str, Any]]:
+        """A search point: the top concurrency first, lower ones only while it misses the SLO (one CSV per level)."""
+        def level(c: int) -> list[dict[str, Any]]:
+            settings = short.model_copy(update={"concurrency": [c]})
+            return run_perf(cfg, csv_path.with_name(f"{csv_path.stem}-c{c}.csv"), settings)
+
+        return measure_top_down(level, perf.concurrency, slo_ms)
+
+    measure = TritonMeasure(triton, name=name, model_dir=model_dir, render=render, run_perf=run_point,
                             work=work / "search", warmup=warmup)  # fmt: skip
     result = coordinate_search(measure, space, default, slo_ms=slo_ms, budget_s=budget_s, start_points=out["points"])
     out["config_search"] = {**result.to_json(), "csv": None, "reloads": measure.loads}

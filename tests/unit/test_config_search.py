@@ -9,7 +9,14 @@ from collections import Counter
 import pytest
 
 from modelops.contracts.spec import RunSpec
-from modelops.evaluation.config_search import SearchSpace, ServingConfig, coordinate_search, plot_search, write_csv
+from modelops.evaluation.config_search import (
+    SearchSpace,
+    ServingConfig,
+    coordinate_search,
+    measure_top_down,
+    plot_search,
+    write_csv,
+)
 from modelops.evaluation.selection import select
 from modelops.serving.triton.config_proto import parse
 from modelops.serving.triton.model_dir import render_config
@@ -256,3 +263,23 @@ def test_only_contenders_are_searched_best_first():
     # one under it)
     assert contenders(results, slo_ms=0.5) == ["openvino_int8"]
     assert contenders({"baseline": results["baseline"]}, slo_ms=100.0) == []
+
+
+def test_a_search_point_measures_the_top_concurrency_first_and_lower_ones_only_while_the_slo_is_missed():
+    p99 = {1: 20.0, 4: 60.0, 16: 240.0}  # a saturated server: p99 grows with the queue
+
+    def run(slo_ms: float) -> tuple[list[int], list[dict]]:
+        asked: list[int] = []
+
+        def level(c: int) -> list[dict]:
+            asked.append(c)
+            return [{"concurrency": c, "throughput": 10.0 * min(c, 4), "p99_ms": p99[c]}]
+
+        return asked, measure_top_down(level, [4, 1, 16, 4], slo_ms)
+
+    asked, points = run(slo_ms=500.0)  # the top level meets it: nothing below can beat its throughput
+    assert asked == [16] and [p["concurrency"] for p in points] == [16]
+    asked, points = run(slo_ms=100.0)  # 16 misses, 4 meets: 1 is never measured
+    assert asked == [16, 4] and [p["concurrency"] for p in points] == [4, 16]
+    asked, points = run(slo_ms=5.0)  # none meets: every level, so summarize can fall back to the lowest p99
+    assert asked == [16, 4, 1] and [p["concurrency"] for p in points] == [1, 4, 16]
