@@ -221,12 +221,13 @@ def optimize_model():
         return deployment["rollout"]
 
     @task
-    def compile_targets(params=None) -> list[str]:
-        """The GPU products compile is mapped over (one pod per product; [""]: one on any GPU)."""
+    def compile_targets(meta: dict, params=None) -> list[str]:
+        """The GPU products compile is mapped over (one pod per product; [""]: one on any GPU; []: no engine variant
+        requested, compile is skipped)."""
         from operators.compile_tasks import compile_targets as targets
 
         try:
-            return targets(dict(params or {}))
+            return targets(dict(params or {}), engine_variants=meta.get("engine_variants"))
         except ValueError as exc:
             from airflow.sdk.exceptions import AirflowFailException
 
@@ -240,9 +241,10 @@ def optimize_model():
         return merge(meta["spec_uri"], results)
 
     meta = resolve()
-    # TensorRT engines, one mapped instance per GPU product: each skipped (exit 99) where there is no GPU or no
-    # TensorRT; merge_compile combines their plans; validate runs either way.
-    compiled = mapped_step_operator("compile", SPEC, compile_targets())
+    # TensorRT engines, one mapped instance per GPU product (none when the run requests no engine variant): each
+    # skipped (exit 99) where there is no GPU or no TensorRT; merge_compile combines their plans; validate runs
+    # either way.
+    compiled = mapped_step_operator("compile", SPEC, compile_targets(meta))
     heavy = [
         step_operator("export", SPEC),
         step_operator("optimize", SPEC),

@@ -26,10 +26,14 @@ log = logging.getLogger(__name__)
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
 
 
-def compile_targets(params: Mapping[str, Any], settings: Settings | None = None) -> list[str]:
+def compile_targets(
+    params: Mapping[str, Any], settings: Settings | None = None, *, engine_variants: Sequence[str] | None = None
+) -> list[str]:
     """The GPU products the ``compile`` task is mapped over; ``[""]`` (one instance, default selectors) when none.
 
-    Local execution builds on this machine's GPU only: one instance, whatever the products asked.
+    Local execution builds on this machine's GPU only: one instance, whatever the products asked. ``[]`` when the
+    run requests no engine variant (``engine_variants``, from resolve; None: unknown, map as usual): Airflow then
+    skips ``compile`` without starting a pod or a worker process.
 
     Raises:
         ValueError: a product is not a Kubernetes label value (one line naming it).
@@ -42,6 +46,9 @@ def compile_targets(params: Mapping[str, Any], settings: Settings | None = None)
     if bad:
         raise ValueError(f"gpu_products: {bad[0]!r} is not a GPU Feature Discovery product (a label value such as "
                          "NVIDIA-H100-80GB-HBM3)")
+    if engine_variants is not None and not engine_variants:
+        log.info("no TensorRT engine variant requested: compile has nothing to build")
+        return []
     if settings.execution != "kubernetes":
         if asked:
             log.info("local execution builds engines on this machine's GPU only (asked: %s)", ", ".join(asked))

@@ -49,7 +49,7 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
     """
     from modelops.contracts import SpecError, UnknownVariant
     from modelops.contracts.naming import TAG_ERROR, TAG_RECIPE, TAG_RUN_ID, TAG_STATUS
-    from modelops.contracts.variants import Family, check_variants, variants_for
+    from modelops.contracts.variants import BuildStep, Family, built_by, check_variants, variants_for
     from modelops.recipes import UnsupportedModel, recipe_infos, select_recipe
     from modelops.tracking.registry import (
         ResolveError,
@@ -144,6 +144,7 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
             "model_version": resolved.version,
             "run_id": run_id,
             "recipe": recipe,
+            "engine_variants": built_by(BuildStep.COMPILE, list(variants)),
         }
     except BaseException:
         # this run never got going: free the version at once (not only at expiry), without masking the error

@@ -40,7 +40,12 @@ from operators.step_operator import mapped_step_operator
 def compile_mapping():
     @task
     def compile_targets() -> list[str]:
-        return ["NVIDIA-H100-80GB-HBM3", "NVIDIA-L4"]
+        import os
+        from modelops.settings import Settings
+        from operators.compile_tasks import compile_targets as targets
+        engines = open(os.path.join(os.environ["FAKE_DIR"], "engines")).read().split()
+        planned = Settings.from_env({"MODELOPS_EXECUTION": "kubernetes"})  # the products as a cluster maps them
+        return targets({"gpu_products": ["NVIDIA-H100-80GB-HBM3", "NVIDIA-L4"]}, planned, engine_variants=engines)
 
     @task(trigger_rule="none_failed")
     def merge_compile(results) -> dict:
@@ -94,12 +99,13 @@ def airflow_home(tmp_path_factory):
     return home, env
 
 
-def _run(airflow_home, mode: str) -> dict:
+def _run(airflow_home, mode: str, engines: str = "trt_fp16") -> dict:
     home, env = airflow_home
     fake_dir = home / "fake"
     subprocess.run(["rm", "-rf", str(fake_dir)], check=True)
     fake_dir.mkdir()
     (fake_dir / "mode").write_text(mode)
+    (fake_dir / "engines").write_text(engines)
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(RUN), str(home / "dags")], env=env, text=True,
                           capture_output=True, timeout=300, check=False)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -121,3 +127,12 @@ def test_a_skipped_instance_leaves_the_others_plans_merged(airflow_home):
     assert out["states"]["merge_compile"] == "success" and out["states"]["validate"] == "success"
     assert out["merged"]["engines"]["trt_fp16"]["plans"] == {"8.0": "s3://a/GPU0/model.plan"}
 
+
+
+def test_no_engine_variant_requested_maps_compile_over_nothing_and_validate_still_runs(airflow_home):
+    out = _run(airflow_home, "mixed", engines="")  # the fake worker would build, but it must never be started
+    assert out["run"] == "success", out
+    assert not any(k.startswith("compile[") for k in out["states"]), out["states"]  # zero instances
+    assert out["states"]["compile"] == "skipped"
+    assert out["states"]["merge_compile"] == "skipped" and out["states"]["validate"] == "success"
+    assert not list((airflow_home[0] / "fake").glob("built*")) and not (airflow_home[0] / "fake" / "first").exists()

@@ -79,6 +79,10 @@ def test_compile_targets_param_then_setting_then_single_product_then_any_gpu():
     assert compile_targets({"gpu_products": None}, both) == [H100, A100]
     assert compile_targets({}, _k8s(MODELOPS_K8S_GPU_PRODUCT=L4)) == [L4]
     assert compile_targets({}, _k8s()) == [""]  # one pod on any GPU (the default selectors)
+    # the run requests no engine variant: nothing to map over (Airflow skips compile without a pod)
+    assert compile_targets({"gpu_products": [L4, H100]}, both, engine_variants=[]) == []
+    assert compile_targets({}, _k8s(), engine_variants=["trt_fp16"]) == [""]
+    assert compile_targets({}, Settings.from_env({"MODELOPS_EXECUTION": "local"}), engine_variants=[]) == []
 
 
 def test_local_compile_builds_on_this_machine_only():
