@@ -91,6 +91,29 @@ class ArrayDataReader:
 # ---------------------------------------------------------------------------------------------- model
 
 
+def _onnxruntime_tools_without_torch() -> None:
+    """Make ``onnxruntime.tools`` importable without its ``__init__``, which imports torch (2.7 s on 2 cores) for an
+    export helper (``infer_input_info``) that ``quant_pre_process``'s symbolic shape inference never uses.
+
+    The package module is registered bare, with the real search path, so ``onnxruntime.tools.symbolic_shape_infer``
+    and its siblings import from the installed files as usual. Nothing is done when the package is already imported.
+    """
+    import importlib.util
+    import sys
+    import types
+
+    if "onnxruntime.tools" in sys.modules:
+        return
+    spec = importlib.util.find_spec("onnxruntime.tools")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    package = types.ModuleType("onnxruntime.tools")
+    package.__spec__, package.__package__ = spec, "onnxruntime.tools"
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__file__ = spec.origin
+    sys.modules["onnxruntime.tools"] = package
+
+
 def pre_process(src: Path, dest: Path) -> bool:
     """onnxruntime's ``quant_pre_process`` (shape inference + basic optimizations) from ``src`` to ``dest``.
 
@@ -103,6 +126,7 @@ def pre_process(src: Path, dest: Path) -> bool:
 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    _onnxruntime_tools_without_torch()
     src, dest = Path(src).resolve(), Path(dest).resolve()
     with tempfile.TemporaryDirectory(prefix="quant-pre-") as scratch, contextlib.chdir(scratch):
         try:
