@@ -207,7 +207,6 @@ def coordinate_search(
     budget_s: float,
     max_passes: int = 3,
     clock: Callable[[], float] = time.monotonic,
-    start_points: list[dict[str, Any]] | None = None,
 ) -> SearchResult:
     """Coordinate descent from ``start`` over ``space`` within ``budget_s``; the best configuration under the SLO.
 
@@ -220,7 +219,6 @@ def coordinate_search(
         budget_s: wall time; a new measurement starts only when the time spent plus the mean measurement fits.
         max_passes: passes over all axes at most (a pass repeats only when the previous one improved).
         clock: monotonic seconds (injected by tests).
-        start_points: ``start``'s points when the caller already measured it (then it is not measured again).
 
     Returns:
         The best trial (by meets-SLO, throughput, then lower p99) and every trial in measurement order.
@@ -231,12 +229,8 @@ def coordinate_search(
     def run(config: ServingConfig, *, force: bool = False) -> Trial:
         if config in trials:
             return trials[config]
-        if force and start_points:
-            thr, p99, ok = summarize(start_points, slo_ms)
-            trials[config] = Trial(0, config, list(start_points), 0.0, thr, p99, ok)
-            return trials[config]
         spent = clock() - started
-        took = [t.seconds for t in trials.values() if t.seconds > 0]  # a seeded start took nothing here
+        took = [t.seconds for t in trials.values()]
         mean = sum(took) / len(took) if took else 0.0
         if not force and spent + mean > budget_s:
             raise _OutOfBudget
@@ -349,27 +343,34 @@ class TritonMeasure:
         run_perf: ``(config, csv path) -> points`` (perf_analyzer against this server).
         work: where each point's perf CSV goes.
         warmup: run after each reload, before anything is measured (requests on every new instance, discarded).
+        loaded: the configuration Triton serves (and has warmed up) now: measuring it needs no reload.
     """
 
     def __init__(self, triton: Any, *, name: str, model_dir: Path, render: Callable[[ServingConfig], str],
                  run_perf: Callable[[ServingConfig, Path], list[dict[str, Any]]], work: Path,
-                 warmup: Callable[[ServingConfig], None] | None = None) -> None:  # fmt: skip
+                 warmup: Callable[[ServingConfig], None] | None = None,
+                 loaded: ServingConfig | None = None) -> None:  # fmt: skip
         self.triton, self.name, self.model_dir = triton, name, Path(model_dir)
         self.render, self.run_perf, self.work, self.warmup = render, run_perf, Path(work), warmup
-        self.loads = 0
+        self.loads, self.loaded = 0, loaded
 
     def apply(self, config: ServingConfig) -> None:
-        """Serve ``config``: rewrite the config file, reload, and verify what Triton loaded.
+        """Serve ``config``: rewrite the config file, reload, and verify what Triton loaded (nothing to do when it
+        already serves ``config``).
 
         Raises:
             RuntimeError: Triton kept another configuration (one line).
         """
+        if self.loaded is not None and self.loaded.normalized() == config.normalized():
+            return
+        self.loaded = None  # until the reload is verified
         (self.model_dir / "config.pbtxt").write_text(self.render(config))
         self.triton.load_model(self.name)
         self.loads += 1
         loaded = loaded_config(self.triton.http_url, self.name)
         if loaded.normalized() != config.normalized():
             raise RuntimeError(f"Triton serves {loaded.key()} after reloading {config.key()}")
+        self.loaded = config
         if self.warmup is not None:  # fresh instances: their first requests (arena growth, lazy init) would count
             self.warmup(config)
 

@@ -118,12 +118,6 @@ def test_budget_stops_the_search_and_the_start_is_always_measured():
     assert [t.config for t in zero.trials] == [START] and zero.best.config == START
 
 
-def test_seeded_start_is_not_measured_again():
-    measure = Counting()
-    result = coordinate_search(measure, SPACE, START, slo_ms=100.0, budget_s=1e9, start_points=landscape(START))
-    assert START not in measure.calls
-    assert result.trials[0].config == START and result.trials[0].points == landscape(START)
-
 
 def test_a_failing_configuration_is_kept_with_its_reason_and_the_search_goes_on():
     bad = ServingConfig(instance_count=2, threads=1, max_batch_size=64)
