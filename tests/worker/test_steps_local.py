@@ -243,6 +243,9 @@ def test_benchmark(pipelines):
     log = Path(variants["baseline"]["log"]).read_text()
     assert all(Path(v["log"]).read_text() == log for v in variants.values())
     assert all(f"successfully loaded '{name}'" in log for name in variants), log[-2000:]
+    # all loaded together before the first measurement (preload), not again for it (the search's reloads aside)
+    assert max(log.index(f"successfully loaded '{name}'") for name in variants) < log.index("successfully unloaded")
+    assert log.count("successfully loaded 'baseline'") == 1
     assert all(f"successfully unloaded '{name}'" in log for name in variants), log[-2000:]
     # the configuration search ran on the contenders only (the spec's default budget), never on the baseline
     searched = {name for name, v in variants.items() if v.get("config_search")}
@@ -292,3 +295,44 @@ def test_an_unloadable_candidate_in_the_shared_server_leaves_it_serving_the_next
         assert ok["status"] == "done", ok["reason"]
         assert server.process is not None and server.process.poll() is None
     assert res["log_paths"][0] == ok["log_paths"][0] == tmp_path / "triton.log"
+
+
+@triton
+def test_preload_loads_every_target_at_once_and_a_failed_one_is_measured_alone(pipelines, tmp_path):
+    pipeline = pipelines("wine")
+    from modelops.evaluation.perf import PerfSettings
+    from modelops.serving.triton.local_server import TritonProcess
+    from modelops.steps.benchmark import Target, benchmark_target, preload
+
+    bad = tmp_path / "garbage.onnx"
+    bad.write_bytes(b"this is not onnx")
+    candidates = pipeline["optimize"]["candidates"]
+    targets = [Target("ort_garbage", "onnxruntime", bad),
+               Target("ort_fp32", "onnxruntime", Path(candidates["ort_fp32"]["onnx"])),
+               Target("ort_int8_dynamic", "onnxruntime", Path(candidates["ort_int8_dynamic"]["onnx"]))]  # fmt: skip
+    perf = PerfSettings(concurrency=[1], measurement_interval_ms=300, max_trials=3)
+    common = {"io": pipeline["export"]["io"], "max_batch_size": 8, "perf": perf, "work": tmp_path / "work"}
+    (tmp_path / "repo").mkdir()
+    with TritonProcess(tmp_path / "repo", [], log_path=tmp_path / "triton.log") as server:
+        loaded = preload(server, targets, io=common["io"], max_batch_size=8, perf=perf)
+        assert loaded == {"ort_fp32", "ort_int8_dynamic"}
+        ready = {v: _ready(server.http_url, v) for v in ("ort_fp32", "ort_int8_dynamic", "ort_garbage")}
+        assert ready == {"ort_fp32": True, "ort_int8_dynamic": True, "ort_garbage": False}, ready
+        results = {t.variant: benchmark_target(t, server=server, preloaded=t.variant in loaded, **common)
+                   for t in targets}  # fmt: skip
+    assert results["ort_garbage"]["status"] == "failed"
+    assert results["ort_garbage"]["reason"].startswith("Triton could not serve ort_garbage:")
+    assert all(results[v]["status"] == "done" for v in loaded), results
+    log = (tmp_path / "triton.log").read_text()
+    assert all(log.count(f"successfully loaded '{v}'") == 1 for v in loaded), log[-2000:]
+
+
+def _ready(http_url: str, model: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/ready", timeout=10) as resp:
+            return resp.status == 200
+    except urllib.error.HTTPError:
+        return False
