@@ -109,10 +109,10 @@ def search_target(
     each configuration is loaded in turn through the repository API; the model is unloaded afterwards."""
     name = model_name(target)
     started = time.time()
-    try:
+    try:  # benchmark_target unloaded the model after measuring it: the start is loaded again (loaded=False)
         search_configs(out, server, target, name=name, model_dir=Path(server.repository) / name, io=io, perf=perf,
                        url=perf_url(server, perf), tools=tools, work=work / target.variant, budget_s=budget_s,
-                       slo_ms=slo_ms)  # fmt: skip
+                       slo_ms=slo_ms, loaded=False)  # fmt: skip
     finally:
         unload_quietly(server, name)
         out["seconds"] = round(out.get("seconds", 0.0) + time.time() - started, 2)
@@ -151,9 +151,10 @@ def search_window_ms(points: list[dict[str, Any]], perf: PerfSettings) -> int:
 def search_configs(
     out: dict[str, Any], triton: TritonProcess, target: Target, *, name: str, model_dir: Path, io: dict[str, Any],
     perf: PerfSettings, url: str, tools: Settings | None, work: Path, budget_s: float, slo_ms: float,
-    space: SearchSpace | None = None,
+    space: SearchSpace | None = None, loaded: bool = True,
 ) -> None:  # fmt: skip
-    """Search ``target``'s serving configuration in its running Triton, from the default just measured in ``out``.
+    """Search ``target``'s serving configuration in its running Triton, from the default just measured in ``out``
+    (``loaded``: Triton still serves it with that default, warm; else the start is loaded first like any point).
 
     Search points use short perf_analyzer windows, the highest concurrency first (lower ones only while it misses
     the SLO: :func:`~modelops.evaluation.config_search.measure_top_down`); a best configuration other than the
@@ -198,10 +199,10 @@ def search_configs(
 
         return measure_top_down(level, perf.concurrency, slo_ms)
 
-    # The start is measured again with the search's short windows (it is still loaded and warm: no reload), so every
-    # point compares like for like; its full measurement in out["points"] is what a searched best must beat.
+    # The start is measured again with the search's short windows (no reload when it is still loaded and warm), so
+    # every point compares like for like; its full measurement in out["points"] is what a searched best must beat.
     measure = TritonMeasure(triton, name=name, model_dir=model_dir, render=render, run_perf=run_point,
-                            work=work / "search", warmup=warmup, loaded=default)  # fmt: skip
+                            work=work / "search", warmup=warmup, loaded=default if loaded else None)  # fmt: skip
     result = coordinate_search(measure, space, default, slo_ms=slo_ms, budget_s=budget_s)
     out["config_search"] = {**result.to_json(), "csv": None, "reloads": measure.loads}
     out["log_paths"].append(write_csv(result, work / "config_search.csv"))

@@ -250,6 +250,9 @@ def test_benchmark(pipelines):
     # the configuration search ran on the contenders only (the spec's default budget), never on the baseline
     searched = {name for name, v in variants.items() if v.get("config_search")}
     assert "baseline" not in searched and searched, variants
+    # every searched point was served and measured, the start too (loaded again after its default measurement)
+    trials = [t for name in searched for t in variants[name]["config_search"]["points"]]
+    assert all(t["error"] is None and t["throughput"] > 0 for t in trials), [t["error"] for t in trials]
     assert all(any("not searched" in n for n in v["notes"]) for name, v in variants.items()
                if name != "baseline" and name not in searched)  # fmt: skip
 
