@@ -8,7 +8,6 @@ import logging
 import os
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -192,10 +191,6 @@ def write_reproduce_script(
     if not is_s3(uri):
         Path(uri).chmod(0o755)
     return uri
-
-
-def workdir(step: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"modelops-{step}-"))
 
 
 def run_step(step: str, fn: Callable[[dict[str, Any], Storage], dict[str, Any]], argv: list[str] | None = None) -> int:

@@ -28,9 +28,10 @@ import json, sys, tempfile, torch, mlflow.artifacts
 from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 torch.set_num_threads(2)
-src = Path(mlflow.artifacts.download_artifacts(artifact_uri=sys.argv[1], dst_path=tempfile.mkdtemp()))
-tok = AutoTokenizer.from_pretrained(src / "components" / "tokenizer")
-model = AutoModelForCausalLM.from_pretrained(src / "model").eval()
+with tempfile.TemporaryDirectory() as tmp:  # the model's ~0.5 GB, removed once loaded
+    src = Path(mlflow.artifacts.download_artifacts(artifact_uri=sys.argv[1], dst_path=tmp))
+    tok = AutoTokenizer.from_pretrained(src / "components" / "tokenizer")
+    model = AutoModelForCausalLM.from_pretrained(src / "model").eval()
 ids = tok.apply_chat_template(json.loads(sys.argv[2]), add_generation_prompt=True, return_dict=True,
                               return_tensors="pt")
 out = model.generate(**ids, max_new_tokens=int(sys.argv[3]), do_sample=False)
