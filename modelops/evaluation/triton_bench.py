@@ -159,8 +159,8 @@ def search_configs(
     Search points use short perf_analyzer windows, the highest concurrency first (lower ones only while it misses
     the SLO: :func:`~modelops.evaluation.config_search.measure_top_down`); a best configuration other than the
     default is then measured with the full settings at every concurrency, and ``out``'s ``points``/``config``/
-    ``csv_path`` become the better of the two under the SLO (``configs`` keeps both). Every searched point goes to ``config_search.csv``. A failing search is a note, never
-    a failed candidate.
+    ``csv_path`` become the better of the two under the SLO (``configs`` keeps both). Every searched point goes to
+    ``config_search.csv``. A failing search is a note, never a failed candidate.
     """
     default = ServingConfig.from_dict(out["config"])
     space = space or SearchSpace.for_cpu(os.cpu_count() or 1, default.max_batch_size, perf.concurrency)

@@ -171,7 +171,7 @@ def deploy(
         else:
             report = smoke_test(client, deployment, load_npz(storage, samples_uri),
                                 load_npz(storage, candidate_outputs_uri))  # fmt: skip
-    except triton_client.UNREACHABLE as exc:  # no answer from Triton (killed, restarting, network): one line, not a raw socket error
+    except triton_client.UNREACHABLE as exc:  # no answer from Triton (killed, restarting, network): one line
         # No unload: it would wait as long again, and a restarted Triton loads only what the routes name.
         raise DeployError(f"Triton could not serve {deployment}: Triton unreachable while loading it "
                           f"({type(exc).__name__}: {triton_client.error_text(exc).splitlines()[0]}); "

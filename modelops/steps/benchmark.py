@@ -3,9 +3,8 @@
 One tritonserver with explicit model control is started on free ports for the step, and every variant's model
 directory is written to its local repository and loaded through the repository API at once (the loads overlap).
 Then per variant (sequentially): smoke-check its answers on export's sample inputs, run perf_analyzer with the
-default configuration, unload it. Then the contenders (the
-candidates within :data:`CONTENDER_FRACTION` of the best one's throughput) get the configuration search, in the same
-server. ``perf.csv``, the search's CSV and the server log go to ``<run prefix>/<variant>/``.
+default configuration, unload it. Then the contenders (the candidates within :data:`CONTENDER_FRACTION` of the best
+one's throughput) get the configuration search, in the same server. ``perf.csv``, the search's CSV and the server log go to ``<run prefix>/<variant>/``.
 A candidate whose model fails to load is marked failed; a failing baseline fails the step.
 """
 
