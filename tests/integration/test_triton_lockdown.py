@@ -102,6 +102,14 @@ def _ready(base: str, deployment: str) -> bool:
         return False
 
 
+def _local_copies(deployment: str) -> list[Path]:
+    """Triton's local copies of ``deployment`` (TRITON_AWS_MOUNT_DIRECTORY: a folderXXXXXX per load)."""
+    from modelops.local.stack.services import triton_mount_dir
+
+    mount = triton_mount_dir(Path(os.environ["MODELOPS_STACK_DIR"]))
+    return [p.parent for p in mount.glob("folder*/config.pbtxt") if f'"{deployment}"' in p.read_text()]
+
+
 def test_killed_triton_serves_its_routed_deployments_again_after_stack_up(stack, published):
     """kill -9 Triton; `stack up` restarts it alone (the others keep their pids) and reloads what is routed."""
     from modelops.local import stack as stack_mod
@@ -109,6 +117,8 @@ def test_killed_triton_serves_its_routed_deployments_again_after_stack_up(stack,
     deployment, base = published["deployment"], stack["triton"]["http"]
     before = stack_mod.status()
     assert before["triton"]["running"] and _ready(base, deployment), "the previous test routed and loaded it"
+    killed_copies = _local_copies(deployment)
+    assert len(killed_copies) == 1, "Triton keeps its copy of the S3 model in the stack's mount directory"
     os.kill(before["triton"]["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 30
     while stack_mod.status()["triton"]["running"] and time.monotonic() < deadline:
@@ -124,6 +134,8 @@ def test_killed_triton_serves_its_routed_deployments_again_after_stack_up(stack,
     assert _ready(base, deployment), f"{deployment} not ready {took:.0f} s after stack up"
     assert took <= 60
     np.testing.assert_array_equal(_infer(base, deployment), X + 1)
+    copies = _local_copies(deployment)
+    assert len(copies) == 1 and copies != killed_copies, "the killed Triton's copy was removed before the restart"
     assert after["triton"]["pid"] != before["triton"]["pid"]
     for name in ("s3", "mlflow", "airflow"):
         assert after[name]["pid"] == before[name]["pid"], f"{name} was running and must have been left alone"

@@ -10,6 +10,7 @@ binaries and talks HTTP (and boto3 for S3).
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,14 @@ def _triton_prepare(ctx: Context) -> None:
     if not binary.exists():
         raise StackError(f"tritonserver not found at {binary}; run scripts/install_tools.sh")
     (ctx.state.stack_dir / "triton").mkdir(parents=True, exist_ok=True)
+    # Triton copies each S3 model it loads to a folderXXXXXX here (TRITON_AWS_MOUNT_DIRECTORY, /tmp by default); a
+    # killed Triton leaves them behind, so each start (none is running then) begins with this directory empty
+    shutil.rmtree(mount := triton_mount_dir(ctx.state.stack_dir), ignore_errors=True)
+    mount.mkdir(mode=0o700)
+
+
+def triton_mount_dir(stack_dir: Path) -> Path:
+    return stack_dir / "triton" / "s3-mount"
 
 
 def _triton_command(ctx: Context) -> list[str]:
@@ -227,6 +236,7 @@ def _triton_env(ctx: Context) -> dict[str, str]:
     return {
         **ctx.base_env(),
         **s3_env(ctx.status, "serving"),  # read-only on the Triton bucket
+        "TRITON_AWS_MOUNT_DIRECTORY": str(triton_mount_dir(ctx.state.stack_dir)),
         "LD_LIBRARY_PATH": os.pathsep.join(ld_path),
         # The python backend stub finds its interpreter prefix through `python3` on PATH, so the worker
         # venv first on PATH is what gives python models torch/onnxruntime/numpy<2 (PYTHONPATH is ignored
