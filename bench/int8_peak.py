@@ -10,8 +10,8 @@ Run with the worker environment (about 1 minute)::
   quantized on the fly, fp32 out: what dynamic INT8 models run) and fp32 ``MatMul`` for reference; GOP/s with
   one op = one multiply or one add (2 per MAC), for 1 thread and all threads.
 - **MiniLM**: the GOP of one 128-token sentence counted from the model's own MatMul shapes (weight GEMMs from the
-  initializers, attention QK^T and AV from the heads/hidden metadata), then the chosen variant's sentences/s in
-  process with the deployment's session settings (batch 1 and 8 of 128-token texts) as effective GOP/s and as a
+  initializers, attention QK^T and AV from the heads/hidden metadata), then each INT8 variant's sentences/s in
+  process (ONNX Runtime or OpenVINO, as the template serves it) with the deployment's session settings (batch 1 and 8 of 128-token texts) as effective GOP/s and as a
   fraction of the ``MatMulInteger`` peak.
 
 Writes ``bench/results/int8_peak.json``.
@@ -113,7 +113,7 @@ def deployment_rate(model_dir: Path, texts: list[str], batch: int, seconds: floa
     helpers = serving_helpers()
     params = deployment_params(model_dir)
     tokenizer, pad_id, _ = helpers.load_tokenizer(str(model_dir / "1" / "tokenizer"))
-    sess = helpers.ort_session(str(model_dir / "1" / "model.onnx"), params)
+    sess = helpers.model_session(str(model_dir / "1" / "model.onnx"), params)  # ORT or OpenVINO, as served
     names = [i.name for i in sess.get_inputs()]
     batches = [texts[i : i + batch] for i in range(0, len(texts) - batch + 1, batch)]
 
@@ -134,7 +134,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "modelops-minilm-bench"))
-    parser.add_argument("--variant", default="ort_int8_dynamic")
+    parser.add_argument("--variants", default="ort_int8_dynamic,openvino_int8",
+                        help="comma-separated variants measured in process (default: both INT8 runtimes)")
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
     cpus = os.cpu_count() or 1
@@ -156,28 +157,36 @@ def main() -> None:
     per_core = max(v["gop_per_cpu_s"] for k, v in peak.items() if k.startswith("MatMulInteger/"))
     best = per_core * cpus
     work = Path(args.workdir).resolve()
-    built = build_candidate(work, ["ort_fp32", args.variant])
-    model_dir = deployment_dir(work, built, args.variant)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    built = build_candidate(work, ["ort_fp32", *variants])
     cost = minilm_gop(Path(built["export"]["outputs"]["onnx"]), PERF_SEQ_LEN)
     texts = [d["text"][0] for d in RECIPE.perf_input_data(n=32, tokens=PERF_SEQ_LEN)["data"]]
-    deployment = {}
-    for batch in (1, 8):
-        rate, per_cpu_s = deployment_rate(model_dir, texts, batch, args.seconds * 2)
-        deployment[f"batch={batch}"] = {
-            "sentences_per_s": round(rate, 1),
-            "effective_gop_s": round(rate * cost["gop"], 1),
-            "fraction_of_matmulinteger_peak": round(rate * cost["gop"] / best, 3),
-            "sentences_per_cpu_s": round(per_cpu_s, 1),
-            "gop_per_cpu_s": round(per_cpu_s * cost["gop"], 1),
-            "fraction_of_matmulinteger_per_core_peak": round(per_cpu_s * cost["gop"] / per_core, 3),
-        }
-        print(args.variant, batch, deployment[f"batch={batch}"], flush=True)
+    deployments: dict[str, Any] = {}
+    for variant in variants:
+        cand = built["optimize"]["candidates"].get(variant) or {}
+        if not cand.get("onnx"):
+            print(f"{variant}: not built ({cand.get('status')}: {cand.get('reason')})", flush=True)
+            continue
+        model_dir = deployment_dir(work, built, variant, name=variant)
+        deployments[variant] = {"params": deployment_params(model_dir)}
+        for batch in (1, 8):
+            rate, per_cpu_s = deployment_rate(model_dir, texts, batch, args.seconds * 2)
+            deployments[variant][f"batch={batch}"] = point = {
+                "sentences_per_s": round(rate, 1),
+                "effective_gop_s": round(rate * cost["gop"], 1),
+                "fraction_of_matmulinteger_peak": round(rate * cost["gop"] / best, 3),
+                "sentences_per_cpu_s": round(per_cpu_s, 1),
+                "gop_per_cpu_s": round(per_cpu_s * cost["gop"], 1),
+                "fraction_of_matmulinteger_per_core_peak": round(per_cpu_s * cost["gop"] / per_core, 3),
+            }
+            print(variant, batch, point, flush=True)
+    fastest = max(deployments, key=lambda v: deployments[v]["batch=8"]["sentences_per_cpu_s"])
     results = {
         "commit": git_head(), "cpus": cpus, "load_avg": {"start": start, "end": load_avg()},
         "cpu_flags": sorted(f for f in _cpu_flags() if f.startswith(("avx512", "amx", "avx_vnni"))),
         "gemms": peak, "matmulinteger_peak_gop_per_core_s": round(per_core, 1),
-        "matmulinteger_peak_gop_s": round(best, 1), "minilm_cost": cost, "variant": args.variant,
-        "deployment_in_process": deployment, "deployment_params": deployment_params(model_dir),
+        "matmulinteger_peak_gop_s": round(best, 1), "minilm_cost": cost, "deployments": deployments,
+        "fastest_variant": fastest,
     }  # fmt: skip
     print(f"wrote {write_results('int8_peak', results)}")
 
