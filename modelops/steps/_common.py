@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from modelops.contracts import ResultError, RunSpec, SpecError, Status, check_result
 from modelops.steps import EXIT_SKIPPED
@@ -226,6 +226,21 @@ def run_step(step: str, fn: Callable[[dict[str, Any], Storage], dict[str, Any]],
     _write(storage, args.result, spec, step, result)
     log.info("%s done in %.1f s", step, result["seconds"])
     return 0
+
+
+def main(step: str, fn: Callable[[dict[str, Any], Storage], dict[str, Any]]) -> NoReturn:
+    """A step module's ``__main__``: :func:`run_step`, then the process ends at once with its exit code.
+
+    By then the step owes nothing: its result is written and uploaded, its servers stopped, its temporary
+    directories removed. What is left is the interpreter tearing down torch, MLflow, ONNX Runtime and GX: 0.3-2 s
+    per step here (1.9 s with all of them loaded), on every run's critical path. So stdio and logging are
+    flushed and the process exits without it (``os._exit``).
+    """
+    code = run_step(step, fn)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _write(storage: Storage, path: str, spec: dict[str, Any] | None, step: str, result: dict[str, Any]) -> None:

@@ -11,7 +11,6 @@ A candidate whose model fails to load is marked failed; a failing baseline fails
 from __future__ import annotations
 
 import logging
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -40,7 +39,7 @@ from modelops.evaluation.triton_bench import (
 from modelops.serving.triton.local_server import TritonProcess, TritonStartError
 from modelops.serving.triton.model_dir import ONNX_FILE_KINDS, build_model_dir, runtime_parameters
 from modelops.settings import Settings
-from modelops.steps._common import StepError, first_line, load_result, run_step, upload_measurement, variant_prefix
+from modelops.steps._common import StepError, first_line, load_result, main, upload_measurement, variant_prefix
 from modelops.storage import Storage, join
 
 log = logging.getLogger("modelops.steps.benchmark")
@@ -305,4 +304,4 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("benchmark", run))
+    main("benchmark", run)

@@ -25,7 +25,6 @@ import json
 import logging
 import re
 import shlex
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -40,8 +39,8 @@ from modelops.steps._common import (
     StepSkipped,
     first_line,
     load_result,
+    main,
     result_uri,
-    run_step,
     step_prefix,
     variant_prefix,
 )
@@ -397,4 +396,4 @@ def run(
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("compile", run))
+    main("compile", run)

@@ -9,7 +9,6 @@ is the fallback for plain modules the dynamo exporter cannot trace.
 from __future__ import annotations
 
 import logging
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 
 from modelops.contracts.status import Status
 from modelops.optimization import ort_cpu
-from modelops.steps._common import StepError, download_source, first_line, run_step, step_prefix
+from modelops.steps._common import StepError, download_source, first_line, main, step_prefix
 from modelops.storage import Storage, join
 
 log = logging.getLogger("modelops.steps.export")
@@ -225,4 +224,4 @@ def _upload_serving(storage: Storage, prefix: str, serving: dict[str, Any] | Non
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("export", run))
+    main("export", run)

@@ -11,7 +11,6 @@ candidates they start from are.
 from __future__ import annotations
 
 import logging
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from modelops.contracts.status import Status
 from modelops.contracts.variants import Runtime, get_variant, optimize_targets
 from modelops.contracts.variants import check_variants as check_registry
 from modelops.optimization import openvino
-from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
+from modelops.steps._common import StepError, first_line, load_result, main, variant_prefix
 from modelops.storage import Storage, join
 
 log = logging.getLogger("modelops.steps.optimize")
@@ -397,4 +396,4 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("optimize", run))
+    main("optimize", run)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from modelops.contracts.status import Status
 from modelops.contracts.variants import VARIANTS, ArtifactFormat, Runtime, get_variant
 from modelops.optimization import ort_cpu
-from modelops.steps._common import StepError, first_line, load_result, run_step, variant_prefix
+from modelops.steps._common import StepError, first_line, load_result, main, variant_prefix
 from modelops.storage import Storage, join
 
 log = logging.getLogger("modelops.steps.validate")
@@ -298,4 +297,4 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step("validate", run))
+    main("validate", run)

@@ -7,6 +7,7 @@ in seconds and saved with ``mlflow.pytorch.save_model`` (digits as pt2, wine as 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -200,6 +201,18 @@ def test_unknown_variant_is_refused(pipeline, tmp_path):
     spec = {**pipeline["spec"], "variants": ["ort_fp32", "magic"]}
     with pytest.raises(StepError, match="unknown variant.*known"):
         optimize.run(spec, Storage())
+
+
+def test_a_step_cli_exits_with_its_code_its_result_and_its_last_lines(pipelines, tmp_path):
+    """The CLI ends without the interpreter's teardown (``_common.main``): nothing it wrote may be lost."""
+    spec_path, result = pipelines("digits")["spec_path"], tmp_path / "optimize.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelops.steps.optimize", "--spec", str(spec_path), "--result", str(result)],
+        capture_output=True, text=True, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"optimize INFO optimize done in [0-9.]+ s$", proc.stdout.rstrip().splitlines()[-1])
+    assert set(json.loads(result.read_text())["candidates"]) == {"ort_fp32", "ort_int8_dynamic"}
 
 
 def test_broken_artifact_fails_with_one_line(saved_models, tmp_path):
