@@ -166,7 +166,7 @@ def run_ma(cand: dict[str, Any], work: Path, perf: PerfSettings, name: str, time
     ports = (free_port(), free_port(), free_port())
     env = triton_env(tools)
     cmd = [str(tools.tritonserver_bin), f"--model-repository={repo}", "--model-control-mode=explicit",
-           f"--backend-directory={tools.triton_backends_dir}", "--http-address=127.0.0.1", f"--http-port={ports[0]}",
+           "--disable-auto-complete-config", f"--backend-directory={tools.triton_backends_dir}", "--http-address=127.0.0.1", f"--http-port={ports[0]}",
            "--grpc-address=127.0.0.1", f"--grpc-port={ports[1]}", "--metrics-address=127.0.0.1",
            f"--metrics-port={ports[2]}", "--log-verbose=0"]  # fmt: skip
     config = ma_config(cand, name, repo, work, ports, perf, tools)

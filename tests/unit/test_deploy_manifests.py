@@ -207,6 +207,7 @@ def test_triton_runs_explicit_mode_from_s3_with_the_admin_token_from_a_secret_an
     triton, reconciler = spec["containers"]
     args = triton["args"]
     assert "--model-control-mode=explicit" in args
+    assert "--disable-auto-complete-config" in args, "publish renders complete configs, served as the stack does"
     assert _restricted_flags("$(TRITON_ADMIN_TOKEN)") <= set(args)
     env = {e["name"]: e for e in triton["env"]}
     assert env["TRITON_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "modelops-triton-admin"
@@ -314,6 +315,7 @@ def test_compose_services_gpus_ports_secrets_and_health(compose_project):
     command = " ".join(services["triton"]["command"])  # $$: compose's escape of the shell's $(...)
     assert all(flag in command for flag in _restricted_flags("$$(cat /run/secrets/triton_admin_token)"))
     assert "--model-control-mode=explicit" in command and "--model-repository=s3://" in command
+    assert "--disable-auto-complete-config" in command
 
 
 def test_compose_bind_mounts_and_build_files_exist():

@@ -194,8 +194,7 @@ def worker_venv(settings: Settings) -> Path:
 
 
 def _triton_prepare(ctx: Context) -> None:
-    binary = ctx.settings.tritonserver_bin
-    if not binary.exists():
+    if not (binary := ctx.settings.tritonserver_bin).exists():
         raise StackError(f"tritonserver not found at {binary}; run scripts/install_tools.sh")
     (ctx.state.stack_dir / "triton").mkdir(parents=True, exist_ok=True)
     # Triton copies each S3 model it loads to a folderXXXXXX here (TRITON_AWS_MOUNT_DIRECTORY, /tmp by default); a
@@ -214,6 +213,7 @@ def _triton_command(ctx: Context) -> list[str]:
         str(ctx.settings.tritonserver_bin),
         f"--model-repository={triton_repository(ctx.state, ctx.settings)}",
         "--model-control-mode=explicit",
+        "--disable-auto-complete-config",  # publish renders complete configs; saves a stub process per load
         f"--http-address={HOST}",
         f"--http-port={p['triton_http']}",
         f"--grpc-address={HOST}",
