@@ -117,8 +117,8 @@ def test_killed_triton_serves_its_routed_deployments_again_after_stack_up(stack,
     deployment, base = published["deployment"], stack["triton"]["http"]
     before = stack_mod.status()
     assert before["triton"]["running"] and _ready(base, deployment), "the previous test routed and loaded it"
-    killed_copies = _local_copies(deployment)
-    assert len(killed_copies) == 1, "Triton keeps its copy of the S3 model in the stack's mount directory"
+    killed_copies = set(_local_copies(deployment))  # a reload in flight (the reconciler's) may hold a second one
+    assert killed_copies, "Triton keeps its copy of the S3 model in the stack's mount directory"
     os.kill(before["triton"]["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 30
     while stack_mod.status()["triton"]["running"] and time.monotonic() < deadline:
@@ -134,8 +134,8 @@ def test_killed_triton_serves_its_routed_deployments_again_after_stack_up(stack,
     assert _ready(base, deployment), f"{deployment} not ready {took:.0f} s after stack up"
     assert took <= 60
     np.testing.assert_array_equal(_infer(base, deployment), X + 1)
-    copies = _local_copies(deployment)
-    assert len(copies) == 1 and copies != killed_copies, "the killed Triton's copy was removed before the restart"
+    copies = set(_local_copies(deployment))
+    assert copies and not copies & killed_copies, "the killed Triton's copies were removed before the restart"
     assert after["triton"]["pid"] != before["triton"]["pid"]
     for name in ("s3", "mlflow", "airflow"):
         assert after[name]["pid"] == before[name]["pid"], f"{name} was running and must have been left alone"
