@@ -11,8 +11,8 @@ Run with the worker environment (about 1 minute)::
   one op = one multiply or one add (2 per MAC), for 1 thread and all threads.
 - **MiniLM**: the GOP of one 128-token sentence counted from the model's own MatMul shapes (weight GEMMs from the
   initializers, attention QK^T and AV from the heads/hidden metadata), then each INT8 variant's sentences/s in
-  process (ONNX Runtime or OpenVINO, as the template serves it) with the deployment's session settings (batch 1 and 8 of 128-token texts) as effective GOP/s and as a
-  fraction of the ``MatMulInteger`` peak.
+  process (ONNX Runtime or OpenVINO, as the template serves it) with the deployment's session settings (batch 1
+  and 8 of 128-token texts) as effective GOP/s and as a fraction of the ``MatMulInteger`` peak.
 
 Writes ``bench/results/int8_peak.json``.
 """
@@ -180,6 +180,8 @@ def main() -> None:
                 "fraction_of_matmulinteger_per_core_peak": round(per_cpu_s * cost["gop"] / per_core, 3),
             }
             print(variant, batch, point, flush=True)
+    if not deployments:
+        raise SystemExit(f"none of {variants} was built: nothing to measure against the peak")
     fastest = max(deployments, key=lambda v: deployments[v]["batch=8"]["sentences_per_cpu_s"])
     results = {
         "commit": git_head(), "cpus": cpus, "load_avg": {"start": start, "end": load_avg()},
