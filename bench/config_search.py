@@ -38,10 +38,10 @@ from results_io import write_results
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from modelops.evaluation.config_search import SearchSpace, ServingConfig, TritonMeasure
+from modelops.evaluation.config_search import SearchSpace, ServingConfig
 from modelops.evaluation.perf import PerfSettings, run_perf_analyzer
 from modelops.evaluation.selection import best_point
-from modelops.evaluation.triton_bench import Target, perf_shapes, search_configs
+from modelops.evaluation.triton_bench import Target, TritonMeasure, perf_shapes, search_configs
 from modelops.serving.triton.config_proto import parse
 from modelops.serving.triton.local_server import TritonProcess, free_port, triton_env
 from modelops.serving.triton.model_dir import build_model_dir, render_config

@@ -9,7 +9,7 @@ time budget. A configuration is measured at most once (a cache keyed by the conf
 is kept: the caller writes them as CSV (:func:`write_csv`) and a plot (:func:`plot_search`).
 
 The measure function is injected (a real Triton reload + perf_analyzer run in the benchmark step,
-:class:`TritonMeasure`; a deterministic function in the unit tests).
+:class:`~modelops.evaluation.triton_bench.TritonMeasure`; a deterministic function in the unit tests).
 """
 
 from __future__ import annotations
@@ -137,6 +137,17 @@ class Trial:
     def rank(self) -> tuple[bool, float, float]:
         return (self.error is None and self.meets_slo, self.throughput, -self.p99_ms)
 
+    def beats(self, other: Trial, min_gain: float = 0.0) -> bool:
+        """Better than ``other`` by more than measurement noise: it meets the SLO where ``other`` does not, or, in
+        the same SLO class, its throughput exceeds ``other``'s by more than ``min_gain`` (a fraction; with 0, the
+        plain :meth:`rank` order)."""
+        mine, theirs = self.rank(), other.rank()
+        if self.error is not None or mine[0] != theirs[0]:
+            return mine > theirs
+        if min_gain <= 0:
+            return mine > theirs
+        return self.throughput > other.throughput * (1.0 + min_gain)
+
     def dominated(self, other: Trial) -> bool:
         """Lower throughput AND higher p99 than ``other`` (or failed)."""
         return self.error is not None or (self.throughput < other.throughput and self.p99_ms > other.p99_ms)
@@ -206,6 +217,7 @@ def coordinate_search(
     slo_ms: float,
     budget_s: float,
     max_passes: int = 3,
+    min_gain: float = 0.0,
     clock: Callable[[], float] = time.monotonic,
 ) -> SearchResult:
     """Coordinate descent from ``start`` over ``space`` within ``budget_s``; the best configuration under the SLO.
@@ -218,6 +230,9 @@ def coordinate_search(
         slo_ms: p99 bound a point must meet to count.
         budget_s: wall time; a new measurement starts only when the time spent plus the mean measurement fits.
         max_passes: passes over all axes at most (a pass repeats only when the previous one improved).
+        min_gain: a point replaces the incumbent only when it beats it by more than this fraction of its throughput
+            (or meets the SLO where the incumbent does not): short windows on a busy host spread by several percent,
+            and a move on noise costs another pass over every axis.
         clock: monotonic seconds (injected by tests).
 
     Returns:
@@ -255,7 +270,7 @@ def coordinate_search(
                 if axis in CATEGORICAL:
                     for value in values:
                         trial = run(best.config.with_axis(axis, value))
-                        if trial.rank() > best.rank():
+                        if trial.beats(best, min_gain):
                             best, improved = trial, True
                         elif trial.dominated(best):
                             trial.dominated_by = trial.dominated_by or best.config.key()
@@ -267,7 +282,7 @@ def coordinate_search(
                     i = values.index(current) + direction
                     while 0 <= i < len(values):
                         trial = run(best.config.with_axis(axis, values[i]))
-                        if trial.rank() > best.rank():
+                        if trial.beats(best, min_gain):
                             best, improved = trial, True
                         elif trial.dominated(best):
                             trial.dominated_by = trial.dominated_by or best.config.key()
@@ -327,70 +342,3 @@ def plot_search(searches: dict[str, dict[str, Any]], slo_ms: float, path: Path) 
     ax.set_ylabel("throughput (infer/s)")
     ax.set_title("configuration search: every measured configuration (* = chosen)")
     return _save(fig, ax, path)
-
-
-class TritonMeasure:
-    """The benchmark step's measure: rewrite ``config.pbtxt``, reload the model in the running Triton through the
-    repository API (explicit model control: much faster than a restart), check Triton serves that configuration,
-    then run perf_analyzer (short windows) on it.
-
-    Args:
-        triton: a started :class:`~modelops.serving.triton.local_server.TritonProcess` serving ``name`` from a local
-            repository.
-        model_dir: ``<repository>/<name>``.
-        render: ``config -> config.pbtxt text`` (the target's kind, io and runtime parameters bound).
-        perf: perf_analyzer settings of a search point.
-        run_perf: ``(config, csv path) -> points`` (perf_analyzer against this server).
-        work: where each point's perf CSV goes.
-        warmup: run after each reload, before anything is measured (requests on every new instance, discarded).
-        loaded: the configuration Triton serves (and has warmed up) now: measuring it needs no reload.
-    """
-
-    def __init__(self, triton: Any, *, name: str, model_dir: Path, render: Callable[[ServingConfig], str],
-                 run_perf: Callable[[ServingConfig, Path], list[dict[str, Any]]], work: Path,
-                 warmup: Callable[[ServingConfig], None] | None = None,
-                 loaded: ServingConfig | None = None) -> None:  # fmt: skip
-        self.triton, self.name, self.model_dir = triton, name, Path(model_dir)
-        self.render, self.run_perf, self.work, self.warmup = render, run_perf, Path(work), warmup
-        self.loads, self.loaded = 0, loaded
-
-    def apply(self, config: ServingConfig) -> None:
-        """Serve ``config``: rewrite the config file, reload, and verify what Triton loaded (nothing to do when it
-        already serves ``config``).
-
-        Raises:
-            RuntimeError: Triton kept another configuration (one line).
-        """
-        if self.loaded is not None and self.loaded.normalized() == config.normalized():
-            return
-        self.loaded = None  # until the reload is verified
-        (self.model_dir / "config.pbtxt").write_text(self.render(config))
-        self.triton.load_model(self.name)
-        self.loads += 1
-        loaded = loaded_config(self.triton.http_url, self.name)
-        if loaded.normalized() != config.normalized():
-            raise RuntimeError(f"Triton serves {loaded.key()} after reloading {config.key()}")
-        self.loaded = config
-        if self.warmup is not None:  # fresh instances: their first requests (arena growth, lazy init) would count
-            self.warmup(config)
-
-    def __call__(self, config: ServingConfig) -> list[dict[str, Any]]:
-        self.apply(config)
-        self.work.mkdir(parents=True, exist_ok=True)
-        return self.run_perf(config, self.work / f"{config.key()}.csv")
-
-
-def loaded_config(http_url: str, name: str) -> ServingConfig:
-    """The configuration Triton serves ``name`` with (its open model-config API, as perf_analyzer reads it)."""
-    import json
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://{http_url}/v2/models/{name}/config", timeout=30) as resp:
-        cfg = json.loads(resp.read())
-    batching = cfg.get("dynamic_batching") or {}
-    group = (cfg.get("instance_group") or [{}])[0]
-    threads = ((cfg.get("parameters") or {}).get("intra_op_threads") or {}).get("string_value", "0")
-    return ServingConfig(instance_count=int(group.get("count", 1)), threads=int(threads),
-                         max_queue_delay_us=int(batching.get("max_queue_delay_microseconds", 0)),
-                         preferred_batch_sizes=tuple(int(b) for b in batching.get("preferred_batch_size") or ()),
-                         max_batch_size=int(cfg.get("max_batch_size", 0)))  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,6 @@ from modelops.contracts.status import Status
 from modelops.evaluation.config_search import (
     SearchSpace,
     ServingConfig,
-    TritonMeasure,
     coordinate_search,
     measure_top_down,
     summarize,
@@ -93,6 +93,73 @@ def perf_url(triton: TritonProcess, perf: PerfSettings) -> str:
     return triton.grpc_url if perf.protocol == "grpc" else triton.http_url
 
 
+class TritonMeasure:
+    """The benchmark step's measure: rewrite ``config.pbtxt``, reload the model in the running Triton through the
+    repository API (explicit model control: much faster than a restart), check Triton serves that configuration,
+    then run perf_analyzer (short windows) on it.
+
+    Args:
+        triton: a started :class:`~modelops.serving.triton.local_server.TritonProcess` serving ``name`` from a local
+            repository.
+        model_dir: ``<repository>/<name>``.
+        render: ``config -> config.pbtxt text`` (the target's kind, io and runtime parameters bound).
+        perf: perf_analyzer settings of a search point.
+        run_perf: ``(config, csv path) -> points`` (perf_analyzer against this server).
+        work: where each point's perf CSV goes.
+        warmup: run after each reload, before anything is measured (requests on every new instance, discarded).
+        loaded: the configuration Triton serves (and has warmed up) now: measuring it needs no reload.
+    """
+
+    def __init__(self, triton: Any, *, name: str, model_dir: Path, render: Callable[[ServingConfig], str],
+                 run_perf: Callable[[ServingConfig, Path], list[dict[str, Any]]], work: Path,
+                 warmup: Callable[[ServingConfig], None] | None = None,
+                 loaded: ServingConfig | None = None) -> None:  # fmt: skip
+        self.triton, self.name, self.model_dir = triton, name, Path(model_dir)
+        self.render, self.run_perf, self.work, self.warmup = render, run_perf, Path(work), warmup
+        self.loads, self.loaded = 0, loaded
+
+    def apply(self, config: ServingConfig) -> None:
+        """Serve ``config``: rewrite the config file, reload, and verify what Triton loaded (nothing to do when it
+        already serves ``config``).
+
+        Raises:
+            RuntimeError: Triton kept another configuration (one line).
+        """
+        if self.loaded is not None and self.loaded.normalized() == config.normalized():
+            return
+        self.loaded = None  # until the reload is verified
+        (self.model_dir / "config.pbtxt").write_text(self.render(config))
+        self.triton.load_model(self.name)
+        self.loads += 1
+        loaded = loaded_config(self.triton.http_url, self.name)
+        if loaded.normalized() != config.normalized():
+            raise RuntimeError(f"Triton serves {loaded.key()} after reloading {config.key()}")
+        self.loaded = config
+        if self.warmup is not None:  # fresh instances: their first requests (arena growth, lazy init) would count
+            self.warmup(config)
+
+    def __call__(self, config: ServingConfig) -> list[dict[str, Any]]:
+        self.apply(config)
+        self.work.mkdir(parents=True, exist_ok=True)
+        return self.run_perf(config, self.work / f"{config.key()}.csv")
+
+
+def loaded_config(http_url: str, name: str) -> ServingConfig:
+    """The configuration Triton serves ``name`` with (its open model-config API, as perf_analyzer reads it)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{http_url}/v2/models/{name}/config", timeout=30) as resp:
+        cfg = json.loads(resp.read())
+    batching = cfg.get("dynamic_batching") or {}
+    group = (cfg.get("instance_group") or [{}])[0]
+    threads = ((cfg.get("parameters") or {}).get("intra_op_threads") or {}).get("string_value", "0")
+    return ServingConfig(instance_count=int(group.get("count", 1)), threads=int(threads),
+                         max_queue_delay_us=int(batching.get("max_queue_delay_microseconds", 0)),
+                         preferred_batch_sizes=tuple(int(b) for b in batching.get("preferred_batch_size") or ()),
+                         max_batch_size=int(cfg.get("max_batch_size", 0)))  # fmt: skip
+
+
 def unload_quietly(triton: TritonProcess, name: str) -> None:
     """Unload ``name`` from a shared benchmark Triton (a failure is logged: the next target still loads its own)."""
     try:
@@ -135,6 +202,9 @@ def contenders(results: dict[str, dict[str, Any]], slo_ms: float) -> list[str]:
     return sorted((v for v, s in meeting.items() if s[0] >= CONTENDER_FRACTION * top), key=lambda v: -meeting[v][0])
 
 
+SEARCH_MIN_GAIN = 0.05  # a search point must beat the incumbent by 5% to move it: short-window points of one
+# configuration spread by 5-10% on this 2-core host, and each move on noise bought another pass (17 digits points in
+# an e2e run where 12 converged; a 1% "gain" triggered a second pass of 5 points)
 SEARCH_WINDOW_REQUESTS = 50  # a search window holds at least this many requests at the slowest level (a p99 of fewer
 # is little more than the maximum: MiniLM at ~50 sentences/s in 250 ms windows flipped around a 100 ms SLO)
 
@@ -203,7 +273,7 @@ def search_configs(
     # every point compares like for like; its full measurement in out["points"] is what a searched best must beat.
     measure = TritonMeasure(triton, name=name, model_dir=model_dir, render=render, run_perf=run_point,
                             work=work / "search", warmup=warmup, loaded=default if loaded else None)  # fmt: skip
-    result = coordinate_search(measure, space, default, slo_ms=slo_ms, budget_s=budget_s)
+    result = coordinate_search(measure, space, default, slo_ms=slo_ms, budget_s=budget_s, min_gain=SEARCH_MIN_GAIN)
     out["config_search"] = {**result.to_json(), "csv": None, "reloads": measure.loads}
     out["log_paths"].append(write_csv(result, work / "config_search.csv"))
     if result.best.config == default:

@@ -119,6 +119,26 @@ def test_budget_stops_the_search_and_the_start_is_always_measured():
 
 
 
+def test_gains_within_the_noise_margin_do_not_move_the_incumbent():
+    """A flat surface with +2% noise-sized bumps and one real gain (2x1, +30%): with a 5% margin the search takes the
+    real gain only; without one each bump moves it too, at the cost of more points."""
+
+    def flat(config: ServingConfig) -> list[dict[str, float]]:
+        bump = 1.0 + 0.02 * (config.max_queue_delay_us > 0) + 0.02 * bool(config.preferred_batch_sizes)
+        thr = 100.0 * bump * (1.3 if config.placement == (2, 1) else 1.0)
+        return [{"concurrency": 4, "throughput": thr, "p99_ms": 40.0}]
+
+    plain, margin = Counting(flat), Counting(flat)
+    moved = coordinate_search(plain, SPACE, START, slo_ms=100.0, budget_s=1e9)
+    held = coordinate_search(margin, SPACE, START, slo_ms=100.0, budget_s=1e9, min_gain=0.05)
+    assert held.best.config == START.with_axis("placement", (2, 1)) and held.stopped == "converged"
+    assert moved.best.config.max_queue_delay_us > 0 and moved.best.config.preferred_batch_sizes  # moved on bumps
+    assert len(margin.calls) < len(plain.calls)
+    # meeting the SLO where the incumbent does not is never a matter of margin
+    slow = lambda c: [{"concurrency": 4, "throughput": 100.0, "p99_ms": 50.0 if c.placement == (1, 1) else 150.0}]
+    assert coordinate_search(Counting(slow), SPACE, START, slo_ms=100.0, budget_s=1e9, min_gain=0.5).best.meets_slo
+
+
 def test_a_failing_configuration_is_kept_with_its_reason_and_the_search_goes_on():
     bad = ServingConfig(instance_count=2, threads=1, max_batch_size=64)
     result = coordinate_search(Counting(fail=lambda c: c.placement == (2, 1)), SPACE, START, slo_ms=100.0, budget_s=1e9)
