@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
 
 pytest.importorskip("great_expectations")
 
-from modelops.evaluation.gates import GateThresholds, comparison_table, validate_table
+from modelops.evaluation.gates import GateThresholds, comparison_table, import_in_background, validate_table
 
 
 def _scores(n: int = 200, seed: int = 0) -> np.ndarray:
@@ -60,3 +61,15 @@ def test_regression_relative_error():
     ok = validate_table(comparison_table({"y": src * 1.01}, {"y": src}), GateThresholds("regression", max_rel_err=0.05))
     bad = validate_table(comparison_table({"y": src * 1.2}, {"y": src}), GateThresholds("regression", max_rel_err=0.05))
     assert ok.success and not bad.success and bad.failed[0]["column"] == "rel_err"
+
+
+def test_gx_is_imported_in_the_background_and_its_info_chatter_stays_out_of_the_step_log(caplog):
+    """validate starts GX's import beside the source model's run; GX's ~100 INFO lines per context ("Skipping
+    registering function ...") would otherwise fill every validate task log."""
+    import_in_background().join()
+    caplog.set_level(logging.INFO)
+    src = _scores()
+    result = validate_table(comparison_table({"o": src.copy()}, {"o": src}), GateThresholds("embedding", min_cosine=0.99))
+    assert result.success
+    gx_info = [r for r in caplog.records if r.name.startswith("great_expectations") and r.levelno < logging.WARNING]
+    assert not gx_info, gx_info[:3]
