@@ -133,7 +133,7 @@ def benchmark_target(
             if search_budget_s > 0:
                 search_configs(out, triton, target, name=name, model_dir=repo / name, io=io, perf=perf,
                                url=perf_url(triton, perf), tools=tools, work=vdir, budget_s=search_budget_s,
-                               slo_ms=slo_ms)  # fmt: skip
+                               slo_ms=slo_ms, warm_inputs=samples)  # fmt: skip
             out["status"] = "done"
     except TritonStartError as exc:
         out["reason"] = f"Triton could not serve {target.variant}: {exc.reason}"
@@ -287,7 +287,7 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
             for i, variant in enumerate(searched):
                 res = results[variant]
                 search_target(res, by_variant[variant], server=server, io=io, perf=perf, work=runs, tools=None,
-                              budget_s=search_left / (len(searched) - i), slo_ms=slo_ms)  # fmt: skip
+                              budget_s=search_left / (len(searched) - i), slo_ms=slo_ms, warm_inputs=samples)  # fmt: skip
                 search_left = max(0.0, search_left - (res.get("config_search") or {}).get("seconds", 0.0))
             for variant, res in results.items():
                 if variant != BASELINE and budget and variant not in searched and res["status"] == Status.DONE:

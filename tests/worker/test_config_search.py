@@ -4,7 +4,9 @@ each configuration is reloaded through the repository API and verified against w
 from __future__ import annotations
 
 import csv
+import json
 import os
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,10 @@ pytest.importorskip("onnxruntime")
 from model_recipes.demo_models import save_local
 from modelops.evaluation.config_search import SearchSpace, ServingConfig
 from modelops.evaluation.perf import PerfSettings
+from modelops.evaluation.triton_bench import WARMUP_ROUNDS, model_name, warm_up
+from modelops.serving.triton.local_server import TritonProcess
 from modelops.settings import Settings
-from modelops.steps.benchmark import Target, benchmark_target
+from modelops.steps.benchmark import Target, benchmark_target, write_model_dir
 from tests.worker.stepkit import run_spec, step, write_spec
 
 pytestmark = pytest.mark.skipif(not Settings.from_env().tritonserver_bin.exists(), reason="tritonserver not installed")
@@ -61,3 +65,23 @@ def test_search_reloads_each_configuration_in_one_triton(digits, tmp_path):
     assert ServingConfig.from_dict(out["config"]).key() in full
     assert out["points"] == full[ServingConfig.from_dict(out["config"]).key()]
     assert search["best_key"] in full
+
+
+def test_warm_up_sends_concurrent_rounds_in_process(digits, tmp_path):
+    """The step's warm-up after a reload: WARMUP_ROUNDS rounds of `level` concurrent one-row requests, all answered
+    (Triton's own statistics count them), no perf_analyzer started."""
+    import numpy as np
+
+    target = Target("ort_fp32", "onnxruntime", Path(digits["outputs"]["onnx"]))
+    perf = PerfSettings.from_spec({"concurrency": [1, 4]})
+    write_model_dir(target, tmp_path / "repo", io=digits["io"], max_batch_size=64, perf=perf)
+    name = model_name(target)
+    with np.load(digits["outputs"]["samples"]) as npz:
+        samples = {t["name"]: npz[t["name"]] for t in digits["io"]["inputs"]}
+    with TritonProcess(tmp_path / "repo", [name], log_path=tmp_path / "triton.log") as triton:
+        warm_up(triton, name, samples, level=4)
+        with urllib.request.urlopen(f"http://{triton.http_url}/v2/models/{name}/stats", timeout=10) as resp:
+            stats = json.loads(resp.read())["model_stats"][0]
+    assert stats["inference_stats"]["success"]["count"] == 4 * WARMUP_ROUNDS
+    assert stats["inference_stats"]["fail"]["count"] == 0
+    assert not list(tmp_path.rglob("warmup*.csv"))
