@@ -142,9 +142,7 @@ class Trial:
         the same SLO class, its throughput exceeds ``other``'s by more than ``min_gain`` (a fraction; with 0, the
         plain :meth:`rank` order)."""
         mine, theirs = self.rank(), other.rank()
-        if self.error is not None or mine[0] != theirs[0]:
-            return mine > theirs
-        if min_gain <= 0:
+        if self.error is not None or mine[0] != theirs[0] or min_gain <= 0:
             return mine > theirs
         return self.throughput > other.throughput * (1.0 + min_gain)
 

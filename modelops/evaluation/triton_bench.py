@@ -272,9 +272,10 @@ def search_configs(
                                  shapes=perf_shapes(io), log_path=pa_log, timeout_s=120)  # fmt: skip
 
     def warmup(cfg: ServingConfig) -> None:
-        """Three short discarded windows at a concurrency that reaches every instance: a reload's first requests (ORT
-        arena growth, the stub's first batch) would otherwise land in a search point's p99 (short windows make the
-        p99 close to the maximum) and in the full measurement of the chosen configuration."""
+        """Discarded requests at a concurrency that reaches every instance (:func:`warm_up` with ``warm_inputs``, else
+        three short perf_analyzer windows): a reload's first requests (ORT arena growth, the stub's first batch) would
+        otherwise land in a search point's p99 (short windows make the p99 close to the maximum) and in the full
+        measurement of the chosen configuration."""
         level = max(max(perf.concurrency), cfg.instance_count)
         if warm_inputs is not None:
             try:
