@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from results_io import write_results
 
@@ -46,6 +47,7 @@ from modelops.serving.triton.config_proto import parse
 from modelops.serving.triton.local_server import TritonProcess, free_port, triton_env
 from modelops.serving.triton.model_dir import build_model_dir, render_config
 from modelops.settings import Settings
+from modelops.steps.benchmark import json_ready
 
 MA = REPO / ".venv-ma" / "bin" / "model-analyzer"
 MODELS = {"digits": ("ort_fp32", 64), "minilm": ("ort_int8_dynamic", 64)}
@@ -84,8 +86,11 @@ def build_candidate(key: str, work: Path) -> dict[str, Any]:
                         str(work / f"{step}.json")], check=True, cwd=work, capture_output=True)  # fmt: skip
     export, optimize = (json.loads((work / f"{s}.json").read_text()) for s in ("export", "optimize"))
     text = bool(export.get("serving_io"))
-    return {"variant": variant, "onnx": Path(optimize["candidates"][variant]["onnx"]),
-            "kind": "onnxruntime_text" if text else "onnxruntime", "io": export.get("serving_io") or export["io"],
+    io = export.get("serving_io") or export["io"]
+    with np.load(export["outputs"]["serving_samples" if text else "samples"]) as npz:  # what the step warms up with
+        samples = {t["name"]: json_ready(npz[t["name"]]) for t in io["inputs"]}
+    return {"variant": variant, "samples": samples, "onnx": Path(optimize["candidates"][variant]["onnx"]),
+            "kind": "onnxruntime_text" if text else "onnxruntime", "io": io,
             "assets": Path(export["outputs"]["serving_assets"]) if text else None,
             "input_data": export["outputs"]["perf_input_data"] if text else "random"}  # fmt: skip
 
@@ -114,7 +119,8 @@ def run_ours(cand: dict[str, Any], work: Path, perf: PerfSettings, name: str) ->
                "points": points}], "log_paths": [], "csv_path": work / "perf.csv", "notes": []}  # fmt: skip
         target = Target(cand["variant"], cand["kind"], cand["onnx"], assets=cand["assets"])
         search_configs(out, triton, target, name=name, model_dir=repo / name, io=cand["io"], perf=perf, url=url,
-                       tools=None, work=work, budget_s=1800.0, slo_ms=SLO_MS, space=SPACE)  # fmt: skip
+                       tools=None, work=work, budget_s=1800.0, slo_ms=SLO_MS, space=SPACE,
+                       warm_inputs=cand["samples"])  # fmt: skip
     seconds = time.monotonic() - t0
     best = best_of(out["points"])
     return {"seconds": round(seconds, 1), "best_config": out["config"], "best_key": ServingConfig.from_dict(

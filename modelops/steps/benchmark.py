@@ -190,7 +190,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: npz[k] for k in npz.files}
 
 
-def _json_ready(array: np.ndarray) -> np.ndarray:
+def json_ready(array: np.ndarray) -> np.ndarray:
     """UTF-8 bytes (npz keeps text as ``S``) -> object array of str; other arrays unchanged."""
     if array.dtype.kind == "S":
         return np.char.decode(array, "utf-8").astype(object)
@@ -207,7 +207,7 @@ def _serving_inputs(
     """
     outputs, io = export["outputs"], export["serving_io"]
     npz = _load_npz(storage.download_file(outputs["serving_samples"], work / "serving_samples.npz"))
-    samples = {t["name"]: _json_ready(npz[t["name"]]) for t in io["inputs"]}
+    samples = {t["name"]: json_ready(npz[t["name"]]) for t in io["inputs"]}
     expected = {t["name"]: npz[f"output:{t['name']}"] for t in io["outputs"]}
     assets = storage.download_dir(outputs["serving_assets"], work / "serving_assets")
     perf_data = storage.download_file(outputs["perf_input_data"], work / "perf_input_data.json")
