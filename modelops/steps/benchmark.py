@@ -293,6 +293,7 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
                 if variant != BASELINE and budget and variant not in searched and res["status"] == Status.DONE:
                     res["notes"].append(f"configuration not searched: its default configuration is not within "
                                         f"{CONTENDER_FRACTION:.0%} of the best candidate's throughput")  # fmt: skip
+            server.kill()  # everything is measured: no graceful shutdown to wait out
         for variant, res in results.items():
             if res.get("config_search"):
                 res["config_search"]["csv"] = join(variant_prefix(spec, variant), "config_search.csv")

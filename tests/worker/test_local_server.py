@@ -3,6 +3,7 @@ model control locked behind the server's own admin token."""
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -87,3 +88,58 @@ def test_start_fails_with_the_log_reason(tmp_path):
     with pytest.raises(TritonStartError) as err:
         TritonProcess(tmp_path / "empty", ["absent"], log_path=tmp_path / "triton.log", timeout_s=30).start()
     assert err.value.reason and "\n" not in err.value.reason
+
+
+def _group_members(pgid: int) -> set[int]:
+    """The pids of process group ``pgid`` (``/proc/<pid>/stat``'s fifth field)."""
+    members = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            members.add(int(stat.parent.name))
+    return members
+
+
+def _alive(pids: set[int]) -> set[int]:
+    """The pids still running (a zombie waits for its reaper; it runs nothing)."""
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+def test_kill_ends_the_server_and_its_stubs_and_frees_their_shared_memory(tmp_path):
+    """kill(): the whole process group is gone at once and the python backend's /dev/shm regions with it (a SIGKILL
+    alone would leave them behind: the server removes them only in a graceful shutdown)."""
+    from modelops.serving.triton.local_server import python_shm_regions
+
+    io = {
+        "inputs": [{"name": "x", "dtype": "float32", "dims": [4]}],
+        "outputs": [{"name": "y", "dtype": "float32", "dims": [4]}],
+    }
+    repo = tmp_path / "repo"
+    build_model_dir(repo / "plus_one", name="plus_one", kind="onnxruntime", model_path=_plus_one(tmp_path / "m.onnx"),
+                    io=io, max_batch_size=8)  # fmt: skip
+    server = TritonProcess(repo, ["plus_one"], log_path=tmp_path / "triton.log", timeout_s=90).start()
+    pid = server.process.pid
+    group = _group_members(pid)
+    assert len(group) >= 2, "the server and its model's stub"
+    regions = python_shm_regions(pid)
+    assert regions and all(r.exists() for r in regions), "the python backend maps one region per stub"
+    server.kill()
+    assert server.process is None
+    deadline = time.monotonic() + 10
+    while _alive(group) and time.monotonic() < deadline:  # SIGKILL is delivered at once; init reaps the stubs
+        time.sleep(0.05)
+    assert not _alive(group), "no stub outlives the server"
+    assert not [r for r in regions if r.exists()]
+    server.kill()  # a second call is a no-op
+    server.stop()
