@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from results_io import write_results
+from results_io import host_info, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -296,7 +296,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.skip_ma and not MA.exists():
         raise SystemExit(f"{MA} missing: make model-analyzer (pip install 'triton-model-analyzer==1.58.*' in .venv-ma)")
-    results: dict[str, Any] = {"slo_ms": SLO_MS, "perf": PERF, "space": {"placements": SPACE.placements,
+    results: dict[str, Any] = {"host": host_info(), "slo_ms": SLO_MS, "perf": PERF, "space": {"placements": SPACE.placements,
                                "max_queue_delay_us": SPACE.max_queue_delay_us, "size": SPACE.size}, "models": {}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="modelops-config-search-") as tmp:
         work = Path(args.workdir).resolve() if args.workdir else Path(tmp)

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from results_io import RESULTS, write_results
+from results_io import RESULTS, host_info, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS_S = {"digits": 45.0, "minilm": 90.0}  # issue 12, item 4: trigger to serving
@@ -106,6 +106,7 @@ def main() -> dict[str, Any]:
         "commit": commit.stdout.strip(),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
+        "host": host_info(),
         "loadavg_before": list(os.getloadavg()),
         "stack_up_s": round(stack_s, 2),
         "models": {key: one_model(api, status, key, json.loads(args.conf)) for key in args.models},

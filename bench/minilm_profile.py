@@ -59,7 +59,8 @@ def load_avg() -> list[float]:
 
 # -- candidate ------------------------------------------------------------------------------------------------
 def build_candidate(work: Path, variants: list[str]) -> dict[str, Any]:
-    """export -> optimize -> validate of the demo MiniLM into ``work`` (skipped when its results are there)."""
+    """export -> optimize -> validate of the demo MiniLM into ``work`` (skipped when its results are there and hold
+    every variant asked for)."""
     import yaml
 
     from model_recipes.text_embedding import save_local
@@ -69,7 +70,9 @@ def build_candidate(work: Path, variants: list[str]) -> dict[str, Any]:
 
     results = {s: work / f"{s}.result.json" for s in ("export", "optimize", "validate")}
     if all(p.exists() for p in results.values()):
-        return {s: json.loads(p.read_text()) for s, p in results.items()}
+        built = {s: json.loads(p.read_text()) for s, p in results.items()}
+        if set(variants) <= set(built["optimize"].get("candidates") or {}):
+            return built
     work.mkdir(parents=True, exist_ok=True)
     model_dir = work / "model"
     if not model_dir.exists():

@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def host_info() -> dict[str, Any]:
+    """The CPU a result was measured on: its model name, cores and the INT8/BF16 instruction sets it has (results
+    from two hosts do not compare: this machine moved from an AMX Xeon to a Zen 5 EPYC between two sessions)."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"cpu": model, "cpus": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags]}
 
 
 def write_results(name: str, results: dict[str, Any]) -> Path:

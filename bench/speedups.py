@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from results_io import write_results
+from results_io import host_info, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ("export", "optimize", "validate", "benchmark")
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
     parser.add_argument("--workdir", help="keep the models, candidates and step results here (default: a temp dir)")
     args = parser.parse_args()
-    results: dict[str, Any] = {"benchmark": BENCH, "models": {}}
+    results: dict[str, Any] = {"host": host_info(), "benchmark": BENCH, "models": {}}
     with tempfile.TemporaryDirectory(prefix="modelops-speedups-") as tmp:
         work = Path(args.workdir).resolve() if args.workdir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 from minilm_profile import build_candidate, deployment_dir, git_head, load_avg
-from results_io import RESULTS, write_results
+from results_io import RESULTS, host_info, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 MLFLOW_PORT = 5700  # the brief's offset-700 range; Triton takes free ports
@@ -226,7 +226,7 @@ def main() -> None:
         "texts": {"short": "EVAL_SENTENCES, one per request (~12 tokens)",
                   "tok128": "64 perf_analyzer texts of exactly 128 tokens (the benchmark step's data)"},
         "seconds_per_round": args.seconds,
-        "triton_config": (model_dir / "config.pbtxt").read_text(), "cpus": os.cpu_count(),
+        "triton_config": (model_dir / "config.pbtxt").read_text(), "cpus": os.cpu_count(), "host": host_info(),
         "triton_extra_configs": {n: (d / "config.pbtxt").read_text() for n, d in extra.items()},
         "summary": table, "rounds": rounds,
     }  # fmt: skip
