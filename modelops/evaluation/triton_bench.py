@@ -207,15 +207,18 @@ SEARCH_MIN_GAIN = 0.05  # a search point must beat the incumbent by 5% to move i
 # an e2e run where 12 converged; a 1% "gain" triggered a second pass of 5 points)
 SEARCH_WINDOW_REQUESTS = 50  # a search window holds at least this many requests at the slowest level (a p99 of fewer
 # is little more than the maximum: MiniLM at ~50 sentences/s in 250 ms windows flipped around a 100 ms SLO)
+SEARCH_WINDOW_MIN_MS = 100  # a fast model's search window (the probe's): digits at c4 spread as much over 3 x 250 ms
+# windows (CV 8.7%, 8 points) as over 3 x 100 ms (10.5%), and a point took 0.94 s with the first, 0.39 s with the second
 
 
 def search_window_ms(points: list[dict[str, Any]], perf: PerfSettings) -> int:
     """A search point's perf_analyzer window: short (a point only steers the search, any spread is accepted over 3
     windows, the chosen configuration is measured again in full), but long enough for
-    :data:`SEARCH_WINDOW_REQUESTS` requests at the default configuration's slowest measured level."""
+    :data:`SEARCH_WINDOW_REQUESTS` requests at the default configuration's slowest measured level, and
+    :data:`SEARCH_WINDOW_MIN_MS` at least."""
     slowest = min((p["throughput"] for p in points if p.get("throughput")), default=0.0)
     needed = int(1000 * SEARCH_WINDOW_REQUESTS / slowest) if slowest > 0 else perf.measurement_interval_ms
-    return max(250, min(perf.measurement_interval_ms, needed))
+    return max(SEARCH_WINDOW_MIN_MS, min(perf.measurement_interval_ms, needed))
 
 
 WARMUP_ROUNDS = 8  # rounds of `level` concurrent requests after a reload (32 at concurrency 4): every instance sees

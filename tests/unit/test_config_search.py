@@ -248,10 +248,11 @@ def test_search_windows_hold_enough_requests_for_a_p99():
     perf = PerfSettings(measurement_interval_ms=1000)
     fast = [{"concurrency": 1, "throughput": 1500.0}, {"concurrency": 4, "throughput": 3000.0}]
     slow = [{"concurrency": 1, "throughput": 52.0}, {"concurrency": 4, "throughput": 80.0}]
-    assert search_window_ms(fast, perf) == 250  # digits: the shortest window already holds 375 requests
+    assert search_window_ms(fast, perf) == 100  # digits: the shortest window already holds 150 requests
     assert search_window_ms(slow, perf) == 961  # MiniLM under load: ~50 requests at concurrency 1
     assert search_window_ms([{"concurrency": 1, "throughput": 5.0}], perf) == 1000  # never above the full window
     assert search_window_ms([], perf) == 1000
+    assert search_window_ms([{"concurrency": 1, "throughput": 400.0}], perf) == 125  # 50 requests need 125 ms
 
 
 def _measured(thr_p99: list[tuple[float, float]], status: str = "done") -> dict:
