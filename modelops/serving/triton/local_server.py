@@ -304,13 +304,7 @@ class TritonProcess:
                 proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 log.warning("tritonserver pid %s ignored SIGTERM for %.0f s; killing it", proc.pid, grace_s)
-        try:
-            # the python-backend stubs share the server's session/process group (start_new_session)
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait(timeout=10)
-        self.process = None
+        self._kill_group(proc)
         return proc.returncode
 
     def kill(self) -> None:
@@ -324,14 +318,19 @@ class TritonProcess:
         if proc is None:
             return
         regions = python_shm_regions(proc.pid)
+        self._kill_group(proc)
+        for region in regions:
+            region.unlink(missing_ok=True)
+
+    def _kill_group(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the server's process group (the python-backend stubs share the server's session: start_new_session)
+        and reap the server."""
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         proc.wait(timeout=10)
         self.process = None
-        for region in regions:
-            region.unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
         return self.start()
