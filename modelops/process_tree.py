@@ -4,20 +4,26 @@ A step runs in a session of its own (``start_new_session``) so that the step ope
 and everything it started at once (:func:`kill_group`: SIGTERM, a grace period, SIGKILL). Servers a step
 starts in a group of their own (``tritonserver`` and its python-backend stubs) or tools in the step's group
 (``perf_analyzer``) also get a parent-death signal (:func:`die_with_parent`, Linux ``PR_SET_PDEATHSIG``), so
-a step killed with SIGKILL (no ``finally`` runs) still takes them with it.
+a step killed with SIGKILL (no ``finally`` runs) still takes them with it. A killed ``tritonserver`` leaves its
+python stubs' shared memory in ``/dev/shm`` (only its graceful shutdown removes it): :func:`remove_orphan_python_shm`.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PYTHON_SHM_PREFIX = "/dev/shm/triton_python_backend_shm_region_"  # Triton's python backend: one arena per stub
+
+log = logging.getLogger("modelops.process_tree")
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
@@ -113,3 +119,44 @@ def kill_group(pgid: int, grace_s: float = 10.0, leader: subprocess.Popen | None
         return True
     _signal_group(pgid, signal.SIGKILL)
     return _wait_gone(pgid, leader, 5.0)
+
+
+def python_shm_regions(pid: int) -> set[Path]:
+    """The python backend's shared-memory files process ``pid`` has mapped (``/proc/<pid>/maps``); none when it is
+    gone or not readable."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return set()
+    return {Path(line[line.index(PYTHON_SHM_PREFIX):].removesuffix(" (deleted)"))
+            for line in maps.splitlines() if PYTHON_SHM_PREFIX in line}  # fmt: skip
+
+
+def remove_orphan_python_shm(min_age_s: float = 60.0) -> list[Path]:
+    """Remove the python backend's shared-memory files that no process maps any more: what a tritonserver killed
+    without ``TritonProcess.kill`` (a crash, a killed step, a test's SIGKILL) left in ``/dev/shm``.
+
+    Only files of this user, at least ``min_age_s`` old (a server maps a region right after creating it), and
+    mapped by no process whose ``/proc/<pid>/maps`` this user can read. Returns the removed files.
+    """
+    shm, prefix = Path(PYTHON_SHM_PREFIX).parent, Path(PYTHON_SHM_PREFIX).name
+    now, uid = time.time(), os.getuid()
+    candidates = []
+    for path in shm.glob(f"{prefix}*"):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if st.st_uid == uid and now - st.st_mtime >= min_age_s:
+            candidates.append(path)
+    if not candidates:
+        return []
+    mapped: set[Path] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        mapped |= python_shm_regions(int(maps.parent.name))
+    removed = [path for path in candidates if path not in mapped]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    if removed:
+        log.info("removed %d orphaned python-backend shared-memory file(s) from %s", len(removed), shm)
+    return removed

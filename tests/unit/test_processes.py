@@ -219,3 +219,29 @@ def test_stack_down_stops_a_service_and_the_daemon_it_double_forked(tmp_path):
         _kill(daemon)
         if record.pid:
             _kill(record.pid)
+
+
+def test_orphaned_python_backend_shared_memory_is_removed_and_nothing_else():
+    """A killed tritonserver leaves its stubs' /dev/shm files: the sweep removes an old unmapped one, and keeps one a
+    live process maps (here: this one) and one just created (a server maps its region right after creating it)."""
+    import mmap
+    import uuid
+
+    from modelops.process_tree import PYTHON_SHM_PREFIX, remove_orphan_python_shm
+
+    tag = uuid.uuid4().hex
+    orphan, mapped, young = (Path(f"{PYTHON_SHM_PREFIX}test-{tag}-{n}") for n in ("orphan", "mapped", "young"))
+    old = time.time() - 3600
+    try:
+        for path in (orphan, mapped, young):
+            path.write_bytes(b"\0" * 4096)
+        for path in (orphan, mapped):
+            os.utime(path, (old, old))
+        with mapped.open("r+b") as fh, mmap.mmap(fh.fileno(), 4096):
+            removed = remove_orphan_python_shm(min_age_s=60)
+            assert orphan in removed and not orphan.exists()
+            assert mapped.exists() and young.exists()
+            assert mapped not in removed and young not in removed
+    finally:
+        for path in (orphan, mapped, young):
+            path.unlink(missing_ok=True)

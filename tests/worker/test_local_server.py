@@ -119,7 +119,7 @@ def _alive(pids: set[int]) -> set[int]:
 def test_kill_ends_the_server_and_its_stubs_and_frees_their_shared_memory(tmp_path):
     """kill(): the whole process group is gone at once and the python backend's /dev/shm regions with it (a SIGKILL
     alone would leave them behind: the server removes them only in a graceful shutdown)."""
-    from modelops.serving.triton.local_server import python_shm_regions
+    from modelops.process_tree import python_shm_regions
 
     io = {
         "inputs": [{"name": "x", "dtype": "float32", "dims": [4]}],

@@ -50,6 +50,7 @@ from modelops.local.stack.openwebui_service import (
 )
 from modelops.local.stack.service_spec import Context, ServiceSpec, _path_with, http
 from modelops.local.stack.state import HOST, StackError
+from modelops.process_tree import remove_orphan_python_shm
 from modelops.serving.triton.admin import ADMIN_HEADER, admin_headers, restricted_args
 from modelops.settings import Settings
 
@@ -197,10 +198,12 @@ def _triton_prepare(ctx: Context) -> None:
     if not (binary := ctx.settings.tritonserver_bin).exists():
         raise StackError(f"tritonserver not found at {binary}; run scripts/install_tools.sh")
     (ctx.state.stack_dir / "triton").mkdir(parents=True, exist_ok=True)
-    # Triton copies each S3 model it loads to a folderXXXXXX here (TRITON_AWS_MOUNT_DIRECTORY, /tmp by default); a
-    # killed Triton leaves them behind, so each start (none is running then) begins with this directory empty
+    # Triton copies each S3 model it loads to a folderXXXXXX here (TRITON_AWS_MOUNT_DIRECTORY, /tmp by default) and
+    # its python stubs' arenas to /dev/shm; a killed Triton leaves both behind, so each start (none is running then)
+    # begins with this directory empty and those files removed
     shutil.rmtree(mount := triton_mount_dir(ctx.state.stack_dir), ignore_errors=True)
     mount.mkdir(mode=0o700)
+    remove_orphan_python_shm()
 
 
 def triton_mount_dir(stack_dir: Path) -> Path:
@@ -301,18 +304,8 @@ def _gateway_health(ctx: Context) -> bool:
 SPECS: dict[str, ServiceSpec] = {
     "s3": ServiceSpec(
         name="seaweedfs",
-        ports=(
-            "s3",
-            "s3_grpc",
-            "seaweedfs_master",
-            "seaweedfs_master_grpc",
-            "seaweedfs_volume",
-            "seaweedfs_volume_grpc",
-            "seaweedfs_filer",
-            "seaweedfs_filer_grpc",
-            "seaweedfs_admin",
-            "seaweedfs_admin_grpc",
-        ),
+        ports=("s3", "s3_grpc", "seaweedfs_master", "seaweedfs_master_grpc", "seaweedfs_volume", "seaweedfs_volume_grpc",
+               "seaweedfs_filer", "seaweedfs_filer_grpc", "seaweedfs_admin", "seaweedfs_admin_grpc"),
         requires=(),
         timeout_s=30,
         command=_seaweed_command,

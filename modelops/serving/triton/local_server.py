@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from modelops.process_tree import die_with_parent
+from modelops.process_tree import die_with_parent, python_shm_regions, remove_orphan_python_shm
 from modelops.serving.triton import client as triton_client
 from modelops.serving.triton.admin import ADMIN_HEADER, RESTRICTED_APIS, new_token, restricted_args, with_admin
 from modelops.settings import Settings
@@ -34,7 +34,6 @@ log = logging.getLogger("modelops.serving.triton")
 LOG_TAIL_LINES = 25
 PROBE_TIMEOUT_S = 2.0  # one health/readiness probe while waiting for the server
 UNLOAD_TIMEOUT_S = 120.0
-PYTHON_SHM_PREFIX = "/dev/shm/triton_python_backend_shm_region_"  # the python backend's stub arenas (server side)
 # A benchmark server's locked API groups: all but model-config, which perf_analyzer reads (see the module doc).
 LOCKED_APIS: tuple[str, ...] = tuple(api for api in RESTRICTED_APIS if api != "model-config")
 
@@ -62,17 +61,6 @@ def _answers(probe: Callable[..., bool], *args: str) -> bool:
         return bool(probe(*args))
     except Exception:  # noqa: BLE001 - any failure of a probe means "not ready yet"
         return False
-
-
-def python_shm_regions(pid: int) -> set[Path]:
-    """The python backend's shared-memory files process ``pid`` has mapped (``/proc/<pid>/maps``); none when it is
-    gone or not readable."""
-    try:
-        maps = Path(f"/proc/{pid}/maps").read_text()
-    except OSError:
-        return set()
-    return {Path(line[line.index(PYTHON_SHM_PREFIX):].removesuffix(" (deleted)"))
-            for line in maps.splitlines() if PYTHON_SHM_PREFIX in line}  # fmt: skip
 
 
 def free_port() -> int:
@@ -210,6 +198,7 @@ class TritonProcess:
         if not Path(self.settings.tritonserver_bin).exists():
             raise TritonStartError(f"tritonserver not found at {self.settings.tritonserver_bin} (see ENVIRONMENT.md)")
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        remove_orphan_python_shm()  # e.g. of a step killed with its server
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = triton_env(self.settings, self.extra_env)
         with self.log_path.open("ab") as logf:
