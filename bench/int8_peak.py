@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 from minilm_profile import build_candidate, deployment_dir, deployment_params, git_head, load_avg, serving_helpers
-from results_io import host_info, write_results
+from results_io import cpuinfo, host_info, write_results
 
 
 def gemm_model(op: str, m: int, k: int, n: int) -> bytes:
@@ -185,22 +185,12 @@ def main() -> None:
     fastest = max(deployments, key=lambda v: deployments[v]["batch=8"]["sentences_per_cpu_s"])
     results = {
         "commit": git_head(), "cpus": cpus, "host": host_info(), "load_avg": {"start": start, "end": load_avg()},
-        "cpu_flags": sorted(f for f in _cpu_flags() if f.startswith(("avx512", "amx", "avx_vnni"))),
+        "cpu_flags": sorted(f for f in cpuinfo()[1] if f.startswith(("avx512", "amx", "avx_vnni"))),
         "gemms": peak, "matmulinteger_peak_gop_per_core_s": round(per_core, 1),
         "matmulinteger_peak_gop_s": round(best, 1), "minilm_cost": cost, "deployments": deployments,
         "fastest_variant": fastest,
     }  # fmt: skip
     print(f"wrote {write_results('int8_peak', results)}")
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 if __name__ == "__main__":

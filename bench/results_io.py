@@ -12,9 +12,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
 
 
-def host_info() -> dict[str, Any]:
-    """The CPU a result was measured on: its model name, cores and the INT8/BF16 instruction sets it has (results
-    from two hosts do not compare: this machine moved from an AMX Xeon to a Zen 5 EPYC between two sessions)."""
+def cpuinfo() -> tuple[str, set[str]]:
+    """This CPU's model name and instruction-set flags (``/proc/cpuinfo``; the platform's name and no flags without
+    it)."""
     model, flags = platform.processor() or "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -25,6 +25,13 @@ def host_info() -> dict[str, Any]:
                 flags = set(value.split())
     except OSError:
         pass
+    return model, flags
+
+
+def host_info() -> dict[str, Any]:
+    """The CPU a result was measured on: its model name, cores and the INT8/BF16 instruction sets it has (results
+    from two hosts do not compare: this machine moved from an AMX Xeon to a Zen 5 EPYC between two sessions)."""
+    model, flags = cpuinfo()
     return {"cpu": model, "cpus": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags]}
 
 
