@@ -8,61 +8,69 @@ WORKER := .venv-worker
 PIP_QUIET := -q --disable-pip-version-check
 # pip prints one line per package for the machine's optional local indexes; keep the log readable.
 PIP_FILTER := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+# Every install of an environment is constrained by its lock, constraints/<env>.txt (all packages, transitive ones
+# included), so a fresh clone installs what the tests ran on. `make lock` regenerates the locks (scripts/lock.py).
+LOCK = -c constraints/$(1).txt
 
-.PHONY: setup orchestrator worker modelopt openwebui llamacpp model-analyzer tools demo test test-unit test-worker test-integration bench gpu-check docs monitoring dashboards stack-up stack-down lint clean
+.PHONY: lock setup orchestrator worker modelopt openwebui llamacpp model-analyzer tools demo test test-unit test-worker test-integration bench gpu-check docs monitoring dashboards stack-up stack-down lint clean
 
 setup: orchestrator worker tools openwebui
 
 orchestrator: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints/orchestrator.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_QUIET) --upgrade pip $(PIP_FILTER)
-	set -o pipefail; $(VENV)/bin/pip install $(PIP_QUIET) -r requirements.txt -r requirements-dev.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	set -o pipefail; $(VENV)/bin/pip install $(PIP_QUIET) $(call LOCK,orchestrator) -r requirements.txt -r requirements-dev.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	set -o pipefail; $(VENV)/bin/pip install $(PIP_QUIET) --no-deps -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	touch $@
 
 worker: $(WORKER)/.installed
-$(WORKER)/.installed: requirements-worker.txt requirements-worker-nodeps.txt pyproject.toml
+$(WORKER)/.installed: requirements-worker.txt requirements-worker-nodeps.txt constraints/worker.txt pyproject.toml
 	test -x $(WORKER)/bin/python || $(PY) -m venv $(WORKER)
 	$(WORKER)/bin/pip install $(PIP_QUIET) --upgrade pip $(PIP_FILTER)
-	set -o pipefail; $(WORKER)/bin/pip install $(PIP_QUIET) -r requirements-worker.txt -r requirements-dev.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
-	set -o pipefail; $(WORKER)/bin/pip install $(PIP_QUIET) --no-deps -r requirements-worker-nodeps.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	set -o pipefail; $(WORKER)/bin/pip install $(PIP_QUIET) $(call LOCK,worker) -r requirements-worker.txt -r requirements-dev.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	set -o pipefail; $(WORKER)/bin/pip install $(PIP_QUIET) --no-deps $(call LOCK,worker) -r requirements-worker-nodeps.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	set -o pipefail; $(WORKER)/bin/pip install $(PIP_QUIET) --no-deps -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	touch $@
 
 # NVIDIA ModelOpt (INT8/FP8 Q/DQ for TensorRT) pins onnx/onnxruntime-gpu versions of its own: separate env,
 # optional (about 4 min and 2 GB); without it the modelopt_* variants are skipped with this hint.
 modelopt: .venv-modelopt/.installed
-.venv-modelopt/.installed: requirements-modelopt.txt
+.venv-modelopt/.installed: requirements-modelopt.txt constraints/modelopt.txt
 	test -x .venv-modelopt/bin/python || $(PY) -m venv .venv-modelopt
-	set -o pipefail; .venv-modelopt/bin/pip install $(PIP_QUIET) -r requirements-modelopt.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	set -o pipefail; .venv-modelopt/bin/pip install $(PIP_QUIET) $(call LOCK,modelopt) -r requirements-modelopt.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	set -o pipefail; .venv-modelopt/bin/pip install $(PIP_QUIET) --no-deps -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	touch $@
 
 # Open WebUI (the stack's chat UI) pins fastapi/pydantic versions of its own: separate env (about 3 min and 3 GB).
 # A stack without it still starts (the openwebui service is skipped with a hint).
 openwebui: .venv-openwebui/.installed
-.venv-openwebui/.installed: requirements-openwebui.txt
+.venv-openwebui/.installed: requirements-openwebui.txt constraints/openwebui.txt
 	test -x .venv-openwebui/bin/python || $(PY) -m venv .venv-openwebui
-	set -o pipefail; .venv-openwebui/bin/pip install $(PIP_QUIET) -r requirements-openwebui.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	set -o pipefail; .venv-openwebui/bin/pip install $(PIP_QUIET) $(call LOCK,openwebui) -r requirements-openwebui.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	touch $@
 
 # llama.cpp's OpenAI server (llama-cpp-python[server]), only for bench/llm.py's comparison: separate env, optional,
 # not part of setup/test. It is a source distribution here: a native CPU build (about 25 min on a busy 2-core machine).
 llamacpp: .venv-llamacpp/.installed
-.venv-llamacpp/.installed: requirements-llamacpp.txt
+.venv-llamacpp/.installed: requirements-llamacpp.txt constraints/llamacpp.txt
 	test -x .venv-llamacpp/bin/python || $(PY) -m venv .venv-llamacpp
 	.venv-llamacpp/bin/pip install $(PIP_QUIET) --upgrade pip $(PIP_FILTER)
 	set -o pipefail; CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
-	  CMAKE_BUILD_PARALLEL_LEVEL=2 .venv-llamacpp/bin/pip install $(PIP_QUIET) -r requirements-llamacpp.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	  CMAKE_BUILD_PARALLEL_LEVEL=2 .venv-llamacpp/bin/pip install $(PIP_QUIET) $(call LOCK,llamacpp) -r requirements-llamacpp.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	touch $@
 
 # bench/config_search.py only (not make test): Triton Model Analyzer in its own venv, CPU remote mode
 model-analyzer: .venv-ma/.installed
-.venv-ma/.installed: requirements-ma.txt
+.venv-ma/.installed: requirements-ma.txt constraints/ma.txt
 	test -x .venv-ma/bin/python || $(PY) -m venv .venv-ma
-	set -o pipefail; .venv-ma/bin/pip install $(PIP_QUIET) -r requirements-ma.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	set -o pipefail; .venv-ma/bin/pip install $(PIP_QUIET) $(call LOCK,ma) -r requirements-ma.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	touch $@
+
+# Regenerate every lock from the requirement files (pip's resolver, nothing installed; about a minute or two).
+# LOCK_ARGS: e.g. `ENV...` to lock some, or `--airflow-constraints FILE` (scripts/lock.py --help).
+lock:
+	$(PY) scripts/lock.py $(LOCK_ARGS)
 
 tools: .tools/.installed
 .tools/.installed: scripts/install_tools.sh $(WORKER)/.installed

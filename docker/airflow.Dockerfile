@@ -7,8 +7,11 @@ FROM apache/airflow:3.3.2-python3.11 AS cluster
 # The official image installs as the unprivileged `airflow` user (uid 50000); pip refuses to run as root.
 USER 50000:0
 COPY --chown=airflow:root requirements.txt pyproject.toml /opt/modelops/
-# apache-airflow stays at the base image's version: requirements.txt pins the same 3.3.2.
-RUN pip install --no-cache-dir "apache-airflow==3.3.2" -r /opt/modelops/requirements.txt
+COPY --chown=airflow:root constraints/orchestrator.txt /opt/modelops/constraints/
+# apache-airflow stays at the base image's version: requirements.txt pins the same 3.3.2; the lock
+# (constraints/orchestrator.txt) pins every other package to what the embedded stack's tests ran on.
+RUN pip install --no-cache-dir -c /opt/modelops/constraints/orchestrator.txt "apache-airflow==3.3.2" \
+        -r /opt/modelops/requirements.txt
 COPY --chown=airflow:root modelops /opt/modelops/modelops
 COPY --chown=airflow:root model_recipes /opt/modelops/model_recipes
 COPY --chown=airflow:root operators /opt/modelops/operators

@@ -8,7 +8,9 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /opt/modelops
 COPY docker/requirements-serving.txt ./docker/
-RUN pip install --no-cache-dir -r docker/requirements-serving.txt
+COPY constraints/orchestrator.txt ./constraints/
+# the orchestrator environment's lock: the gateway's transitive packages are the versions its tests ran on
+RUN pip install --no-cache-dir -c constraints/orchestrator.txt -r docker/requirements-serving.txt
 COPY pyproject.toml ./
 # the core library only: a deployment is self-contained (its model.py and helpers ship in it)
 COPY modelops ./modelops
