@@ -49,7 +49,8 @@ PARAMS = {
         "champion",
         type=["null", "string"],
         title="Model alias",
-        description="MLflow alias to resolve (e.g. champion) when no version is given.",
+        description="MLflow alias to resolve (e.g. champion) when no version is given. A version given above "
+        "wins over the default champion; another alias beside a version must point at that version.",
     ),
     "variants": Param(
         DEFAULT_VARIANTS,

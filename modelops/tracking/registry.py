@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The alias ``optimize_model`` follows when none is given (its form's default). A ``model_version`` given beside it
+#: wins; only a version beside another alias that points elsewhere is refused.
+DEFAULT_ALIAS = "champion"
 
 
 class ResolveError(Exception):
@@ -66,13 +69,20 @@ def resolve_version(
 ) -> ResolvedVersion:
     """Find the registered version by number or alias and read its MLmodel file.
 
+    A given ``version`` wins over the default alias (``champion``, what the DAG form and REST fill in); a version
+    beside another alias is accepted when the alias points at that version.
+
     Raises:
-        ResolveError: unknown model, version or alias, both or neither of version/alias, unreadable MLmodel.
+        ResolveError: unknown model, version or alias, neither of version/alias, a version and a non-default alias
+            that disagree, unreadable MLmodel.
     """
     if not name:
         raise ResolveError("model_name is required")
-    if bool(version) == bool(alias):
+    if not version and not alias:
         raise ResolveError("give exactly one of model_version or model_alias")
+    if version and alias == DEFAULT_ALIAS:
+        # the form's and REST's default alias: a version typed in or sent wins over it
+        alias = None
     try:
         client.get_registered_model(name)
     except Exception as exc:
@@ -86,6 +96,9 @@ def resolve_version(
             what = f"alias {alias!r}" if alias else f"version {version!r}"
             raise ResolveError(f"registered model {name!r} has no {what}") from None
         raise
+    if version and alias and str(mv.version) != str(version).strip():
+        raise ResolveError(f"model_version {version} and model_alias {alias!r} (version {mv.version}) of {name!r} "
+                           "disagree: give one of them")
     source = to_s3_uri(client.get_model_version_download_uri(name, mv.version), mlflow_bucket)
     mlmodel_uri = join(source, "MLmodel")
     try:

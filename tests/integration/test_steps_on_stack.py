@@ -130,6 +130,26 @@ def test_unknown_alias_and_version_fail_resolve_with_one_line(register, wine):
     assert str(err.value) == "give exactly one of model_version or model_alias"
 
 
+def test_a_given_version_wins_over_the_default_alias(wine, mlflow_client):
+    """{"model_version": N} alone (the form and REST fill in model_alias=champion) runs version N."""
+    reg, _, _ = wine
+    src = mlflow_client.get_model_version(reg["name"], reg["version"])
+    newer = mlflow_client.create_model_version(reg["name"], src.source, run_id=src.run_id)  # champion stays on reg
+    run = f"test__{uuid.uuid4().hex[:8]}"  # one Airflow run: it may take its own (model, version) lease again
+    meta = _resolve({"model_name": reg["name"], "model_version": str(newer.version), "model_alias": "champion"}, run)
+    assert meta["model_version"] == str(newer.version) != str(reg["version"])
+    mlflow_client.set_registered_model_alias(reg["name"], "staging_here", newer.version)
+    meta = _resolve({"model_name": reg["name"], "model_version": str(newer.version), "model_alias": "staging_here"}, run)
+    assert meta["model_version"] == str(newer.version)  # an alias that agrees with the version is no conflict
+    from airflow.sdk.exceptions import AirflowFailException
+
+    mlflow_client.set_registered_model_alias(reg["name"], "staging_here", reg["version"])
+    with pytest.raises(AirflowFailException) as err:
+        _resolve({"model_name": reg["name"], "model_version": str(newer.version), "model_alias": "staging_here"}, run)
+    assert str(err.value) == (f"model_version {newer.version} and model_alias 'staging_here' (version {reg['version']}) "
+                              f"of {reg['name']!r} disagree: give one of them")
+
+
 def test_corrupt_artifact_fails_the_run_and_says_why_on_the_version(register, airflow, storage, mlflow_client, settings):
     from modelops.local.demo import run_optimize
     from modelops.serving.routes import read_routes
