@@ -25,14 +25,16 @@ TEXT_EMBEDDING = RecipeInfo(
     description="sentence-transformers / transformers text embedders, served with raw text in",
 )  # fmt: skip
 SKLEARN_TABULAR = RecipeInfo(
-    "model_recipes.sklearn_tabular:RECIPE", flavors=("sklearn",), order=20,
+    "model_recipes.sklearn_tabular:RECIPE", flavors=("sklearn",), order=20, ships_data=False,
     description="scikit-learn classifiers and regressors through skl2onnx",
 )  # fmt: skip
 ONNX_GENERIC = RecipeInfo(
-    "model_recipes.onnx_generic:RECIPE", flavors=("onnx",), order=30, description="ONNX models, taken as is"
+    "model_recipes.onnx_generic:RECIPE", flavors=("onnx",), order=30, ships_data=False,
+    description="ONNX models, taken as is",
 )
 PYTORCH_GENERIC = RecipeInfo(
     "model_recipes.pytorch_generic:RECIPE", flavors=("pytorch",), order=90, check=tensor_signature_required,
+    ships_data=False,
     description="any mlflow.pytorch model with a tensor signature (pt2 or pickle); cosine vs the source",
 )  # fmt: skip
 DIGITS_CNN = RecipeInfo("model_recipes.digits_cnn:RECIPE", description="the demo digits CNN: held-out accuracy")

@@ -46,6 +46,8 @@ TAG_SPEEDUP = "modelops.speedup"
 TAG_RUN_ID = "modelops.run_id"
 TAG_ERROR = "modelops.error"
 TAG_RECIPE = "modelops.recipe"  # the recipe resolve picked (also narrows nightly fingerprints)
+TAG_EVAL_DATA = "modelops.eval_data"  # where the gate's and calibration's rows came from: an EvalDataSource value
+TAG_LABEL_COLUMN = "modelops.label_column"  # model version or registered model: the label column (default "label")
 # triggers: registered-model / model-version tags read by the webhook, reconcile and nightly runs
 TAG_OPT_IN = "modelops.optimize"  # registered model (opt-in) or model version (explicit request)
 TAG_ALIAS = "modelops.alias"  # registered model: which alias the nightly run follows

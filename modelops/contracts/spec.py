@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from modelops.contracts.data import EvalDataSpec
 from modelops.contracts.variants import DEFAULT_VARIANTS, Device, check_variants
 
 
@@ -160,6 +161,7 @@ class RunSpec(BaseModel):
     static_quant: StaticQuantSpec = Field(default_factory=StaticQuantSpec)
     modelopt: ModelOptSpec = Field(default_factory=ModelOptSpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)
+    eval_data: EvalDataSpec = Field(default_factory=EvalDataSpec)
 
     @field_validator("model_version", mode="before")
     @classmethod

@@ -70,6 +70,7 @@ class Variant:
         summary: one line for the UI and the README.
         family: the models it applies to (tensor models or LLMs of a text-generation recipe).
         options: builder options (the LLM builder's precision and extra options).
+        calibrated: built from calibration rows (static INT8/FP8): skipped when a run's data is synthetic.
     """
 
     name: str
@@ -82,6 +83,7 @@ class Variant:
     summary: str = ""
     family: Family = Family.TENSOR
     options: dict[str, str] = field(default_factory=dict)
+    calibrated: bool = False
 
     def backend_on(self, device: Device | str) -> str | None:
         """The Triton backend that serves this variant on ``device``; None when it cannot be served there."""
@@ -110,11 +112,11 @@ VARIANTS: dict[str, Variant] = {
         Variant("ort_int8_dynamic", BuildStep.OPTIMIZE, ArtifactFormat.ONNX, Runtime.ONNXRUNTIME, Device.CPU,
                 _ORT_SERVING, summary="ONNX Runtime dynamic per-channel INT8"),
         Variant("ort_int8_static", BuildStep.OPTIMIZE, ArtifactFormat.ONNX_QDQ, Runtime.ONNXRUNTIME, Device.CPU,
-                _ORT_SERVING, summary="ONNX Runtime calibrated QDQ INT8, sensitive layers kept in fp32"),
+                _ORT_SERVING, calibrated=True, summary="ONNX Runtime calibrated QDQ INT8, sensitive layers kept in fp32"),
         Variant("modelopt_int8", BuildStep.OPTIMIZE, ArtifactFormat.ONNX_QDQ, Runtime.TENSORRT, Device.GPU,
-                _QDQ_SERVING, summary="NVIDIA ModelOpt INT8 Q/DQ for TensorRT (make modelopt)"),
+                _QDQ_SERVING, calibrated=True, summary="NVIDIA ModelOpt INT8 Q/DQ for TensorRT (make modelopt)"),
         Variant("modelopt_fp8", BuildStep.OPTIMIZE, ArtifactFormat.ONNX_QDQ, Runtime.TENSORRT, Device.GPU,
-                _QDQ_SERVING, summary="NVIDIA ModelOpt FP8 Q/DQ for TensorRT (make modelopt)"),
+                _QDQ_SERVING, calibrated=True, summary="NVIDIA ModelOpt FP8 Q/DQ for TensorRT (make modelopt)"),
         Variant("trt_fp16", BuildStep.COMPILE, ArtifactFormat.TENSORRT_PLAN, Runtime.TENSORRT, Device.GPU,
                 _PLAN_SERVING, summary="TensorRT engine, fp16 kernels where faster (GPU only)"),
         Variant("trt_int8", BuildStep.COMPILE, ArtifactFormat.TENSORRT_PLAN, Runtime.TENSORRT, Device.GPU,
@@ -125,7 +127,8 @@ VARIANTS: dict[str, Variant] = {
         Variant("openvino_bf16", BuildStep.OPTIMIZE, ArtifactFormat.ONNX, Runtime.OPENVINO, Device.CPU, _OV_SERVING,
                 options={"precision": "bf16"}, summary="OpenVINO, the fp32 ONNX run in bf16 (needs AMX/AVX512-BF16)"),
         Variant("openvino_int8", BuildStep.OPTIMIZE, ArtifactFormat.ONNX_QDQ, Runtime.OPENVINO, Device.CPU,
-                _OV_SERVING, options={"precision": "f32"}, summary="OpenVINO, NNCF post-training INT8 (calibrated Q/DQ)"),
+                _OV_SERVING, options={"precision": "f32"}, calibrated=True,
+                summary="OpenVINO, NNCF post-training INT8 (calibrated Q/DQ)"),
         # LLMs (text_generation recipe): ONNX Runtime GenAI's model builder, weight-only MatMulNBits, served by a
         # decoupled python-backend model running onnxruntime-genai (the source, hf_eager, is the baseline)
         Variant("ort_genai_int8", BuildStep.OPTIMIZE, ArtifactFormat.ONNX_GENAI, Runtime.ONNXRUNTIME_GENAI,

@@ -132,3 +132,35 @@ def nn_agreement(candidate: np.ndarray, source: np.ndarray) -> float:
     return float(
         (neighbour_sims(unit_rows(cand)).argmax(axis=1) == neighbour_sims(unit_rows(src)).argmax(axis=1)).mean()
     )
+
+
+def predicted_classes(outputs: np.ndarray) -> np.ndarray | None:
+    """Class ids of a classifier's first output: arg-max of class scores, or integer labels ``[N]``/``[N, 1]``; None
+    for anything else (embeddings, regression values)."""
+    arr = np.asarray(outputs)
+    if is_class_scores(arr):
+        return arr.argmax(axis=1)
+    if arr.dtype.kind in "iub" and (arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 1)):
+        return arr.reshape(len(arr))
+    return None
+
+
+def classification_metrics(outputs: np.ndarray, labels: np.ndarray) -> dict[str, float] | None:
+    """``{"accuracy", "macro_f1"}`` against true labels (scikit-learn's macro F1); None when ``outputs`` are not
+    class predictions."""
+    predicted = predicted_classes(outputs)
+    if predicted is None or len(predicted) != len(labels):
+        return None
+    from sklearn.metrics import f1_score
+
+    truth = np.asarray(labels).reshape(len(labels)).astype(np.int64)
+    return {"accuracy": float((predicted.astype(np.int64) == truth).mean()),
+            "macro_f1": float(f1_score(truth, predicted.astype(np.int64), average="macro", zero_division=0))}
+
+
+def regression_mae(outputs: np.ndarray, labels: np.ndarray) -> float | None:
+    """Mean absolute error of one value per row against float labels; None when the shapes do not say regression."""
+    arr = np.asarray(outputs, dtype=np.float64)
+    if arr.ndim > 2 or (arr.ndim == 2 and arr.shape[1] != 1) or len(arr) != len(labels):
+        return None
+    return float(np.abs(arr.reshape(len(arr)) - np.asarray(labels, dtype=np.float64).reshape(len(arr))).mean())

@@ -52,6 +52,8 @@ class RecipeInfo:
             path and the run gets the LLM variants.
         text_in: clients send raw text, tokenized in the python backend (``write_serving_artifacts``): served on
             the CPU python backend only (``serving_device: gpu`` is refused at resolve).
+        ships_data: the recipe's ``eval_data`` is real data of its own (``modelops.eval_data=recipe`` when the user
+            logged none); False for generic recipes, whose own rows are synthetic (random inputs).
     """
 
     target: str
@@ -61,6 +63,7 @@ class RecipeInfo:
     description: str = ""
     generative: bool = False
     text_in: bool = False
+    ships_data: bool = True
 
     def __post_init__(self) -> None:
         module, sep, attr = self.target.partition(":")

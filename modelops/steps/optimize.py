@@ -1,19 +1,16 @@
 """Optimize step: one candidate ONNX per requested variant (ONNX Runtime tools, and ModelOpt for TensorRT).
 
-Which variants exist, which step builds each and what runs it is the registry's
-(:data:`modelops.contracts.variants.VARIANTS`); this module maps each optimize variant to its builder
-(:data:`BUILDERS`: name -> builder of a :class:`VariantContext`). A failing variant is marked ``failed``
-with its reason, one that does not apply here ``skipped``, and the others continue; the step fails only
-when every variant it built failed. Compile variants (TensorRT engines) are not built here, but the Q/DQ
-candidates they start from are.
+Which variants exist, which step builds each and what runs it is the registry's (:data:`modelops.contracts.variants.
+VARIANTS`); this module maps each optimize variant to its builder (:data:`BUILDERS`: name -> builder of a
+:class:`VariantContext`). A failing variant is marked ``failed`` with its reason, one that does not apply here (or a
+calibrated one on synthetic rows) ``skipped``, and the others continue; the step fails only when every variant it built
+failed. Compile variants (TensorRT engines) are not built here, but the Q/DQ candidates they start from are.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +19,10 @@ import numpy as np
 from modelops.contracts.status import Status
 from modelops.contracts.variants import Runtime, get_variant, optimize_targets
 from modelops.contracts.variants import check_variants as check_registry
+from modelops.data.bound import bind
 from modelops.optimization import openvino
 from modelops.steps._common import StepError, first_line, load_result, main, variant_prefix
+from modelops.steps.variant_context import Builder, VariantContext, VariantSkipped, paths_builder
 from modelops.storage import Storage, join
 
 log = logging.getLogger("modelops.steps.optimize")
@@ -98,76 +97,7 @@ def ort_int8_dynamic(src: Path, dest: Path) -> None:
     pre.unlink(missing_ok=True)
 
 
-# -------------------------------------------------------------------------------- builders with context
-
-
-class VariantSkipped(Exception):
-    """The variant does not apply here (e.g. no ModelOpt environment): status ``skipped``, not ``failed``."""
-
-
-@dataclass
-class VariantContext:
-    """What a builder gets: paths, the run spec, the recipe and the model's I/O.
-
-    ``recipe``/``io`` are None when the recipe could not be loaded (builders that need them fail with
-    ``recipe_error``). ``artifacts`` is filled by the builder with extra files to upload next to the
-    candidate (name -> local path), even when it then fails (logs). ``shared`` is one dict for all the
-    variants of a run (cached eval/calibration data).
-    """
-
-    src: Path
-    dest: Path
-    spec: dict[str, Any]
-    recipe: Any | None
-    io: Any | None
-    workdir: Path
-    recipe_error: str | None = None
-    artifacts: dict[str, Path] = field(default_factory=dict)
-    shared: dict[str, Any] = field(default_factory=dict)
-
-    def need_recipe(self) -> tuple[Any, Any]:
-        if self.recipe is None or self.io is None:
-            raise RuntimeError(f"needs the recipe's data: {self.recipe_error or 'no recipe/io given'}")
-        return self.recipe, self.io
-
-    def calibration(self) -> tuple[dict[str, np.ndarray], str]:
-        """The recipe's calibration inputs (see :func:`modelops.optimization.static_quant.calibration_inputs`), cached."""
-        from modelops.optimization.static_quant import StaticQuantConfig, calibration_inputs
-
-        if "calibration" not in self.shared:
-            recipe, io = self.need_recipe()
-            rows = StaticQuantConfig.from_spec(self.spec.get("static_quant")).calibration_rows
-            self.shared["calibration"] = calibration_inputs(recipe, io, rows)
-        return self.shared["calibration"]
-
-    def scorer(self) -> tuple[Callable[[Path], float], float]:
-        """``(score(model) -> recipe metric vs the source on the eval data, source metric)``, cached."""
-        from modelops.optimization.ort_cpu import run_list
-
-        if "scorer" not in self.shared:
-            recipe, io = self.need_recipe()
-            eval_inputs, labels = recipe.eval_data(io)
-            reference = run_list(self.src, eval_inputs)[0]
-
-            def score(model: Path) -> float:
-                return float(recipe.metric(run_list(model, eval_inputs)[0], labels, reference))
-
-            self.shared["scorer"] = (score, float(recipe.metric(reference, labels, reference)))
-        return self.shared["scorer"]
-
-
-Builder = Callable[[VariantContext], "dict[str, Any] | None"]
-
-
-def paths_builder(fn: Callable[[Path, Path], None]) -> Builder:
-    """Adapt a ``builder(src, dest)`` (no recipe needed) to the context signature."""
-
-    def build(ctx: VariantContext) -> None:
-        fn(ctx.src, ctx.dest)
-
-    build.__doc__ = fn.__doc__
-    return build
-
+# -------------------------------------------------------------------------------- builders
 
 def ort_int8_static(ctx: VariantContext) -> dict[str, Any]:
     """Static INT8 QDQ (U8S8, per-channel), calibrated on the recipe's data, sensitive nodes left in fp32."""
@@ -375,6 +305,7 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
     check_variants(variants)
     export = load_result(storage, spec, "export")
     recipe, io, recipe_error = load_recipe(spec, export)
+    recipe = bind(recipe, spec, storage)  # the run's rows (resolve's eval_data) for scoring and calibration
     with tempfile.TemporaryDirectory(prefix="modelops-optimize-") as tmp:
         src = storage.download_file(export["outputs"]["onnx"], Path(tmp) / "source.onnx")
         results = optimize_model(

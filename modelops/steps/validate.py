@@ -166,6 +166,7 @@ def validate_candidates(
     samples: dict[str, np.ndarray] | None = None,
     out_dir: Path | None = None,
     runtimes: dict[str, str] | None = None,
+    recipe: Any | None = None,
 ) -> tuple[float, str, dict[str, dict[str, Any]]]:
     """Gate every candidate ONNX against ``source_onnx`` on the recipe's eval data.
 
@@ -179,6 +180,8 @@ def validate_candidates(
             outputs on them are saved to ``out_dir/<variant>/sample_outputs.npz`` (keyed by output name).
         out_dir: where sample outputs and the gate's ``comparison.csv``/``expectations.json`` go.
         runtimes: variant -> optimize's ``runtime`` (``"tensorrt"`` candidates may be skipped).
+        recipe: the recipe object to score with (the run's rows bound to it, :func:`modelops.data.bound.bind`);
+            None: ``recipe_name``'s own.
 
     Returns:
         ``(source_metric, metric_name, {variant: result})``; results carry ``sample_outputs_path``,
@@ -189,7 +192,7 @@ def validate_candidates(
     from modelops.evaluation.gates import import_in_background
     from modelops.recipes import IOSpec, get_recipe
 
-    recipe = get_recipe(recipe_name)
+    recipe = recipe if recipe is not None else get_recipe(recipe_name)
     io = IOSpec.from_dict(io_dict)
     eval_inputs, labels = recipe.eval_data(io)
     # GX's import (3-4 s) overlaps the source model's run, which releases the GIL; this thread imports nothing
@@ -273,9 +276,12 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
         paths = {v: storage.download_file(c["onnx"], work / "candidates" / v / "model.onnx") for v, c in todo.items()}
         paths.update(engines)
         runtimes = {v: get_variant(v).runtime for v in paths}
+        from modelops.data.bound import bind
+        from modelops.recipes import get_recipe
+
         source_metric, metric_name, results = validate_candidates(
             spec["recipe"], export["io"], source, paths, tolerance, samples=samples, out_dir=work / "out",
-            runtimes=runtimes,
+            runtimes=runtimes, recipe=bind(get_recipe(spec["recipe"]), spec, storage),
         )  # fmt: skip
         if provenance:  # engines: also compared with the ONNX each was built from (informative)
             from modelops.evaluation.trt_gate import built_from_parity

@@ -1,0 +1,111 @@
+"""The steps' view of a run's rows: the recipe, with ``eval_data``/``calibration_data`` answering from resolve's files.
+
+When resolve wrote rows (``uri``, ``mlflow_dataset``, ``input_example``), every hook that scores or calibrates a
+candidate (validate's gate, static INT8's calibration and sensitivity search, OpenVINO/ModelOpt calibration) reads
+them through :class:`BoundRecipe`; for ``recipe`` and ``synthetic`` the recipe is used as it is.
+"""
+
+from __future__ import annotations
+
+import io as _io
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelops.contracts.data import EvalDataSpec
+from modelops.data.tables import LABEL, DataError, model_inputs
+from modelops.evaluation.metrics import classification_metrics, regression_mae
+
+if TYPE_CHECKING:
+    from modelops.recipes import IOSpec
+    from modelops.storage import Storage
+
+
+def eval_data_of(spec: dict[str, Any] | None) -> EvalDataSpec:
+    """The spec's ``eval_data`` block (a spec written before it existed: the recipe's own data)."""
+    return EvalDataSpec.model_validate((spec or {}).get("eval_data") or {})
+
+
+def calibration_skip_reason(data: EvalDataSpec) -> str | None:
+    """Why a calibrated variant cannot be built on this run's rows; None when it can."""
+    if not data.real:
+        return "no real data to calibrate on (modelops.eval_data=synthetic): log a dataset or give eval_data_uri"
+    if data.eval_uri and not data.calibration_uri:
+        return (f"{data.eval_rows} row(s) of {data.source} data leave none for calibration apart from the gate's "
+                "(they never overlap): give more rows or a calibration dataset")  # fmt: skip
+    return None
+
+
+def _load(storage: Storage, uri: str) -> dict[str, np.ndarray]:
+    import numpy as np
+
+    with np.load(_io.BytesIO(storage.read_bytes(uri)), allow_pickle=False) as npz:
+        return {k: np.asarray(npz[k]) for k in npz.files}
+
+
+class BoundRecipe:
+    """A recipe whose data hooks return the run's rows; every other attribute is the recipe's own."""
+
+    def __init__(self, recipe: Any, data: EvalDataSpec, evals: dict[str, np.ndarray],
+                 calibration: dict[str, np.ndarray] | None) -> None:  # fmt: skip
+        self._recipe, self.data, self._eval, self._calibration = recipe, data, evals, calibration
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._recipe, name)
+
+    def __repr__(self) -> str:
+        return f"BoundRecipe({self._recipe!r}, {self.data.source}: {self.data.eval_rows} rows)"
+
+    # -- task metrics: with true class labels the gate's metric is accuracy against them ---------------------
+    @property
+    def classifies(self) -> bool:
+        """The rows carry integer class labels and the recipe is not an embedder: the gate scores accuracy."""
+        labels = self._eval.get(LABEL)
+        return (labels is not None and labels.dtype.kind in "iub"
+                and getattr(self._recipe, "task", None) in (None, "classification"))  # fmt: skip
+
+    @property
+    def metric_name(self) -> str:
+        return "accuracy" if self.classifies else self._recipe.metric_name
+
+    def metric(self, outputs: np.ndarray, labels: np.ndarray | None, source_outputs: np.ndarray) -> float:
+        """Accuracy against the true labels for a classifier with labelled rows (the tolerance then applies to it);
+        otherwise the recipe's own metric (agreement with the source)."""
+        if self.classifies and labels is not None:
+            scores = classification_metrics(outputs, labels)
+            if scores is not None:
+                return scores["accuracy"]
+        return self._recipe.metric(outputs, labels, source_outputs)
+
+    def extra_metrics(self, outputs: np.ndarray, labels: np.ndarray | None,
+                      source_outputs: np.ndarray) -> dict[str, float]:  # fmt: skip
+        """The recipe's extra metrics, plus the task metrics the labels allow: ``accuracy``/``macro_f1`` and the
+        recipe's agreement with the source (classifiers), ``mae`` (one float per row)."""
+        out = dict(self._recipe.extra_metrics(outputs, labels, source_outputs))
+        if labels is None:
+            return out
+        scores = classification_metrics(outputs, labels) if self.classifies else None
+        if scores is not None:
+            out.update(scores)
+            out[f"{self._recipe.metric_name}_vs_source"] = float(self._recipe.metric(outputs, labels, source_outputs))
+        elif np.asarray(labels).dtype.kind == "f" and (mae := regression_mae(outputs, labels)) is not None:
+            out["mae"] = mae
+        return out
+
+    def eval_data(self, io: IOSpec) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        return model_inputs(self._eval, io, self.data.columns)
+
+    def calibration_data(self, io: IOSpec, n: int = 128) -> dict[str, np.ndarray]:
+        if not self._calibration:
+            raise DataError(calibration_skip_reason(self.data) or "no calibration rows")
+        inputs, _ = model_inputs(self._calibration, io, self.data.columns)
+        return {k: v[:n] for k, v in inputs.items()}
+
+
+def bind(recipe: Any, spec: dict[str, Any] | None, storage: Storage) -> Any:
+    """``recipe`` bound to the run's rows when resolve wrote some, else ``recipe`` itself."""
+    data = eval_data_of(spec)
+    if recipe is None or not data.eval_uri:
+        return recipe
+    calibration = _load(storage, data.calibration_uri) if data.calibration_uri else None
+    return BoundRecipe(recipe, data, _load(storage, data.eval_uri), calibration)
