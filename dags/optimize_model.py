@@ -63,6 +63,16 @@ PARAMS = {
         "the default gets ort_genai_int8 + ort_genai_int4): "
         + "; ".join(f"{v.name}: {v.summary}" for v in VARIANTS.values()),
     ),
+    "eval_data_uri": Param(
+        None,
+        type=["null", "string"],
+        title="Evaluation data (optional)",
+        description="s3:// URI or local path of a Parquet, CSV, JSON-lines or .npz file whose columns are named after "
+        "the signature's inputs (optional 'label' column): the accuracy gate and INT8 calibration use its rows (split, "
+        "never overlapping). Leave empty to use the datasets logged on the version's run (mlflow.log_input), else the "
+        "recipe's data, else the logged input example, else synthetic inputs (calibrated variants are then skipped). "
+        "The choice is recorded as the model-version tag modelops.eval_data.",
+    ),
     "recipe": Param(
         None,
         type=["null", "string"],

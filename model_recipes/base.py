@@ -78,3 +78,44 @@ def registration_record(
         "run_id": run.info.run_id,
         "serialization": serialization,
     }
+
+
+def log_datasets(splits: dict[str, tuple[Any, Any]], name: str, column: str | None = None) -> dict[str, str]:
+    """Log a demo model's data the way a user would, inside the active MLflow run; ``{context: file URI}``.
+
+    Each ``context -> (x, y)`` split is written as a Parquet file to the artifacts bucket
+    (``s3://<MODELOPS_ARTIFACTS_BUCKET>/datasets/<name>/<context>.parquet``, with the S3 credentials of the
+    environment) and logged as a dataset input of the run (``mlflow.log_input(mlflow.data.from_pandas(frame,
+    source=<that URI>), context=...)``; MLflow reads no dataset source from its proxied ``mlflow-artifacts:`` store).
+    A 2-D ``x`` becomes one scalar column per feature (``f0``, ``f1``, ...), anything else one list-valued column
+    named ``column``; ``y`` the ``label`` column. Resolve reads them back (``modelops.eval_data=mlflow_dataset``).
+    """
+    import io
+
+    import mlflow
+    import mlflow.data
+    import numpy as np
+    import pandas as pd
+
+    from modelops.settings import Settings
+    from modelops.storage import Storage
+
+    storage, bucket = Storage(), Settings.from_env().artifacts_bucket
+    uris = {}
+    for context, (x, y) in splits.items():
+        x = np.asarray(x)
+        if x.ndim == 2 and column is None:
+            frame = pd.DataFrame({f"f{i}": x[:, i] for i in range(x.shape[1])})
+        else:
+            frame = pd.DataFrame({column or "input": [row.reshape(-1).tolist() for row in x]})
+        if y is not None:
+            frame["label"] = np.asarray(y)
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        uri = f"s3://{bucket}/datasets/{name}/{context}.parquet"
+        storage.write_bytes(uri, buf.getvalue())
+        dataset = mlflow.data.from_pandas(frame, source=uri, name=f"{name}-{context}",
+                                          targets="label" if y is not None else None)  # fmt: skip
+        mlflow.log_input(dataset, context=context)
+        uris[context] = uri
+    return uris

@@ -205,12 +205,17 @@ def register(kind: str, name: str, alias: str | None = None, serialization: str 
 
             MlflowClient().set_registered_model_tag(name, TAG_TASK, TASKS[kind])
         return record
+    from model_recipes.base import log_datasets
+
     serialization = serialization or default_serialization(kind)
     trained = train(kind)
     mlflow.set_experiment(f"demo/{name}")
     with mlflow.start_run(run_name=f"train-{kind}") as run:
         mlflow.log_params({"kind": kind, "seed": SEED, "serialization": serialization})
         mlflow.log_metric("heldout_accuracy", trained.accuracy)
+        if kind == "wine":  # the generic PyTorch recipe has no data of its own: log it, as a user would
+            x_train, x_test, y_train, y_test = wine_split()
+            log_datasets({"training": (x_train, y_train), "evaluation": (x_test, y_test)}, name)
         info = mlflow.pytorch.log_model(
             trained.model,
             name="model",

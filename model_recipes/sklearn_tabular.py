@@ -318,13 +318,18 @@ def register_demo(name: str, alias: str | None = None, serialization: str | None
     import mlflow
     import mlflow.sklearn
 
+    from model_recipes.base import log_datasets
+
     serialization = serialization or "skops"
     model, acc, x_test = train_demo()
     kwargs = _log_kwargs(model, x_test)
     kwargs["serialization_format"] = serialization
+    x_train, _, y_train, y_test = dataset_split(30)
     mlflow.set_experiment(f"demo/{name}")
     with mlflow.start_run(run_name="train-tabular") as run:
         mlflow.log_params({"kind": "tabular", "dataset": "breast_cancer", "seed": SPLIT_SEED})
         mlflow.log_metric("heldout_accuracy", acc)
+        # like a user: the training and held-out rows as the run's datasets (the gate scores the held-out ones)
+        log_datasets({"training": (x_train, y_train), "evaluation": (x_test, y_test)}, name)
         info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name, **kwargs)
     return registration_record(info, run, name, alias, accuracy=round(acc, 4), serialization=serialization)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from modelops.contracts.status import Status
-from modelops.contracts.variants import DEFAULT_VARIANTS
 from modelops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,153 +36,32 @@ def _fail(message: str):
     return AirflowFailException(message)
 
 
-def spec_uri_of(spec: dict[str, Any]) -> str:
-    return f"{spec['run_prefix']}/spec.json"
-
-
 def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
-    """Resolve the MLflow version, pick the recipe, open the MLflow run, write the run spec to S3.
+    """Resolve the MLflow version, pick the recipe, open the MLflow run, prepare the data, write the run spec to S3
+    (:func:`modelops.runs.resolve.resolve_run` with this DAG's connections; a refusal fails the task in one line)."""
+    from modelops.runs.resolve import RunRefused, resolve_run
 
-    The spec (``modelops.contracts.RunSpec``) is complete when written: every later step reads it as is.
-    """
-    from modelops.contracts import SpecError, UnknownVariant
-    from modelops.contracts.naming import TAG_ERROR, TAG_RECIPE, TAG_RUN_ID, TAG_STATUS
-    from modelops.contracts.variants import BuildStep, Family, built_by, check_variants, variants_for
-    from modelops.recipes import UnsupportedModel, recipe_infos, select_recipe
-    from modelops.tracking.registry import (
-        ResolveError,
-        build_spec,
-        clear_version_tag,
-        mark_failed,
-        open_run,
-        resolve_version,
-        set_version_tags,
-    )
-
-    settings = Settings.from_env()
     mlflow_hook, s3_hook, _ = _hooks()
-    client, storage = mlflow_hook.get_client(), s3_hook.storage()
     try:
-        variants = check_variants(list(params.get("variants") or DEFAULT_VARIANTS))
-    except UnknownVariant as exc:
+        return resolve_run(mlflow_hook.get_client(), s3_hook.storage(), Settings.from_env(), params, airflow_run_id)
+    except RunRefused as exc:
         raise _fail(str(exc)) from None
-    try:
-        resolved = resolve_version(
-            client,
-            storage,
-            (params.get("model_name") or "").strip(),
-            str(params["model_version"]).strip() if params.get("model_version") not in (None, "") else None,
-            (params.get("model_alias") or "").strip() or None,
-            settings.mlflow_bucket,
-        )
-    except ResolveError as exc:
-        raise _fail(str(exc)) from None
-    # one optimization per (model, version) at a time, whatever triggered it; record / on_failure release it
-    _lock_optimization(storage, settings.triton_bucket, resolved.name, resolved.version, airflow_run_id)
-    try:
-        try:
-            recipe = select_recipe(resolved.mlmodel, explicit=(params.get("recipe") or "").strip() or None)
-        except UnsupportedModel as exc:
-            # the version exists: say on it why it was not optimized (the failure callback has no XCom yet)
-            mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}")
-            raise _fail(str(exc)) from None
-        try:  # an LLM gets the LLM variants for the default request; a mismatched explicit request is refused
-            family = Family.LLM if recipe_infos()[recipe].generative else Family.TENSOR
-            variants = variants_for(variants, family)
-        except UnknownVariant as exc:
-            mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}")
-            raise _fail(str(exc)) from None
-        run_params = {
-            "model_name": resolved.name,
-            "model_version": resolved.version,
-            "model_alias": resolved.alias or "",
-            "recipe": recipe,
-            "variants": variants,
-            "latency_slo_ms": params["latency_slo_ms"],
-            "ttft_slo_ms": params.get("ttft_slo_ms") or 2000.0,
-            "accuracy_tolerance": params["accuracy_tolerance"],
-            "rollout_steps": params.get("rollout_steps") or [],
-            "rollout": params.get("rollout") or "",
-            "execution": settings.execution,
-            "serving_device": params.get("serving_device") or settings.serving_device,
-        }
-        run_id = open_run(client, resolved.name, resolved.version, airflow_run_id, run_params)
-        try:
-            spec = build_spec(
-                resolved,
-                recipe,
-                run_id,
-                settings.artifacts_bucket,
-                triton_bucket=settings.triton_bucket,
-                variants=variants,
-                latency_slo_ms=float(params["latency_slo_ms"]),
-                ttft_slo_ms=float(params.get("ttft_slo_ms") or 2000.0),
-                accuracy_tolerance=float(params["accuracy_tolerance"]),
-                rollout=int(params["rollout"]) if params.get("rollout") is not None else 100,
-                rollout_steps=list(params["rollout_steps"]) if params.get("rollout_steps") else None,
-                rollout_interval_s=float(params.get("rollout_interval_s") or 60),
-                benchmark=_search_params(params),
-                serving_device=run_params["serving_device"],
-                text_in=recipe_infos()[recipe].text_in,
-            )
-        except SpecError as exc:
-            mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}", run_id)
-            raise _fail(str(exc)) from None
-        document = spec.to_json()
-        storage.write_json(spec_uri_of(document), document)
-        set_version_tags(
-            client, resolved.name, resolved.version, {TAG_STATUS: Status.OPTIMIZING, TAG_RUN_ID: run_id, TAG_RECIPE: recipe}
-        )
-        clear_version_tag(client, resolved.name, resolved.version, TAG_ERROR)
-        log.info("resolved %s v%s (recipe %s); run %s; spec %s", resolved.name, resolved.version, recipe, run_id,
-                 spec_uri_of(document))  # fmt: skip
-        return {
-            "spec_uri": spec_uri_of(document),
-            "model_name": resolved.name,
-            "model_version": resolved.version,
-            "run_id": run_id,
-            "recipe": recipe,
-            "engine_variants": built_by(BuildStep.COMPILE, list(variants)),
-        }
-    except BaseException:
-        # this run never got going: free the version at once (not only at expiry), without masking the error
-        _unlock_optimization(storage, settings.triton_bucket, resolved.name, resolved.version, airflow_run_id)
-        raise
-
-
-# Lease on locks/optimize/<model>--v<version>.json: longer than a run can take (each task's execution_timeout is
-# 2 h, the heavy steps run one after another); if a run dies without its callbacks, expiry frees the version.
-OPTIMIZE_LOCK_TTL_S = 6 * 3600.0
-
-
-def _optimize_lock_uri(triton_bucket: str, model: str, version: str | int) -> str:
-    from modelops.serving.locks import lock_uri
-
-    return lock_uri(triton_bucket, "optimize", f"{model}--v{version}")
 
 
 def _lock_optimization(storage, triton_bucket: str, model: str, version: str | int, owner: str):
     """Take the (model, version) optimization lease for this Airflow run, or fail the run with the holder's line."""
-    from modelops.serving.locks import LockHeld, acquire
+    from modelops.runs.resolve import RunRefused, lock_optimization
 
     try:
-        return acquire(storage, _optimize_lock_uri(triton_bucket, model, version), owner=owner,
-                       ttl_s=OPTIMIZE_LOCK_TTL_S, what=f"the optimization of {model} v{version}")  # fmt: skip
-    except LockHeld as exc:
-        # the other run's version tags stay as they are: only this run fails
+        return lock_optimization(storage, triton_bucket, model, version, owner)
+    except RunRefused as exc:
         raise _fail(str(exc)) from None
 
 
 def _unlock_optimization(storage, triton_bucket: str, model: str, version: str | int, owner: str | None) -> None:
-    """Release this run's optimization lease, best effort and only if still ours (expiry is the safety net)."""
-    from modelops.serving.locks import release
+    from modelops.runs.resolve import unlock_optimization
 
-    if not owner:
-        return
-    try:
-        release(storage, _optimize_lock_uri(triton_bucket, model, version), owner=owner)
-    except Exception as exc:  # noqa: BLE001 - never fail (or mask the failure of) a run over its lease
-        log.warning("could not release the optimization lease of %s v%s: %s", model, version, exc)
+    unlock_optimization(storage, triton_bucket, model, version, owner)
 
 
 def _airflow_run_id(context: dict[str, Any] | None = None) -> str | None:
@@ -203,77 +80,28 @@ def _load(storage, spec_uri: str) -> dict[str, Any]:
     return storage.read_json(spec_uri)
 
 
-def _search_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The benchmark block's configuration-search keys from the DAG params (absent keys keep the spec defaults)."""
-    out: dict[str, Any] = {}
-    if params.get("config_search") is not None:
-        out["config_search"] = bool(params["config_search"])
-    if params.get("config_search_budget_s") is not None:
-        out["config_search_budget_s"] = float(params["config_search_budget_s"])
-    return out
-
-
 def select(spec_uri: str) -> dict[str, Any]:
-    from modelops.evaluation.selection import select as select_winner
-    from modelops.steps._common import load_result
+    from modelops.runs.outcome import select_run
 
     _, s3_hook, _ = _hooks()
     storage = s3_hook.storage()
-    spec = _load(storage, spec_uri)
-    # LLMs: points carry output tokens/s as throughput and TTFT as latency, bounded by the TTFT SLO
-    llm = bool(load_result(storage, spec, "export").get("generative"))
-    slo_ms = float(spec.get("ttft_slo_ms") or 2000.0) if llm else spec["latency_slo_ms"]
-    selection = select_winner(load_result(storage, spec, "validate"), load_result(storage, spec, "benchmark"),
-                              slo_ms).to_json()
-    selection["slo_ms"], selection["generative"] = slo_ms, llm
-    storage.write_json(f"{spec['run_prefix']}/select/result.json", selection)
-    if selection["chosen"]:
-        log.info("chosen: %s (%.2fx the PyTorch baseline)", selection["chosen"], selection["speedup"] or 0)
-    else:
-        log.warning("nothing chosen: %s", selection["reason"])
-    return selection
+    return select_run(storage, _load(storage, spec_uri))
 
 
 def publish(spec_uri: str, selection: dict[str, Any]) -> dict[str, Any]:
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from modelops.serving.publish import PublishError, publish_candidate
-    from modelops.steps._common import load_result
+    from modelops.runs.outcome import publish_run
+    from modelops.serving.publish import PublishError
 
     if not selection.get("chosen"):
         raise AirflowSkipException(f"nothing to publish: {selection.get('reason')}")
     _, s3_hook, _ = _hooks()
     storage = s3_hook.storage()
-    spec = _load(storage, spec_uri)
-    export, optimize = load_result(storage, spec, "export"), load_result(storage, spec, "optimize")
     try:
-        if export.get("generative"):
-            out = _publish_llm(storage, spec, selection["chosen"], optimize)
-        else:
-            out = publish_candidate(storage, spec, selection["chosen"], export, optimize, spec["triton_bucket"],
-                                    serving_config=selection.get("config"))  # benchmark's configuration search
+        return publish_run(storage, _load(storage, spec_uri), selection)
     except PublishError as exc:
         raise _fail(str(exc)) from None
-    return {"deployment": out["deployment"], "uri": out["uri"], "reused": out["reused"]}
-
-
-def _publish_llm(storage, spec: dict[str, Any], variant: str, optimize: dict[str, Any]) -> dict[str, Any]:
-    """Publish the chosen ORT GenAI build of an LLM as a decoupled python-backend deployment."""
-    import tempfile
-    from pathlib import Path
-
-    from modelops.serving.triton.llm_dir import publish_llm
-
-    with tempfile.TemporaryDirectory(prefix="modelops-publish-llm-") as tmp:
-        model_dir = storage.download_dir(optimize["candidates"][variant]["artifacts"]["model_dir"], Path(tmp) / "m")
-        try:
-            return publish_llm(storage, model_dir=model_dir, model_name=spec["model_name"],
-                               model_version=spec["model_version"], triton_bucket=spec["triton_bucket"],
-                               variant=variant, model_uri=spec.get("model_uri") or None, run_id=spec["run_id"],
-                               recipe=spec.get("recipe") or "text_generation",
-                               device=str(spec.get("serving_device") or "cpu"))  # fmt: skip
-        except ValueError as exc:
-            raise _fail(f"cannot publish {variant}: {exc}") from None
 
 
 def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]) -> dict[str, Any]:

@@ -85,6 +85,15 @@ def summary_table(summary: dict[str, Any], llm: bool = False) -> Table:
     return table
 
 
+def eval_data_line(summary: dict[str, Any]) -> str:
+    """Where the gate's rows came from (``modelops.eval_data``), in one line under the variants table."""
+    data = summary.get("eval_data") or {}
+    rows = f": {data['eval_rows']} gate rows, {data.get('calibration_rows', 0)} calibration rows" if data.get(
+        "eval_rows") else ""
+    note = f" [yellow]({data['note']})[/yellow]" if data.get("note") else ""
+    return f"eval data: {data.get('source', '?')} ({data.get('origin', '')}){rows}{note}"
+
+
 # demo model -> (kind for model_recipes.demo_models, registered name, DAG params beyond the defaults)
 DEMO_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "digits": ("digits", "digits_cnn", {}),
@@ -211,6 +220,7 @@ def demo_one(settings: Settings, status: dict[str, Any], api: AirflowAPI, key: s
     summary = api.xcom(DAG_ID, run_id, "record")
     summary["dag_run_s"] = round(run_s, 1)
     console.print(summary_table(summary))
+    console.print(eval_data_line(summary))
     if summary.get("deployment"):
         console.print(f"chosen deployment: [bold]{summary['deployment']}[/bold] ({summary['chosen']}, "
                       f"{_fmt(summary['speedup'])}x the baseline's throughput); DAG run {run_s:.1f} s")

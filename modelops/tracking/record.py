@@ -205,8 +205,14 @@ def record_run(
     results: dict[str, dict[str, Any]],
     selection: dict[str, Any],
     deployment: dict[str, Any] | None,
+    serving: bool = True,
 ) -> dict[str, Any]:
-    """Log the run and tag the model version. ``results`` maps step name -> step result."""
+    """Log the run and tag the model version. ``results`` maps step name -> step result.
+
+    ``serving=False`` (``modelops optimize``: nothing is loaded in Triton): a chosen candidate tags its variant,
+    speedup and run (and ``modelops.deployment`` when it was published) but no serving status; the caller puts back
+    the status the version had. A run with nothing chosen is ``rejected`` either way.
+    """
     run_id = spec["run_id"]
     validate, benchmark = results.get("validate", {}), results.get("benchmark", {})
     export = results.get("export", {})
@@ -249,6 +255,7 @@ def record_run(
         "latency_slo_ms": spec.get("latency_slo_ms"),
         "rows": rows,
         "not_built": not_built(results.get("optimize", {})),
+        "eval_data": spec.get("eval_data") or {},
     }
     with tempfile.TemporaryDirectory(prefix="modelops-record-") as tmp:
         tmpdir = Path(tmp)
@@ -300,7 +307,12 @@ def record_run(
         client.log_artifact(run_id, str(report))
 
     name, version = spec["model_name"], spec["model_version"]
-    if deployment:
+    if not serving and selection.get("chosen"):
+        tags = {TAG_VARIANT: selection["chosen"], TAG_SPEEDUP: selection["speedup"], TAG_RUN_ID: run_id}
+        if deployment:
+            tags[TAG_DEPLOYMENT] = deployment["deployment"]
+        clear_version_tag(client, spec["model_name"], spec["model_version"], TAG_ERROR)
+    elif deployment:
         tags = {
             # the first rollout step only: rollout_model moves it on to deployed (or rolled_back)
             TAG_STATUS: Status.CANARY if deployment.get("rollout") else Status.DEPLOYED,

@@ -7,12 +7,13 @@ Talks to the MLflow server through ``mlflow.MlflowClient``; the caller builds th
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from modelops.contracts.naming import TAG_ERROR, TAG_RUN_ID, TAG_STATUS, experiment_name, run_prefix
+from modelops.contracts.data import EvalDataSpec
+from modelops.contracts.naming import TAG_ERROR, TAG_EVAL_DATA, TAG_RUN_ID, TAG_STATUS, experiment_name, run_prefix
 from modelops.contracts.spec import RunSpec, SpecError, rollout_steps_from_params
 from modelops.contracts.status import Status
 from modelops.recipes import source_flavor
@@ -39,6 +40,8 @@ class ResolvedVersion:
     alias: str | None
     source_uri: str  # s3:// URI of the MLflow model directory (holds MLmodel)
     mlmodel: dict[str, Any]
+    run_id: str | None = None  # the run that logged the version (its datasets are the version's data)
+    tags: dict[str, str] = field(default_factory=dict)  # the version's tags, then its registered model's
 
     @property
     def flavors(self) -> list[str]:
@@ -84,7 +87,7 @@ def resolve_version(
         # the form's and REST's default alias: a version typed in or sent wins over it
         alias = None
     try:
-        client.get_registered_model(name)
+        registered = client.get_registered_model(name)
     except Exception as exc:
         if _is_not_found(exc):
             raise ResolveError(f"registered model {name!r} not found in MLflow") from None
@@ -110,7 +113,9 @@ def resolve_version(
     except Exception as exc:  # noqa: BLE001
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ResolveError(f"version {mv.version} of {name!r} has an unreadable MLmodel at {mlmodel_uri}: {first}") from None
-    return ResolvedVersion(name=name, version=str(mv.version), alias=alias or None, source_uri=source, mlmodel=mlmodel)
+    tags = {**(getattr(registered, "tags", None) or {}), **(mv.tags or {})}
+    return ResolvedVersion(name=name, version=str(mv.version), alias=alias or None, source_uri=source, mlmodel=mlmodel,
+                           run_id=mv.run_id or None, tags=tags)  # fmt: skip
 
 
 def open_run(client: MlflowClient, model: str, version: str, airflow_run_id: str, params: dict[str, Any]) -> str:
@@ -149,6 +154,7 @@ def build_spec(
     benchmark: dict[str, Any] | None = None,
     serving_device: str = "cpu",
     text_in: bool = False,
+    eval_data: EvalDataSpec | None = None,
 ) -> RunSpec:
     """The run spec every step reads, complete: every block at its defaults unless given (see ``RunSpec``).
 
@@ -187,6 +193,7 @@ def build_spec(
             "triton_bucket": triton_bucket,
             "benchmark": dict(benchmark or {}),
             "serving_device": serving_device,
+            "eval_data": (eval_data or EvalDataSpec()).model_dump(mode="json"),
         }
     )
 
@@ -194,6 +201,17 @@ def build_spec(
 def set_version_tags(client: MlflowClient, name: str, version: str, tags: dict[str, Any]) -> None:
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, str(value))
+
+
+def record_eval_data(client: MlflowClient, name: str, version: str, run_id: str, data: EvalDataSpec) -> None:
+    """Say where the gate's rows came from: the version's and the run's ``modelops.eval_data`` tag, and the data's
+    note (synthetic inputs, a small example) on the run as ``modelops.eval_data_note`` and in the task log."""
+    client.set_model_version_tag(name, str(version), TAG_EVAL_DATA, str(data.source))
+    client.set_tag(run_id, TAG_EVAL_DATA, str(data.source))
+    client.set_tag(run_id, "modelops.eval_data_origin", data.origin[:500])
+    if data.note:
+        client.set_tag(run_id, "modelops.eval_data_note", data.note)
+        log.warning("%s v%s: %s", name, version, data.note)
 
 
 def clear_version_tag(client: MlflowClient, name: str, version: str, key: str) -> None:

@@ -25,6 +25,17 @@ def run_step(settings, step: str, spec_uri: str, tmp_path: Path) -> subprocess.C
     return proc
 
 
+def resolve(params: dict, run_id: str | None = None) -> dict:
+    """The pipeline's resolve task on ``params`` (over the DAG's defaults for the rest), as one Airflow run."""
+    import uuid
+
+    from operators import pipeline_tasks
+
+    base = {"variants": ["ort_fp32", "ort_int8_dynamic"], "latency_slo_ms": 100.0, "accuracy_tolerance": 0.01,
+            "rollout": 100, "model_version": None, "model_alias": None}
+    return pipeline_tasks.resolve({**base, **params}, run_id or f"test__{uuid.uuid4().hex[:8]}")
+
+
 RANDOMIZE = """
 import sys, numpy as np, onnx
 from onnx import numpy_helper

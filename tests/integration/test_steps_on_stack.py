@@ -8,16 +8,11 @@ import numpy as np
 import pytest
 
 from tests.integration.helpers import randomize_weights, run_step
+from tests.integration.helpers import resolve as _resolve
 
 pytestmark = pytest.mark.integration
 
 
-def _resolve(params: dict, run_id: str | None = None) -> dict:
-    from operators import pipeline_tasks
-
-    base = {"variants": ["ort_fp32", "ort_int8_dynamic"], "latency_slo_ms": 100.0, "accuracy_tolerance": 0.01,
-            "rollout": 100, "model_version": None, "model_alias": None}
-    return pipeline_tasks.resolve({**base, **params}, run_id or f"test__{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +129,8 @@ def test_a_given_version_wins_over_the_default_alias(wine, mlflow_client):
     """{"model_version": N} alone (the form and REST fill in model_alias=champion) runs version N."""
     reg, _, _ = wine
     src = mlflow_client.get_model_version(reg["name"], reg["version"])
-    newer = mlflow_client.create_model_version(reg["name"], src.source, run_id=src.run_id)  # champion stays on reg
+    newer = mlflow_client.create_model_version(reg["name"], src.source, run_id=src.run_id,
+                                               model_id=src.source.removeprefix("models:/"))  # MLflow 3: a logged model
     run = f"test__{uuid.uuid4().hex[:8]}"  # one Airflow run: it may take its own (model, version) lease again
     meta = _resolve({"model_name": reg["name"], "model_version": str(newer.version), "model_alias": "champion"}, run)
     assert meta["model_version"] == str(newer.version) != str(reg["version"])

@@ -158,3 +158,19 @@ def test_record_run_logs_report_plots_gate_artifacts_and_metrics(tmp_path):
 
 def test_gate_metrics_without_gate_results():
     assert gate_metrics({"candidates": {"v": {"status": "failed", "expectations": None}}}) == {}
+
+
+def test_the_report_says_where_the_eval_data_came_from(tmp_path):
+    summary = _summary(tmp_path)
+    synthetic = {"source": "synthetic", "origin": "seeded random inputs", "eval_rows": 0, "calibration_rows": 0,
+                 "note": "the gate ran on synthetic inputs (no dataset, eval_data_uri, recipe data or input example): "
+                         "calibrated variants skipped"}
+    page = render_report({**summary, "eval_data": synthetic})
+    assert "Eval data: <b>synthetic</b> (seeded random inputs)." in page
+    assert "<b>Note:</b> the gate ran on synthetic inputs" in page
+    logged = {"source": "mlflow_dataset", "origin": "wine-evaluation@ab12", "eval_rows": 54, "calibration_rows": 124,
+              "labels": True, "note": ""}
+    page = render_report({**summary, "eval_data": logged})
+    assert ("Eval data: <b>mlflow_dataset</b> (wine-evaluation@ab12): 54 gate rows with labels, 124 calibration rows "
+            "(never the gate's).") in page
+    assert "Note:" not in page
