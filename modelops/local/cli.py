@@ -134,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-rollout", action="store_true",
                       help="skip the last part: a new digits_cnn version promoted step by step under traffic")
     demo.set_defaults(func=_cmd_demo)
-    from modelops.local import webhook_cli
+    from modelops.local import optimize_cli, webhook_cli
 
+    optimize_cli.add_parser(commands)
     webhook_cli.add_parser(commands)
     from modelops.serving.gateway import keys_cli
 
