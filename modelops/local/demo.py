@@ -82,6 +82,8 @@ def summary_table(summary: dict[str, Any], llm: bool = False) -> Table:
         table.add_row(row["variant"], _fmt(row["metric"], ".4f"), _fmt(row["p50_ms"]), _fmt(row["p99_ms"]),
                       _fmt(row["throughput"], ".1f"), _fmt(row["speedup"], ".2f") + ("x" if row["speedup"] else ""),
                       status)
+    for variant, res in (summary.get("not_built") or {}).items():  # skipped or failed in optimize: never measured
+        table.add_row(variant, "-", "-", "-", "-", "-", f"{res.get('status')}: {res.get('reason') or ''}".rstrip(": "))
     return table
 
 

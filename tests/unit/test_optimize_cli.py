@@ -34,3 +34,20 @@ def test_the_cli_refuses_a_bad_uri_and_unknown_variants_in_one_line(capsys):
         main(["optimize", "models:/m/1", "--variants", "ort_fp32,fast"])
     assert exit_info.value.code == 2
     assert "unknown variant(s) ['fast']" in capsys.readouterr().err
+
+
+def test_the_variants_table_lists_what_optimize_did_not_build_and_the_eval_data():
+    from rich.console import Console
+
+    from modelops.local.demo import eval_data_line, summary_table
+
+    summary = {"model": "m", "model_version": "1", "rows": [
+        {"variant": "ort_fp32", "metric": 1.0, "p50_ms": 1.0, "p99_ms": 2.0, "throughput": 10.0, "speedup": 2.0,
+         "status": "chosen", "reason": None}],
+        "not_built": {"ort_int8_static": {"status": "skipped", "reason": "no real data to calibrate on"}},
+        "eval_data": {"source": "synthetic", "origin": "seeded random inputs", "note": "the gate ran on synthetic inputs"}}
+    console = Console(width=200, record=True)
+    console.print(summary_table(summary))
+    text = console.export_text()
+    assert "ort_int8_static" in text and "skipped: no real data to calibrate on" in text
+    assert eval_data_line(summary).startswith("eval data: synthetic (seeded random inputs)")
