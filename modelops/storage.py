@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,12 +106,14 @@ class S3Config:
     __str__ = __repr__
 
     @classmethod
-    def from_env(cls) -> S3Config:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> S3Config:
+        """The store the ``AWS_*`` variables (or ``MLFLOW_S3_ENDPOINT_URL``) of ``environ`` name; default this process's."""
+        env = os.environ if environ is None else environ
         return cls(
-            endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL"),
-            access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-            region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            endpoint_url=env.get("AWS_ENDPOINT_URL") or env.get("MLFLOW_S3_ENDPOINT_URL"),
+            access_key=env.get("AWS_ACCESS_KEY_ID"),
+            secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
+            region=env.get("AWS_DEFAULT_REGION", "us-east-1"),
         )
 
     def as_env(self) -> dict[str, str]:

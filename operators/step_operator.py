@@ -32,7 +32,7 @@ from airflow.sdk import BaseOperator
 
 from modelops.process_tree import die_with_parent, kill_group
 from modelops.settings import GPU_PRODUCT_LABEL, KubernetesSettings, Settings
-from modelops.steps import EXIT_SKIPPED, HEAVY_STEPS
+from modelops.steps import EXIT_SKIPPED, step_command
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -51,12 +51,6 @@ STEP_ENV_DROPPED = frozenset({
 })
 # Steps that need no accelerator even in a GPU cluster (none yet: export/optimize may build TensorRT).
 CPU_ONLY_STEPS: frozenset[str] = frozenset()
-
-
-def step_command(step: str, spec: str, result: str) -> list[str]:
-    if step not in HEAVY_STEPS:
-        raise ValueError(f"unknown step {step!r}; known: {', '.join(HEAVY_STEPS)}")
-    return ["-m", f"modelops.steps.{step}", "--spec", spec, "--result", result]
 
 
 class LocalStepOperator(BaseOperator):

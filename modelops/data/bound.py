@@ -37,8 +37,6 @@ def calibration_skip_reason(data: EvalDataSpec) -> str | None:
 
 
 def _load(storage: Storage, uri: str) -> dict[str, np.ndarray]:
-    import numpy as np
-
     with np.load(_io.BytesIO(storage.read_bytes(uri)), allow_pickle=False) as npz:
         return {k: np.asarray(npz[k]) for k in npz.files}
 

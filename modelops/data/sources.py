@@ -118,13 +118,11 @@ def input_example_table(storage: Storage, source_uri: str, mlmodel: dict[str, An
     except Exception as exc:  # noqa: BLE001 - an unreadable example is no data, not a failed run
         log.warning("input example %s unreadable: %s", path, str(exc).splitlines()[0] if str(exc) else exc)
         return None
+    # {"inputs": ...} / {"instances": ...} (tensors), or the pandas split orient {"columns", "data"} at either level
     data = doc.get("inputs", doc.get("instances", doc)) if isinstance(doc, dict) else doc
-    if isinstance(data, dict) and "columns" in data and "data" in data:  # pandas split orient
+    if isinstance(data, dict) and "columns" in data and "data" in data:
         frame = np.asarray(data["data"], dtype=object)
         return {str(c): np.asarray(list(frame[:, i])) for i, c in enumerate(data["columns"])}
-    if isinstance(doc, dict) and "columns" in doc and "data" in doc:
-        frame = np.asarray(doc["data"], dtype=object)
-        return {str(c): np.asarray(list(frame[:, i])) for i, c in enumerate(doc["columns"])}
     if isinstance(data, dict):
         return {str(k): np.asarray(v) for k, v in data.items()}
     if signature is not None and len(signature.inputs) == 1:

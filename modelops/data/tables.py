@@ -153,10 +153,9 @@ def check_columns(table: dict[str, np.ndarray], signature: Signature | None, whe
             return
     missing = [name or "(unnamed input)" for name in signature.inputs if not name or name not in table]
     if missing:
-        has = [k for k in table if k != label]
         kind = "inputs" if signature.tensor else "columns"
         raise DataError(f"eval data {where} has no column {missing[0]!r} of the signature's {kind} "
-                        f"{list(signature.inputs)} (it has {has})")  # fmt: skip
+                        f"{list(signature.inputs)} (it has {features})")  # fmt: skip
 
 
 def take(table: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:

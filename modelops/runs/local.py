@@ -27,7 +27,6 @@ from modelops.contracts.status import Status
 
 log = logging.getLogger(__name__)
 
-EXIT_SKIPPED = 99
 _MODEL_URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*)(?:/(?P<version>[0-9]+)|@(?P<alias>[A-Za-z0-9_\-]+))$")
 
 
@@ -65,9 +64,10 @@ def stack_environment() -> dict[str, str]:
 def _run_step(step: str, spec_uri: str, settings: Any, workdir: Path, env: dict[str, str]) -> tuple[int, dict | None, str]:
     """One heavy step in the worker environment; ``(exit code, result, last error line)``."""
     from modelops.process_tree import die_with_parent
+    from modelops.steps import step_command
 
     result = workdir / f"{step}.json"
-    cmd = [str(settings.worker_python), "-m", f"modelops.steps.{step}", "--spec", spec_uri, "--result", str(result)]
+    cmd = [str(settings.worker_python), *step_command(step, spec_uri, str(result))]
     step_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(settings.repo_root), env.get("PYTHONPATH")])),
                 "PYTHONUNBUFFERED": "1"}  # fmt: skip
     proc = subprocess.run(cmd, env=step_env, cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -114,10 +114,11 @@ def optimize(
     from modelops.runs.resolve import RunRefused, resolve_run, unlock_optimization
     from modelops.serving.publish import PublishError
     from modelops.settings import Settings
+    from modelops.steps import EXIT_SKIPPED
     from modelops.steps._common import load_result
     from modelops.storage import S3Config, Storage
     from modelops.tracking.record import record_run
-    from modelops.tracking.registry import mark_failed, set_version_tags
+    from modelops.tracking.registry import mark_failed
 
     env = dict(os.environ if env is None else {**os.environ, **env})
     if not env.get("MLFLOW_TRACKING_URI"):
@@ -125,9 +126,7 @@ def optimize(
     name, version, alias = parse_model_uri(model_uri)
     settings = Settings.from_env()
     client = _client(env)
-    storage = Storage(S3Config(endpoint_url=env.get("AWS_ENDPOINT_URL") or env.get("MLFLOW_S3_ENDPOINT_URL"),
-                               access_key=env.get("AWS_ACCESS_KEY_ID"), secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
-                               region=env.get("AWS_DEFAULT_REGION", "us-east-1")))  # fmt: skip
+    storage = Storage(S3Config.from_env(env))
     params = {"model_name": name, "model_version": version, "model_alias": alias, "variants": variants or None,
               "latency_slo_ms": latency_slo_ms, "accuracy_tolerance": accuracy_tolerance, "rollout": 100,
               "config_search": config_search, "eval_data_uri": eval_data, "recipe": recipe}  # fmt: skip
@@ -164,7 +163,7 @@ def optimize(
         results = {s: load_result(storage, spec, s) for s in ("export", "optimize", "validate", "benchmark")}
         summary = record_run(client, storage, spec, results, selection, publication, serving=False)
         if selection.get("chosen"):  # nothing was served: the version keeps the serving status it had
-            _restore_status(client, meta["model_name"], meta["model_version"], before, set_version_tags)
+            _restore_status(client, meta["model_name"], meta["model_version"], before)
     except OptimizeError:
         raise
     except Exception as exc:  # the version must not stay "optimizing": say why on it, then fail as is
@@ -208,12 +207,12 @@ def _status_of(client: Any, name: str, version: str | None, alias: str | None) -
     return (mv.tags or {}).get(TAG_STATUS)
 
 
-def _restore_status(client: Any, name: str, version: str, before: str | None, set_tags: Callable) -> None:
+def _restore_status(client: Any, name: str, version: str, before: str | None) -> None:
     from modelops.contracts.naming import TAG_STATUS
-    from modelops.tracking.registry import clear_version_tag
+    from modelops.tracking.registry import clear_version_tag, set_version_tags
 
     if before and before not in (Status.OPTIMIZING, Status.FAILED):
-        set_tags(client, name, version, {TAG_STATUS: before})
+        set_version_tags(client, name, version, {TAG_STATUS: before})
     else:
         clear_version_tag(client, name, version, TAG_STATUS)
 

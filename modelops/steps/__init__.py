@@ -7,3 +7,10 @@ on stderr. A step reads the run spec (written by ``resolve``) and the results of
 
 HEAVY_STEPS = ("export", "optimize", "compile", "validate", "benchmark")
 EXIT_SKIPPED = 99
+
+
+def step_command(step: str, spec: str, result: str) -> list[str]:
+    """The arguments after the worker's ``python`` that run ``step`` (a local subprocess or a pod's command)."""
+    if step not in HEAVY_STEPS:
+        raise ValueError(f"unknown step {step!r}; known: {', '.join(HEAVY_STEPS)}")
+    return ["-m", f"modelops.steps.{step}", "--spec", spec, "--result", result]
