@@ -63,12 +63,11 @@ class FakeRegistry:
 
 
 def bench_planner_fake(n: int, alias_on_newest: bool) -> dict[str, Any]:
-    from modelops.contracts.variants import DEFAULT_VARIANTS
     from modelops.triggers.fingerprint import FingerprintContext
     from modelops.triggers.planner import OptimizeDefaults, plan_nightly
 
     context = FingerprintContext.current()
-    plan = plan_nightly(FakeRegistry(n, alias_on_newest), context, OptimizeDefaults(tuple(DEFAULT_VARIANTS)))
+    plan = plan_nightly(FakeRegistry(n, alias_on_newest), context, OptimizeDefaults())
     s = plan.summary()
     return {"models": s["models"], "planning_s": s["planning_s"], "registry_calls": s["registry_calls"],
             "registry_calls_per_model": s["registry_calls_per_model"], "to_start": s["to_start"]}
@@ -76,7 +75,6 @@ def bench_planner_fake(n: int, alias_on_newest: bool) -> dict[str, Any]:
 
 def bench_planner_real(client: Any, n: int, th: Any, created: list[str]) -> dict[str, Any]:
     from modelops.contracts.naming import TAG_ALIAS
-    from modelops.contracts.variants import DEFAULT_VARIANTS
     from modelops.triggers.fingerprint import FingerprintContext
     from modelops.triggers.planner import OptimizeDefaults, plan_nightly
 
@@ -87,7 +85,7 @@ def bench_planner_real(client: Any, n: int, th: Any, created: list[str]) -> dict
         (version,) = th.fake_model(client, name, tags={TAG_ALIAS: "bench"})
         client.set_registered_model_alias(name, "bench", version)
     setup_s = time.perf_counter() - t0
-    plan = plan_nightly(client, FingerprintContext.current(), OptimizeDefaults(tuple(DEFAULT_VARIANTS)))
+    plan = plan_nightly(client, FingerprintContext.current(), OptimizeDefaults())
     s = plan.summary()
     per_model = s["planning_s"] / max(1, s["models"])
     return {"models": s["models"], "planning_s": s["planning_s"], "registry_calls": s["registry_calls"],

@@ -44,13 +44,12 @@ NIGHTLY_CRON = get_settings().triggers.nightly_cron
 def nightly_reoptimize():
     @task
     def plan(params=None) -> dict:
-        from modelops.contracts.variants import DEFAULT_VARIANTS
         from modelops.triggers.fingerprint import FingerprintContext
         from modelops.triggers.planner import OptimizeDefaults, plan_nightly
         from modelops_airflow.hooks import MlflowHook
 
-        result = plan_nightly(MlflowHook().get_client(), FingerprintContext.current(),
-                              OptimizeDefaults(tuple(DEFAULT_VARIANTS)))
+        # no modelops.variants tag: the recipe's family defaults (resolved by optimize_model)
+        result = plan_nightly(MlflowHook().get_client(), FingerprintContext.current(), OptimizeDefaults())
         only = set(params.get("models") or [])
         if only:
             result.items = [item for item in result.items if item.model in only]

@@ -22,7 +22,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import Param, dag, task
 
 from modelops.contracts.spec import DEFAULT_ROLLOUT_STEPS
-from modelops.contracts.variants import DEFAULT_VARIANTS, VARIANT_NAMES, VARIANTS
+from modelops.contracts.variants import KIND_DEFAULTS, VARIANT_NAMES, VARIANTS
 from operators.pipeline_tasks import on_failure
 from operators.step_operator import mapped_step_operator, step_operator
 
@@ -53,14 +53,15 @@ PARAMS = {
         "wins over the default champion; another alias beside a version must point at that version.",
     ),
     "variants": Param(
-        DEFAULT_VARIANTS,
+        [],
         type="array",
         items={"type": "string", "enum": VARIANT_NAMES},
-        minItems=1,
         uniqueItems=True,
         title="Variants",
-        description="Optimized candidates to build, validate and benchmark against the source model (an LLM given "
-        "the default gets ort_genai_int8 + ort_genai_int4): "
+        description="Optimized candidates to build, validate and benchmark against the source model. Leave empty "
+        "for the recipe's defaults, chosen by model family: "
+        + "; ".join(f"{kind}: {' + '.join(names)}" for kind, names in KIND_DEFAULTS.items())
+        + ". Known variants: "
         + "; ".join(f"{v.name}: {v.summary}" for v in VARIANTS.values()),
     ),
     "eval_data_uri": Param(

@@ -141,8 +141,34 @@ VARIANTS: dict[str, Variant] = {
 }  # fmt: skip
 
 VARIANT_NAMES: list[str] = list(VARIANTS)
-DEFAULT_VARIANTS: list[str] = ["ort_fp32", "ort_int8_dynamic"]
-LLM_DEFAULT_VARIANTS: list[str] = ["ort_genai_int8", "ort_genai_int4"]
+
+
+class ModelKind(StrEnum):
+    """The model family a recipe serves; it picks the variants a run builds when the user names none."""
+
+    IMAGE = "image"  # CNN image models: calibrated INT8 (QDQ static, OpenVINO) are the known CPU wins
+    TEXT_ENCODER = "text_encoder"  # transformer encoders: dynamic INT8 of the MatMuls, OpenVINO INT8
+    TABULAR = "tabular"  # scikit-learn models: small graphs, dynamic INT8 where they have MatMuls
+    GENERIC = "generic"  # anything else with a tensor signature
+    LLM = "llm"  # generative LLMs (ONNX Runtime GenAI)
+
+
+KIND_DEFAULTS: dict[ModelKind, tuple[str, ...]] = {
+    ModelKind.IMAGE: ("ort_fp32", "ort_int8_static", "openvino_int8"),
+    ModelKind.TEXT_ENCODER: ("ort_fp32", "ort_int8_dynamic", "openvino_int8"),
+    ModelKind.TABULAR: ("ort_fp32", "ort_int8_dynamic"),
+    ModelKind.GENERIC: ("ort_fp32", "ort_int8_dynamic"),
+    ModelKind.LLM: ("ort_genai_int8", "ort_genai_int4"),
+}
+# what a generic model got before defaults were per family (an explicit request of exactly these on an LLM is
+# still taken as "the defaults": REST clients and model tags written then send it)
+DEFAULT_VARIANTS: list[str] = list(KIND_DEFAULTS[ModelKind.GENERIC])
+LLM_DEFAULT_VARIANTS: list[str] = list(KIND_DEFAULTS[ModelKind.LLM])
+
+
+def default_variants(kind: ModelKind | str) -> list[str]:
+    """The variants a model of ``kind`` gets when the run names none (:data:`KIND_DEFAULTS`)."""
+    return list(KIND_DEFAULTS[ModelKind(kind)])
 
 
 class UnknownVariant(ValueError):
@@ -166,19 +192,22 @@ def check_variants(names: list[str]) -> list[str]:
     return names
 
 
-def variants_for(names: list[str], family: Family | str) -> list[str]:
-    """The variants a model of ``family`` gets for the requested ``names``.
+def variants_for(names: list[str] | None, kind: ModelKind | str) -> list[str]:
+    """The variants a model of ``kind`` gets for the requested ``names``.
 
-    The DAG's default request (tensor variants) on an LLM becomes :data:`LLM_DEFAULT_VARIANTS`, and the reverse;
-    an explicit request with variants of the other family is refused.
+    No names (the DAG's default, ``[]``): the family's :func:`default_variants`. The pre-family default request
+    (:data:`DEFAULT_VARIANTS`) on an LLM becomes the LLM defaults, and the LLM defaults on a tensor model the
+    family's; any other request with variants of the other family is refused.
 
     Raises:
         UnknownVariant: one line naming the variants that do not apply to this kind of model.
     """
-    family = Family(family)
-    defaults = LLM_DEFAULT_VARIANTS if family == Family.LLM else DEFAULT_VARIANTS
-    if list(names) in (DEFAULT_VARIANTS, LLM_DEFAULT_VARIANTS):
-        return list(defaults)
+    kind = ModelKind(kind)
+    family = Family.LLM if kind == ModelKind.LLM else Family.TENSOR
+    if not names:
+        return default_variants(kind)
+    if list(names) == (DEFAULT_VARIANTS if family == Family.LLM else LLM_DEFAULT_VARIANTS):
+        return default_variants(kind)
     wrong = [n for n in check_variants(list(names)) if VARIANTS[n].family != family]
     if wrong:
         fits = [n for n in VARIANT_NAMES if VARIANTS[n].family == family]

@@ -75,7 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("model_uri", metavar="MODEL_URI", nargs="?",
                         help="models:/<name>/<version> or models:/<name>@<alias>")
     parser.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
-                        help="variants, comma- or space-separated (default: the DAG's default request)")
+                        help="variants, comma- or space-separated (default: the recipe's family defaults)")
     parser.add_argument("--eval-data", default=None, metavar="URI",
                         help="S3 URI or path of a Parquet/CSV/JSONL/npz file for the accuracy gate and calibration")
     parser.add_argument("--publish", action="store_true", help="publish the chosen candidate to the Triton repository")

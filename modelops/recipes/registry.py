@@ -20,6 +20,8 @@ from functools import cache, lru_cache
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+from modelops.contracts.variants import ModelKind
+
 if TYPE_CHECKING:
     from modelops.recipes.api import Recipe
     from modelops.recipes.generative import GenerativeRecipe
@@ -54,6 +56,9 @@ class RecipeInfo:
             the CPU python backend only (``serving_device: gpu`` is refused at resolve).
         ships_data: the recipe's ``eval_data`` is real data of its own (``modelops.eval_data=recipe`` when the user
             logged none); False for generic recipes, whose own rows are synthetic (random inputs).
+        kind: the model family, which picks the variants of a run that names none
+            (:data:`~modelops.contracts.variants.KIND_DEFAULTS`); None: read from the model's signature
+            (:func:`model_kind`), for generic recipes whose models may be anything.
     """
 
     target: str
@@ -64,6 +69,7 @@ class RecipeInfo:
     generative: bool = False
     text_in: bool = False
     ships_data: bool = True
+    kind: ModelKind | None = None
 
     def __post_init__(self) -> None:
         module, sep, attr = self.target.partition(":")
@@ -114,6 +120,31 @@ def text_generation_task(mlmodel: Mapping[str, Any], flavor: str) -> str | None:
     if tasks & set(LLM_TASKS):
         return None
     return f"{flavor} model task {sorted(t for t in tasks if t) or 'unknown'} is not text generation"
+
+
+def _looks_like_images(spec: Mapping[str, Any]) -> bool:
+    """A float 4-D tensor with 1 or 3 channels first (NCHW) or last (NHWC), each side at least 8 pixels."""
+    tensor = spec.get("tensor-spec") or {}
+    shape = list(tensor.get("shape") or [])
+    if len(shape) != 4 or not str(tensor.get("dtype", "")).startswith("float"):
+        return False
+    for channels, sides in ((shape[1], shape[2:]), (shape[3], shape[1:3])):
+        if channels in (1, 3) and all(s == -1 or s >= 8 for s in sides):
+            return True
+    return False
+
+
+def model_kind(info: RecipeInfo, mlmodel: Mapping[str, Any]) -> ModelKind:
+    """The family of a model handled by ``info``: the recipe's own :attr:`RecipeInfo.kind`, else LLM for a
+    generative recipe, else image when the tensor signature's first input looks like images, else generic."""
+    if info.kind is not None:
+        return ModelKind(info.kind)
+    if info.generative:
+        return ModelKind.LLM
+    inputs = signature_inputs(mlmodel) if has_tensor_signature(mlmodel) else []
+    if inputs and _looks_like_images(inputs[0]):
+        return ModelKind.IMAGE
+    return ModelKind.GENERIC
 
 
 # -- discovery --------------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ import ast
 import importlib.util
 from pathlib import Path
 
-# the interface every recipe runs (defaults of the hooks, tensor specs)
-CORE_MODULES = ("modelops.recipes.api", "modelops.recipes.tensors")
+# the recipe interface whose defaults recipes run, and the variant registry (what each variant is, and the
+# family defaults a run without a variants request gets)
+CORE_MODULES = ("modelops.recipes.api", "modelops.recipes.tensors", "modelops.contracts.variants")
 
 
 def module_file(module: str) -> Path | None:

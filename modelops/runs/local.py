@@ -95,7 +95,8 @@ def optimize(
 
     Args:
         model_uri: ``models:/<name>/<version>`` or ``models:/<name>@<alias>``.
-        variants: candidates to build (default: the DAG's default request).
+        variants: candidates to build (default: the recipe's family defaults,
+            :data:`~modelops.contracts.variants.KIND_DEFAULTS`).
         eval_data: an ``eval_data_uri`` (S3 or local Parquet / CSV / JSON lines / npz) for the gate and calibration.
         publish: publish the chosen candidate to the S3 Triton repository (an immutable deployment, not loaded).
         latency_slo_ms, accuracy_tolerance, config_search, recipe: as the DAG's params.

@@ -11,7 +11,6 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from modelops.contracts.status import Status
-from modelops.contracts.variants import DEFAULT_VARIANTS
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -90,10 +89,10 @@ def resolve_run(client: MlflowClient, storage: Storage, settings: Settings, para
     """
     from modelops.contracts import SpecError, UnknownVariant
     from modelops.contracts.naming import TAG_ERROR, TAG_RECIPE, TAG_RUN_ID, TAG_STATUS
-    from modelops.contracts.variants import BuildStep, Family, built_by, check_variants, variants_for
+    from modelops.contracts.variants import BuildStep, built_by, check_variants, variants_for
     from modelops.data import DataError
     from modelops.data.sources import prepare_for_version
-    from modelops.recipes import UnsupportedModel, recipe_infos, select_recipe
+    from modelops.recipes import UnsupportedModel, model_kind, recipe_infos, select_recipe
     from modelops.tracking.registry import (
         ResolveError,
         build_spec,
@@ -105,8 +104,10 @@ def resolve_run(client: MlflowClient, storage: Storage, settings: Settings, para
         set_version_tags,
     )
 
+    requested = list(params.get("variants") or [])  # []: the recipe's family defaults (known after selection)
     try:
-        variants = check_variants(list(params.get("variants") or DEFAULT_VARIANTS))
+        if requested:
+            check_variants(requested)
     except UnknownVariant as exc:
         raise RunRefused(str(exc)) from None
     try:
@@ -129,9 +130,9 @@ def resolve_run(client: MlflowClient, storage: Storage, settings: Settings, para
             # the version exists: say on it why it was not optimized (the failure callback has no XCom yet)
             mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}")
             raise RunRefused(str(exc)) from None
-        try:  # an LLM gets the LLM variants for the default request; a mismatched explicit request is refused
-            family = Family.LLM if recipe_infos()[recipe].generative else Family.TENSOR
-            variants = variants_for(variants, family)
+        try:  # no request: the family's defaults (an LLM's, a CNN's...); a request of the wrong family is refused
+            kind = model_kind(recipe_infos()[recipe], resolved.mlmodel)
+            variants = variants_for(requested, kind)
         except UnknownVariant as exc:
             mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}")
             raise RunRefused(str(exc)) from None
@@ -141,6 +142,7 @@ def resolve_run(client: MlflowClient, storage: Storage, settings: Settings, para
             "model_alias": resolved.alias or "",
             "recipe": recipe,
             "variants": variants,
+            "variants_from": "request" if requested else f"{kind} defaults",
             "latency_slo_ms": params["latency_slo_ms"],
             "ttft_slo_ms": params.get("ttft_slo_ms") or 2000.0,
             "accuracy_tolerance": params["accuracy_tolerance"],

@@ -36,9 +36,9 @@ SETTLED_STATUSES = frozenset({"deployed", "optimizing", "rejected"})
 
 @dataclass(frozen=True)
 class OptimizeDefaults:
-    """``optimize_model``'s defaults, used where a model has no override tag."""
+    """``optimize_model``'s defaults, used where a model has no override tag (no variants: the recipe's)."""
 
-    variants: tuple[str, ...]
+    variants: tuple[str, ...] = ()
     latency_slo_ms: float = 100.0
     accuracy_tolerance: float = 0.01
 

@@ -29,11 +29,12 @@ def test_run_succeeds_and_deploys(digits_run, airflow):
         assert states[task] == "success", (task, states)
     assert states["compile"] == "skipped"  # no engine variant requested: mapped over no GPU product
     summary = airflow.xcom(DAG, run_id, "record")
-    assert summary["chosen"] in ("ort_fp32", "ort_int8_dynamic")
+    image_defaults = ("ort_fp32", "ort_int8_static", "openvino_int8")  # the digits CNN's family defaults
+    assert summary["chosen"] in image_defaults
     assert summary["deployment"] == f"{reg['name']}--v{reg['version']}-{summary['chosen']}".lower()
     assert summary["speedup"] and summary["speedup"] > 0
     variants = {row["variant"] for row in summary["rows"]}
-    assert {"baseline", "ort_fp32", "ort_int8_dynamic"} <= variants
+    assert {"baseline", *image_defaults} <= variants
     for row in summary["rows"]:
         if row["variant"] != "baseline" and row["status"] in ("chosen", "eligible"):
             assert len(row["points"]) >= 2  # two or more concurrency levels measured

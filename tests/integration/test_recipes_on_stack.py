@@ -8,7 +8,8 @@ would; their benchmark tasks take turns in the stack's one-slot ``modelops_bench
 
 The bad cases go through the same DAG: a PyTorch model with an operator ONNX cannot express fails export
 naming the operator, a ``python_function``-only model fails resolve naming its flavor, and MobileNetV2's
-dynamic INT8 (ConvInteger, activations quantized per tensor at run time) fails the top-1 gate.
+calibrated INT8 candidates, built by default for a CNN, are gated on top-1 agreement with the reason recorded.
+No run names variants: each gets its recipe's family defaults.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from tests.integration.helpers import REPO
 pytestmark = pytest.mark.integration
 DAG = "optimize_model"
 RECIPES = {"minilm": "text_embedding", "mobilenet": "mobilenet_v2", "tabular": "sklearn_tabular", "onnx": "onnx_generic"}
+# the family each model's defaults come from (the ONNX demo is the digits CNN: a [-1, 1, 8, 8] image signature)
+KINDS = {"minilm": "text_encoder", "mobilenet": "image", "tabular": "tabular", "onnx": "image"}
 FLAVORS = {"minilm": "sentence_transformers", "mobilenet": "pytorch", "tabular": "sklearn", "onnx": "onnx"}
 BAD = ("unexportable", "pyfunc")
 
@@ -85,8 +88,11 @@ def test_recipe_runs_end_to_end_and_is_recorded(runs, kind, airflow, mlflow_clie
     assert states["compile"] == "skipped"  # no engine variant requested (else: no GPU here, exit 99)
     spec = storage.read_json(airflow.xcom(DAG, run.run_id, "resolve")["spec_uri"])
     assert (spec["recipe"], spec["flavor"]) == (RECIPES[kind], FLAVORS[kind])  # chosen from the MLmodel
+    from modelops.contracts.variants import default_variants
+
+    assert spec["variants"] == default_variants(KINDS[kind])  # no variants requested: the family's defaults
     summary = run.summary(airflow)
-    assert summary["chosen"] in ("ort_fp32", "ort_int8_dynamic")
+    assert summary["chosen"] in spec["variants"]
     assert summary["deployment"] == f"{run.reg['name']}--v{run.reg['version']}-{summary['chosen']}".lower()
     mv = mlflow_client.get_model_version(run.reg["name"], run.reg["version"])
     assert mv.tags["modelops.status"] == "deployed" and mv.tags["modelops.deployment"] == summary["deployment"]
@@ -129,17 +135,24 @@ def test_serving_triton_answers_like_the_source(runs, kind, airflow, storage, tr
         assert np.mean(got[name].argmax(1) == source[name].argmax(1)) >= 0.9
 
 
-def test_mobilenet_int8_fails_the_gate_and_the_reason_is_recorded(runs, airflow, mlflow_client):
+def test_mobilenet_calibrated_int8_is_gated_on_top1_and_the_verdict_recorded(runs, airflow, mlflow_client):
+    """A CNN's defaults: static INT8 (QDQ, sensitive convolutions kept in fp32) and OpenVINO INT8, calibrated on
+    the recipe's photos and gated on top-1 agreement over other photos; each verdict is in the summary and MLflow."""
     run = runs["mobilenet"]
     summary = run.summary(airflow)
-    row = next(r for r in summary["rows"] if r["variant"] == "ort_int8_dynamic")
-    assert row["status"] == "rejected" and "top1_agreement" in row["reason"]
-    assert row["expectations"]["success"] is False and row["expectations"]["failed"]
-    assert summary["chosen"] == "ort_fp32"
     mv = mlflow_client.get_model_version(run.reg["name"], run.reg["version"])
     mlflow_run = mlflow_client.get_run(mv.tags["modelops.run_id"])
-    assert mlflow_run.data.metrics["ort_int8_dynamic.gate_passed"] == 0.0
-    assert mlflow_run.data.metrics["ort_int8_dynamic.gate_failed_expectations"] >= 1
+    assert mlflow_run.data.params["variants_from"] == "image defaults"
+    for variant in ("ort_int8_static", "openvino_int8"):
+        row = next(r for r in summary["rows"] if r["variant"] == variant)
+        assert 0.0 < row["metric"] <= 1.0, row
+        passed = mlflow_run.data.metrics[f"{variant}.gate_passed"]
+        if row["metric"] < 0.99:  # below the fp32 source's 1.0 - tolerance 0.01
+            assert row["status"] == "rejected" and "top1_agreement" in row["reason"], row
+            assert row["expectations"]["success"] is False and row["expectations"]["failed"]
+            assert passed == 0.0
+        else:
+            assert row["status"] != "rejected" and passed == 1.0, row
     assert mlflow_run.data.metrics["ort_fp32.gate_passed"] == 1.0
 
 

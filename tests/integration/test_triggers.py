@@ -113,7 +113,6 @@ def test_replayed_delivery_starts_no_second_run(world, pushed, airflow):
 
 
 def test_nightly_starts_changed_fingerprints_and_skips_unchanged(world, pulled, mlflow_client, airflow):
-    from modelops.contracts.variants import DEFAULT_VARIANTS
     from modelops.triggers.fingerprint import FingerprintContext
     from modelops.triggers.planner import OptimizeDefaults, plan_nightly
 
@@ -125,7 +124,7 @@ def test_nightly_starts_changed_fingerprints_and_skips_unchanged(world, pulled, 
         (version,) = th.fake_model(mlflow_client, name, tags={TAG_ALIAS: "nightly"})
         mlflow_client.set_registered_model_alias(name, "nightly", version)
     # Planned in this process exactly as the DAG plans: record "same" as already deployed with this fingerprint.
-    plan = plan_nightly(mlflow_client, FingerprintContext.current(), OptimizeDefaults(tuple(DEFAULT_VARIANTS)))
+    plan = plan_nightly(mlflow_client, FingerprintContext.current(), OptimizeDefaults())
     by_model = {i.model: i for i in plan.items}
     assert plan.summary()["registry_calls_per_model"] <= 2
     mlflow_client.set_model_version_tag(same, "1", TAG_FINGERPRINT, by_model[same].fingerprint)

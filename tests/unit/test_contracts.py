@@ -140,6 +140,10 @@ def test_dag_variants_param_is_the_registry():
     spec.loader.exec_module(module)
     schema = module.PARAMS["variants"].schema
     assert schema["items"]["enum"] == VARIANT_NAMES
+    # empty by default: the recipe's family defaults, which the form's description lists
+    assert module.PARAMS["variants"].value == [] and "minItems" not in schema
+    assert "Leave empty for the recipe's defaults" in module.PARAMS["variants"].description
+    assert "image: ort_fp32 + ort_int8_static + openvino_int8" in module.PARAMS["variants"].description
     assert module.PARAMS["recipe"].value is None  # empty: the recipe is picked from the MLflow flavor
 
 

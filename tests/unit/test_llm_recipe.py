@@ -23,12 +23,12 @@ def test_a_text_generation_model_gets_the_llm_recipe_and_an_embedder_does_not():
 
 def test_the_default_variant_request_maps_to_each_family():
     assert variants_for(list(DEFAULT_VARIANTS), "llm") == LLM_DEFAULT_VARIANTS
-    assert variants_for(list(LLM_DEFAULT_VARIANTS), "tensor") == DEFAULT_VARIANTS
+    assert variants_for(list(LLM_DEFAULT_VARIANTS), "image") == ["ort_fp32", "ort_int8_static", "openvino_int8"]
     assert variants_for(["ort_genai_int8"], "llm") == ["ort_genai_int8"]
     with pytest.raises(UnknownVariant, match=r"\['ort_fp32'\] do not apply to llm models"):
         variants_for(["ort_fp32", "ort_genai_int8"], "llm")
     with pytest.raises(UnknownVariant, match="do not apply to tensor models"):
-        variants_for(["ort_genai_int4"], "tensor")
+        variants_for(["ort_genai_int4"], "generic")
 
 
 def _one_hot(ids: list[int], vocab: int, peak: float = 8.0) -> np.ndarray:
