@@ -80,6 +80,22 @@ def registration_record(
     }
 
 
+def dataset_frame(x: Any, y: Any = None, column: str | None = None) -> Any:
+    """Rows as a user's table: a 2-D ``x`` one scalar column per feature (``f0``, ``f1``, ...), anything else one
+    list-valued column named ``column`` (default ``input``); ``y``, when given, the ``label`` column."""
+    import numpy as np
+    import pandas as pd
+
+    x = np.asarray(x)
+    if x.ndim == 2 and column is None:
+        frame = pd.DataFrame({f"f{i}": x[:, i] for i in range(x.shape[1])})
+    else:
+        frame = pd.DataFrame({column or "input": [row.reshape(-1).tolist() for row in x]})
+    if y is not None:
+        frame["label"] = np.asarray(y)
+    return frame
+
+
 def log_datasets(splits: dict[str, tuple[Any, Any]], name: str, column: str | None = None) -> dict[str, str]:
     """Log a demo model's data the way a user would, inside the active MLflow run; ``{context: file URI}``.
 
@@ -87,15 +103,12 @@ def log_datasets(splits: dict[str, tuple[Any, Any]], name: str, column: str | No
     (``s3://<MODELOPS_ARTIFACTS_BUCKET>/datasets/<name>/<context>.parquet``, with the S3 credentials of the
     environment) and logged as a dataset input of the run (``mlflow.log_input(mlflow.data.from_pandas(frame,
     source=<that URI>), context=...)``; MLflow reads no dataset source from its proxied ``mlflow-artifacts:`` store).
-    A 2-D ``x`` becomes one scalar column per feature (``f0``, ``f1``, ...), anything else one list-valued column
-    named ``column``; ``y`` the ``label`` column. Resolve reads them back (``modelops.eval_data=mlflow_dataset``).
+    The frames are :func:`dataset_frame`'s. Resolve reads them back (``modelops.eval_data=mlflow_dataset``).
     """
     import io
 
     import mlflow
     import mlflow.data
-    import numpy as np
-    import pandas as pd
 
     from modelops.settings import Settings
     from modelops.storage import Storage
@@ -103,13 +116,7 @@ def log_datasets(splits: dict[str, tuple[Any, Any]], name: str, column: str | No
     storage, bucket = Storage(), Settings.from_env().artifacts_bucket
     uris = {}
     for context, (x, y) in splits.items():
-        x = np.asarray(x)
-        if x.ndim == 2 and column is None:
-            frame = pd.DataFrame({f"f{i}": x[:, i] for i in range(x.shape[1])})
-        else:
-            frame = pd.DataFrame({column or "input": [row.reshape(-1).tolist() for row in x]})
-        if y is not None:
-            frame["label"] = np.asarray(y)
+        frame = dataset_frame(x, y, column)
         buf = io.BytesIO()
         frame.to_parquet(buf, index=False)
         uri = f"s3://{bucket}/datasets/{name}/{context}.parquet"

@@ -11,11 +11,12 @@ A model is a classifier when its signature output is an integer or boolean tenso
 when it is a float; string class labels are refused (encode classes as integers before logging).
 The source is run with ``predict``/``predict_proba``; parity compares every output (labels exactly).
 
-Eval data: when the feature count matches one of scikit-learn's bundled datasets (breast_cancer 30,
-wine 13, iris 4, digits 64, diabetes 10 for regressors), the held-out 30% of that dataset, split exactly as
-:func:`register_demo` splits it for training; otherwise seeded standard-normal rows. Metric
+Eval data: the recipe ships none (``ships_data=False``): the gate and calibration score the rows the user gave
+(``eval_data_uri``, the datasets logged on the version's run, the input example; ``modelops.data``), with their
+labels; with none of them, seeded standard-normal rows (``modelops.eval_data=synthetic``). The demo logs the
+held-out 30% of breast_cancer (:func:`demo_split`) as its evaluation dataset, as a user would. Metric
 ``agreement``: share of eval rows where the candidate's label equals the source's (regressors: rows within
-``1e-3`` relative). ``extra_metrics`` adds ``accuracy`` against the true labels when the dataset has them.
+``1e-3`` relative). ``extra_metrics`` adds ``accuracy`` against the true labels when the rows have them.
 """
 
 from __future__ import annotations
@@ -42,28 +43,15 @@ REGRESSION_RTOL = 1e-3
 DEMO_TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
 CLASSIFIER_OUTPUTS = ("label", "probabilities")
 REGRESSOR_OUTPUT = "prediction"
-# feature count -> scikit-learn bundled dataset (loader name), for the eval/sample rows
-DATASETS_BY_WIDTH: dict[int, str] = {
-    30: "load_breast_cancer",
-    13: "load_wine",
-    4: "load_iris",
-    64: "load_digits",
-    10: "load_diabetes",
-}
 
 
-def dataset_split(width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """``(x_train, x_test, y_train, y_test)`` of the bundled dataset with ``width`` features, or None.
-
-    Classification sets are stratified; the split is the one :func:`register_demo` trains on.
-    """
-    loader = DATASETS_BY_WIDTH.get(width)
-    if loader is None:
-        return None
+def demo_split(dataset: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, x_test, y_train, y_test)`` of scikit-learn's bundled ``dataset`` (``breast_cancer``, ``wine``,
+    ``diabetes``...): 30% held out, classification sets stratified; the split the demo trains and logs."""
     import sklearn.datasets
     from sklearn.model_selection import train_test_split
 
-    data = getattr(sklearn.datasets, loader)()
+    data = getattr(sklearn.datasets, f"load_{dataset}")()
     x = np.asarray(data.data, dtype=np.float32)
     y = np.asarray(data.target)
     stratify = y if y.dtype.kind in "iu" else None
@@ -216,29 +204,19 @@ class SklearnTabular(Recipe):
             "onnxruntime": onnxruntime.__version__,
         }
 
-    def _rows(self, io: IOSpec, sample: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        split = dataset_split(io.inputs[0].dims[0])
-        if split is not None:
-            _, x_test, _, y_test = split
-            return x_test, y_test
-        rng = np.random.default_rng(self.sample_seed if sample else EVAL_SEED)
-        return rng.standard_normal((RANDOM_EVAL_ROWS, io.inputs[0].dims[0])).astype(np.float32), None
+    def _random(self, io: IOSpec, seed: int) -> np.ndarray:
+        return np.random.default_rng(seed).standard_normal((RANDOM_EVAL_ROWS, io.inputs[0].dims[0])).astype(np.float32)
 
     def sample_inputs(self, io: IOSpec, n: int = 8) -> dict[str, np.ndarray]:
-        """The first ``n`` eval rows (real held-out rows when the dataset is known)."""
-        return {io.input_names[0]: self._rows(io, sample=True)[0][:n]}
+        """``n`` seeded standard-normal rows (parity and smoke checks; the user's rows come through the spec)."""
+        return {io.input_names[0]: self._random(io, self.sample_seed)[:n]}
 
     def eval_data(self, io: IOSpec) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-        x, y = self._rows(io, sample=False)
-        return {io.input_names[0]: x}, y
+        """Synthetic rows, no labels: what the gate scores when the user gave no data of their own."""
+        return {io.input_names[0]: self._random(io, EVAL_SEED)}, None
 
     def calibration_data(self, io: IOSpec) -> dict[str, np.ndarray]:
-        """Training rows of the known dataset (never the held-out rows the gate scores); random otherwise."""
-        split = dataset_split(io.inputs[0].dims[0])
-        if split is not None:
-            return {io.input_names[0]: split[0]}
-        rng = np.random.default_rng(CALIBRATION_SEED)
-        return {io.input_names[0]: rng.standard_normal((RANDOM_EVAL_ROWS, io.inputs[0].dims[0])).astype(np.float32)}
+        return {io.input_names[0]: self._random(io, CALIBRATION_SEED)}
 
     def metric(self, outputs: np.ndarray, labels: np.ndarray | None, source_outputs: np.ndarray) -> float:
         """Share of rows where the candidate's first output agrees with the source's."""
@@ -269,9 +247,7 @@ def train_demo() -> tuple[Any, float, np.ndarray]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    split = dataset_split(30)
-    assert split is not None
-    x_train, x_test, y_train, y_test = split
+    x_train, x_test, y_train, y_test = demo_split("breast_cancer")
     model = make_pipeline(StandardScaler(), GradientBoostingClassifier(n_estimators=100, random_state=SPLIT_SEED))
     model.fit(x_train, y_train.astype(np.int64))
     return model, float(model.score(x_test, y_test)), x_test
@@ -324,7 +300,7 @@ def register_demo(name: str, alias: str | None = None, serialization: str | None
     model, acc, x_test = train_demo()
     kwargs = _log_kwargs(model, x_test)
     kwargs["serialization_format"] = serialization
-    x_train, _, y_train, y_test = dataset_split(30)
+    x_train, _, y_train, y_test = demo_split("breast_cancer")
     mlflow.set_experiment(f"demo/{name}")
     with mlflow.start_run(run_name="train-tabular") as run:
         mlflow.log_params({"kind": "tabular", "dataset": "breast_cancer", "seed": SPLIT_SEED})

@@ -124,6 +124,10 @@ class TextEmbedding(TorchRecipe):
         """The 200 held-out sentences padded to 128 tokens; no labels (the source is the reference)."""
         return tokenize(self.tokenizer(), EVAL_SENTENCES, self._max_seq_length, pad_to=EVAL_SEQ_LEN), None
 
+    def inputs_from_texts(self, texts: list[str], io: IOSpec) -> dict[str, np.ndarray]:
+        """A user's texts tokenized as the eval sentences are (padded to 128 tokens, truncated at the model's max)."""
+        return tokenize(self.tokenizer(), texts, self._max_seq_length, pad_to=EVAL_SEQ_LEN)
+
     def calibration_data(self, io: IOSpec) -> dict[str, np.ndarray]:
         """32 sentences disjoint from the eval set, padded like it (static INT8 calibration)."""
         return tokenize(self.tokenizer(), CALIBRATION_SENTENCES, self._max_seq_length, pad_to=EVAL_SEQ_LEN)

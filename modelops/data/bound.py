@@ -14,7 +14,7 @@ import numpy as np
 
 from modelops.contracts.data import EvalDataSpec
 from modelops.data.tables import LABEL, DataError, model_inputs
-from modelops.evaluation.metrics import classification_metrics, regression_mae
+from modelops.evaluation.metrics import classification_metrics, regression_mae, retrieval_accuracy
 
 if TYPE_CHECKING:
     from modelops.recipes import IOSpec
@@ -54,7 +54,7 @@ class BoundRecipe:
     def __repr__(self) -> str:
         return f"BoundRecipe({self._recipe!r}, {self.data.source}: {self.data.eval_rows} rows)"
 
-    # -- task metrics: with true class labels the gate's metric is accuracy against them ---------------------
+    # -- task metrics: with true labels the gate's metric is the task's (the tolerance applies to it) -----------
     @property
     def classifies(self) -> bool:
         """The rows carry integer class labels and the recipe is not an embedder: the gate scores accuracy."""
@@ -63,26 +63,39 @@ class BoundRecipe:
                 and getattr(self._recipe, "task", None) in (None, "classification"))  # fmt: skip
 
     @property
+    def retrieves(self) -> bool:
+        """An embedder's rows with labels (e.g. topic or paraphrase-group ids): the gate scores retrieval accuracy."""
+        return LABEL in self._eval and getattr(self._recipe, "task", None) == "embedding"
+
+    @property
     def metric_name(self) -> str:
-        return "accuracy" if self.classifies else self._recipe.metric_name
+        if self.classifies:
+            return "accuracy"
+        return "retrieval_accuracy" if self.retrieves else self._recipe.metric_name
 
     def metric(self, outputs: np.ndarray, labels: np.ndarray | None, source_outputs: np.ndarray) -> float:
-        """Accuracy against the true labels for a classifier with labelled rows (the tolerance then applies to it);
-        otherwise the recipe's own metric (agreement with the source)."""
-        if self.classifies and labels is not None:
+        """Accuracy against the true labels for a classifier with labelled rows, retrieval accuracy for an embedder
+        with labelled rows (the tolerance then applies to it); otherwise the recipe's own metric (agreement with
+        the source)."""
+        if labels is not None and self.classifies:
             scores = classification_metrics(outputs, labels)
             if scores is not None:
                 return scores["accuracy"]
+        if labels is not None and self.retrieves and (found := retrieval_accuracy(outputs, labels)) is not None:
+            return found
         return self._recipe.metric(outputs, labels, source_outputs)
 
     def extra_metrics(self, outputs: np.ndarray, labels: np.ndarray | None,
                       source_outputs: np.ndarray) -> dict[str, float]:  # fmt: skip
-        """The recipe's extra metrics, plus the task metrics the labels allow: ``accuracy``/``macro_f1`` and the
-        recipe's agreement with the source (classifiers), ``mae`` (one float per row)."""
+        """The recipe's extra metrics, plus the task metrics the labels allow: ``accuracy``/``macro_f1``
+        (classifiers), ``retrieval_accuracy`` (embedders), each with the recipe's agreement with the source
+        (``<metric>_vs_source``); ``mae`` (one float per row)."""
         out = dict(self._recipe.extra_metrics(outputs, labels, source_outputs))
         if labels is None:
             return out
         scores = classification_metrics(outputs, labels) if self.classifies else None
+        if scores is None and self.retrieves and (found := retrieval_accuracy(outputs, labels)) is not None:
+            scores = {"retrieval_accuracy": found}
         if scores is not None:
             out.update(scores)
             out[f"{self._recipe.metric_name}_vs_source"] = float(self._recipe.metric(outputs, labels, source_outputs))
@@ -90,13 +103,36 @@ class BoundRecipe:
             out["mae"] = mae
         return out
 
+    def _inputs(self, table: dict[str, np.ndarray], io: IOSpec) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """The model's inputs for ``table``: a text column through the recipe's tokenizer, tensors as they are."""
+        texts = [k for k, v in table.items() if k != LABEL and v.dtype.kind in "US"]
+        if texts:
+            encoded = self._recipe.inputs_from_texts([str(t) for t in table[texts[0]]], io)
+            if encoded is None:
+                raise DataError(f"eval data column {texts[0]!r} holds text, but recipe {self._recipe.name!r} takes "
+                                f"tensors {io.input_names}")  # fmt: skip
+            labels = table.get(LABEL)
+            return encoded, None if labels is None else np.asarray(labels)
+        return model_inputs(table, io, self.data.columns)
+
     def eval_data(self, io: IOSpec) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-        return model_inputs(self._eval, io, self.data.columns)
+        return self._inputs(self._eval, io)
+
+    def sample_inputs(self, io: IOSpec, n: int = 8) -> dict[str, np.ndarray]:
+        """The first ``n`` eval rows (export's parity check and tracing); the recipe's own for text rows (a text-in
+        recipe's serving samples are its own sentences, paired with these outputs) or fewer than two (a batch of
+        two keeps an exported batch dimension dynamic)."""
+        if any(v.dtype.kind in "US" for k, v in self._eval.items() if k != LABEL):
+            return self._recipe.sample_inputs(io, n)
+        inputs, _ = self.eval_data(io)
+        if min((len(v) for v in inputs.values()), default=0) < 2:
+            return self._recipe.sample_inputs(io, n)
+        return {k: v[:n] for k, v in inputs.items()}
 
     def calibration_data(self, io: IOSpec, n: int = 128) -> dict[str, np.ndarray]:
         if not self._calibration:
             raise DataError(calibration_skip_reason(self.data) or "no calibration rows")
-        inputs, _ = model_inputs(self._calibration, io, self.data.columns)
+        inputs, _ = self._inputs(self._calibration, io)
         return {k: v[:n] for k, v in inputs.items()}
 
 

@@ -151,6 +151,8 @@ def check_columns(table: dict[str, np.ndarray], signature: Signature | None, whe
         scalar = len(features) > 1 and all(table[k].ndim == 1 for k in features)
         if signature.inputs[0] in table or scalar or (not signature.inputs[0] and len(features) == 1):
             return
+    if len(signature.inputs) == 1 and not signature.inputs[0] and len(features) == 1:
+        return  # one unnamed input (a bare array, a list of strings): the one column there is
     missing = [name or "(unnamed input)" for name in signature.inputs if not name or name not in table]
     if missing:
         kind = "inputs" if signature.tensor else "columns"

@@ -164,3 +164,19 @@ def regression_mae(outputs: np.ndarray, labels: np.ndarray) -> float | None:
     if arr.ndim > 2 or (arr.ndim == 2 and arr.shape[1] != 1) or len(arr) != len(labels):
         return None
     return float(np.abs(arr.reshape(len(arr)) - np.asarray(labels, dtype=np.float64).reshape(len(arr))).mean())
+
+
+def retrieval_accuracy(embeddings: np.ndarray, labels: np.ndarray) -> float | None:
+    """Share of rows whose nearest other row (by cosine) carries the same label, over the rows whose label some
+    other row shares (what a semantic search over the labelled rows gets right); None when no label repeats or
+    the shapes are not one embedding per row."""
+    arr = np.asarray(embeddings)
+    truth = np.asarray(labels).reshape(-1)
+    if arr.ndim != 2 or len(arr) != len(truth) or len(arr) < 2:
+        return None
+    _, inverse, counts = np.unique(truth, return_inverse=True, return_counts=True)
+    scored = counts[inverse] > 1
+    if not scored.any():
+        return None
+    nearest = neighbour_sims(unit_rows(as_rows(arr))).argmax(axis=1)
+    return float((truth[nearest] == truth)[scored].mean())

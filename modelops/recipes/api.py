@@ -129,6 +129,11 @@ class Recipe(ABC):
     def eval_data(self, io: IOSpec) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """Inputs every candidate is scored on (validate, static INT8), and true labels when there are some."""
 
+    def inputs_from_texts(self, texts: list[str], io: IOSpec) -> dict[str, np.ndarray] | None:
+        """The model's inputs for rows of raw text (a user's text dataset: one string column); None (the default):
+        this recipe takes tensors, and a text column is refused naming it. Text-in recipes tokenize here."""
+        return None
+
     def calibration_data(self, io: IOSpec, n: int = 128) -> dict[str, np.ndarray]:
         """Inputs for static quantization. Default: the first ``n`` eval rows.
 

@@ -85,6 +85,7 @@ def export_model(
     opset: int = OPSET,
     tolerance: float = PARITY_TOLERANCE,
     source_label: str | None = None,
+    recipe: Any = None,
 ) -> ExportOutcome:
     """Load an MLflow pytorch model directory, export ONNX, compare ORT with torch on sample inputs.
 
@@ -96,6 +97,8 @@ def export_model(
         opset: ONNX opset.
         tolerance: largest accepted max abs difference between ORT and torch outputs.
         source_label: how the source is named in error messages (its URI).
+        recipe: the recipe object (bound to the run's rows: parity and tracing on the user's inputs); None: the
+            installed ``recipe_name`` with its own sample inputs.
 
     Raises:
         StepError: the model cannot be loaded or exported, or parity fails.
@@ -104,7 +107,7 @@ def export_model(
 
     from modelops.recipes import get_recipe
 
-    recipe = get_recipe(recipe_name)
+    recipe = recipe if recipe is not None else get_recipe(recipe_name)
     mlmodel = mlmodel or read_mlmodel(model_dir)
     try:
         # recipes that read I/O from the model file itself (onnx_generic) override io_from_model_dir
@@ -167,6 +170,8 @@ def export_model(
 
 def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
     """The step: download the source model, export, parity-check, upload."""
+    from modelops.data.bound import bind
+    from modelops.recipes import get_recipe
     from modelops.steps import llm_build
 
     llm = llm_build.generative_recipe(spec)
@@ -177,7 +182,8 @@ def run(spec: dict[str, Any], storage: Storage) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="modelops-export-") as tmp:
         model_dir = download_source(storage, source_uri, Path(tmp) / "source_model")
         outcome = export_model(
-            model_dir, spec["recipe"], Path(tmp) / "out", mlmodel=spec.get("mlmodel"), source_label=source_uri
+            model_dir, spec["recipe"], Path(tmp) / "out", mlmodel=spec.get("mlmodel"), source_label=source_uri,
+            recipe=bind(get_recipe(spec["recipe"]), spec, storage),  # parity on the user's rows when there are some
         )
         onnx_uri = storage.upload_file(outcome.onnx_path, join(prefix, "model.onnx"))
         samples_uri = storage.upload_file(outcome.samples_path, join(prefix, "samples.npz"))

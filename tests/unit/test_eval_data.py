@@ -207,3 +207,24 @@ def test_labelled_rows_gate_a_classifier_on_accuracy_and_report_macro_f1():
     assert regression.metric_name == "agreement"  # float labels: no accuracy
     assert regression.extra_metrics(np.array([[1.5], [2.0], [2.0]]), np.array([1.0, 2.0, 3.0]),
                                     np.zeros((3, 1)))["mae"] == pytest.approx(0.5)
+
+
+def test_retrieval_accuracy_counts_nearest_neighbours_of_the_same_label():
+    from modelops.evaluation.metrics import retrieval_accuracy
+
+    a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    embeddings = np.stack([a, a * 0.9 + b * 0.1, b, b * 0.8 + a * 0.2, a + b])
+    assert retrieval_accuracy(embeddings, np.array([0, 0, 1, 1, 2])) == 1.0  # label 2 appears once: not scored
+    assert retrieval_accuracy(embeddings, np.array([0, 1, 0, 1, 2])) == 0.0
+    assert retrieval_accuracy(embeddings, np.array([0, 1, 2, 3, 4])) is None  # no label repeats
+    assert retrieval_accuracy(np.zeros(5), np.zeros(5)) is None  # not one embedding per row
+
+
+def test_one_unnamed_string_input_takes_the_one_text_column(s3):
+    """A sentence-transformers signature (one unnamed string column) takes a file's one text column."""
+    from modelops.data.tables import Signature, check_columns
+
+    signature = Signature.from_mlmodel({"signature": {"inputs": '[{"type": "string", "required": true}]'}})
+    check_columns({"sentence": np.array(["a", "b"]), LABEL: np.array([0, 1])}, signature, "f.parquet")
+    with pytest.raises(DataError, match="no column '\\(unnamed input\\)'"):
+        check_columns({"a": np.array(["x"]), "b": np.array(["y"])}, signature, "f.parquet")

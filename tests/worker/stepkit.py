@@ -27,6 +27,23 @@ def step(name: str, spec_path: Path) -> dict[str, Any]:
     return json.loads(result_path.read_text())
 
 
+def user_rows(tmp: Path, model_dir: Path, x: Any, y: Any = None) -> dict[str, Any]:
+    """The spec's ``eval_data`` block for rows a user gives as ``eval_data_uri``: ``x`` (and labels ``y``) written
+    as a local Parquet file, read, checked and split by ``modelops.data`` as resolve does (under ``tmp/run``)."""
+    import yaml
+
+    from model_recipes.base import dataset_frame
+    from modelops.data.sources import prepare
+    from modelops.storage import Storage
+
+    path = tmp / "user_rows.parquet"
+    dataset_frame(x, y).to_parquet(path, index=False)
+    mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+    block = prepare(Storage(), str(tmp / "run"), eval_data_uri=str(path), datasets=[], recipe_ships_data=False,
+                    source_uri=str(model_dir), mlmodel=mlmodel)  # fmt: skip
+    return block.model_dump(mode="json")
+
+
 class Pipelines:
     """export -> optimize -> validate once per model, on demand, shared by every test that asks for it."""
 

@@ -104,3 +104,50 @@ def test_a_synthetic_run_skips_static_int8_and_says_why(case):
     res = _static(src, tmp / "synthetic", {"eval_data": synthetic.model_dump(mode="json")}, get_recipe("pytorch_generic"))
     assert res["status"] == "skipped"
     assert res["reason"].startswith("no real data to calibrate on (modelops.eval_data=synthetic)")
+
+
+TEXT_MLMODEL = {"flavors": {"sentence_transformers": {}}, "signature": {"inputs": '[{"type": "string"}]'}}
+
+
+def test_a_users_labelled_sentences_are_tokenized_and_scored_by_retrieval(tmp_path):
+    """Text rows reach a text encoder through its tokenizer; with topic labels the gate's metric is retrieval
+    accuracy (nearest other sentence of the same topic), which the source scores high and a broken encoder low."""
+    from model_recipes.text_sentences import CALIBRATION_SENTENCES, EVAL_SENTENCES, TOPIC_SIZE
+
+    sentences = EVAL_SENTENCES[:80]
+    pd.DataFrame({"sentence": sentences, "label": [i // TOPIC_SIZE for i in range(80)]}).to_parquet(
+        tmp_path / "eval.parquet")
+    pd.DataFrame({"sentence": CALIBRATION_SENTENCES}).to_parquet(tmp_path / "cal.parquet")
+    storage = Storage()
+    data = prepare(storage, str(tmp_path / "run"), eval_data_uri=str(tmp_path / "eval.parquet"), datasets=[],
+                   recipe_ships_data=True, source_uri=str(tmp_path), mlmodel=TEXT_MLMODEL)  # fmt: skip
+    assert data.labels and data.eval_rows + data.calibration_rows == 80
+    recipe = get_recipe("text_embedding")
+    io = recipe.io({})
+    bound = bind(recipe, {"eval_data": data.model_dump(mode="json")}, storage)
+    inputs, labels = bound.eval_data(io)
+    assert inputs["input_ids"].shape == (data.eval_rows, 128) and inputs["input_ids"].dtype == np.int64
+    assert bound.calibration_data(io)["attention_mask"].shape == (data.calibration_rows, 128)
+    assert bound.metric_name == "retrieval_accuracy"
+
+    from model_recipes.text_embedding import save_local
+
+    model = recipe.load(save_local(tmp_path / "minilm"))
+    (source,) = recipe.predict(model, io, inputs)
+    assert bound.metric(source, labels, source) > 0.6  # MiniLM mostly finds a sentence of the same topic (0.75)
+    broken = np.random.default_rng(0).standard_normal(source.shape).astype(np.float32)
+    assert bound.metric(broken, labels, source) < 0.4  # chance: about 1 in 8 topics
+    extra = bound.extra_metrics(source, labels, source)
+    assert extra["retrieval_accuracy"] == bound.metric(source, labels, source) and extra["cosine_vs_source"] > 0.999
+
+
+def test_text_rows_for_a_tensor_recipe_fail_in_one_line(tmp_path):
+    pd.DataFrame({"x": ["a photo", "another"] * 8}).to_parquet(tmp_path / "eval.parquet")
+    storage = Storage()
+    data = prepare(storage, str(tmp_path / "run"), eval_data_uri=str(tmp_path / "eval.parquet"), datasets=[],
+                   recipe_ships_data=False, source_uri=str(tmp_path), mlmodel=MLMODEL)  # fmt: skip
+    bound = bind(get_recipe("pytorch_generic"), {"eval_data": data.model_dump(mode="json")}, storage)
+    from modelops.data import DataError
+
+    with pytest.raises(DataError, match=r"column 'x' holds text, but recipe 'pytorch_generic' takes tensors \['x'\]"):
+        bound.eval_data(IO)

@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from modelops.recipes import select_recipe
 from modelops.settings import Settings
 from modelops.steps import benchmark
-from tests.worker.stepkit import step, write_spec
+from tests.worker.stepkit import step, user_rows, write_spec
 
 triton = pytest.mark.skipif(not Settings.from_env().tritonserver_bin.exists(), reason="tritonserver not installed")
 BENCH = {"concurrency": [1], "batch_size": 1, "measurement_interval_ms": 500, "max_trials": 3, "threads": 2}
@@ -76,10 +76,10 @@ def regressor(tmp_path_factory) -> dict[str, Any]:
     from mlflow.models import infer_signature
     from sklearn.ensemble import GradientBoostingRegressor
 
-    from model_recipes.sklearn_tabular import DEMO_TRUSTED_TYPES, dataset_split
+    from model_recipes.sklearn_tabular import DEMO_TRUSTED_TYPES, demo_split
 
     tmp = tmp_path_factory.mktemp("regressor")
-    x_train, x_test, y_train, _ = dataset_split(10)
+    x_train, x_test, y_train, y_test = demo_split("diabetes")
     assert x_train.dtype == np.float32 and y_train.dtype.kind == "f"
     model = GradientBoostingRegressor(n_estimators=50, max_depth=3, random_state=0).fit(x_train, y_train)
     model_dir = tmp / "model"
@@ -90,6 +90,10 @@ def regressor(tmp_path_factory) -> dict[str, Any]:
         pip_requirements=[f"scikit-learn=={sklearn.__version__}", "skops"],
     )  # fmt: skip
     spec_path = make_spec(tmp, "diabetes_gbr", model_dir, "sklearn", ["ort_fp32", "ort_int8_dynamic"])
+    # the held-out rows with their targets, as the user's file: parity, the gate and MAE run on them
+    spec = json.loads(spec_path.read_text())
+    spec["eval_data"] = user_rows(tmp, model_dir, x_test, y_test)
+    spec_path.write_text(json.dumps(spec))
     return {"model": model, "x_test": x_test, "model_dir": model_dir, "spec_path": spec_path, **run_pipeline(spec_path)}
 
 
@@ -123,7 +127,8 @@ def test_regressor_export_io_and_parity(regressor):
     assert sorted(domains) == ["", "ai.onnx.ml"]
     with np.load(res["outputs"]["samples"]) as npz:
         assert npz["input"].shape == (8, 10) and npz["output:prediction"].shape == (8, 1)
-        np.testing.assert_array_equal(npz["input"], x[:8])  # samples are the held-out diabetes rows
+        held_out = {row.tobytes() for row in x}  # parity ran on the user's held-out rows, not on random ones
+        assert all(row.tobytes() in held_out for row in npz["input"])
 
 
 def test_regressor_optimize_builds_both_variants(regressor):
@@ -138,7 +143,8 @@ def test_regressor_validate_accepts_with_agreement(regressor):
         cand = res["candidates"][variant]
         assert cand["status"] == "accepted", (variant, cand["reason"])
         assert cand["metric"] >= 0.99 and cand["max_abs_diff"] < 1e-3
-        assert cand["extra_metrics"] == {}  # no accuracy for float targets
+        # against the true targets (25..346): a real regressor; no accuracy for float targets
+        assert set(cand["extra_metrics"]) == {"mae"} and 10.0 < cand["extra_metrics"]["mae"] < 100.0
         assert cand["expectations"]["suite"].startswith("accuracy_gate.regression")
 
 

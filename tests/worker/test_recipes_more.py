@@ -27,7 +27,7 @@ from modelops.settings import Settings
 from modelops.steps import benchmark, export
 from modelops.steps._common import StepError
 from tests.bad_models import save_pyfunc, save_unexportable
-from tests.worker.stepkit import Pipelines, step, write_spec
+from tests.worker.stepkit import Pipelines, step, user_rows, write_spec
 
 RECIPES = ("sklearn_tabular", "onnx_generic", "mobilenet_v2")
 FLAVORS = {"sklearn_tabular": "sklearn", "onnx_generic": "onnx", "mobilenet_v2": "pytorch"}
@@ -75,7 +75,14 @@ def pipelines(saved, tmp_path_factory) -> Pipelines:
 
     def build(recipe: str) -> dict[str, Any]:
         model_dir, info = saved[recipe]
-        spec_path = make_spec(tmp_path_factory.mktemp(f"run-{recipe}"), recipe, model_dir)
+        tmp = tmp_path_factory.mktemp(f"run-{recipe}")
+        extra = {}
+        if recipe == "sklearn_tabular":  # the recipe ships no rows: the held-out split with labels, as a user's file
+            from model_recipes.sklearn_tabular import demo_split
+
+            _, x_test, _, y_test = demo_split("breast_cancer")
+            extra["eval_data"] = user_rows(tmp, model_dir, x_test, y_test)
+        spec_path = make_spec(tmp, recipe, model_dir, **extra)
         results = {name: step(name, spec_path) for name in ("export", "optimize", "validate")}
         return {"recipe": recipe, "model_dir": model_dir, "info": info, "spec_path": spec_path, **results}
 
@@ -126,10 +133,13 @@ def test_validate_metrics(pipeline):
     fp32, int8 = cands["ort_fp32"], cands["ort_int8_dynamic"]
     assert fp32["status"] == "accepted", fp32["reason"]
     if pipeline["recipe"] == "sklearn_tabular":
-        assert res["metric_name"] == "agreement" and res["source_metric"] == 1.0
+        # labelled rows (the user's file): the gate scores accuracy against the labels, agreement is reported beside
+        assert res["metric_name"] == "accuracy"
+        assert res["source_metric"] == pytest.approx(pipeline["info"]["accuracy"], abs=0.05)  # a split of those rows
         for cand in (fp32, int8):  # trees have nothing to quantize: int8 is the same function
-            assert cand["status"] == "accepted" and cand["metric"] >= 0.99
-            assert cand["extra_metrics"]["accuracy"] == pytest.approx(pipeline["info"]["accuracy"], abs=0.01)
+            assert cand["status"] == "accepted" and cand["metric"] == pytest.approx(res["source_metric"])
+            assert cand["extra_metrics"]["agreement_vs_source"] >= 0.99
+            assert 0.5 < cand["extra_metrics"]["macro_f1"] <= 1.0
     elif pipeline["recipe"] == "onnx_generic":
         assert res["metric_name"] == "cosine" and fp32["metric"] == pytest.approx(1.0)
         assert int8["status"] == "accepted" and int8["metric"] > 0.99
@@ -149,10 +159,10 @@ def test_sklearn_onnx_outputs_are_triton_shaped(pipelines):
     pipeline = pipelines("sklearn_tabular")
     import onnxruntime as ort
 
-    from model_recipes.sklearn_tabular import dataset_split
+    from model_recipes.sklearn_tabular import demo_split
 
     session = ort.InferenceSession(pipeline["export"]["outputs"]["onnx"], providers=["CPUExecutionProvider"])
-    x = dataset_split(30)[1][:5]
+    x = demo_split("breast_cancer")[1][:5]
     label, proba = session.run(None, {"input": x})
     assert label.dtype == np.int64 and label.shape == (5, 1)
     assert proba.dtype == np.float32 and proba.shape == (5, 2)
@@ -239,9 +249,9 @@ def test_sklearn_model_without_signature_fails_export(tmp_path):
     import mlflow.sklearn
     from sklearn.linear_model import LogisticRegression
 
-    from model_recipes.sklearn_tabular import dataset_split
+    from model_recipes.sklearn_tabular import demo_split
 
-    x_train, _, y_train, _ = dataset_split(13)
+    x_train, _, y_train, _ = demo_split("wine")
     model = LogisticRegression(max_iter=500).fit(x_train, y_train)
     mlflow.sklearn.save_model(model, str(tmp_path / "model"), pip_requirements=["scikit-learn"])
     with pytest.raises(StepError, match="no signature inputs.*infer_signature"):
