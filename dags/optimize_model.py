@@ -28,6 +28,9 @@ from operators.step_operator import mapped_step_operator, step_operator
 
 SPEC = "{{ ti.xcom_pull(task_ids='resolve')['spec_uri'] }}"
 
+# the form's sections after the model and its data (Airflow's open "Run Parameters"), each folded until opened
+CANDIDATES, SERVING, ROLLOUT = "Candidates and gates", "Benchmark and serving", "Rollout"
+
 PARAMS = {
     "model_name": Param(
         "digits_cnn",
@@ -52,18 +55,6 @@ PARAMS = {
         description="MLflow alias to resolve (e.g. champion) when no version is given. A version given above "
         "wins over the default champion; another alias beside a version must point at that version.",
     ),
-    "variants": Param(
-        [],
-        type="array",
-        items={"type": "string", "enum": VARIANT_NAMES},
-        uniqueItems=True,
-        title="Variants",
-        description="Optimized candidates to build, validate and benchmark against the source model. Leave empty "
-        "for the recipe's defaults, chosen by model family: "
-        + "; ".join(f"{kind}: {' + '.join(names)}" for kind, names in KIND_DEFAULTS.items())
-        + ". Known variants: "
-        + "; ".join(f"{v.name}: {v.summary}" for v in VARIANTS.values()),
-    ),
     "eval_data_uri": Param(
         None,
         type=["null", "string"],
@@ -82,6 +73,29 @@ PARAMS = {
         description="Leave empty to pick the recipe from the MLflow flavor; or name one registered in the "
         "modelops.recipes entry-point group (e.g. a recipe installed from another package).",
     ),
+    "variants": Param(
+        None,
+        type=["null", "array"],
+        items={"type": "string", "enum": VARIANT_NAMES},
+        examples=VARIANT_NAMES,  # the form's multi-select (the items' enum validates a REST request)
+        values_display={v.name: f"{v.name}: {v.summary}" for v in VARIANTS.values()},
+        uniqueItems=True,
+        title="Variants",
+        description="Optimized candidates to build, validate and benchmark against the source model. Leave empty "
+        "for the recipe's defaults, chosen by model family: "
+        + "; ".join(f"{kind}: {' + '.join(names)}" for kind, names in KIND_DEFAULTS.items())
+        + ".",
+        section=CANDIDATES,
+    ),
+    "accuracy_tolerance": Param(
+        0.01,
+        type="number",
+        minimum=0,
+        maximum=1,
+        title="Accuracy tolerance",
+        description="Largest allowed drop of the recipe's metric (e.g. accuracy) below the source model.",
+        section=CANDIDATES,
+    ),
     "latency_slo_ms": Param(
         100.0,
         type="number",
@@ -89,6 +103,7 @@ PARAMS = {
         maximum=60000,
         title="Latency SLO (p99, ms)",
         description="Only candidates whose perf_analyzer p99 is within this bound can win.",
+        section=CANDIDATES,
     ),
     "ttft_slo_ms": Param(
         2000.0,
@@ -98,6 +113,7 @@ PARAMS = {
         title="Time-to-first-token SLO (p99, ms; LLMs)",
         description="LLMs only: among accurate candidates, the most output tokens/s whose TTFT p99 is within this "
         "bound wins.",
+        section=CANDIDATES,
     ),
     "config_search": Param(
         True,
@@ -106,6 +122,7 @@ PARAMS = {
         description="Benchmark searches the contending candidates' Triton configuration (instances x intra-op threads, dynamic "
         "batching queue delay and preferred batch, max_batch_size) by coordinate descent, and the chosen "
         "(variant, configuration) is published. Off: every candidate is served with the one default configuration.",
+        section=SERVING,
     ),
     "config_search_budget_s": Param(
         60,
@@ -115,6 +132,7 @@ PARAMS = {
         title="Configuration search budget (s)",
         description="Wall time of the configuration search per run, shared by the contenders (the candidates within 75% of "
         "the best one's default throughput), best first.",
+        section=SERVING,
     ),
     "serving_device": Param(
         None,
@@ -124,6 +142,7 @@ PARAMS = {
         description="Device of the Triton that benchmarks and serves: cpu (python backend, the embedded stack) or "
         "gpu (onnxruntime_onnx and TensorRT engines on a GPU Triton, in the GPU worker image; text-in recipes are "
         "refused). Leave empty for MODELOPS_SERVING_DEVICE (default cpu).",
+        section=SERVING,
     ),
     "gpu_products": Param(
         None,
@@ -134,14 +153,7 @@ PARAMS = {
         description="GPU Feature Discovery products (nvidia.com/gpu.product, e.g. NVIDIA-H100-80GB-HBM3) to build "
         "TensorRT engines for: one compile pod per product, plans merged by compute capability. Leave empty for "
         "MODELOPS_GPU_PRODUCTS, else MODELOPS_K8S_GPU_PRODUCT. Local execution builds on its own GPU only.",
-    ),
-    "accuracy_tolerance": Param(
-        0.01,
-        type="number",
-        minimum=0,
-        maximum=1,
-        title="Accuracy tolerance",
-        description="Largest allowed drop of the recipe's metric (e.g. accuracy) below the source model.",
+        section=SERVING,
     ),
     "rollout_steps": Param(
         list(DEFAULT_ROLLOUT_STEPS),
@@ -152,6 +164,7 @@ PARAMS = {
         description="Traffic percent of the new deployment per step, ascending, ending at 100. Deploy routes the "
         "first step, then the rollout_model DAG (run id rollout__<deployment>) judges each step on live metrics and "
         "promotes or rolls back. [100] replaces at once; a model's first deployment always takes 100 at once.",
+        section=ROLLOUT,
     ),
     "rollout_interval_s": Param(
         60,
@@ -160,6 +173,7 @@ PARAMS = {
         maximum=86400,
         title="Rollout step interval (s)",
         description="How long rollout_model holds and judges each step on live metrics before the next one.",
+        section=ROLLOUT,
     ),
     "rollout": Param(
         None,
@@ -169,6 +183,7 @@ PARAMS = {
         title="Rollout percent (shortcut)",
         description="Older shortcut: N = rollout steps [N, 100]; 100 = replace at once. Leave empty to use the "
         "rollout steps above.",
+        section=ROLLOUT,
     ),
 }
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.browser import browser  # noqa: F401 - the headless chromium fixture of the browser tests
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -15,16 +15,14 @@ Skipped when Open WebUI is not installed (``make openwebui``); chromium + chrome
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.integration.browser import dom_click, evidence
 from tests.integration.helpers import REPO, deploy_chat_llm, undeploy_chat_llm
 
 pytestmark = [
@@ -138,48 +136,6 @@ def test_an_outsider_neither_sees_nor_may_ask_the_model(chat):
     assert denied in chat["log"].read_text(errors="replace")
 
 
-# -- the browser -------------------------------------------------------------------------------------------------
-@pytest.fixture
-def browser(tmp_path):
-    """Debian's chromium, headless, driven by its chromedriver (no Selenium Manager download)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver_bin, "chromium/chromedriver missing: `make tools` (scripts/install_tools.sh)"
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-proxy-server",
-                "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_bin,
-                                                               log_output=str(tmp_path / "chromedriver.log")))
-    driver.set_page_load_timeout(120)
-    yield driver
-    driver.quit()
-
-
-@contextmanager
-def _evidence(driver, tmp_path: Path) -> Iterator[None]:
-    """On failure keep ``failure.png`` and ``failure.html`` in ``tmp_path`` and name them in the error."""
-    try:
-        yield
-    except BaseException as exc:
-        shot, html = tmp_path / "failure.png", tmp_path / "failure.html"
-        try:
-            driver.save_screenshot(str(shot))
-            html.write_text(driver.page_source)
-        except Exception as saving:  # noqa: BLE001 - the browser may be gone; the original error matters
-            print(f"could not save the page: {saving}")
-        exc.add_note(f"page at failure: {shot} and {html} (url {driver.current_url})")
-        raise
-
-
-def _click(driver, element) -> None:
-    """A DOM click (not hit-tested: an overlay or a tooltip over the element does not swallow it)."""
-    driver.execute_script("arguments[0].click();", element)
-
-
 def test_a_member_chats_in_a_headless_browser(chat, browser, tmp_path):
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
@@ -192,7 +148,7 @@ def test_a_member_chats_in_a_headless_browser(chat, browser, tmp_path):
     # text is read; the waits then look again instead of failing
     stale = (StaleElementReferenceException,)
     wait = WebDriverWait(browser, 90, ignored_exceptions=stale)
-    with _evidence(browser, tmp_path):
+    with evidence(browser, tmp_path):
         browser.get(f"{chat['url']}/auth")
         wait.until(ec.visibility_of_element_located((By.ID, "email"))).send_keys(member["email"])
         password = wait.until(ec.visibility_of_element_located((By.ID, "password")))
@@ -201,10 +157,10 @@ def test_a_member_chats_in_a_headless_browser(chat, browser, tmp_path):
         wait.until(lambda d: "/auth" not in d.current_url)
 
         selector = wait.until(ec.element_to_be_clickable((By.ID, "model-selector-model-button")))
-        _click(browser, selector)
+        dom_click(browser, selector)
         option = wait.until(ec.presence_of_element_located(
             (By.CSS_SELECTOR, f'#model-selector-list [role="option"][data-value="{chat["model"]}"]')))
-        _click(browser, option)
+        dom_click(browser, option)
         wait.until(lambda d: chat["model"] in (d.find_element(By.ID, "model-selector-model-button")
                                                .get_attribute("aria-label") or ""))
 
@@ -213,7 +169,7 @@ def test_a_member_chats_in_a_headless_browser(chat, browser, tmp_path):
         box.send_keys(PROMPT)
         send = wait.until(ec.element_to_be_clickable((By.ID, "send-message-button")))
         started = time.monotonic()
-        _click(browser, send)
+        dom_click(browser, send)
 
         wait.until(lambda d: PROMPT in " ".join(e.text for e in d.find_elements(By.CSS_SELECTOR, ".chat-user")))
         long_wait = WebDriverWait(browser, ANSWER_TIMEOUT_S, ignored_exceptions=stale)

@@ -141,7 +141,8 @@ def test_dag_variants_param_is_the_registry():
     schema = module.PARAMS["variants"].schema
     assert schema["items"]["enum"] == VARIANT_NAMES
     # empty by default: the recipe's family defaults, which the form's description lists
-    assert module.PARAMS["variants"].value == [] and "minItems" not in schema
+    assert module.PARAMS["variants"].value is None and "minItems" not in schema
+    assert schema["examples"] == VARIANT_NAMES  # the form renders a multi-select
     assert "Leave empty for the recipe's defaults" in module.PARAMS["variants"].description
     assert "image: ort_fp32 + ort_int8_static + openvino_int8" in module.PARAMS["variants"].description
     assert module.PARAMS["recipe"].value is None  # empty: the recipe is picked from the MLflow flavor
