@@ -35,17 +35,17 @@ def plan(values: dict[str, str]) -> dict[str, Callable[[], str]]:
     identities = {"identities": [{"name": "modelops", "actions": ["Admin", "Read", "List", "Tagging", "Write"],
                                   "credentials": [{"accessKey": v["s3_access_key"], "secretKey": v["s3_secret_key"]}]}]}
     connections = {
-        "mlflow_default": {"conn_type": "http", "host": "mlflow", "port": 5000, "schema": "http"},
+        "mlflow_default": {"conn_type": "modelops_mlflow", "host": "mlflow", "port": 5000, "schema": "http"},
         "s3_default": {"conn_type": "aws", "login": v["s3_access_key"], "password": v["s3_secret_key"],
                        "extra": {"endpoint_url": S3_ENDPOINT, "region_name": "us-east-1",
                                  "config_kwargs": {"s3": {"addressing_style": "path"}}}},
-        "triton_default": {"conn_type": "http", "host": "triton", "port": 8000, "schema": "http",
+        "triton_default": {"conn_type": "modelops_triton", "host": "triton", "port": 8000, "schema": "http",
                            "extra": {"grpc_port": 8001, "metrics_port": 8002, "admin_header": ADMIN_HEADER,
                                      "admin_token": v["triton_admin_token"]}},
-        "gateway_default": {"conn_type": "http", "host": "gateway", "port": 9000, "schema": "http"},
-        "prometheus_default": {"conn_type": "http", "host": "prometheus", "port": 9090, "schema": "http"},
+        "gateway_default": {"conn_type": "modelops_gateway", "host": "gateway", "port": 9000, "schema": "http"},
+        "prometheus_default": {"conn_type": "modelops_prometheus", "host": "prometheus", "port": 9090, "schema": "http"},
         # gateway_key: create one with `modelops keys create` in the gateway container, then add it here.
-        "openwebui_default": {"conn_type": "http", "host": "open-webui", "port": 8080, "schema": "http",
+        "openwebui_default": {"conn_type": "modelops_openwebui", "host": "open-webui", "port": 8080, "schema": "http",
                               "login": v["openwebui_admin_email"], "password": v["openwebui_admin_password"],
                               "extra": {"gateway_url": "http://gateway:9000", "gateway_key": ""}},
     }

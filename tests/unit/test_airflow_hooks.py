@@ -90,7 +90,7 @@ def test_mlflow_hook_on_a_selected_connection(serve, monkeypatch):
     _http_conn(monkeypatch, "mlflow_other", server.port)
     hook = MlflowHook(mlflow_conn_id="mlflow_other")
     assert (MlflowHook.conn_name_attr, MlflowHook.default_conn_name, MlflowHook.conn_type) == \
-        ("mlflow_conn_id", "mlflow_default", "http")
+        ("mlflow_conn_id", "mlflow_default", "modelops_mlflow")
     assert hook.tracking_uri() == f"http://127.0.0.1:{server.port}"
     ok, message = hook.test_connection()
     assert ok, message
@@ -250,7 +250,7 @@ def test_prometheus_and_gateway_hooks_url_probe_and_selected_connection(serve, m
     from modelops_airflow import hooks
 
     cls = getattr(hooks, name)
-    assert (cls.conn_name_attr, cls.default_conn_name, cls.conn_type) == (conn_attr, default, "http")
+    assert (cls.conn_name_attr, cls.default_conn_name, cls.conn_type) == (conn_attr, default, "modelops_" + name.removesuffix("Hook").lower())
     server = serve(_health({probe: b"ready"}))
     _http_conn(monkeypatch, default, server.port)
     assert cls().url() == f"http://127.0.0.1:{server.port}"

@@ -184,7 +184,7 @@ def test_status_and_connection_carry_openwebui_and_its_admin(settings: Settings,
     assert len(webui["admin_password"]) >= 20 and webui["installed"] is False  # no .venv-openwebui in tmp_path
     assert webui["state"] == "stopped" and webui["log"].endswith("logs/openwebui.log")
     conn = json.loads(airflow_connections(status)["AIRFLOW_CONN_OPENWEBUI_DEFAULT"])
-    assert conn == {"conn_type": "http", "host": "127.0.0.1", "port": 3600, "schema": "http",
+    assert conn == {"conn_type": "modelops_openwebui", "host": "127.0.0.1", "port": 3600, "schema": "http",
                     "login": webui["admin_email"], "password": webui["admin_password"],
                     # no key file yet (Open WebUI never started): the refresh task says so in one line
                     "extra": {"gateway_url": status["gateway"]["url"], "gateway_key": ""}}

@@ -103,9 +103,9 @@ def test_status_and_connections_name_prometheus_the_gateway_and_the_reconciler(s
     assert status["reconciler"]["log"] == str(settings.stack_dir / "logs" / "reconciler.log")
     assert status["reconciler"]["state"] == "stopped" and status["reconciler"]["pid"] is None
     env = client_env(status)
-    assert json.loads(env["AIRFLOW_CONN_PROMETHEUS_DEFAULT"]) == {"conn_type": "http", "host": "127.0.0.1",
+    assert json.loads(env["AIRFLOW_CONN_PROMETHEUS_DEFAULT"]) == {"conn_type": "modelops_prometheus", "host": "127.0.0.1",
                                                                   "port": 9390, "schema": "http"}
-    assert json.loads(env["AIRFLOW_CONN_GATEWAY_DEFAULT"]) == {"conn_type": "http", "host": "127.0.0.1",
+    assert json.loads(env["AIRFLOW_CONN_GATEWAY_DEFAULT"]) == {"conn_type": "modelops_gateway", "host": "127.0.0.1",
                                                                "port": 9300, "schema": "http"}
 
 

@@ -220,7 +220,7 @@ def test_status_shape_and_client_env(settings: Settings) -> None:
     assert all(isinstance(v, str) for v in env.values())
     assert creds.s3_secret_key not in json.dumps(env) and creds.mlflow_admin_password not in json.dumps(env)
     assert json.loads(env["AIRFLOW_CONN_MLFLOW_DEFAULT"]) == {
-        "conn_type": "http",
+        "conn_type": "modelops_mlflow",
         "host": "127.0.0.1",
         "port": 5100,
         "schema": "http",

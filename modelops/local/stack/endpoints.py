@@ -197,29 +197,29 @@ def airflow_connections(status: Mapping[str, Any]) -> dict[str, str]:
     # Triton's admin header: TritonHook sends it on model-control calls only (never as a plain header)
     admin = {key: triton[key] for key in ("admin_header", "admin_token") if triton.get("admin_token")}
     conns = {
-        "AIRFLOW_CONN_MLFLOW_DEFAULT": {"conn_type": "http", "host": HOST, "port": mlflow["port"], "schema": "http",
+        "AIRFLOW_CONN_MLFLOW_DEFAULT": {"conn_type": "modelops_mlflow", "host": HOST, "port": mlflow["port"], "schema": "http",
                                         **mlflow_login},
         "AIRFLOW_CONN_S3_DEFAULT": s3_conn("pipeline"),
         "AIRFLOW_CONN_S3_WORKER": s3_conn("worker"),
         "AIRFLOW_CONN_TRITON_DEFAULT": {
-            "conn_type": "http",
+            "conn_type": "modelops_triton",
             "host": HOST,
             "port": triton["http_port"],
             "schema": "http",
             "extra": {"grpc_port": triton["grpc_port"], "metrics_port": triton["metrics_port"], **admin},
         },
-        "AIRFLOW_CONN_GATEWAY_DEFAULT": {"conn_type": "http", "host": HOST, "port": status["gateway"]["port"],
+        "AIRFLOW_CONN_GATEWAY_DEFAULT": {"conn_type": "modelops_gateway", "host": HOST, "port": status["gateway"]["port"],
                                          "schema": "http"},
-        "AIRFLOW_CONN_PROMETHEUS_DEFAULT": {"conn_type": "http", "host": HOST, "port": status["prometheus"]["port"],
+        "AIRFLOW_CONN_PROMETHEUS_DEFAULT": {"conn_type": "modelops_prometheus", "host": HOST, "port": status["prometheus"]["port"],
                                             "schema": "http"},
         **({"AIRFLOW_CONN_OPENWEBUI_DEFAULT": {
-            "conn_type": "http", "host": HOST, "port": status["openwebui"]["port"], "schema": "http",
+            "conn_type": "modelops_openwebui", "host": HOST, "port": status["openwebui"]["port"], "schema": "http",
             "login": status["openwebui"]["admin_email"], "password": status["openwebui"]["admin_password"],
             # the refresh task points Open WebUI's OpenAI connection at the gateway with Open WebUI's own key
             "extra": {"gateway_url": status["gateway"]["url"], "gateway_key": _openwebui_gateway_key(status)},
         }} if "openwebui" in status else {}),
         "AIRFLOW_CONN_AIRFLOW_API_DEFAULT": {
-            "conn_type": "http",
+            "conn_type": "modelops_airflow_api",
             "host": HOST,
             "port": airflow["port"],
             "schema": "http",
