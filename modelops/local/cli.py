@@ -3,6 +3,8 @@
 modelops stack up [SERVICE ...]      start the embedded stack (SeaweedFS, MLflow, Triton, gateway, Airflow)
 modelops stack down [--purge]        stop it (data kept unless --purge)
 modelops stack status [--json]       endpoints and processes; --json also prints the credentials
+modelops stack env [--json]          shell exports of the stack's client settings (eval "$(modelops stack env)")
+modelops --version                   the installed version
 modelops demo                        the end-to-end demo (modelops/local/demo.py)
 modelops keys create|list|revoke     API keys of the serving gateway (modelops/serving/gateway/keys_cli.py)
 modelops serving reconcile [--watch S] load every routed deployment Triton does not serve (modelops/local/serving_cli.py)
@@ -56,6 +58,25 @@ def _cmd_stack_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stack_env(args: argparse.Namespace) -> int:
+    """``export NAME=value`` lines (shell-quoted) of what a client of the running stack needs."""
+    import shlex
+
+    from modelops.local import stack
+    from modelops.local.stack.state import StackError
+
+    info = stack.status()
+    if not info.get("initialized"):
+        raise StackError(f"no stack in {info['stack_dir']} yet: start it with `modelops stack up` (its credentials "
+                         "are made then)")
+    env = stack.client_env(info)
+    if args.json:
+        print(json.dumps(env, indent=2, sort_keys=True))
+    else:
+        print("\n".join(f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())))
+    return 0
+
+
 def _url(info: dict[str, Any], name: str) -> str:
     svc = info[name]
     if name == "s3":
@@ -103,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelops", description="MLflow -> ONNX/ORT -> Triton, orchestrated by Airflow"
     )
+    from modelops import __version__
+
+    parser.add_argument("--version", action="version", version=f"modelops {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     stack = commands.add_parser("stack", help="the embedded local stack (SeaweedFS, MLflow, Triton, gateway, Airflow)")
@@ -122,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON, credentials included")
     status.add_argument("--check", action="store_true", help="exit with 3 unless every service is running")
     status.set_defaults(func=_cmd_stack_status)
+
+    env = stack_cmds.add_parser("env", help="shell exports of the stack's client settings (MLflow, S3, Airflow "
+                                "connections; credentials included): eval \"$(modelops stack env)\"")
+    env.add_argument("--json", action="store_true", help="print one JSON object instead of export lines")
+    env.set_defaults(func=_cmd_stack_env)
 
     demo = commands.add_parser("demo", help="run the end-to-end demo against the local stack")
     demo.add_argument(
