@@ -53,7 +53,7 @@ CONNECTION_TYPES: list[dict[str, Any]] = [
                                       "APIs (--http-restricted-api)", default="X-ModelOps-Admin"),
               "admin_token": _string("Admin token", "Its value: sent only on load/unload/repository calls",
                                      secret=True),
-          }),  # fmt: skip
+          }),
     _http("ModelOps serving gateway", "modelops_gateway", "gateway", "GatewayHook", host="gateway.example.internal",
           port=9000),
     _http("Prometheus", "modelops_prometheus", "prometheus", "PrometheusHook", host="prometheus.example.internal",
@@ -65,7 +65,7 @@ CONNECTION_TYPES: list[dict[str, Any]] = [
                                      "points here, e.g. http://gateway:9000"),
               "gateway_key": _string("Gateway key of Open WebUI", "The API key Open WebUI sends to the gateway",
                                      secret=True),
-          }),  # fmt: skip
+          }),
     _http("Airflow REST API (ModelOps triggers)", "modelops_airflow_api", "airflow_api", "AirflowApiHook",
           host="airflow-api-server.example.internal", port=8080, login="API user", password="Password"),
 ]
