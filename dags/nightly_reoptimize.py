@@ -79,7 +79,7 @@ def nightly_reoptimize():
 
     @task
     def summarize(planned: dict, outcomes: dict) -> dict:
-        from operators.openwebui_tasks import refresh_quietly
+        from modelops_airflow.operators.openwebui_tasks import refresh_quietly
 
         refresh_quietly("the nightly plan")  # Open WebUI follows the registry (descriptions, groups) every night
         started = [i for i in planned["items"] if i["run_id"] in outcomes]

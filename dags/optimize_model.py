@@ -10,7 +10,7 @@ gpu, default MODELOPS_SERVING_DEVICE) picks the Triton that benchmark measures o
 
 Heavy steps (export, optimize, compile, validate, benchmark) run through the step operator (local subprocess
 in the worker environment, or a GPU pod with MODELOPS_EXECUTION=kubernetes). This file is wiring only:
-every import here is cheap, the work happens in ``operators.pipeline_tasks`` at run time.
+every import here is cheap, the work happens in ``modelops_airflow.operators.pipeline_tasks`` (operators/) at run time.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from airflow.sdk import Param, dag, task
 
 from modelops.contracts.spec import DEFAULT_ROLLOUT_STEPS
 from modelops.contracts.variants import KIND_DEFAULTS, VARIANT_NAMES, VARIANTS
-from operators.pipeline_tasks import on_failure
-from operators.step_operator import mapped_step_operator, step_operator
+from modelops_airflow.operators.pipeline_tasks import on_failure
+from modelops_airflow.operators.step_operator import mapped_step_operator, step_operator
 
 SPEC = "{{ ti.xcom_pull(task_ids='resolve')['spec_uri'] }}"
 
@@ -210,31 +210,31 @@ LIGHT_RETRIES = {"retries": 3, "retry_delay": timedelta(seconds=15), "retry_expo
 def optimize_model():
     @task(**LIGHT_RETRIES)
     def resolve(params=None, run_id=None) -> dict:
-        from operators import pipeline_tasks
+        from modelops_airflow.operators import pipeline_tasks
 
         return pipeline_tasks.resolve(dict(params), run_id)
 
     @task(**LIGHT_RETRIES)
     def select(meta: dict) -> dict:
-        from operators import pipeline_tasks
+        from modelops_airflow.operators import pipeline_tasks
 
         return pipeline_tasks.select(meta["spec_uri"])
 
     @task(**LIGHT_RETRIES)
     def publish(meta: dict, selection: dict) -> dict:
-        from operators import pipeline_tasks
+        from modelops_airflow.operators import pipeline_tasks
 
         return pipeline_tasks.publish(meta["spec_uri"], selection)
 
     @task(**LIGHT_RETRIES)
     def deploy(meta: dict, selection: dict, publication: dict) -> dict:
-        from operators import pipeline_tasks
+        from modelops_airflow.operators import pipeline_tasks
 
         return pipeline_tasks.deploy(meta["spec_uri"], selection, publication)
 
     @task(trigger_rule="none_failed", **LIGHT_RETRIES)
     def record(meta: dict, selection: dict, deployment: dict | None = None) -> dict:
-        from operators import pipeline_tasks
+        from modelops_airflow.operators import pipeline_tasks
 
         return pipeline_tasks.record(meta["spec_uri"], selection, deployment)
 
@@ -251,7 +251,7 @@ def optimize_model():
     def compile_targets(meta: dict, params=None) -> list[str]:
         """The GPU products compile is mapped over (one pod per product; [""]: one on any GPU; []: no engine variant
         requested, compile is skipped)."""
-        from operators.compile_tasks import compile_targets as targets
+        from modelops_airflow.operators.compile_tasks import compile_targets as targets
 
         try:
             return targets(dict(params or {}), engine_variants=meta.get("engine_variants"))
@@ -263,7 +263,7 @@ def optimize_model():
     @task(trigger_rule="none_failed", **LIGHT_RETRIES)
     def merge_compile(meta: dict, results) -> dict:
         """The mapped compile instances' plans as one compile result; skipped when none built an engine."""
-        from operators.compile_tasks import merge_compile as merge
+        from modelops_airflow.operators.compile_tasks import merge_compile as merge
 
         return merge(meta["spec_uri"], results)
 
@@ -292,7 +292,7 @@ def optimize_model():
         """After a deployment that took 100% at once, Open WebUI lists it (a rollout refreshes when it ends)."""
         from airflow.exceptions import AirflowSkipException
 
-        from operators import openwebui_tasks
+        from modelops_airflow.operators import openwebui_tasks
 
         if not deployment or deployment.get("rollout"):
             raise AirflowSkipException("nothing changed for Open WebUI yet (no deployment, or a rollout follows)")

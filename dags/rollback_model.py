@@ -3,7 +3,7 @@
 Routes 100% to ``to_deployment`` (default: the stable deployment of the model's last finished rollout, else the
 heaviest routed one), drains and unloads the others and records the statuses on the MLflow model versions. A
 running ``rollout_model`` of the same model stops at its next wake ("stopped: routes were changed by ...")
-instead of rolling back over this. Wiring only: the work is in ``operators.rollback_tasks``.
+instead of rolling back over this. Wiring only: the work is in ``modelops_airflow.operators.rollback_tasks`` (operators/).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ PARAMS = {
 def rollback_model():
     @task
     def rollback(params=None, run_id=None) -> dict:
-        from operators import rollback_tasks
+        from modelops_airflow.operators import rollback_tasks
 
         return rollback_tasks.manual_rollback(dict(params), run_id)
 

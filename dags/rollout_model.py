@@ -7,7 +7,7 @@ own success rate and p99 against the stable deployment (PromQL on the stack's Pr
 deferred, without holding a worker slot; a failing step rolls back at once. ``approve`` (only with
 ``require_approval``) is a human-in-the-loop approval before the last step; a rejection rolls back. Mode ``ab``
 holds ``ab_weight`` percent for ``ab_duration_s``, writes the A/B comparison to MLflow and promotes the canary
-only if it passes the same thresholds. This file is wiring only: the work is in ``operators.rollout_tasks``.
+only if it passes the same thresholds. This file is wiring only: the work is in ``modelops_airflow.operators.rollout_tasks`` (operators/).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from datetime import timedelta
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
-from operators.rollout_tasks import RolloutStepsOperator
+from modelops_airflow.operators.rollout_tasks import RolloutStepsOperator
 
 PARAMS = {
     "model_name": Param("digits_cnn", type="string", minLength=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
@@ -65,25 +65,25 @@ PARAMS = {
 def rollout_model():
     @task
     def begin(params=None, run_id=None) -> dict:
-        from operators import rollout_tasks
+        from modelops_airflow.operators import rollout_tasks
 
         return rollout_tasks.begin(dict(params), run_id)
 
     @task.branch
     def gate(params=None, run_id=None) -> str:
-        from operators import rollout_tasks
+        from modelops_airflow.operators import rollout_tasks
 
         return rollout_tasks.gate(bool(params.get("require_approval")), run_id)
 
     @task(trigger_rule="none_failed_min_one_success")
     def promote(run_id=None) -> dict:
-        from operators import rollout_tasks
+        from modelops_airflow.operators import rollout_tasks
 
         return rollout_tasks.promote(run_id)
 
     @task(trigger_rule="one_failed")
     def rollback(run_id=None) -> None:
-        from operators import rollback_tasks
+        from modelops_airflow.operators import rollback_tasks
 
         rollback_tasks.rollback_after_failure(run_id)
 

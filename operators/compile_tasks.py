@@ -94,7 +94,7 @@ def merge_compile(spec_uri: str, results: Sequence[Mapping[str, Any] | None]) ->
 
     from modelops.contracts.results import check_result
     from modelops.steps._common import result_uri
-    from operators.pipeline_tasks import _hooks
+    from modelops_airflow.operators.pipeline_tasks import _hooks
 
     # by index up to the XCom count (Airflow's lazy sequence): iterating would ask for one past the end
     merged = merge_compile_results([results[i] for i in range(len(results))] if results else [])

@@ -14,8 +14,8 @@ import logging
 from typing import Any
 
 from modelops.contracts.status import Status
-from operators.openwebui_tasks import refresh_quietly
-from operators.rollout_tasks import MANUAL_BY, backends, fail, xcom
+from modelops_airflow.operators.openwebui_tasks import refresh_quietly
+from modelops_airflow.operators.rollout_tasks import MANUAL_BY, backends, fail, xcom
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from modelops.contracts.status import Status
-from operators.rollout_params import check_params, thresholds
+from modelops_airflow.operators.rollout_params import check_params, thresholds
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ def promote(run_id: str) -> dict[str, Any]:
     rr.finish_rollout(be.mlflow, meta["mlflow_run_id"], state.to_json(), "promoted")
     log.info("promoted %s to 100%% of %s (routes revision %d); retired %s", state.deployment, state.model,
              state.routes_revision, state.stable or "nothing")
-    from operators.openwebui_tasks import refresh_quietly
+    from modelops_airflow.operators.openwebui_tasks import refresh_quietly
 
     refresh_quietly(f"promoting {state.deployment}")
     return {"deployment": state.deployment, "routes_revision": state.routes_revision, "retired": state.stable}

@@ -246,7 +246,7 @@ def _step_pod_operator_class():
 _STEP_POD_OPERATOR: Any = None
 
 
-def __getattr__(name: str) -> Any:  # operators.step_operator.StepPodOperator, imported on first use
+def __getattr__(name: str) -> Any:  # modelops_airflow.operators.step_operator.StepPodOperator, imported on first use
     if name == "StepPodOperator":
         return _step_pod_operator_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

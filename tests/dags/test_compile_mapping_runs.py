@@ -34,7 +34,7 @@ JSON
 DAG = '''
 from __future__ import annotations
 from airflow.sdk import dag, task
-from operators.step_operator import mapped_step_operator
+from modelops_airflow.operators.step_operator import mapped_step_operator
 
 @dag(dag_id="compile_mapping", schedule=None)
 def compile_mapping():
@@ -42,7 +42,7 @@ def compile_mapping():
     def compile_targets() -> list[str]:
         import os
         from modelops.settings import Settings
-        from operators.compile_tasks import compile_targets as targets
+        from modelops_airflow.operators.compile_tasks import compile_targets as targets
         engines = open(os.path.join(os.environ["FAKE_DIR"], "engines")).read().split()
         planned = Settings.from_env({"MODELOPS_EXECUTION": "kubernetes"})  # the products as a cluster maps them
         return targets({"gpu_products": ["NVIDIA-H100-80GB-HBM3", "NVIDIA-L4"]}, planned, engine_variants=engines)
@@ -50,7 +50,7 @@ def compile_mapping():
     @task(trigger_rule="none_failed")
     def merge_compile(results) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
-        from operators.compile_tasks import merge_compile_results
+        from modelops_airflow.operators.compile_tasks import merge_compile_results
         merged = merge_compile_results([results[i] for i in range(len(results))])
         if merged is None:
             raise AirflowSkipException("no compile instance built engines")

@@ -70,18 +70,18 @@ def test_exit_99_is_skip_and_pool_is_per_gpu_type(k8s_dag):
 
 def test_local_mode_uses_the_subprocess_operator(monkeypatch):
     monkeypatch.setenv("MODELOPS_EXECUTION", "local")
-    from operators.step_operator import LocalStepOperator, step_operator
+    from modelops_airflow.operators.step_operator import LocalStepOperator, step_operator
 
     op = step_operator("export", SPEC_URI)
     assert isinstance(op, LocalStepOperator) and op.spec == SPEC_URI
     with pytest.raises(ValueError):
-        from operators.step_operator import step_command
+        from modelops_airflow.operators.step_operator import step_command
 
         step_command("nope", SPEC_URI, "/tmp/r.json")
 
 
 def test_local_benchmark_runs_in_the_benchmark_pool_when_one_is_set(monkeypatch):
-    from operators.step_operator import step_operator
+    from modelops_airflow.operators.step_operator import step_operator
 
     monkeypatch.setenv("MODELOPS_EXECUTION", "local")
     monkeypatch.delenv("MODELOPS_BENCHMARK_POOL", raising=False)
@@ -126,7 +126,7 @@ def test_priority_class_follows_how_the_run_was_triggered(k8s_dag, run):
 
 
 def test_trigger_kind_orders_manual_above_events_above_nightly():
-    from operators.step_operator import TRIGGER_KINDS, trigger_kind
+    from modelops_airflow.operators.step_operator import TRIGGER_KINDS, trigger_kind
 
     assert TRIGGER_KINDS == ("manual", "event", "nightly")
     assert [trigger_kind(r.run_id, r.run_type) for r in _runs().values()] == [
@@ -139,7 +139,7 @@ def test_priority_classes_deadline_and_deferrable_come_from_settings_and_match_d
     import yaml
 
     from modelops.settings import Settings
-    from operators.step_operator import kubernetes_step
+    from modelops_airflow.operators.step_operator import kubernetes_step
 
     kpo = yaml.safe_load((REPO / "deploy" / "airflow" / "kpo-defaults.yaml").read_text())
     notes = kpo["metadata"]["annotations"]
@@ -160,7 +160,7 @@ def test_priority_classes_deadline_and_deferrable_come_from_settings_and_match_d
 
 def test_full_gpu_or_mig_profile_and_a_bad_resource_is_one_line():
     from modelops.settings import Settings
-    from operators.step_operator import kubernetes_step
+    from modelops_airflow.operators.step_operator import kubernetes_step
 
     full = kubernetes_step("export", SPEC_URI, Settings.from_env({"MODELOPS_K8S_GPU_COUNT": "2"}).kubernetes,
                            task_id="export")
@@ -208,7 +208,7 @@ def test_mapped_compile_serializes_for_the_scheduler(k8s_dag):
 
 def test_local_compile_is_mapped_on_the_subprocess_operator(monkeypatch):
     monkeypatch.setenv("MODELOPS_EXECUTION", "local")
-    from operators.step_operator import LocalStepOperator, mapped_step_operator
+    from modelops_airflow.operators.step_operator import LocalStepOperator, mapped_step_operator
 
     mapped = mapped_step_operator("compile", SPEC_URI, ["", "NVIDIA-L4"])
     assert mapped.operator_class is LocalStepOperator

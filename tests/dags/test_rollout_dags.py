@@ -61,7 +61,7 @@ def test_bad_params_are_refused(dagbag, bad):
 def test_rollout_wiring_and_trigger_rules(dagbag):
     from airflow.providers.standard.operators.hitl import ApprovalOperator
 
-    from operators.rollout_tasks import RolloutStepsOperator
+    from modelops_airflow.operators.rollout_tasks import RolloutStepsOperator
 
     dag = dagbag.dags["rollout_model"]
     assert dag.schedule is None or str(dag.timetable.summary) in ("None", "")
@@ -98,7 +98,7 @@ def test_dag_files_are_cheap_to_import(name):
 def test_check_params_steps_and_ab_mode():
     from airflow.sdk.exceptions import AirflowFailException
 
-    from operators.rollout_params import check_params
+    from modelops_airflow.operators.rollout_params import check_params
 
     base = {"model_name": "m", "deployment": "m--v2-a", "steps": [10, 50, 100], "interval_s": 60, "mode": "canary",
             "ab_weight": 30, "ab_duration_s": 120, "min_success_rate": 0.99, "max_p99_ms": None,
@@ -131,7 +131,7 @@ def _stats(deployment: str, rate: float | None = 1.0, p99: float | None = 10.0) 
 
 
 def _operator(state: RolloutState, verdicts: list[Verdict], stop: str | None = None):
-    from operators.rollout_tasks import RolloutStepsOperator
+    from modelops_airflow.operators.rollout_tasks import RolloutStepsOperator
 
     class InMemory(RolloutStepsOperator):
         """The rollout kept in memory: applied steps, recorded verdicts and rollbacks are listed."""
@@ -270,7 +270,7 @@ def test_a_manual_rollback_stops_the_rollout_without_rolling_back():
 
 
 def test_changed_by_names_the_manual_rollback():
-    from operators.rollout_tasks import MANUAL_BY, changed_by
+    from modelops_airflow.operators.rollout_tasks import MANUAL_BY, changed_by
 
     state = replace(_state(), status="rolled_back", error=f"rolled back by hand to m--v1-a{MANUAL_BY}manual__7")
     assert changed_by("r1", state) == "rollback_model run manual__7"  # the controller wrote under the rollout's id

@@ -29,7 +29,7 @@ def resolve(params: dict, run_id: str | None = None) -> dict:
     """The pipeline's resolve task on ``params`` (over the DAG's defaults for the rest), as one Airflow run."""
     import uuid
 
-    from operators import pipeline_tasks
+    from modelops_airflow.operators import pipeline_tasks
 
     base = {"variants": ["ort_fp32", "ort_int8_dynamic"], "latency_slo_ms": 100.0, "accuracy_tolerance": 0.01,
             "rollout": 100, "model_version": None, "model_alias": None}

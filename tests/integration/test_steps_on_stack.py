@@ -94,7 +94,7 @@ def test_candidate_failing_accuracy_is_rejected_and_never_published(wine, storag
     storage.write_json(result_uri(bad_spec, "benchmark"), {"status": "done", "variants": {
         v: {**m, "kind": kinds[v]} for v, m in bench["variants"].items()}})
     # the pipeline's own select and publish tasks, on what validate wrote
-    from operators import pipeline_tasks
+    from modelops_airflow.operators import pipeline_tasks
 
     selection = pipeline_tasks.select(spec_uri)
     assert selection["chosen"] == "ort_fp32"

@@ -156,7 +156,7 @@ def _step_pod(data: dict[str, str], **kwargs) -> dict:
     from kubernetes.client import ApiClient
 
     from modelops.settings import Settings
-    from operators.step_operator import kubernetes_step
+    from modelops_airflow.operators.step_operator import kubernetes_step
 
     settings = Settings.from_env(data)
     op = kubernetes_step("export", "s3://modelops-artifacts/runs/m/1/r/spec.json", settings.kubernetes,

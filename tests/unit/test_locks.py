@@ -111,7 +111,7 @@ def test_racing_takers_get_exactly_one_lease(s3):
 def test_the_pipeline_fails_a_second_run_of_a_version_and_releases_only_its_own_lease(s3):
     from airflow.sdk.exceptions import AirflowFailException
 
-    from operators.pipeline_tasks import _lock_optimization, _unlock_optimization
+    from modelops_airflow.operators.pipeline_tasks import _lock_optimization, _unlock_optimization
 
     _lock_optimization(s3, "triton", "digits_cnn", "3", "manual__1")
     with pytest.raises(AirflowFailException, match=r"^the optimization of digits_cnn v3 is already held by manual__1 "):

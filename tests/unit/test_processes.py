@@ -77,7 +77,7 @@ STEP = textwrap.dedent("""
 # The task runner: LocalStepOperator._run with Airflow 3's SIGTERM handler (task_runner: SIGTERM -> on_kill).
 RUNNER = textwrap.dedent("""
     import signal, sys
-    from operators.step_operator import LocalStepOperator
+    from modelops_airflow.operators.step_operator import LocalStepOperator
     op = LocalStepOperator(task_id="t", step="benchmark", spec="s3://b/spec.json")
     signal.signal(signal.SIGTERM, lambda *_: op.on_kill())
     timeout = float(sys.argv[4]) if sys.argv[4] != "none" else None

@@ -72,7 +72,7 @@ def _k8s(**env):
 
 
 def test_compile_targets_param_then_setting_then_single_product_then_any_gpu():
-    from operators.compile_tasks import compile_targets
+    from modelops_airflow.operators.compile_tasks import compile_targets
 
     both = _k8s(MODELOPS_GPU_PRODUCTS=f"{H100}, {A100}", MODELOPS_K8S_GPU_PRODUCT=L4)
     assert compile_targets({"gpu_products": [L4, H100]}, both) == [L4, H100]
@@ -86,14 +86,14 @@ def test_compile_targets_param_then_setting_then_single_product_then_any_gpu():
 
 
 def test_local_compile_builds_on_this_machine_only():
-    from operators.compile_tasks import compile_targets
+    from modelops_airflow.operators.compile_tasks import compile_targets
 
     local = Settings.from_env({"MODELOPS_GPU_PRODUCTS": f"{H100},{A100}"})
     assert compile_targets({"gpu_products": [L4]}, local) == [""]
 
 
 def test_a_bad_product_is_one_line():
-    from operators.compile_tasks import compile_targets
+    from modelops_airflow.operators.compile_tasks import compile_targets
 
     with pytest.raises(ValueError, match="'NVIDIA H100' is not a GPU Feature Discovery product") as err:
         compile_targets({"gpu_products": ["NVIDIA H100"]}, _k8s())
@@ -117,7 +117,7 @@ def _instance(product: str, cc: str, *, fp16: str = "done", previous: dict[str, 
 
 
 def test_merge_unions_plans_by_compute_capability_and_keeps_each_build():
-    from operators.compile_tasks import merge_compile_results
+    from modelops_airflow.operators.compile_tasks import merge_compile_results
 
     h100, a100 = _instance(H100, "9.0"), _instance(A100, "8.0")
     merged = merge_compile_results([h100, None, a100])  # None: an instance skipped (no XCom)
@@ -133,7 +133,7 @@ def test_merge_unions_plans_by_compute_capability_and_keeps_each_build():
 
 
 def test_merge_takes_a_later_product_when_the_first_failed_and_keeps_first_on_a_shared_capability():
-    from operators.compile_tasks import merge_compile_results
+    from modelops_airflow.operators.compile_tasks import merge_compile_results
 
     failed, a100, a100_again = _instance(H100, "9.0", fp16="failed"), _instance(A100, "8.0"), _instance("NVIDIA-A800", "8.0")
     merged = merge_compile_results([failed, a100, a100_again])
@@ -145,7 +145,7 @@ def test_merge_takes_a_later_product_when_the_first_failed_and_keeps_first_on_a_
 
 
 def test_merge_of_only_skipped_instances_is_none():
-    from operators.compile_tasks import merge_compile_results
+    from modelops_airflow.operators.compile_tasks import merge_compile_results
 
     assert merge_compile_results([]) is None
     assert merge_compile_results([None, {"status": "skipped", "reason": "no NVIDIA GPU visible"}]) is None

@@ -380,7 +380,7 @@ def test_s3_identities_are_limited_to_their_buckets(settings: Settings) -> None:
 
 
 def test_steps_get_the_worker_identity_and_no_stack_secrets(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    from operators.step_operator import LocalStepOperator
+    from modelops_airflow.operators.step_operator import LocalStepOperator
 
     state = StackState.new(settings.stack_dir, 0)
     status = build_status(state, settings, running={})

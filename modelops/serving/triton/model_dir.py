@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from modelops.serving.triton.config_proto import TRITON_DTYPES, model_config, to_text, triton_dtype
-from modelops.settings import REPO_ROOT
 
-TEMPLATES_DIR = REPO_ROOT / "triton_repo_templates"
+# triton_repo_templates/, shipped in the package as modelops/serving/triton/templates (a link in the repository)
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 PYTHON_TEMPLATES = TEMPLATES_DIR / "python"
 SERVING_HELPERS = "modelops_serving.py"  # shipped next to every model.py (a deployment imports nothing else)
 
