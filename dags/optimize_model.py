@@ -19,14 +19,18 @@ import itertools
 from datetime import timedelta
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, AssetAlias, Param, dag, task
 
+from modelops.contracts.naming import asset_uri
 from modelops.contracts.spec import DEFAULT_ROLLOUT_STEPS
 from modelops.contracts.variants import KIND_DEFAULTS, VARIANT_NAMES, VARIANTS
 from modelops_airflow.operators.pipeline_tasks import on_failure
 from modelops_airflow.operators.step_operator import mapped_step_operator, step_operator
 
 SPEC = "{{ ti.xcom_pull(task_ids='resolve')['spec_uri'] }}"
+# Asset events (x-modelops://published/<model>, x-modelops://deployed/<model>): a DAG with
+# schedule=[Asset("x-modelops://deployed/my_model")] runs after each deployment of my_model
+PUBLISHED, DEPLOYED = AssetAlias("modelops_published"), AssetAlias("modelops_deployed")
 
 # the form's sections after the model and its data (Airflow's open "Run Parameters"), each folded until opened
 CANDIDATES, SERVING, ROLLOUT = "Candidates and gates", "Benchmark and serving", "Rollout"
@@ -220,17 +224,26 @@ def optimize_model():
 
         return pipeline_tasks.select(meta["spec_uri"])
 
-    @task(**LIGHT_RETRIES)
-    def publish(meta: dict, selection: dict) -> dict:
+    @task(outlets=[PUBLISHED], **LIGHT_RETRIES)
+    def publish(meta: dict, selection: dict, outlet_events=None) -> dict:
         from modelops_airflow.operators import pipeline_tasks
 
-        return pipeline_tasks.publish(meta["spec_uri"], selection)
+        out = pipeline_tasks.publish(meta["spec_uri"], selection)
+        outlet_events[PUBLISHED].add(Asset(asset_uri("published", meta["model_name"])), extra={
+            "model_name": meta["model_name"], "model_version": str(meta["model_version"]),
+            "variant": selection["chosen"], "deployment": out["deployment"], "uri": out["uri"]})  # fmt: skip
+        return out
 
-    @task(**LIGHT_RETRIES)
-    def deploy(meta: dict, selection: dict, publication: dict) -> dict:
+    @task(outlets=[DEPLOYED], **LIGHT_RETRIES)
+    def deploy(meta: dict, selection: dict, publication: dict, outlet_events=None) -> dict:
         from modelops_airflow.operators import pipeline_tasks
 
-        return pipeline_tasks.deploy(meta["spec_uri"], selection, publication)
+        out = pipeline_tasks.deploy(meta["spec_uri"], selection, publication)
+        outlet_events[DEPLOYED].add(Asset(asset_uri("deployed", meta["model_name"])), extra={
+            "model_name": meta["model_name"], "model_version": str(meta["model_version"]),
+            "deployment": publication["deployment"], "routes": out.get("routes") or {},
+            "rollout": bool(out.get("rollout"))})  # fmt: skip
+        return out
 
     @task(trigger_rule="none_failed", **LIGHT_RETRIES)
     def record(meta: dict, selection: dict, deployment: dict | None = None) -> dict:

@@ -34,6 +34,19 @@ def routes_uri(triton_bucket: str, model: str) -> str:
     return f"s3://{triton_bucket}/routes/{model}.json"
 
 
+# Airflow Asset events of optimize_model (other DAGs schedule on them): x-modelops://published/<model> when a
+# deployment is published to the Triton repository, x-modelops://deployed/<model> when it is loaded and routed
+ASSET_SCHEME = "x-modelops"
+ASSET_EVENTS = ("published", "deployed")
+
+
+def asset_uri(event: str, model: str) -> str:
+    """``x-modelops://<event>/<model>``, the Asset a DAG can be scheduled on (``event``: one of ASSET_EVENTS)."""
+    if event not in ASSET_EVENTS:
+        raise ValueError(f"unknown asset event {event!r}; known: {ASSET_EVENTS}")
+    return f"{ASSET_SCHEME}://{event}/{model}"
+
+
 def experiment_name(model: str) -> str:
     return f"modelops/{model}"
 

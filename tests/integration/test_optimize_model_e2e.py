@@ -108,3 +108,19 @@ def test_unknown_model_fails_first_task_with_one_clear_line(airflow):
     assert states["resolve"] == "failed"
     assert states["export"] in ("upstream_failed", None)
     assert "registered model 'no_such_model_xyz' not found in MLflow" in airflow.task_log(DAG, run_id, "resolve")
+
+
+def test_publish_and_deploy_emit_asset_events(digits_run, airflow):
+    """Other DAGs can be scheduled on x-modelops://deployed/<model> (and .../published/<model>)."""
+    reg, run_id, _ = digits_run
+    summary = airflow.xcom(DAG, run_id, "record")
+    events = airflow.request("GET", "/assets/events", params={"source_dag_id": DAG, "source_run_id": run_id,
+                                                             "limit": 100})["asset_events"]  # fmt: skip
+    by_task = {e["source_task_id"]: e for e in events}
+    assert set(by_task) >= {"publish", "deploy"}, events
+    assert by_task["publish"]["uri"] == f"x-modelops://published/{reg['name']}"
+    assert by_task["deploy"]["uri"] == f"x-modelops://deployed/{reg['name']}"
+    for event in (by_task["publish"], by_task["deploy"]):
+        assert event["extra"]["deployment"] == summary["deployment"]
+        assert event["extra"]["model_version"] == str(reg["version"])
+    assert by_task["deploy"]["extra"]["routes"] == {summary["deployment"]: 100}
