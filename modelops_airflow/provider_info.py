@@ -85,5 +85,6 @@ def get_provider_info() -> dict[str, Any]:
                    "python-modules": [f"modelops_airflow.hooks.{m}" for m in
                                       ("mlflow", "triton", "s3", "gateway", "prometheus", "openwebui", "airflow_api")]}],
         "connection-types": CONNECTION_TYPES,
+        "extra-links": ["modelops_airflow.links.MlflowRunLink", "modelops_airflow.links.RunReportLink"],
         "plugins": [{"name": "modelops", "plugin-class": "modelops_airflow.plugin.ModelOpsPlugin"}],
     }

@@ -33,6 +33,7 @@ from airflow.sdk import BaseOperator
 from modelops.process_tree import die_with_parent, kill_group
 from modelops.settings import GPU_PRODUCT_LABEL, KubernetesSettings, Settings
 from modelops.steps import EXIT_SKIPPED, step_command
+from modelops_airflow.links import STEP_LINKS
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -70,6 +71,7 @@ class LocalStepOperator(BaseOperator):
 
     template_fields = ("spec",)
     ui_color = "#d9ecf2"
+    operator_extra_links = STEP_LINKS  # the run's MLflow run and report
 
     def __init__(self, *, step: str, spec: str, s3_conn_id: str = "s3_default",
                  worker_s3_conn_id: str = "s3_worker", gpu_product: str = "", **kwargs: Any) -> None:
@@ -218,6 +220,8 @@ def _step_pod_operator_class():
             gpu_product: a GPU Feature Discovery product (a mapped compile instance's): the pod selects
                 ``nvidia.com/gpu.product=<product>`` (over ``MODELOPS_K8S_GPU_PRODUCT``); empty: the defaults.
         """
+
+        operator_extra_links = (*KubernetesPodOperator.operator_extra_links, *STEP_LINKS)
 
         def __init__(self, *, priority_by_trigger: dict[str, str] | None = None, gpu_product: str = "",
                      **kwargs: Any) -> None:

@@ -124,3 +124,18 @@ def test_publish_and_deploy_emit_asset_events(digits_run, airflow):
         assert event["extra"]["deployment"] == summary["deployment"]
         assert event["extra"]["model_version"] == str(reg["version"])
     assert by_task["deploy"]["extra"]["routes"] == {summary["deployment"]: 100}
+
+
+def test_step_tasks_link_to_the_mlflow_run_and_its_report(digits_run, airflow, mlflow_client, stack):
+    import requests
+
+    reg, run_id, _ = digits_run
+    mv = mlflow_client.get_model_version(reg["name"], reg["version"])
+    mlflow_run = mlflow_client.get_run(mv.tags["modelops.run_id"])
+    links = airflow.request("GET", f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/benchmark/links")["extra_links"]
+    mlflow_url = stack["mlflow"]["url"].rstrip("/")
+    assert links["MLflow run"] == (f"{mlflow_url}/#/experiments/{mlflow_run.info.experiment_id}/runs/"
+                                   f"{mlflow_run.info.run_id}")  # fmt: skip
+    report = requests.get(links["Run report"], timeout=30,
+                          auth=(stack["mlflow"]["username"], stack["mlflow"]["password"]))
+    assert report.status_code == 200 and "<html" in report.text.lower()[:2000]

@@ -32,3 +32,14 @@ def test_airflow_discovers_the_provider_its_hooks_and_fields():
     assert widgets["extra__modelops_triton__admin_token"].is_sensitive
     assert not widgets["extra__modelops_triton__grpc_port"].is_sensitive
     assert "modelops_airflow.plugin.ModelOpsPlugin" in {p.plugin_class for p in manager.plugins}
+
+
+def test_step_links_point_at_the_mlflow_run_and_its_report():
+    from modelops_airflow.links import STEP_LINKS, mlflow_run_url, report_url
+    from modelops_airflow.operators.step_operator import LocalStepOperator
+
+    url = mlflow_run_url("http://mlflow:5000/", "7", "abc123")
+    assert url == "http://mlflow:5000/#/experiments/7/runs/abc123"
+    assert report_url(url) == "http://mlflow:5000/get-artifact?path=report.html&run_uuid=abc123"
+    assert {link.name for link in LocalStepOperator.operator_extra_links} == {"MLflow run", "Run report"}
+    assert set(get_provider_info()["extra-links"]) == {f"{type(x).__module__}.{type(x).__name__}" for x in STEP_LINKS}
