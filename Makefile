@@ -110,9 +110,9 @@ bench: setup
 gpu-check:
 	scripts/gpu_check.sh
 
-# README's configuration table, generated from modelops/settings.py (tests/unit/test_settings.py checks it)
+# docs/configuration.md's settings table, generated from modelops/settings.py (tests/unit/test_settings.py checks it)
 docs: orchestrator
-	$(VENV)/bin/python -m modelops.settings_docs --update-readme README.md
+	$(VENV)/bin/python -m modelops.settings_docs --update-readme docs/configuration.md
 
 # Alert rules and dashboards (monitoring/): promtool checks and unit-tests the rules, the dashboards are up to date
 monitoring: orchestrator  # promtool: Debian's prometheus package (`make tools`)

@@ -5,8 +5,8 @@ with its default and a one-line description), so the rest of the code never look
 them (the stack launcher and the reproduce script still *write* variables for child processes).
 Rules: a blank variable means its default; a bad value raises :class:`SettingsError` with one line naming
 the variable. Settings are built per call (:meth:`Settings.from_env`, a fraction of a millisecond), so a
-changed environment is seen at once. The README's configuration table is generated from this tree:
-``python -m modelops.settings --update-readme README.md`` (``make docs``).
+changed environment is seen at once. The settings table of docs/configuration.md is generated from this tree:
+``python -m modelops.settings --update-readme docs/configuration.md`` (``make docs``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The README's configuration table, generated from :class:`modelops.settings.Settings` (``make docs``).
+"""The settings table of docs/configuration.md, generated from :class:`modelops.settings.Settings` (``make docs``).
 
-``python -m modelops.settings_docs --markdown`` prints it; ``--update-readme README.md`` rewrites the block between
+``python -m modelops.settings_docs --markdown`` prints it; ``--update-readme docs/configuration.md`` rewrites the block between
 :data:`TABLE_START` and :data:`TABLE_END` in place (tests/unit/test_settings.py fails when the README is stale).
 """
 

@@ -155,11 +155,11 @@ def test_no_module_parses_modelops_variables_by_hand() -> None:
 
 
 def test_readme_table_is_current() -> None:
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert TABLE_START in readme and TABLE_END in readme, "README.md lost its settings-table markers"
+    readme = (REPO_ROOT / "docs" / "configuration.md").read_text()
+    assert TABLE_START in readme and TABLE_END in readme, "docs/configuration.md lost its settings-table markers"
     assert readme_with_table(readme) == readme, (
-        "README.md's configuration table is stale: run `make docs` "
-        "(.venv/bin/python -m modelops.settings_docs --update-readme README.md)"
+        "docs/configuration.md's settings table is stale: run `make docs` "
+        "(.venv/bin/python -m modelops.settings_docs --update-readme docs/configuration.md)"
     )
 
 
