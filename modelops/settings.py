@@ -252,6 +252,9 @@ class Settings(BaseSettings):
     s3_read_timeout_s: float = _var("MODELOPS_S3_READ_TIMEOUT_S", "Read timeout of S3 calls.", 60.0, gt=0)
     s3_max_attempts: int = _var("MODELOPS_S3_MAX_ATTEMPTS", "Attempts per S3 call (standard retries).", 3, ge=1)
     step_timeout_s: float = _var("MODELOPS_STEP_TIMEOUT_S", "Time limit of one local step.", 6900.0, gt=0)
+    termination_log: str = _var("MODELOPS_TERMINATION_LOG", "File a failed or skipped step writes its one-line "
+                                "reason to (the step pods: /dev/termination-log, the pod's termination message); "
+                                "empty: none.", "")
     step_kill_grace_s: float = _var("MODELOPS_STEP_KILL_GRACE_S", "SIGTERM to SIGKILL delay for a step.", 10.0, ge=0)
     mlflow_timeout_s: int = _var("MODELOPS_MLFLOW_TIMEOUT_S", "Timeout of one MLflow client request.", 60, gt=0)
     mlflow_max_retries: int = _var("MODELOPS_MLFLOW_MAX_RETRIES", "Retries of an MLflow client request.", 3, ge=0)

@@ -303,7 +303,9 @@ def pod_kwargs(step: str, spec: str, k8s_settings: KubernetesSettings, *, gpu: b
         service_account_name=k8s_settings.service_account,
         env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=k8s_settings.s3_secret))],
         env_vars=[k8s.V1EnvVar(name="MODELOPS_EXECUTION", value="kubernetes"),
-                  k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1")],
+                  k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
+                  # the step's one-line reason becomes the pod's termination message (in the task's error)
+                  k8s.V1EnvVar(name="MODELOPS_TERMINATION_LOG", value="/dev/termination-log")],
         labels={"app.kubernetes.io/part-of": "modelops", "modelops/step": step},
         do_xcom_push=True,
         skip_on_exit_code=EXIT_SKIPPED,

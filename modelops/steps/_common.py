@@ -212,20 +212,39 @@ def run_step(step: str, fn: Callable[[dict[str, Any], Storage], dict[str, Any]],
     except StepSkipped as exc:
         result = {"status": Status.SKIPPED, "reason": str(exc)}
         _write(storage, args.result, spec if "spec" in locals() else None, step, result)
-        print(f"{step}: skipped: {exc}", file=sys.stderr)
+        _say_why(f"{step}: skipped: {exc}")
         return EXIT_SKIPPED
     except (StepError, SpecError, ResultError, StorageError) as exc:
-        print(f"{step}: error: {exc}", file=sys.stderr)
+        _say_why(f"{step}: error: {exc}")
         return 1
     except Exception as exc:
         log.exception("step %s failed", step)
-        print(f"{step}: error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        _say_why(f"{step}: error: {type(exc).__name__}: {exc}")
         return 1
     result["step"] = step
     result["seconds"] = round(time.time() - started, 3)
     _write(storage, args.result, spec, step, result)
     log.info("%s done in %.1f s", step, result["seconds"])
     return 0
+
+
+TERMINATION_MESSAGE_BYTES = 4096  # what Kubernetes keeps of a container's termination message
+
+
+def _say_why(line: str) -> None:
+    """The step's one-line reason on stderr (the task log) and, in a pod, as its termination message
+    (``MODELOPS_TERMINATION_LOG``): KubernetesPodOperator puts that in the task's error instead of a bare "failed"."""
+    line = line.strip().splitlines()[0] if line.strip() else line
+    print(line, file=sys.stderr)
+    from modelops.settings import Settings
+
+    path = Settings.from_env().termination_log
+    if path:
+        try:
+            with open(path, "w", encoding="utf-8") as out:
+                out.write(line.encode()[:TERMINATION_MESSAGE_BYTES].decode(errors="ignore"))
+        except OSError as exc:
+            log.warning("could not write the termination message to %s: %s", path, exc)
 
 
 def main(step: str, fn: Callable[[dict[str, Any], Storage], dict[str, Any]]) -> NoReturn:

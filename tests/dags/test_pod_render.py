@@ -58,6 +58,8 @@ def test_heavy_step_renders_a_gpu_pod(k8s_dag, step):
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     assert spec["priorityClassName"] == "modelops-gpu"
     assert any(src.get("secretRef", {}).get("name") == "modelops-s3" for src in container.get("envFrom", []))
+    # a failed step's one-line reason is the pod's termination message (KubernetesPodOperator puts it in the error)
+    assert {"name": "MODELOPS_TERMINATION_LOG", "value": "/dev/termination-log"} in container["env"]
     # the result comes back through the xcom sidecar
     assert any(c["name"] == "airflow-xcom-sidecar" for c in spec["containers"])
 

@@ -83,6 +83,23 @@ def test_step_whose_result_breaks_its_contract_fails_and_writes_no_result(tmp_pa
     assert "optimize result breaks its contract: candidates.ort_fp32.runtime: Field required" in capsys.readouterr().err
 
 
+def test_a_failed_step_leaves_its_one_line_reason_as_the_termination_message(tmp_path, capsys, monkeypatch):
+    from modelops.steps._common import StepError
+
+    log = tmp_path / "termination-log"
+    monkeypatch.setenv("MODELOPS_TERMINATION_LOG", str(log))
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({**MINIMAL, "run_prefix": str(tmp_path / "run")}))
+
+    def fails(_spec, _storage):
+        raise StepError("parity failed: output 'y' differs from the source by 3.2\n(details)")
+
+    rc = run_step("export", fails, ["--spec", str(spec), "--result", str(tmp_path / "r.json")])
+    assert rc == 1
+    assert log.read_text() == "export: error: parity failed: output 'y' differs from the source by 3.2"
+    assert capsys.readouterr().err.strip() == log.read_text()  # the task log says the same line
+
+
 def test_result_models_accept_a_skipped_result_and_refuse_an_unknown_status():
     assert check_result("compile", {"status": "skipped", "reason": "no NVIDIA GPU"})["status"] == "skipped"
     with pytest.raises(ResultError, match="status: Input should be"):
