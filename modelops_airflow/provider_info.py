@@ -8,9 +8,6 @@ from typing import Any
 PACKAGE = "modelops"
 INTEGRATION = "ModelOps"
 
-_HTTP_HIDDEN = ["extra"]  # the typed fields below replace hand-written JSON extras
-
-
 def _http(name: str, conn_type: str, module: str, cls: str, *, host: str, port: int,
           fields: dict[str, Any] | None = None, login: str | None = None,
           password: str | None = None) -> dict[str, Any]:  # fmt: skip
@@ -21,7 +18,7 @@ def _http(name: str, conn_type: str, module: str, cls: str, *, host: str, port: 
         "hook-name": name,
         "connection-type": conn_type,
         "ui-field-behaviour": {
-            "hidden-fields": hidden + (_HTTP_HIDDEN if fields else []),
+            "hidden-fields": hidden,  # extra stays: HttpHook sends other extras as request headers
             "relabeling": {"schema": "Scheme (http or https)", **relabel},
             "placeholders": {"host": host, "port": str(port), "schema": "http"},
         },
