@@ -2,7 +2,8 @@
 
 Reads ``s3://<triton bucket>/routes/<model>.json`` (revision, weights, who wrote them) and
 ``s3://<triton bucket>/rollouts/<model>.json`` (deployment, stable, step k/n and its weight, status, each judged
-step's numbers and reasons, error) from the local stack's S3 with its credentials (``stack.json``).
+step's numbers and reasons, error) from the local stack's S3 with its credentials (``stack.json``), or with
+``--repo s3://BUCKET`` from any deployment's repository through the S3 the ``AWS_*`` variables name.
 Exit 1 with one line for a model that has neither.
 """
 
@@ -101,6 +102,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from modelops.local.stack.state import StackError
     from modelops.storage import Storage
 
+    if args.repo:  # any deployment: the repository's bucket, with the S3 the AWS_* variables name
+        if not args.repo.startswith("s3://") or not args.repo.removeprefix("s3://").strip("/"):
+            raise StackError(f"--repo must be s3://<bucket> (the Triton repository), got {args.repo!r}")
+        return run(Storage(), args.repo.removeprefix("s3://").strip("/").split("/")[0], args.model, args.json)
     info = stack.status()
     if not info.get("s3", {}).get("running"):
         raise StackError("the stack's S3 is not running; run `modelops stack up`")
@@ -113,8 +118,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Add ``rollout status`` to the ``modelops`` command line."""
     parser = subparsers.add_parser("rollout", help="progressive rollouts: routes, steps and their analysis")
     actions = parser.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
-    status = actions.add_parser("status", help="routes and the latest rollout of a model (from the stack's S3)")
+    status = actions.add_parser("status", help="routes and the latest rollout of a model (the stack's S3, or --repo)")
     status.add_argument("model", help="public (registered) model name")
+    status.add_argument("--repo", default=None, metavar="s3://BUCKET",
+                        help="the Triton repository of another deployment (S3 from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                        "AWS_SECRET_ACCESS_KEY); default: the embedded stack's")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=_cmd_status)
     return parser

@@ -94,3 +94,17 @@ def test_registered_in_the_modelops_cli():
     assert (args.model, args.json, args.func) == ("digits_cnn", True, rollout_cli._cmd_status)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["rollout", "status"])
+
+
+def test_repo_reads_another_deployments_repository_without_the_stack(monkeypatch, tmp_path):
+    from modelops.local.stack.state import StackError
+
+    monkeypatch.setenv("MODELOPS_STACK_DIR", str(tmp_path / "no-stack"))  # no stack here: --repo must not need one
+    seen = {}
+    monkeypatch.setattr(rollout_cli, "run", lambda storage, bucket, model, as_json: seen.update(
+        bucket=bucket, model=model, json=as_json) or 0)  # fmt: skip
+    args = build_parser().parse_args(["rollout", "status", "chat", "--repo", "s3://prod-triton/", "--json"])
+    assert args.func(args) == 0 and seen == {"bucket": "prod-triton", "model": "chat", "json": True}
+    bad = build_parser().parse_args(["rollout", "status", "chat", "--repo", "/srv/triton"])
+    with pytest.raises(StackError, match=r"--repo must be s3://<bucket>"):
+        bad.func(bad)
