@@ -66,7 +66,7 @@ def test_variants_are_a_multi_select_and_the_choice_reaches_the_run(browser, sta
         browser.save_screenshot(str(tmp_path / "form.png"))
         submit = browser.find_elements(By.XPATH, "//button[normalize-space()='Trigger']")[-1]  # the modal's own
         dom_click(browser, submit)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # the UI posts the run; a busy scheduler may take a while to list it
         runs = []
         while time.monotonic() < deadline and not runs:
             runs = [r for r in airflow.request("GET", f"/dags/{DAG}/dagRuns", params={"limit": 100,
