@@ -20,10 +20,9 @@ def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def report_url(run_url: str) -> str:
-    """The run's HTML report (``report.html``, written by ``record``) as MLflow serves an artifact."""
-    base, _, fragment = run_url.partition("/#/experiments/")
-    run_id = fragment.rsplit("/runs/", 1)[-1]
+def report_url(run_url: str, run_id: str) -> str:
+    """The run's HTML report (``report.html``, written by ``record``) as the MLflow of ``run_url`` serves it."""
+    base = run_url.partition("/#/")[0]
     return f"{base}/get-artifact?{urlencode({'path': 'report.html', 'run_uuid': run_id})}"
 
 
@@ -49,8 +48,8 @@ class RunReportLink(BaseOperatorLink):
     name = "Run report"
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        url = _resolved(ti_key).get("mlflow_run_url")
-        return report_url(url) if url else ""
+        meta = _resolved(ti_key)
+        return report_url(meta["mlflow_run_url"], meta["run_id"]) if meta.get("mlflow_run_url") else ""
 
 
 STEP_LINKS = (MlflowRunLink(), RunReportLink())

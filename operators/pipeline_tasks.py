@@ -43,14 +43,12 @@ def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
     from modelops_airflow.links import mlflow_run_url
 
     mlflow_hook, s3_hook, _ = _hooks()
-    client = mlflow_hook.get_client()
     try:
-        meta = resolve_run(client, s3_hook.storage(), Settings.from_env(), params, airflow_run_id)
+        meta = resolve_run(mlflow_hook.get_client(), s3_hook.storage(), Settings.from_env(), params, airflow_run_id)
     except RunRefused as exc:
         raise _fail(str(exc)) from None
     # where the run's extra links point (the step tasks' "MLflow run" and "Run report")
-    experiment = client.get_run(meta["run_id"]).info.experiment_id
-    return {**meta, "mlflow_run_url": mlflow_run_url(mlflow_hook.tracking_uri(), experiment, meta["run_id"])}
+    return {**meta, "mlflow_run_url": mlflow_run_url(mlflow_hook.tracking_uri(), meta["experiment_id"], meta["run_id"])}
 
 
 def _lock_optimization(storage, triton_bucket: str, model: str, version: str | int, owner: str):

@@ -204,9 +204,8 @@ def variants_for(names: list[str] | None, kind: ModelKind | str) -> list[str]:
     """
     kind = ModelKind(kind)
     family = Family.LLM if kind == ModelKind.LLM else Family.TENSOR
-    if not names:
-        return default_variants(kind)
-    if list(names) == (DEFAULT_VARIANTS if family == Family.LLM else LLM_DEFAULT_VARIANTS):
+    other_defaults = DEFAULT_VARIANTS if family == Family.LLM else LLM_DEFAULT_VARIANTS
+    if not names or list(names) == other_defaults:
         return default_variants(kind)
     wrong = [n for n in check_variants(list(names)) if VARIANTS[n].family != family]
     if wrong:

@@ -41,6 +41,11 @@ def _load(storage: Storage, uri: str) -> dict[str, np.ndarray]:
         return {k: np.asarray(npz[k]) for k in npz.files}
 
 
+def _text_columns(table: dict[str, np.ndarray]) -> list[str]:
+    """The columns of ``table`` that hold text (not the labels)."""
+    return [k for k, v in table.items() if k != LABEL and v.dtype.kind in "US"]
+
+
 class BoundRecipe:
     """A recipe whose data hooks return the run's rows; every other attribute is the recipe's own."""
 
@@ -105,7 +110,7 @@ class BoundRecipe:
 
     def _inputs(self, table: dict[str, np.ndarray], io: IOSpec) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """The model's inputs for ``table``: a text column through the recipe's tokenizer, tensors as they are."""
-        texts = [k for k, v in table.items() if k != LABEL and v.dtype.kind in "US"]
+        texts = _text_columns(table)
         if texts:
             encoded = self._recipe.inputs_from_texts([str(t) for t in table[texts[0]]], io)
             if encoded is None:
@@ -122,7 +127,7 @@ class BoundRecipe:
         """The first ``n`` eval rows (export's parity check and tracing); the recipe's own for text rows (a text-in
         recipe's serving samples are its own sentences, paired with these outputs) or fewer than two (a batch of
         two keeps an exported batch dimension dynamic)."""
-        if any(v.dtype.kind in "US" for k, v in self._eval.items() if k != LABEL):
+        if _text_columns(self._eval):
             return self._recipe.sample_inputs(io, n)
         inputs, _ = self.eval_data(io)
         if min((len(v) for v in inputs.values()), default=0) < 2:

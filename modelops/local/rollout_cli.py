@@ -103,9 +103,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from modelops.storage import Storage
 
     if args.repo:  # any deployment: the repository's bucket, with the S3 the AWS_* variables name
-        if not args.repo.startswith("s3://") or not args.repo.removeprefix("s3://").strip("/"):
+        bucket = args.repo.removeprefix("s3://").strip("/").split("/")[0] if args.repo.startswith("s3://") else ""
+        if not bucket:
             raise StackError(f"--repo must be s3://<bucket> (the Triton repository), got {args.repo!r}")
-        return run(Storage(), args.repo.removeprefix("s3://").strip("/").split("/")[0], args.model, args.json)
+        return run(Storage(), bucket, args.model, args.json)
     info = stack.status()
     if not info.get("s3", {}).get("running"):
         raise StackError("the stack's S3 is not running; run `modelops stack up`")

@@ -82,7 +82,8 @@ def resolve_run(client: MlflowClient, storage: Storage, settings: Settings, para
     written: every later step reads it as is.
 
     Returns:
-        ``{"spec_uri", "model_name", "model_version", "run_id", "recipe", "engine_variants", "eval_data"}``.
+        ``{"spec_uri", "model_name", "model_version", "run_id", "experiment_id", "recipe", "engine_variants",
+        "eval_data"}``.
 
     Raises:
         RunRefused: one line naming why the run cannot go on.
@@ -152,7 +153,7 @@ def resolve_run(client: MlflowClient, storage: Storage, settings: Settings, para
             "serving_device": params.get("serving_device") or settings.serving_device,
             "eval_data_uri": (params.get("eval_data_uri") or "").strip(),
         }
-        run_id = open_run(client, resolved.name, resolved.version, run_key, run_params)
+        run_id, experiment_id = open_run(client, resolved.name, resolved.version, run_key, run_params)
         try:  # the user's data is read and checked here: a file that cannot be used fails the run in one line
             eval_data = prepare_for_version(client, storage, settings, resolved, recipe_infos()[recipe], run_id,
                                             run_params["eval_data_uri"])  # fmt: skip
@@ -191,6 +192,7 @@ def resolve_run(client: MlflowClient, storage: Storage, settings: Settings, para
             "model_name": resolved.name,
             "model_version": resolved.version,
             "run_id": run_id,
+            "experiment_id": experiment_id,
             "recipe": recipe,
             "engine_variants": built_by(BuildStep.COMPILE, list(variants)),
             "eval_data": str(eval_data.source),

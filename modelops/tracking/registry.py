@@ -118,15 +118,17 @@ def resolve_version(
                            run_id=mv.run_id or None, tags=tags)  # fmt: skip
 
 
-def open_run(client: MlflowClient, model: str, version: str, airflow_run_id: str, params: dict[str, Any]) -> str:
-    """The MLflow run of this optimization, created once per Airflow run (a retry finds it again)."""
+def open_run(client: MlflowClient, model: str, version: str, airflow_run_id: str,
+             params: dict[str, Any]) -> tuple[str, str]:  # fmt: skip
+    """``(run id, experiment id)`` of this optimization's MLflow run, created once per Airflow run (a retry finds
+    it again)."""
     exp_name = experiment_name(model)
     exp = client.get_experiment_by_name(exp_name)
     exp_id = exp.experiment_id if exp else client.create_experiment(exp_name)
     safe_id = airflow_run_id.replace("'", "")
     found = client.search_runs([exp_id], filter_string=f"tags.`airflow.run_id` = '{safe_id}'", max_results=1)
     if found:
-        return found[0].info.run_id
+        return found[0].info.run_id, exp_id
     run = client.create_run(
         exp_id,
         run_name=f"{model}-v{version}-{safe_id}"[:250],
@@ -134,7 +136,7 @@ def open_run(client: MlflowClient, model: str, version: str, airflow_run_id: str
     )
     for key, value in params.items():
         client.log_param(run.info.run_id, key, value if not isinstance(value, list) else ",".join(map(str, value)))
-    return run.info.run_id
+    return run.info.run_id, exp_id
 
 
 def build_spec(
