@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import CronTriggerTimetable, Param, dag, task
+from airflow.sdk import CronTriggerTimetable, Param, dag
 
 from modelops.settings import get_settings
+from modelops_airflow.decorators import modelops_task
 
 NIGHTLY_CRON = get_settings().triggers.nightly_cron
 
@@ -42,14 +43,13 @@ NIGHTLY_CRON = get_settings().triggers.nightly_cron
     doc_md=__doc__,
 )
 def nightly_reoptimize():
-    @task
-    def plan(params=None) -> dict:
+    @modelops_task
+    def plan(params=None, connections=None) -> dict:
         from modelops.triggers.fingerprint import FingerprintContext
         from modelops.triggers.planner import OptimizeDefaults, plan_nightly
-        from modelops_airflow.hooks import MlflowHook
 
         # no modelops.variants tag: the recipe's family defaults (resolved by optimize_model)
-        result = plan_nightly(MlflowHook().get_client(), FingerprintContext.current(), OptimizeDefaults())
+        result = plan_nightly(connections.mlflow().get_client(), FingerprintContext.current(), OptimizeDefaults())
         only = set(params.get("models") or [])
         if only:
             result.items = [item for item in result.items if item.model in only]
@@ -61,27 +61,27 @@ def nightly_reoptimize():
               f"{summary['registry_calls_per_model']} registry call(s) per model")
         return summary
 
-    @task
-    def start(planned: dict, params=None) -> dict:
+    @modelops_task
+    def start(planned: dict, params=None, connections=None) -> dict:
         from modelops.triggers.events import DAG_ID, RunRequest
         from modelops.triggers.planner import PlanItem, record_fingerprint
-        from modelops_airflow.hooks import AirflowApiHook, MlflowHook
 
         if params.get("dry_run"):
             return {}
-        # Public REST API (connection airflow_api_default); an existing run id is the idempotent no-op.
-        outcomes = AirflowApiHook().create_dag_runs([RunRequest.from_json(r) for r in planned["requests"]], DAG_ID)
-        client = MlflowHook().get_client()
+        # Public REST API (airflow_api_conn_id, default airflow_api_default); an existing run id is a no-op.
+        requests = [RunRequest.from_json(r) for r in planned["requests"]]
+        outcomes = connections.airflow_api().create_dag_runs(requests, DAG_ID)
+        client = connections.mlflow().get_client()
         for rec in planned["record"]:
             record_fingerprint(client, PlanItem(rec["model"], "start", "", rec["version"], rec["fingerprint"],
                                                 inputs=rec["inputs"]))
         return outcomes
 
-    @task
-    def summarize(planned: dict, outcomes: dict) -> dict:
+    @modelops_task
+    def summarize(planned: dict, outcomes: dict, connections=None) -> dict:
         from modelops_airflow.operators.openwebui_tasks import refresh_quietly
 
-        refresh_quietly("the nightly plan")  # Open WebUI follows the registry (descriptions, groups) every night
+        refresh_quietly("the nightly plan", connections)  # Open WebUI follows the registry (descriptions, groups) every night
         started = [i for i in planned["items"] if i["run_id"] in outcomes]
         skipped = [i for i in planned["items"] if i["action"] != "start"]
         for item in started:

@@ -24,6 +24,7 @@ from airflow.sdk import Asset, AssetAlias, Param, dag, task
 from modelops.contracts.naming import asset_uri
 from modelops.contracts.spec import DEFAULT_ROLLOUT_STEPS
 from modelops.contracts.variants import KIND_DEFAULTS, VARIANT_NAMES, VARIANTS
+from modelops_airflow.decorators import modelops_serving_task, modelops_task
 from modelops_airflow.operators.pipeline_tasks import on_failure
 from modelops_airflow.operators.step_operator import mapped_step_operator, step_operator
 
@@ -212,44 +213,44 @@ LIGHT_RETRIES = {"retries": 3, "retry_delay": timedelta(seconds=15), "retry_expo
     doc_md=__doc__,
 )
 def optimize_model():
-    @task(**LIGHT_RETRIES)
-    def resolve(params=None, run_id=None) -> dict:
+    @modelops_task(**LIGHT_RETRIES)
+    def resolve(params=None, run_id=None, connections=None) -> dict:
         from modelops_airflow.operators import pipeline_tasks
 
-        return pipeline_tasks.resolve(dict(params), run_id)
+        return pipeline_tasks.resolve(dict(params), run_id, connections)
 
-    @task(**LIGHT_RETRIES)
-    def select(meta: dict) -> dict:
+    @modelops_task(**LIGHT_RETRIES)
+    def select(meta: dict, connections=None) -> dict:
         from modelops_airflow.operators import pipeline_tasks
 
-        return pipeline_tasks.select(meta["spec_uri"])
+        return pipeline_tasks.select(meta["spec_uri"], connections)
 
-    @task(outlets=[PUBLISHED], **LIGHT_RETRIES)
-    def publish(meta: dict, selection: dict, outlet_events=None) -> dict:
+    @modelops_task(outlets=[PUBLISHED], **LIGHT_RETRIES)
+    def publish(meta: dict, selection: dict, outlet_events=None, connections=None) -> dict:
         from modelops_airflow.operators import pipeline_tasks
 
-        out = pipeline_tasks.publish(meta["spec_uri"], selection)
+        out = pipeline_tasks.publish(meta["spec_uri"], selection, connections)
         outlet_events[PUBLISHED].add(Asset(asset_uri("published", meta["model_name"])), extra={
             "model_name": meta["model_name"], "model_version": str(meta["model_version"]),
             "variant": selection["chosen"], "deployment": out["deployment"], "uri": out["uri"]})  # fmt: skip
         return out
 
-    @task(outlets=[DEPLOYED], **LIGHT_RETRIES)
-    def deploy(meta: dict, selection: dict, publication: dict, outlet_events=None) -> dict:
+    @modelops_serving_task(outlets=[DEPLOYED], **LIGHT_RETRIES)
+    def deploy(meta: dict, selection: dict, publication: dict, outlet_events=None, connections=None) -> dict:
         from modelops_airflow.operators import pipeline_tasks
 
-        out = pipeline_tasks.deploy(meta["spec_uri"], selection, publication)
+        out = pipeline_tasks.deploy(meta["spec_uri"], selection, publication, connections)
         outlet_events[DEPLOYED].add(Asset(asset_uri("deployed", meta["model_name"])), extra={
             "model_name": meta["model_name"], "model_version": str(meta["model_version"]),
             "deployment": publication["deployment"], "routes": out.get("routes") or {},
             "rollout": bool(out.get("rollout"))})  # fmt: skip
         return out
 
-    @task(trigger_rule="none_failed", **LIGHT_RETRIES)
-    def record(meta: dict, selection: dict, deployment: dict | None = None) -> dict:
+    @modelops_task(trigger_rule="none_failed", **LIGHT_RETRIES)
+    def record(meta: dict, selection: dict, deployment: dict | None = None, connections=None) -> dict:
         from modelops_airflow.operators import pipeline_tasks
 
-        return pipeline_tasks.record(meta["spec_uri"], selection, deployment)
+        return pipeline_tasks.record(meta["spec_uri"], selection, deployment, connections)
 
     @task
     def rollout_conf(deployment: dict) -> dict:
@@ -273,12 +274,12 @@ def optimize_model():
 
             raise AirflowFailException(str(exc)) from None
 
-    @task(trigger_rule="none_failed", **LIGHT_RETRIES)
-    def merge_compile(meta: dict, results) -> dict:
+    @modelops_task(trigger_rule="none_failed", **LIGHT_RETRIES)
+    def merge_compile(meta: dict, results, connections=None) -> dict:
         """The mapped compile instances' plans as one compile result; skipped when none built an engine."""
         from modelops_airflow.operators.compile_tasks import merge_compile as merge
 
-        return merge(meta["spec_uri"], results)
+        return merge(meta["spec_uri"], results, connections)
 
     meta = resolve()
     # TensorRT engines, one mapped instance per GPU product (none when the run requests no engine variant): each
@@ -300,8 +301,8 @@ def optimize_model():
     heavy[-1] >> selection
     publication = publish(meta, selection)
     deployment = deploy(meta, selection, publication)
-    @task(trigger_rule="none_failed")
-    def refresh_openwebui(deployment: dict | None = None) -> dict:
+    @modelops_task(trigger_rule="none_failed")
+    def refresh_openwebui(deployment: dict | None = None, connections=None) -> dict:
         """After a deployment that took 100% at once, Open WebUI lists it (a rollout refreshes when it ends)."""
         from airflow.exceptions import AirflowSkipException
 
@@ -309,7 +310,7 @@ def optimize_model():
 
         if not deployment or deployment.get("rollout"):
             raise AirflowSkipException("nothing changed for Open WebUI yet (no deployment, or a rollout follows)")
-        return openwebui_tasks.refresh_openwebui()
+        return openwebui_tasks.refresh_openwebui(connections)
 
     recorded = record(meta, selection, deployment)
     recorded >> refresh_openwebui(deployment)

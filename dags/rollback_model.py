@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
+
+from modelops_airflow.decorators import modelops_task
 
 PARAMS = {
     "model_name": Param("digits_cnn", type="string", minLength=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
@@ -34,11 +36,11 @@ PARAMS = {
     doc_md=__doc__,
 )
 def rollback_model():
-    @task
-    def rollback(params=None, run_id=None) -> dict:
+    @modelops_task
+    def rollback(params=None, run_id=None, connections=None) -> dict:
         from modelops_airflow.operators import rollback_tasks
 
-        return rollback_tasks.manual_rollback(dict(params), run_id)
+        return rollback_tasks.manual_rollback(dict(params), run_id, connections)
 
     rollback()
 

@@ -17,6 +17,7 @@ from datetime import timedelta
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
+from modelops_airflow.decorators import modelops_serving_task, modelops_task
 from modelops_airflow.operators.rollout_tasks import RolloutStepsOperator
 
 PARAMS = {
@@ -63,29 +64,31 @@ PARAMS = {
     doc_md=__doc__,
 )
 def rollout_model():
-    @task
-    def begin(params=None, run_id=None) -> dict:
+    @modelops_serving_task
+    def begin(params=None, run_id=None, connections=None) -> dict:
         from modelops_airflow.operators import rollout_tasks
 
-        return rollout_tasks.begin(dict(params), run_id)
+        return rollout_tasks.begin(dict(params), run_id, connections)
 
     @task.branch
-    def gate(params=None, run_id=None) -> str:
+    def gate(params=None, run_id=None, aws_conn_id="s3_default") -> str:
+        """(Airflow fills ``aws_conn_id`` from ``default_args`` too: a TaskFlow argument with a default.)"""
+        from modelops_airflow.connections import Connections
         from modelops_airflow.operators import rollout_tasks
 
-        return rollout_tasks.gate(bool(params.get("require_approval")), run_id)
+        return rollout_tasks.gate(bool(params.get("require_approval")), run_id, Connections(aws_conn_id=aws_conn_id))
 
-    @task(trigger_rule="none_failed_min_one_success")
-    def promote(run_id=None) -> dict:
+    @modelops_task(trigger_rule="none_failed_min_one_success")
+    def promote(run_id=None, connections=None) -> dict:
         from modelops_airflow.operators import rollout_tasks
 
-        return rollout_tasks.promote(run_id)
+        return rollout_tasks.promote(run_id, connections)
 
-    @task(trigger_rule="one_failed")
-    def rollback(run_id=None) -> None:
+    @modelops_task(trigger_rule="one_failed")
+    def rollback(run_id=None, connections=None) -> None:
         from modelops_airflow.operators import rollback_tasks
 
-        rollback_tasks.rollback_after_failure(run_id)
+        rollback_tasks.rollback_after_failure(run_id, connections)
 
     started = begin()
     steps = RolloutStepsOperator(task_id="steps", execution_timeout=None)

@@ -44,6 +44,8 @@ def plan(values: dict[str, str]) -> dict[str, Callable[[], str]]:
                                      "admin_token": v["triton_admin_token"]}},
         "gateway_default": {"conn_type": "modelops_gateway", "host": "gateway", "port": 9000, "schema": "http"},
         "prometheus_default": {"conn_type": "modelops_prometheus", "host": "prometheus", "port": 9090, "schema": "http"},
+        # as a browser reaches it: the run page's "Grafana dashboard" link (compose publishes 127.0.0.1:3000)
+        "grafana_default": {"conn_type": "modelops_grafana", "host": "127.0.0.1", "port": 3000, "schema": "http"},
         # gateway_key: create one with `modelops keys create` in the gateway container, then add it here.
         "openwebui_default": {"conn_type": "modelops_openwebui", "host": "open-webui", "port": 8080, "schema": "http",
                               "login": v["openwebui_admin_email"], "password": v["openwebui_admin_password"],

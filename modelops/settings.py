@@ -197,6 +197,32 @@ class GatewaySettings(_Group):
                                              shown="none")
 
 
+class ClientSettings(_Group):
+    """Where the operator commands (``openwebui refresh``, ``webhook``) find a deployment; unset: the stack's."""
+
+    def mlflow(self, flag: str | None = None) -> str:
+        """The deployment's MLflow: ``flag``, else MODELOPS_MLFLOW_URL, else MLflow's tracking URI if http(s)."""
+        if flag or self.mlflow_url:
+            return (flag or self.mlflow_url).rstrip("/")
+        import mlflow
+
+        uri = mlflow.get_tracking_uri()
+        return uri.rstrip("/") if uri.startswith(("http://", "https://")) else ""
+
+    mlflow_url: str = _var("MODELOPS_MLFLOW_URL", "MLflow of the deployment (login: MLFLOW_TRACKING_USERNAME / "
+                           "_PASSWORD).", "", shown="MLflow's MLFLOW_TRACKING_URI when it is http(s)")
+    airflow_url: str = _var("MODELOPS_AIRFLOW_URL", "Airflow API server (the webhook receiver's base URL).", "",
+                            shown="the stack's")
+    gateway_url: str = _var("MODELOPS_GATEWAY_URL", "Serving gateway as Open WebUI reaches it.", "", shown="the stack's")
+    openwebui_url: str = _var("MODELOPS_OPENWEBUI_URL", "Open WebUI of the deployment.", "", shown="the stack's")
+    openwebui_admin_email: str = _var("MODELOPS_OPENWEBUI_ADMIN_EMAIL", "Open WebUI admin login.", "",
+                                      shown="the stack's")
+    openwebui_admin_password: SecretStr | None = _var("MODELOPS_OPENWEBUI_ADMIN_PASSWORD", "Its password.",
+                                                      shown="the stack's")
+    openwebui_gateway_key: SecretStr | None = _var("MODELOPS_OPENWEBUI_GATEWAY_KEY", "The gateway API key Open "
+                                                   "WebUI sends (granted the chat models).", shown="the stack's")
+
+
 class _EnvironSource(PydanticBaseSettingsSource):
     """Reads each field's variable (its ``validation_alias``) from the environment, nested groups included.
 
@@ -267,6 +293,7 @@ class Settings(BaseSettings):
     triggers: TriggerSettings = Field(default_factory=TriggerSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    clients: ClientSettings = Field(default_factory=ClientSettings)
 
     @field_validator("stack_dir", "tools_dir", mode="after")
     @classmethod

@@ -63,6 +63,8 @@ CONNECTION_TYPES: list[dict[str, Any]] = [
               "gateway_key": _string("Gateway key of Open WebUI", "The API key Open WebUI sends to the gateway",
                                      secret=True),
           }),
+    _http("Grafana (ModelOps dashboards)", "modelops_grafana", "grafana", "GrafanaHook", host="grafana.example.internal",
+          port=3000),
     _http("Airflow REST API (ModelOps triggers)", "modelops_airflow_api", "airflow_api", "AirflowApiHook",
           host="airflow-api-server.example.internal", port=8080, login="API user", password="Password"),
 ]
@@ -80,8 +82,14 @@ def get_provider_info() -> dict[str, Any]:
         "versions": [__version__],
         "hooks": [{"integration-name": INTEGRATION,
                    "python-modules": [f"modelops_airflow.hooks.{m}" for m in
-                                      ("mlflow", "triton", "s3", "gateway", "prometheus", "openwebui", "airflow_api")]}],
+                                      ("mlflow", "triton", "s3", "gateway", "prometheus", "openwebui", "grafana",
+                                       "airflow_api")]}],
         "connection-types": CONNECTION_TYPES,
-        "extra-links": ["modelops_airflow.links.MlflowRunLink", "modelops_airflow.links.RunReportLink"],
+        "extra-links": [f"modelops_airflow.links.{name}" for name in
+                        ("MlflowRunLink", "RunReportLink", "TritonModelLink", "GatewayModelLink", "GrafanaDashboardLink")],
+        "task-decorators": [
+            {"name": "modelops", "class-name": "modelops_airflow.decorators.modelops_task"},
+            {"name": "modelops_serving", "class-name": "modelops_airflow.decorators.modelops_serving_task"},
+        ],
         "plugins": [{"name": "modelops", "plugin-class": "modelops_airflow.plugin.ModelOpsPlugin"}],
     }

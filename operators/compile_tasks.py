@@ -19,6 +19,7 @@ from typing import Any
 
 from modelops.contracts.status import Status
 from modelops.settings import Settings
+from modelops_airflow.connections import Connections
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,8 @@ def merge_compile_results(results: Iterable[Mapping[str, Any] | None]) -> dict[s
             "gpu_products": list(dict.fromkeys(str(r.get("gpu_product") or "unknown") for r in done))}  # fmt: skip
 
 
-def merge_compile(spec_uri: str, results: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+def merge_compile(spec_uri: str, results: Sequence[Mapping[str, Any] | None],
+                  connections: Connections | None = None) -> dict[str, Any]:
     """Airflow side: write the merged result of the mapped ``compile`` instances; skipped when none built any.
 
     Returns:
@@ -94,15 +96,13 @@ def merge_compile(spec_uri: str, results: Sequence[Mapping[str, Any] | None]) ->
 
     from modelops.contracts.results import check_result
     from modelops.steps._common import result_uri
-    from modelops_airflow.operators.pipeline_tasks import _hooks
 
     # by index up to the XCom count (Airflow's lazy sequence): iterating would ask for one past the end
     merged = merge_compile_results([results[i] for i in range(len(results))] if results else [])
     if merged is None:
         raise AirflowSkipException("no compile instance built engines (each was skipped: no GPU or no TensorRT)")
     check_result("compile", merged)
-    _, s3_hook, _ = _hooks()
-    storage = s3_hook.storage()
+    storage = (connections or Connections()).s3().storage()
     spec = storage.read_json(spec_uri)
     storage.write_json(result_uri(spec, "compile"), merged)
     summary = {v: {"status": e["status"], "plans": e["plans"]} for v, e in merged["engines"].items()}

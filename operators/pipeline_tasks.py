@@ -10,24 +10,14 @@ import logging
 from typing import Any
 
 from modelops.settings import Settings
+from modelops_airflow.connections import Connections
 
 log = logging.getLogger(__name__)
 
-def _hooks(context: dict[str, Any] | None = None):
-    """MLflow, S3 and Triton hooks on the connections the running DAG names in ``default_args``
-    (``mlflow_conn_id``, ``s3_conn_id``, ``triton_conn_id``; unset: ``mlflow_default``, ``s3_default``,
-    ``triton_default``)."""
-    from modelops_airflow.hooks import pipeline_hooks
-
-    if context is None:
-        from airflow.sdk import get_current_context
-
-        try:
-            context = get_current_context()
-        except RuntimeError:  # not inside a task (a callback, a test): the default connections
-            context = {}
-    dag = context.get("dag")
-    return pipeline_hooks(getattr(dag, "default_args", None))
+def _hooks(connections: Connections | None):
+    """The MLflow, S3 and Triton hooks on the task's connections (its operator's ``*_conn_id`` arguments)."""
+    conns = connections or Connections()
+    return conns.mlflow(), conns.s3(), conns.triton()
 
 
 def _fail(message: str):
@@ -36,13 +26,13 @@ def _fail(message: str):
     return AirflowFailException(message)
 
 
-def resolve(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
+def resolve(params: dict[str, Any], airflow_run_id: str, connections: Connections | None = None) -> dict[str, Any]:
     """Resolve the MLflow version, pick the recipe, open the MLflow run, prepare the data, write the run spec to S3
     (:func:`modelops.runs.resolve.resolve_run` with this DAG's connections; a refusal fails the task in one line)."""
     from modelops.runs.resolve import RunRefused, resolve_run
     from modelops_airflow.links import mlflow_run_url
 
-    mlflow_hook, s3_hook, _ = _hooks()
+    mlflow_hook, s3_hook, _ = _hooks(connections)
     try:
         meta = resolve_run(mlflow_hook.get_client(), s3_hook.storage(), Settings.from_env(), params, airflow_run_id)
     except RunRefused as exc:
@@ -83,15 +73,15 @@ def _load(storage, spec_uri: str) -> dict[str, Any]:
     return storage.read_json(spec_uri)
 
 
-def select(spec_uri: str) -> dict[str, Any]:
+def select(spec_uri: str, connections: Connections | None = None) -> dict[str, Any]:
     from modelops.runs.outcome import select_run
 
-    _, s3_hook, _ = _hooks()
+    _, s3_hook, _ = _hooks(connections)
     storage = s3_hook.storage()
     return select_run(storage, _load(storage, spec_uri))
 
 
-def publish(spec_uri: str, selection: dict[str, Any]) -> dict[str, Any]:
+def publish(spec_uri: str, selection: dict[str, Any], connections: Connections | None = None) -> dict[str, Any]:
     from airflow.sdk.exceptions import AirflowSkipException
 
     from modelops.runs.outcome import publish_run
@@ -99,7 +89,7 @@ def publish(spec_uri: str, selection: dict[str, Any]) -> dict[str, Any]:
 
     if not selection.get("chosen"):
         raise AirflowSkipException(f"nothing to publish: {selection.get('reason')}")
-    _, s3_hook, _ = _hooks()
+    _, s3_hook, _ = _hooks(connections)
     storage = s3_hook.storage()
     try:
         return publish_run(storage, _load(storage, spec_uri), selection)
@@ -107,14 +97,17 @@ def publish(spec_uri: str, selection: dict[str, Any]) -> dict[str, Any]:
         raise _fail(str(exc)) from None
 
 
-def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]) -> dict[str, Any]:
+def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any],
+           connections: Connections | None = None) -> dict[str, Any]:
     """Load, smoke-test and route the first rollout step; ``rollout`` in the result is the rollout_model conf
-    when the new deployment got less than 100% (None when it replaced everything at once)."""
+    when the new deployment got less than 100% (None when it replaced everything at once), ``links`` where the
+    task's extra links point (:func:`modelops_airflow.links.serving_links`)."""
     from modelops.serving.deploy import DeployError
     from modelops.serving.deploy import deploy as deploy_to_triton
     from modelops.steps._common import load_result
 
-    _, s3_hook, triton_hook = _hooks()
+    conns = connections or Connections()
+    _, s3_hook, triton_hook = _hooks(conns)
     storage = s3_hook.storage()
     spec = _load(storage, spec_uri)
     export = load_result(storage, spec, "export")
@@ -139,10 +132,13 @@ def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]
             **smoke_args,
             run_id=spec["run_id"],
             rollout_percent=steps[0],
-            gateway_metrics_urls=_gateway_metrics_urls(),
+            gateway_metrics_urls=_gateway_metrics_urls(conns),
         )
     except DeployError as exc:
         raise _fail(str(exc)) from None
+    from modelops_airflow.links import serving_links
+
+    result["links"] = serving_links(conns, spec["model_name"], publication["deployment"])
     share = result["routes"].get(publication["deployment"], 0)
     if share >= 100:
         # replaced at once: kept as a finished rollout, so rollback_model knows what it replaced
@@ -162,25 +158,24 @@ def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]
     return result
 
 
-def _gateway_metrics_urls() -> list[str]:
+def _gateway_metrics_urls(conns: Connections) -> list[str]:
     """The gateway's /metrics (deploy drains a replaced deployment there before unloading it); none without the
-    ``gateway_default`` connection (then a replaced deployment is unloaded at once)."""
+    gateway connection (then a replaced deployment is unloaded at once)."""
     from airflow.exceptions import AirflowNotFoundException
 
-    from modelops_airflow.hooks import GatewayHook
-
     try:
-        return [f"{GatewayHook().url()}/metrics"]
+        return [f"{conns.gateway().url()}/metrics"]
     except AirflowNotFoundException:
-        log.warning("no gateway_default connection: replaced deployments are unloaded without draining")
+        log.warning("no %s connection: replaced deployments are unloaded without draining", conns.gateway_conn_id)
         return []
 
 
-def record(spec_uri: str, selection: dict[str, Any], deployment: dict[str, Any] | None) -> dict[str, Any]:
+def record(spec_uri: str, selection: dict[str, Any], deployment: dict[str, Any] | None,
+           connections: Connections | None = None) -> dict[str, Any]:
     from modelops.steps._common import load_result
     from modelops.tracking.record import record_run
 
-    mlflow_hook, s3_hook, triton_hook = _hooks()
+    mlflow_hook, s3_hook, triton_hook = _hooks(connections)
     storage = s3_hook.storage()
     spec = _load(storage, spec_uri)
     results = {step: load_result(storage, spec, step) for step in ("export", "optimize", "validate", "benchmark")}
@@ -194,6 +189,15 @@ def record(spec_uri: str, selection: dict[str, Any], deployment: dict[str, Any] 
 
 def _experiment_id(mlflow_hook, spec: dict[str, Any]) -> str:
     return mlflow_hook.get_client().get_run(spec["run_id"]).info.experiment_id
+
+
+def _run_connections(context: dict[str, Any]) -> Connections:
+    """The connections of the run's ``resolve`` task: where it opened the MLflow run and took the lease."""
+    dag = context.get("dag")
+    try:
+        return Connections.of(dag.get_task("resolve")) if dag is not None else Connections()
+    except Exception:  # noqa: BLE001 - a DAG without resolve (a test): the defaults
+        return Connections()
 
 
 def on_failure(context: dict[str, Any]) -> None:
@@ -213,7 +217,7 @@ def on_failure(context: dict[str, Any]) -> None:
     if not meta:
         log.error("run failed before a model version was resolved: %s", error)
         return
-    mlflow_hook, s3_hook, _ = _hooks(context)
+    mlflow_hook, s3_hook, _ = _hooks(_run_connections(context))
     _unlock_optimization(s3_hook.storage(), Settings.from_env().triton_bucket, meta["model_name"], meta["model_version"],
                          _airflow_run_id(context))  # fmt: skip
     try:

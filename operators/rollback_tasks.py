@@ -14,13 +14,14 @@ import logging
 from typing import Any
 
 from modelops.contracts.status import Status
+from modelops_airflow.connections import Connections
 from modelops_airflow.operators.openwebui_tasks import refresh_quietly
 from modelops_airflow.operators.rollout_tasks import MANUAL_BY, backends, fail, xcom
 
 log = logging.getLogger(__name__)
 
 
-def manual_rollback(params: dict[str, Any], run_id: str) -> dict[str, Any]:
+def manual_rollback(params: dict[str, Any], run_id: str, connections: Connections | None = None) -> dict[str, Any]:
     """``rollback_model``: routes 100% to ``to_deployment`` (default: the last stable one), retire the others.
 
     A rollout of the model that is still running stops at its next wake ("stopped: routes were changed by ...").
@@ -31,7 +32,7 @@ def manual_rollback(params: dict[str, Any], run_id: str) -> dict[str, Any]:
     from modelops.tracking import rollout_record as rr
 
     model = str(params["model_name"]).strip()
-    be = backends()
+    be = backends(connections)
     target = (params.get("to_deployment") or "").strip() or controller.last_stable(be.storage, be.bucket, model)
     if not target:
         raise fail(f"no stable deployment of {model} is known; name one in to_deployment")
@@ -54,7 +55,7 @@ def manual_rollback(params: dict[str, Any], run_id: str) -> dict[str, Any]:
         if found:
             rr.mark_version(be.mlflow, found[0], found[1], Status.ROLLED_BACK, deployment=deployment, error=reason)
     rr.mark_version(be.mlflow, version[0], version[1], Status.DEPLOYED, deployment=target)
-    refresh_quietly(f"the rollback of {model} to {target}")
+    refresh_quietly(f"the rollback of {model} to {target}", be.connections)
     log.info("%s: 100%% on %s (routes revision %d); retired %s; the rollout state was %s", model, target,
              state.routes_revision, retired or "nothing", "finished" if state.status in FINISHED else "running")
     return {"model": model, "deployment": target, "routes_revision": state.routes_revision, "retired": retired}
@@ -83,7 +84,7 @@ def _reason(run_id: str, state: Any) -> str:
     return "a rollout task failed (see its log)"
 
 
-def rollback_after_failure(run_id: str) -> None:
+def rollback_after_failure(run_id: str, connections: Connections | None = None) -> None:
     """``rollback`` (trigger rule one_failed): roll back with the failure's reason unless that already happened
     (a failing verdict rolls back at once; a manual rollback stops the rollout), then fail with one line."""
     from modelops.rollout import controller
@@ -93,7 +94,7 @@ def rollback_after_failure(run_id: str) -> None:
     meta = xcom("begin")
     if not meta:
         raise fail("the rollout did not begin (see the begin task's log); nothing to roll back")
-    be = backends()
+    be = backends(connections)
     state = controller.load_state(be.storage, be.bucket, meta["model"])
     reason = _reason(run_id, state)
     model, version = meta["version"]
@@ -117,6 +118,6 @@ def rollback_after_failure(run_id: str) -> None:
         rr.mark_version(be.mlflow, model, version, Status.ROLLED_BACK, deployment=state.deployment, error=reason,
                         run_id=meta["mlflow_run_id"])
     rr.finish_rollout(be.mlflow, meta["mlflow_run_id"], state.to_json(), outcome, reason)
-    refresh_quietly(f"rolling back {state.deployment}")
+    refresh_quietly(f"rolling back {state.deployment}", be.connections)
     raise fail(f"rolled back: {reason}" if outcome == "rolled_back" else reason)
 

@@ -11,13 +11,14 @@ judges the canary at each wake (PromQL over the time since the step began). The 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
 
 from modelops.contracts.status import Status
+from modelops_airflow.connections import Connections
 from modelops_airflow.operators.rollout_params import check_params, thresholds
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Backends:
     prometheus_url: str
     gateway_metrics_urls: list[str]
     triton: Any = None  # tritonclient.http client with the admin header (built on first use)
+    connections: Connections = field(default_factory=Connections)
     _triton_hook: Any = None
     _mlflow_hook: Any = None
     _mlflow: Any = None
@@ -60,35 +62,28 @@ class Backends:
         return self._mlflow
 
 
-def backends(context: dict[str, Any] | None = None) -> Backends:
-    """Hooks on the connections the DAG names in ``default_args`` (defaults: ``*_default``)."""
+def backends(connections: Connections | None = None) -> Backends:
+    """Hooks on the task's connections (its operator's ``*_conn_id`` arguments; defaults ``*_default``)."""
     from modelops.settings import Settings
-    from modelops_airflow.hooks import monitoring_hooks, pipeline_hooks
 
-    if context is None:
-        from airflow.sdk import get_current_context
-
-        context = get_current_context()
-    overrides = getattr(context.get("dag"), "default_args", None)
-    mlflow_hook, s3_hook, triton_hook = pipeline_hooks(overrides)
-    prom_hook, gateway_hook = monitoring_hooks(overrides)
-    return Backends(storage=s3_hook.storage(), bucket=Settings.from_env().triton_bucket,
-                    prometheus_url=prom_hook.url(), gateway_metrics_urls=[f"{gateway_hook.url()}/metrics"],
-                    _triton_hook=triton_hook, _mlflow_hook=mlflow_hook)
+    conns = connections or Connections()
+    return Backends(storage=conns.s3().storage(), bucket=Settings.from_env().triton_bucket,
+                    prometheus_url=conns.prometheus().url(), gateway_metrics_urls=[f"{conns.gateway().url()}/metrics"],
+                    connections=conns, _triton_hook=conns.triton(), _mlflow_hook=conns.mlflow())
 
 
 def step_label(state: Any, index: int) -> str:
     return f"step {index + 1}/{len(state.steps)} ({state.steps[index]}%)"
 
 
-def begin(params: dict[str, Any], run_id: str) -> dict[str, Any]:
+def begin(params: dict[str, Any], run_id: str, connections: Connections | None = None) -> dict[str, Any]:
     """Take the model's rollout lease, write the state document, open the MLflow run, tag the canary version."""
     from modelops.rollout import controller
     from modelops.rollout.state import RolloutError
     from modelops.tracking import rollout_record as rr
 
     cfg = check_params(params)
-    be = backends()
+    be = backends(connections)
     version = rr.canary_version(be.storage, be.bucket, cfg["deployment"])
     if version is None:
         raise fail(f"deployment {cfg['deployment']} has no readable manifest in s3://{be.bucket}: not published")
@@ -112,8 +107,11 @@ def begin(params: dict[str, Any], run_id: str) -> dict[str, Any]:
         raise
     log.info("rollout of %s (%s) over %s: steps %s, stable %s; MLflow run %s", cfg["deployment"], cfg["mode"],
              cfg["model"], state.steps, state.stable or "none", mlflow_run)
+    from modelops_airflow.links import serving_links
+
     return {"model": cfg["model"], "deployment": cfg["deployment"], "mlflow_run_id": mlflow_run,
-            "version": list(version), "steps": state.steps, "mode": cfg["mode"]}
+            "version": list(version), "steps": state.steps, "mode": cfg["mode"],
+            "links": serving_links(be.connections, cfg["model"], cfg["deployment"])}
 
 
 def _abandon(be: Backends, state: Any, why: str) -> None:
@@ -188,15 +186,21 @@ class RolloutStepsOperator(BaseOperator):
 
     ui_color = "#d9ead3"
 
-    def __init__(self, *, chunk_s: float = CHUNK_S, **kwargs: Any) -> None:
+    def __init__(self, *, chunk_s: float = CHUNK_S, mlflow_conn_id: str = "mlflow_default",
+                 aws_conn_id: str = "s3_default", triton_conn_id: str = "triton_default",
+                 prometheus_conn_id: str = "prometheus_default", gateway_conn_id: str = "gateway_default",
+                 openwebui_conn_id: str = "openwebui_default", **kwargs: Any) -> None:  # fmt: skip
         super().__init__(**kwargs)
         self.chunk_s = chunk_s
+        self.connections = Connections(mlflow_conn_id=mlflow_conn_id, aws_conn_id=aws_conn_id,
+                                       triton_conn_id=triton_conn_id, prometheus_conn_id=prometheus_conn_id,
+                                       gateway_conn_id=gateway_conn_id, openwebui_conn_id=openwebui_conn_id)
         self._be: Backends | None = None
 
     # -- I/O ----------------------------------------------------------------------------------------
     def _backends(self, context: dict[str, Any]) -> Backends:
         if self._be is None:
-            self._be = backends(context)
+            self._be = backends(self.connections)
         return self._be
 
     def _meta(self, context: dict[str, Any]) -> dict[str, Any]:
@@ -311,14 +315,15 @@ class RolloutStepsOperator(BaseOperator):
         raise fail(reason)
 
 
-def gate(require_approval: bool, run_id: str) -> str:
+def gate(require_approval: bool, run_id: str, connections: Connections | None = None) -> str:
     """Branch: ``approve`` (the state says waiting_approval) when a human must approve the last step, else
     ``promote``."""
     if not require_approval:
         return "promote"
     from modelops.rollout import state as rollout_state
+    from modelops.settings import Settings
 
-    be = backends()
+    storage, bucket = (connections or Connections()).s3().storage(), Settings.from_env().triton_bucket
     meta = xcom("begin")
 
     def waiting(current: Any) -> Any:
@@ -328,7 +333,7 @@ def gate(require_approval: bool, run_id: str) -> str:
         return current
 
     try:
-        rollout_state.update(be.storage, be.bucket, meta["model"], waiting)
+        rollout_state.update(storage, bucket, meta["model"], waiting)
     except rollout_state.RolloutError as exc:
         raise fail(str(exc)) from None
     return "approve"
@@ -340,13 +345,13 @@ def xcom(task_id: str, key: str = "return_value") -> Any:
     return get_current_context()["ti"].xcom_pull(task_ids=task_id, key=key)
 
 
-def promote(run_id: str) -> dict[str, Any]:
+def promote(run_id: str, connections: Connections | None = None) -> dict[str, Any]:
     """The last step: the canary takes 100%, the stable is drained and unloaded, MLflow says deployed."""
     from modelops.rollout import controller
     from modelops.rollout.state import RolloutError
     from modelops.tracking import rollout_record as rr
 
-    be, meta = backends(), xcom("begin")
+    be, meta = backends(connections), xcom("begin")
     state = _load_ours(be, meta["model"], run_id)
     if isinstance(state, str):
         raise fail(state)
@@ -363,6 +368,6 @@ def promote(run_id: str) -> dict[str, Any]:
              state.routes_revision, state.stable or "nothing")
     from modelops_airflow.operators.openwebui_tasks import refresh_quietly
 
-    refresh_quietly(f"promoting {state.deployment}")
+    refresh_quietly(f"promoting {state.deployment}", be.connections)
     return {"deployment": state.deployment, "routes_revision": state.routes_revision, "retired": state.stable}
 

@@ -60,9 +60,9 @@ class LocalStepOperator(BaseOperator):
     Args:
         step: one of ``modelops.steps.HEAVY_STEPS``.
         spec: the run spec's URI (templated).
-        s3_conn_id: the aws connection whose endpoint and keys the step gets as ``AWS_*`` variables (a DAG
-            may set it for every step in ``default_args``) when ``worker_s3_conn_id`` does not exist.
-        worker_s3_conn_id: the connection of the worker S3 identity (the embedded stack's ``s3_worker``: read
+        aws_conn_id: the aws connection whose endpoint and keys the step gets as ``AWS_*`` variables (a DAG
+            may set it for every step in ``default_args``) when ``worker_aws_conn_id`` does not exist.
+        worker_aws_conn_id: the connection of the worker S3 identity (the embedded stack's ``s3_worker``: read
             MLflow's models, write run artifacts, nothing on the Triton repository). Steps load untrusted model
             files, so they get that identity and none of the orchestrator's secrets (:data:`STEP_ENV_DROPPED`).
         gpu_product: the GPU product a mapped compile instance is for (names the instance; a local step runs on
@@ -73,24 +73,24 @@ class LocalStepOperator(BaseOperator):
     ui_color = "#d9ecf2"
     operator_extra_links = STEP_LINKS  # the run's MLflow run and report
 
-    def __init__(self, *, step: str, spec: str, s3_conn_id: str = "s3_default",
-                 worker_s3_conn_id: str = "s3_worker", gpu_product: str = "", **kwargs: Any) -> None:
+    def __init__(self, *, step: str, spec: str, aws_conn_id: str = "s3_default",
+                 worker_aws_conn_id: str = "s3_worker", gpu_product: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.gpu_product = gpu_product
         self.step = step
         self.spec = spec
-        self.s3_conn_id = s3_conn_id
-        self.worker_s3_conn_id = worker_s3_conn_id
+        self.aws_conn_id = aws_conn_id
+        self.worker_aws_conn_id = worker_aws_conn_id
 
-    def _step_s3_conn_id(self) -> str:
-        """``worker_s3_conn_id`` when that connection exists, else ``s3_conn_id``."""
+    def _step_aws_conn_id(self) -> str:
+        """``worker_aws_conn_id`` when that connection exists, else ``aws_conn_id``."""
         from airflow.sdk import BaseHook
 
         try:
-            BaseHook.get_connection(self.worker_s3_conn_id)
+            BaseHook.get_connection(self.worker_aws_conn_id)
         except Exception:  # noqa: BLE001 - AirflowNotFoundException: a deployment with one S3 connection
-            return self.s3_conn_id
-        return self.worker_s3_conn_id
+            return self.aws_conn_id
+        return self.worker_aws_conn_id
 
     def _env(self, settings: Settings | None = None) -> dict[str, str]:
         from modelops_airflow.hooks import ModelOpsS3Hook
@@ -100,7 +100,7 @@ class LocalStepOperator(BaseOperator):
                if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__", "AWS_")) and k not in STEP_ENV_DROPPED}
         env.update(MLFLOW_HTTP_REQUEST_TIMEOUT=str(settings.mlflow_timeout_s),
                    MLFLOW_HTTP_REQUEST_MAX_RETRIES=str(settings.mlflow_max_retries))
-        env.update(ModelOpsS3Hook(aws_conn_id=self._step_s3_conn_id()).s3_config().as_env())
+        env.update(ModelOpsS3Hook(aws_conn_id=self._step_aws_conn_id()).s3_config().as_env())
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.repo_root), env.get("PYTHONPATH", "")]))
         env["PYTHONUNBUFFERED"] = "1"
         return env

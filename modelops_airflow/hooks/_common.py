@@ -1,16 +1,11 @@
-"""What the hooks share: connection-id defaults, ``test_connection``'s probe, the base-URL HTTP hook."""
+"""What the hooks share: ``test_connection``'s probe, the base-URL HTTP hook."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from airflow.providers.http.hooks.http import HttpHook
-
-# The connection-id arguments operators take and DAGs may set in ``default_args``, with their defaults.
-CONN_ID_DEFAULTS: dict[str, str] = {"mlflow_conn_id": "mlflow_default", "s3_conn_id": "s3_default",
-                                    "triton_conn_id": "triton_default", "prometheus_conn_id": "prometheus_default",
-                                    "gateway_conn_id": "gateway_default"}
 
 
 def first_line(exc: BaseException) -> str:
@@ -48,20 +43,3 @@ class BaseUrlHook(HttpHook):
             return f"{self.what} answers at {self.url()}"
 
         return probe(check)
-
-
-def conn_ids(overrides: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """The connection ids of :data:`CONN_ID_DEFAULTS`, with those ``overrides`` (e.g. ``default_args``) sets.
-
-    Raises:
-        ValueError: a connection id is set but not a non-empty string.
-    """
-    ids = dict(CONN_ID_DEFAULTS)
-    for key in CONN_ID_DEFAULTS:
-        value = (overrides or {}).get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{key} must be a non-empty connection id, got {value!r}")
-        ids[key] = value.strip()
-    return ids

@@ -123,6 +123,36 @@ def test_refresh_publishes_the_routed_chat_model_to_its_group(webui, capsys):
     assert webui["chat"] in again["unchanged"] and not again["created"] and not again["groups_created"], again
 
 
+def test_refresh_of_a_deployment_named_by_flags_and_environment(webui, stack, settings, monkeypatch, capsys,
+                                                                tmp_path):
+    """The operator command against any deployment: Open WebUI, its admin, the gateway key, MLflow and S3 from the
+    environment and flags, no stack state read (MODELOPS_STACK_DIR points at an empty directory)."""
+    from modelops.local import stack as stack_mod
+    from modelops.local.cli import main
+    from modelops.local.stack.openwebui_service import gateway_key_file
+    from modelops.local.stack.state import StackState
+
+    _refresh_cli(capsys)  # the stack's key exists and is what Open WebUI holds
+    key = gateway_key_file(StackState.load(settings.stack_dir)).read_text().strip()
+    for name, value in stack_mod.client_env(stack).items():  # what `modelops stack env` exports: MLflow, S3
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MODELOPS_STACK_DIR", str(tmp_path / "no-stack"))
+    monkeypatch.setenv("MODELOPS_OPENWEBUI_ADMIN_EMAIL", webui["admin_email"])
+    monkeypatch.setenv("MODELOPS_OPENWEBUI_ADMIN_PASSWORD", webui["admin_password"])
+    monkeypatch.setenv("MODELOPS_OPENWEBUI_GATEWAY_KEY", key)
+    monkeypatch.setenv("MODELOPS_TRITON_BUCKET", settings.triton_bucket)
+    capsys.readouterr()
+    argv = ["openwebui", "refresh", "--openwebui-url", webui["url"], "--gateway-url", stack["gateway"]["url"]]
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert webui["chat"] in result["models"] and webui["chat"] in result["unchanged"], result
+    assert result["connection"].startswith(stack["gateway"]["url"].rstrip("/"))
+    monkeypatch.delenv("MODELOPS_OPENWEBUI_GATEWAY_KEY")
+    assert main(argv) == 1  # a missing secret is named, in one line, and nothing is changed
+    err = capsys.readouterr().err.strip()
+    assert "MODELOPS_OPENWEBUI_GATEWAY_KEY" in err and "\n" not in err and "ADMIN_EMAIL" not in err
+
+
 def test_a_revoked_gateway_key_is_replaced_everywhere_on_refresh(webui, stack, capsys):
     from modelops.serving.gateway.keys import KeyStore
 

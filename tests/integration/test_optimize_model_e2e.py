@@ -139,3 +139,24 @@ def test_step_tasks_link_to_the_mlflow_run_and_its_report(digits_run, airflow, m
     report = requests.get(links["Run report"], timeout=30,
                           auth=(stack["mlflow"]["username"], stack["mlflow"]["password"]))
     assert report.status_code == 200 and "<html" in report.text.lower()[:2000]
+
+
+def test_deploy_links_to_the_triton_and_gateway_model(digits_run, airflow, stack):
+    """deploy's "Triton model" and "Gateway model" links answer with the deployment's metadata; no Grafana
+    connection on the embedded stack, so no dashboard link."""
+    import uuid
+
+    import requests
+
+    from modelops.serving.gateway.keys import KeyStore
+
+    reg, run_id, _ = digits_run
+    deployment = airflow.xcom(DAG, run_id, "record")["deployment"]
+    links = airflow.request("GET", f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/deploy/links")["extra_links"]
+    assert links["Triton model"] == f"{stack['triton']['http'].rstrip('/')}/v2/models/{deployment}"
+    assert links["Gateway model"] == f"{stack['gateway']['url'].rstrip('/')}/v2/models/{reg['name']}"
+    assert not links.get("Grafana dashboard")
+    assert requests.get(links["Triton model"], timeout=30).json()["name"] == deployment
+    _, key = KeyStore(stack["gateway"]["keys_db"]).create(f"it-links-{uuid.uuid4().hex[:6]}", reg["name"])
+    answer = requests.get(links["Gateway model"], headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    assert answer.status_code == 200 and answer.headers["X-ModelOps-Deployment"] == deployment

@@ -93,9 +93,11 @@ def test_airflow_lists_the_provider_and_its_connection_types(installed):
     assert "modelops" in providers, sorted(providers)
     hooks = {h["connection_type"]: h["class"] for h in _airflow_json(installed, "providers", "hooks")}
     assert hooks["modelops_triton"] == "modelops_airflow.hooks.triton.TritonHook"
-    assert {"modelops_mlflow", "modelops_gateway", "modelops_prometheus", "modelops_openwebui"} <= set(hooks)
+    assert {"modelops_mlflow", "modelops_gateway", "modelops_prometheus", "modelops_openwebui", "modelops_grafana"} <= set(hooks)
     widgets = {w["connection_parameter_name"]: w for w in _airflow_json(installed, "providers", "widgets")}
     assert "extra__modelops_triton__admin_token" in widgets
+    links = {x["extra_link_class_name"] for x in _airflow_json(installed, "providers", "links")}
+    assert {f"modelops_airflow.links.{n}" for n in ("MlflowRunLink", "TritonModelLink", "GrafanaDashboardLink")} <= links
 
 
 def test_the_installed_package_stands_alone_and_the_dags_parse(installed):

@@ -31,11 +31,18 @@ def world(stack, mlflow_client, airflow):
     th.unpause(airflow, "optimize_model", "registry_reconcile", "nightly_reoptimize")
     receiver = f"{stack['airflow']['url']}{webhook_cli.RECEIVER_PATH}"
     proxy = th.ForwardingProxy(receiver)
-    registered = webhook_cli.register(url=proxy.url)
+    # registered as against any deployment: its MLflow, Airflow and the secret file the receiver reads, no stack state
+    from modelops.settings import Settings
+    from modelops.triggers.signature import secret_path
+
+    where = webhook_cli.target(mlflow_url=stack["mlflow"]["url"], airflow_url=stack["airflow"]["url"],
+                               secret_file=str(secret_path(Settings.from_env().stack_dir)))
+    assert where.receiver_url == receiver
+    registered = webhook_cli.register(url=proxy.url, where=where)
     live_after = th.wait_webhook_live(mlflow_client, proxy)
     models: list[str] = []
     yield {"proxy": proxy, "receiver": receiver, "webhook": registered, "live_after_s": live_after, "models": models}
-    webhook_cli.unregister()
+    webhook_cli.unregister(where)
     proxy.stop()
     for name in models:  # leave no opted-in model behind for later sessions on a kept stack
         with contextlib.suppress(Exception):

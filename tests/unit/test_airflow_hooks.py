@@ -12,10 +12,13 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from modelops.triggers.events import RunRequest
+
+REPO = Path(__file__).resolve().parents[2]
 
 Handler = Callable[[BaseHTTPRequestHandler, bytes], tuple[int, str, bytes]]
 
@@ -244,8 +247,9 @@ def test_airflow_api_hook_refused_login_is_one_clear_line(serve, monkeypatch):
 @pytest.mark.parametrize(("name", "conn_attr", "default", "probe"), [
     ("PrometheusHook", "prometheus_conn_id", "prometheus_default", "/-/ready"),
     ("GatewayHook", "gateway_conn_id", "gateway_default", "/v2/health/live"),
+    ("GrafanaHook", "grafana_conn_id", "grafana_default", "/api/health"),
 ])
-def test_prometheus_and_gateway_hooks_url_probe_and_selected_connection(serve, monkeypatch, name, conn_attr,
+def test_prometheus_gateway_and_grafana_hooks_url_probe_and_selected_connection(serve, monkeypatch, name, conn_attr,
                                                                         default, probe):
     from modelops_airflow import hooks
 
@@ -267,23 +271,29 @@ def test_prometheus_and_gateway_hooks_url_probe_and_selected_connection(serve, m
     assert not ok and "503" in message and "\n" not in message
 
 
-def test_monitoring_hooks_take_connection_ids_from_dag_defaults():
-    from modelops_airflow.hooks import monitoring_hooks
+def test_connections_build_each_hook_on_its_id():
+    from modelops_airflow.connections import Connections
 
-    prom, gateway = monitoring_hooks({"prometheus_conn_id": "prom_prod", "mlflow_conn_id": "x"})
-    assert (prom.prometheus_conn_id, gateway.gateway_conn_id) == ("prom_prod", "gateway_default")
-    with pytest.raises(ValueError, match="gateway_conn_id must be a non-empty connection id"):
-        monitoring_hooks({"gateway_conn_id": ""})
-
-
-def test_pipeline_hooks_take_connection_ids_from_dag_defaults():
-    from modelops_airflow.hooks import pipeline_hooks
-
-    mlflow, s3, triton = pipeline_hooks({"retries": 0, "mlflow_conn_id": "mlflow_prod", "s3_conn_id": "s3_prod"})
-    assert (mlflow.mlflow_conn_id, s3.aws_conn_id, triton.triton_conn_id) == ("mlflow_prod", "s3_prod",
-                                                                              "triton_default")
+    conns = Connections(mlflow_conn_id="mlflow_prod", aws_conn_id=" s3_prod ", prometheus_conn_id="prom_prod")
+    assert (conns.mlflow().mlflow_conn_id, conns.s3().aws_conn_id, conns.triton().triton_conn_id) == (
+        "mlflow_prod", "s3_prod", "triton_default")
+    assert (conns.prometheus().prometheus_conn_id, conns.gateway().gateway_conn_id) == ("prom_prod", "gateway_default")
+    assert conns.grafana().grafana_conn_id == "grafana_default"
+    assert conns.airflow_api().airflow_api_conn_id == "airflow_api_default"
     with pytest.raises(ValueError, match="triton_conn_id must be a non-empty connection id"):
-        pipeline_hooks({"triton_conn_id": " "})
+        Connections(triton_conn_id=" ")
+
+
+def test_grafana_hook_links_a_provisioned_dashboard_with_its_variables(monkeypatch):
+    from modelops_airflow.hooks import GrafanaHook
+
+    _http_conn(monkeypatch, "grafana_default", 3000)
+    url = GrafanaHook().dashboard_url("gateway", model="digits cnn")
+    assert url == "http://127.0.0.1:3000/d/modelops-gateway?var-model=digits+cnn"
+    uids = {json.loads(p.read_text())["uid"] for p in (REPO / "monitoring/dashboards").glob("*.json")}
+    from modelops_airflow.hooks.grafana import DASHBOARDS
+
+    assert set(DASHBOARDS.values()) <= uids  # each link names a dashboard that is provisioned
 
 
 def test_stack_connections_fit_the_hooks(monkeypatch, tmp_path):
