@@ -146,6 +146,48 @@ def test_every_client_error_has_its_status_and_a_json_body(gw, stack):
         conn.close()
 
 
+def test_hostile_bodies_are_refused_and_triton_still_serves(gw):
+    """A gzip bomb (64 MiB of zeros in 64 KiB) is 413 after 16 MiB inflated, a 10k-deep JSON 400, an unknown
+    encoding 415; Triton answers the next request as before."""
+    import gzip
+
+    def post(content: bytes, **headers: str):
+        return gw["client"].post(f"/v2/models/{gw['model']}/infer", content=content, headers={
+            "Authorization": f"Bearer {gw['star']}", "Content-Type": "application/json", **headers})
+
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)
+    assert len(bomb) < 128 * 1024
+    _error(post(bomb, **{"Content-Encoding": "gzip"}), 413, "after decompression")
+    _error(post(b"[" * 10_000 + b"]" * 10_000), 400, "nested deeper")
+    _error(post(b"x", **{"Content-Encoding": "br"}), 415, "'br' is not supported")
+    served = post(gzip.compress(json.dumps(_body(gw["x"])).encode()), **{"Content-Encoding": "gzip"})
+    assert served.status_code == 200 and served.json()["outputs"]
+
+
+def test_key_limits_on_the_real_gateway(gw):
+    """A key over its rate gets 429 with Retry-After, an expired key 401 naming the expiry, and the usage of a key
+    shows in the store within a few seconds."""
+    from datetime import UTC, datetime, timedelta
+
+    keys = gw["keys"]
+    _, limited = keys.create(f"it-rate-{uuid.uuid4().hex[:6]}", gw["model"], rate_limit=1.0)
+    assert _wait_served(gw, limited).status_code == 200
+    refused = _infer(gw, limited)
+    _error(refused, 429, "over its rate limit of 1 request(s)/s")
+    assert int(refused.headers["retry-after"]) >= 1
+    time.sleep(int(refused.headers["retry-after"]))
+    assert _infer(gw, limited).status_code == 200
+    record, short = keys.create(f"it-exp-{uuid.uuid4().hex[:6]}", gw["model"],
+                                expires_at=datetime.now(UTC) + timedelta(seconds=2))
+    assert _wait_served(gw, short).status_code == 200
+    time.sleep(2.2)
+    _error(_infer(gw, short), 401, f"expired at {record.expires_at}")
+    deadline = time.monotonic() + 15
+    while not (used := next(k for k in keys.list() if k.name == record.name)).requests and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert used.requests >= 1 and used.last_used_at
+
+
 def test_a_model_routed_to_a_deployment_triton_does_not_serve_is_503(gw, settings, storage):
     from modelops.serving.routes import read_routes, write_routes
     from modelops.storage import parse_s3_uri

@@ -327,3 +327,23 @@ def test_bad_setting_stops_the_gateway_with_one_line() -> None:
     assert out.returncode == 2
     assert out.stderr.strip().startswith("gateway: error: MODELOPS_GATEWAY_ROUTES_POLL_S must be less than or equal")
 
+
+
+def test_an_internal_error_is_json_500_and_counted(config: GatewayConfig, keys: dict[str, str]) -> None:
+    async def scenario() -> None:
+        async with gateway(config) as gw:
+            state = gw.app.state.gateway
+
+            def broken(table, request):
+                raise RuntimeError("a bug")
+
+            state._pick = broken  # type: ignore[method-assign]  # a bug after routing: the handler must count it
+            transport = httpx.ASGITransport(app=gw.app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+                r = await client.post("/v2/models/m/infer", json=INFER, headers=bearer(keys["all"]))
+            assert r.status_code == 500 and r.json() == {"error": "internal gateway error: RuntimeError"}
+            text = state.metrics.render().decode()
+            assert 'modelops_gateway_requests_total{code="500",deployment="",model="m"} 1.0' in text
+            assert state.auth.quotas.total_in_flight == 0  # its lease was given back too
+
+    run(scenario())

@@ -267,3 +267,26 @@ def test_a_client_disconnect_cancels_the_upstream_stream(
     assert in_flight.count(LLM_A) == 0
     assert f'modelops_gateway_requests_total{{code="499",deployment="{LLM_A}",model="smollm2_chat"}} 1.0' in metrics(
         gateway)
+
+
+def test_a_key_revoked_during_a_stream_ends_it_with_a_401_event(
+    gateway: tuple[str, Starlette], config: GatewayConfig, triton: FakeTriton,
+) -> None:
+    store = KeyStore(config.keys_db)
+    _, key = store.create("streamer", "smollm*")
+    triton.chunk_delay_s = 0.1
+    long = " ".join(f"w{i}" for i in range(100))  # 10 s of streaming
+    body = {"model": "smollm2_chat", "messages": [{"role": "user", "content": long}], "stream": True}
+    started = time.monotonic()
+    with httpx.Client(timeout=10) as http, http.stream(
+            "POST", f"{gateway[0]}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        assert '"role":"assistant"' in next(line for line in lines if line)
+        store.revoke("streamer")
+        rest = [line for line in lines if line]
+    assert time.monotonic() - started < 5, "the stream went on after the revocation"
+    assert "[DONE]" not in rest[-1] and json.loads(rest[-1].removeprefix("data: "))["error"]["message"] == (
+        "API key 'streamer' was revoked during the request")
+    assert triton.stream_aborted.wait(5)
+    assert gateway[1].state.gateway.auth.quotas.total_in_flight == 0

@@ -19,11 +19,12 @@ from contextlib import asynccontextmanager
 import aiohttp
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from modelops.serving.gateway.auth import Authenticator
+from modelops.serving.gateway.auth import Authenticator, ReleaseLeases
 from modelops.serving.gateway.config import GatewayConfig
 from modelops.serving.gateway.errors import GatewayError, error_response
 from modelops.serving.gateway.inflight import InFlight
@@ -41,6 +42,7 @@ from modelops.serving.gateway.proxy import (
     triton_error,
     upstream_headers,
 )
+from modelops.serving.gateway.quotas import Quotas
 from modelops.serving.gateway.registry_info import RegistryInfo
 from modelops.serving.gateway.reload import RoutesSource, RoutesWatcher
 from modelops.serving.gateway.rollout_status import RolloutStatus, rollouts_root
@@ -65,7 +67,8 @@ class Gateway:
                                      on_change=self.metrics.set_routes)
         self.rollouts = RolloutStatus(rollouts_root(config.routes_uri), self.metrics,  # modelops_rollout_*
                                       self.watcher.source.storage)
-        self.auth = Authenticator(KeyStore(config.keys_db), config.key_ttl_s)
+        self.auth = Authenticator(KeyStore(config.keys_db), config.key_ttl_s,
+                                  Quotas(config.max_in_flight, config.invalid_key_rate, 4 * config.invalid_key_rate))
         self.in_flight = InFlight()
         self.registry = RegistryInfo(config.mlflow_url, config.registry_ttl_s, auth=config.mlflow_auth)  # /v1/models descriptions
         self._client: aiohttp.ClientSession | None = None
@@ -89,21 +92,37 @@ class Gateway:
         await self.watcher.start()
         await self.registry.start()
         await self.rollouts.start()
+        usage = asyncio.create_task(self._flush_usage(), name="modelops-key-usage")
         log.info("gateway up: triton %s, routes %s, %d model(s)", self.config.triton_url, self.config.routes_uri,
                  len(self.watcher.tables))
         try:
             yield
         finally:
+            usage.cancel()
+            await asyncio.gather(usage, return_exceptions=True)
+            await self._flush_once()
             await self.watcher.stop()
             await self.rollouts.stop()
             await self.registry.close()
             await self._client.close()
             self._client = None
 
+    async def _flush_usage(self) -> None:
+        """Every ``usage_flush_s``: the keys' request counts and last use into the key store."""
+        while True:
+            await asyncio.sleep(self.config.usage_flush_s)
+            await self._flush_once()
+
+    async def _flush_once(self) -> None:
+        try:
+            await self.auth.flush_usage()
+        except Exception as exc:  # noqa: BLE001 - usage is bookkeeping: a locked or missing store never fails serving
+            log.warning("could not write key usage: %s", exc)
+
     # -- shared steps ---------------------------------------------------------------------------
     async def _table(self, request: Request, model: str) -> RouteTable:
         """Authenticate and authorize; the model's routes table."""
-        key = await self.auth.authenticate(request.headers.get("authorization"))
+        key = await self.auth.authenticate(request.headers.get("authorization"), request)
         table = self.watcher.get(model)
         self.auth.authorize(key, model, table is not None)
         assert table is not None  # authorize raised otherwise
@@ -130,7 +149,7 @@ class Gateway:
         forwarded = time.perf_counter() - started if deployment else None
         self.metrics.observe(model, deployment, err.status, forwarded)
         return error_response(err.status, err.message,
-                              {"x-modelops-deployment": deployment} if deployment else None)
+                              err.with_headers({"x-modelops-deployment": deployment} if deployment else None))
 
     # -- endpoints ------------------------------------------------------------------------------
     async def infer(self, request: Request) -> Response:
@@ -184,7 +203,7 @@ class Gateway:
                                             "ready on Triton", deployment)
         except GatewayError as err:
             self.metrics.observe(known, err.deployment, err.status)
-            return error_response(err.status, err.message)
+            return error_response(err.status, err.message, err.with_headers(None))
         self.metrics.observe(model, "", 200)
         return JSONResponse({"name": model, "ready": True})
 
@@ -220,7 +239,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug: logged, answered 500 in JSON and counted (model label only for a routed model), so rollout analysis
+    sees it like any other 5xx."""
     log.exception("internal error on %s %s", request.method, request.url.path)
+    gateway: Gateway = request.app.state.gateway
+    model = request.path_params.get("model", "")
+    gateway.metrics.observe(model if model in gateway.watcher.tables else "", "", 500)
     return error_response(500, f"internal gateway error: {type(exc).__name__}")
 
 
@@ -241,7 +265,7 @@ def create_app(config: GatewayConfig | None = None, storage: Storage | None = No
         Route("/metrics", gateway.metrics_text, methods=["GET"]),
         *OpenAIApi(gateway).routes(),  # /v1: the OpenAI-compatible API
     ]
-    app = Starlette(routes=routes, lifespan=gateway.lifespan,
+    app = Starlette(routes=routes, lifespan=gateway.lifespan, middleware=[Middleware(ReleaseLeases)],
                     exception_handlers={HTTPException: _http_error, Exception: _internal_error})
     app.state.gateway = gateway
     return app

@@ -26,6 +26,9 @@ class GatewayConfig:
         mlflow_url: MLflow's base URL for model descriptions on ``/v1/models`` (empty: none are shown).
         registry_ttl_s: how long an MLflow answer is cached.
         mlflow_auth: ``(username, password)`` sent to MLflow as basic auth (None: anonymous).
+        max_in_flight: requests admitted at once over all keys (0: no cap); more get 429.
+        invalid_key_rate: failed key lookups per client address and second (burst 4x); more get 429.
+        usage_flush_s: seconds between writes of the keys' usage to the key store.
     """
 
     triton_url: str
@@ -39,6 +42,9 @@ class GatewayConfig:
     mlflow_url: str = ""
     registry_ttl_s: float = 30.0
     mlflow_auth: tuple[str, str] | None = field(default=None, repr=False)
+    max_in_flight: int = 1024
+    invalid_key_rate: float = 5.0
+    usage_flush_s: float = 5.0
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> GatewayConfig:
@@ -53,6 +59,9 @@ class GatewayConfig:
             upstream_timeout_s=settings.gateway.upstream_timeout_s,
             mlflow_url=settings.gateway_mlflow_url,
             mlflow_auth=_mlflow_auth(settings),
+            max_in_flight=settings.gateway.max_in_flight,
+            invalid_key_rate=settings.gateway.invalid_key_rate,
+            usage_flush_s=settings.gateway.usage_flush_s,
         )
 
 

@@ -8,13 +8,20 @@ from starlette.responses import Response
 
 
 class GatewayError(Exception):
-    """A request the gateway answers with ``status`` and ``{"error": message}``."""
+    """A request the gateway answers with ``status`` and ``{"error": message}`` (plus ``headers``, e.g. a 429's
+    ``Retry-After``)."""
 
-    def __init__(self, status: int, message: str, deployment: str = ""):
+    def __init__(self, status: int, message: str, deployment: str = "", headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.deployment = deployment
+        self.headers = headers or {}
+
+    def with_headers(self, headers: dict[str, str] | None) -> dict[str, str] | None:
+        """The error's own headers plus ``headers`` (None when both are empty)."""
+        merged = {**self.headers, **(headers or {})}
+        return merged or None
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

@@ -8,6 +8,10 @@ enough (no password stretching); the comparison is constant-time.
 
 Names are unique among active keys; a revoked key stays listed (with ``revoked_at``) and its name may be
 reused. Patterns are model names or shell globs (``minilm*``, ``*``), comma-separated.
+
+A key may carry limits: ``expires_at`` (then 401 naming the expiry), ``rate_limit`` (requests per second, 429 with
+``Retry-After`` above it) and ``max_concurrency`` (requests in flight, 429 above it); the gateways enforce them
+(:mod:`.quotas`) and write back ``last_used_at`` and ``requests`` in batches (:meth:`KeyStore.record_usage`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import re
 import secrets
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +49,10 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys(name) WHERE revoked_at IS NULL;
 """
+# columns added after the first release: a store made before them gets them on first use
+_LIMIT_COLUMNS = {"expires_at": "TEXT", "rate_limit": "REAL", "max_concurrency": "INTEGER", "last_used_at": "TEXT",
+                  "requests": "INTEGER NOT NULL DEFAULT 0"}
+_COLUMNS = "id, name, models, created_at, revoked_at, expires_at, rate_limit, max_concurrency, last_used_at, requests"
 
 
 class KeyStoreError(ValueError):
@@ -59,10 +68,25 @@ class ApiKey:
     models: tuple[str, ...]
     created_at: str
     revoked_at: str | None = None
+    expires_at: str | None = None
+    rate_limit: float | None = None  # requests per second
+    max_concurrency: int | None = None  # requests in flight
+    last_used_at: str | None = None  # as of the gateways' last usage write (every few seconds)
+    requests: int = 0
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    def expired(self, now: datetime | None = None) -> bool:
+        """Whether ``expires_at`` has passed."""
+        return self.expires_at is not None and datetime.fromisoformat(self.expires_at) <= (now or datetime.now(UTC))
+
+    def to_json(self) -> dict[str, object]:
+        """What ``modelops keys list --json`` prints for the key (never its secret)."""
+        return {"name": self.name, "id": self.id, "models": ",".join(self.models), "created_at": self.created_at,
+                "revoked_at": self.revoked_at, "expires_at": self.expires_at, "rate_limit": self.rate_limit,
+                "max_concurrency": self.max_concurrency, "last_used": self.last_used_at, "requests": self.requests}
 
     def grants(self, model: str) -> bool:
         """Whether ``model`` matches one of the key's patterns."""
@@ -112,6 +136,20 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _row_key(row: Sequence[object]) -> ApiKey:
+    """An :class:`ApiKey` from a row of :data:`_COLUMNS`."""
+    return ApiKey(str(row[0]), str(row[1]), tuple(str(row[2]).split(",")), str(row[3]), row[4], row[5],  # type: ignore[arg-type]
+                  None if row[6] is None else float(row[6]), None if row[7] is None else int(row[7]),  # type: ignore[arg-type]
+                  row[8], int(row[9] or 0))  # type: ignore[arg-type]
+
+
+def _check_limits(rate_limit: float | None, max_concurrency: int | None) -> None:
+    if rate_limit is not None and not rate_limit > 0:
+        raise KeyStoreError(f"--rate-limit must be above 0 requests per second, got {rate_limit}")
+    if max_concurrency is not None and max_concurrency < 1:
+        raise KeyStoreError(f"--max-concurrency must be at least 1, got {max_concurrency}")
+
+
 class KeyStore:
     """The key database at ``path`` (created on first use) and its pepper file ``<path>.pepper``.
 
@@ -145,28 +183,44 @@ class KeyStore:
         conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
         try:
             conn.executescript(_SCHEMA)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}
+            for column, kind in _LIMIT_COLUMNS.items():
+                if column not in have:
+                    try:
+                        conn.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {kind}")
+                    except sqlite3.OperationalError:  # another process added it meanwhile
+                        pass
             yield conn
         finally:
             conn.close()
 
     # -- administration (the CLI) -----------------------------------------------------------------
-    def create(self, name: str, models: Sequence[str] | str) -> tuple[ApiKey, str]:
-        """A new key named ``name`` granted ``models``; returns the record and the key (shown once).
+    def create(self, name: str, models: Sequence[str] | str, *, expires_at: datetime | None = None,
+               rate_limit: float | None = None, max_concurrency: int | None = None) -> tuple[ApiKey, str]:
+        """A new key named ``name`` granted ``models``, with optional limits; returns the record and the key (shown
+        once).
 
         Raises:
-            KeyStoreError: bad or duplicate name, or no valid pattern.
+            KeyStoreError: bad or duplicate name, no valid pattern, an expiry in the past, a limit below 1.
         """
         if not _NAME_RE.match(name):
             raise KeyStoreError(f"invalid key name {name!r}: letters, digits, '.', '_' and '-' (at most 64)")
         patterns = parse_patterns(models if isinstance(models, str) else ",".join(models))
+        _check_limits(rate_limit, max_concurrency)
+        if expires_at is not None and expires_at <= datetime.now(UTC):
+            raise KeyStoreError(f"--expires must be in the future, got {expires_at.isoformat(timespec='seconds')}")
         pepper = self._load_pepper()
         key_id, secret, salt = secrets.token_hex(ID_HEX // 2), secrets.token_urlsafe(32), secrets.token_bytes(16)
-        record = ApiKey(id=key_id, name=name, models=patterns, created_at=_now())
+        expires = expires_at.astimezone(UTC).isoformat(timespec="seconds") if expires_at else None
+        record = ApiKey(id=key_id, name=name, models=patterns, created_at=_now(), expires_at=expires,
+                        rate_limit=rate_limit, max_concurrency=max_concurrency)
         with self._connect() as conn:
             try:
                 conn.execute(
-                    "INSERT INTO api_keys (id, name, models, salt, digest, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (key_id, name, ",".join(patterns), salt, _digest(pepper, salt, secret), record.created_at),
+                    "INSERT INTO api_keys (id, name, models, salt, digest, created_at, expires_at, rate_limit, "
+                    "max_concurrency) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key_id, name, ",".join(patterns), salt, _digest(pepper, salt, secret), record.created_at,
+                     expires, rate_limit, max_concurrency),
                 )
             except sqlite3.IntegrityError:
                 raise KeyStoreError(f"a key named {name!r} already exists; revoke it first or pick another name") from None
@@ -175,10 +229,8 @@ class KeyStore:
     def list(self) -> list[ApiKey]:
         """Every key, active and revoked, oldest first (no secrets)."""
         with self._connect() as conn:
-            rows = conn.execute(
-                "SELECT id, name, models, created_at, revoked_at FROM api_keys ORDER BY created_at, rowid"
-            ).fetchall()
-        return [ApiKey(r[0], r[1], tuple(r[2].split(",")), r[3], r[4]) for r in rows]
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, rowid").fetchall()
+        return [_row_key(r) for r in rows]
 
     def revoke(self, name: str) -> ApiKey:
         """Revoke the active key named ``name``; the gateway refuses it within its cache TTL.
@@ -189,26 +241,35 @@ class KeyStore:
         revoked_at = _now()
         with self._connect() as conn:
             row = conn.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL "
-                "RETURNING id, name, models, created_at, revoked_at",
+                f"UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL RETURNING {_COLUMNS}",
                 (revoked_at, name),
             ).fetchone()
         if row is None:
             raise KeyStoreError(f"no active key named {name!r} (see `modelops keys list`)")
-        return ApiKey(row[0], row[1], tuple(row[2].split(",")), row[3], row[4])
+        return _row_key(row)
 
     # -- the gateway's side -----------------------------------------------------------------------
     def lookup(self, key_id: str) -> StoredKey | None:
-        """The active key with ``key_id`` and its digest, or ``None`` (unknown or revoked)."""
+        """The unrevoked key with ``key_id`` (expired ones too: the gateway names the expiry) and its digest, or
+        ``None`` (unknown or revoked)."""
         self._load_pepper()  # here, in the caller's worker thread, not later on the event loop
         with self._connect() as conn:
             row = conn.execute(
-                "SELECT id, name, models, created_at, salt, digest FROM api_keys WHERE id = ? AND revoked_at IS NULL",
-                (key_id,),
+                f"SELECT {_COLUMNS}, salt, digest FROM api_keys WHERE id = ? AND revoked_at IS NULL", (key_id,),
             ).fetchone()
         if row is None:
             return None
-        return StoredKey(ApiKey(row[0], row[1], tuple(row[2].split(",")), row[3]), bytes(row[4]), bytes(row[5]))
+        return StoredKey(_row_key(row[:10]), bytes(row[10]), bytes(row[11]))
+
+    def record_usage(self, usage: dict[str, tuple[int, str]]) -> None:
+        """Add each key id's request count and move its ``last_used_at`` forward (a gateway's batch; several
+        gateways may write the same keys)."""
+        if not usage:
+            return
+        with self._connect() as conn:
+            conn.executemany(
+                "UPDATE api_keys SET requests = requests + ?, last_used_at = max(coalesce(last_used_at, ''), ?) "
+                "WHERE id = ?", [(count, last, key_id) for key_id, (count, last) in usage.items()])
 
     def verify(self, stored: StoredKey, secret: str) -> bool:
         """Constant-time comparison of ``secret`` with the stored digest."""
@@ -218,24 +279,36 @@ class KeyStore:
 class KeyCache:
     """Per-id cache of :meth:`KeyStore.lookup` results for ``ttl_s`` seconds (revocation seen within it).
 
-    Not thread-safe by design: the gateway uses it from its event loop only, and does the lookups in a
-    thread. Bounded: when ``max_entries`` is reached the whole cache is dropped (probing with random ids
-    cannot grow it without limit).
+    Not thread-safe by design: the gateway uses it from its event loop only, and does the lookups in a thread.
+    Found keys and misses live in two bounded LRUs (``max_entries`` each): probing with random ids only pushes
+    out older misses, never a valid key.
     """
 
     def __init__(self, ttl_s: float = 1.0, max_entries: int = 10_000):
         self.ttl_s = ttl_s
         self.max_entries = max_entries
-        self._entries: dict[str, tuple[float, StoredKey | None]] = {}
+        self._found: OrderedDict[str, tuple[float, StoredKey]] = OrderedDict()
+        self._missed: OrderedDict[str, float] = OrderedDict()
 
     def get(self, key_id: str) -> tuple[bool, StoredKey | None]:
         """``(hit, value)``: a hit is a lookup younger than the TTL (its value may be ``None``)."""
-        entry = self._entries.get(key_id)
-        if entry is None or time.monotonic() - entry[0] > self.ttl_s:
-            return False, None
-        return True, entry[1]
+        now = time.monotonic()
+        found = self._found.get(key_id)
+        if found is not None and now - found[0] <= self.ttl_s:
+            self._found.move_to_end(key_id)
+            return True, found[1]
+        missed = self._missed.get(key_id)
+        if missed is not None and now - missed <= self.ttl_s:
+            return True, None
+        return False, None
 
     def put(self, key_id: str, value: StoredKey | None) -> None:
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
-        self._entries[key_id] = (time.monotonic(), value)
+        table: OrderedDict = self._missed if value is None else self._found
+        (self._found if value is None else self._missed).pop(key_id, None)
+        table[key_id] = time.monotonic() if value is None else (time.monotonic(), value)
+        table.move_to_end(key_id)
+        while len(table) > self.max_entries:
+            table.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._found) + len(self._missed)

@@ -59,6 +59,9 @@ class EmbedderIO:
     batched: bool
 
 
+KEY_RECHECK_S = 1.0  # how often a stream checks that its key was not revoked meanwhile
+
+
 class _ClosingStream(StreamingResponse):
     """A streaming response that runs ``on_close`` however it ends (done, client gone, cancelled)."""
 
@@ -97,7 +100,7 @@ class OpenAIApi:
         return error_response(err, {"x-modelops-deployment": deployment} if deployment else None)
 
     async def _key(self, request: Request) -> ApiKey:
-        return await self.gw.auth.authenticate(request.headers.get("authorization"))
+        return await self.gw.auth.authenticate(request.headers.get("authorization"), request)
 
     async def _body(self, request: Request, schema: type[B]) -> tuple[ApiKey, B]:
         """Authenticate first (no body is read for a bad key), then read and validate the body."""
@@ -256,7 +259,7 @@ class OpenAIApi:
             completion.add(await _until_disconnect(request, anext(events)))
             if body.stream:
                 streaming = True
-                return self._sse(body, completion, stream, events, tracking, known, deployment, started)
+                return self._sse(key, body, completion, stream, events, tracking, known, deployment, started)
             await _until_disconnect(request, _drain(events, completion))
         except ClientGone:
             self.gw.metrics.observe(known, deployment, CLIENT_CLOSED, time.perf_counter() - started)
@@ -272,10 +275,11 @@ class OpenAIApi:
         self.gw.metrics.observe(known, deployment, 200, time.perf_counter() - started)
         return JSONResponse(completion.message(), headers={"x-modelops-deployment": deployment})
 
-    def _sse(self, body: ChatCompletionRequest, completion: Completion, stream: GenerateStream,
+    def _sse(self, key: ApiKey, body: ChatCompletionRequest, completion: Completion, stream: GenerateStream,
              events: AsyncIterator[GenerateEvent], tracking: ExitStack, model: str, deployment: str,
              started: float) -> Response:
-        """The SSE answer; closing it (done, client gone) closes the upstream stream and counts the request."""
+        """The SSE answer; closing it (done, client gone) closes the upstream stream and counts the request. The
+        key is checked again every second: revoked or expired, the stream ends with a 401 error event."""
         outcome = {"code": CLIENT_CLOSED}
 
         def on_close() -> None:
@@ -290,7 +294,11 @@ class OpenAIApi:
                 yield completion.chunk({"content": completion.text[0]}, include_usage=usage)
             try:
                 if not completion.finish_reason:
+                    checked = time.monotonic()
                     async for event in events:
+                        if time.monotonic() - checked >= KEY_RECHECK_S:
+                            await self.gw.auth.check_active(key)
+                            checked = time.monotonic()
                         completion.add(event)
                         if event.text:
                             yield completion.chunk({"content": event.text}, include_usage=usage)

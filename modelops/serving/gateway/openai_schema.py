@@ -27,7 +27,9 @@ _KINDS: dict[int, tuple[str, str | None]] = {
     403: ("permission_error", "model_not_granted"),
     404: ("invalid_request_error", "model_not_found"),
     413: ("invalid_request_error", "request_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
     429: ("rate_limit_error", "rate_limit_exceeded"),
+    499: ("invalid_request_error", "client_closed_request"),
     502: ("server_error", "upstream_error"),
     503: ("server_error", "model_not_available"),
     504: ("server_error", "upstream_timeout"),
@@ -56,7 +58,7 @@ def error_body(err: GatewayError) -> dict[str, Any]:
 
 def error_response(err: GatewayError, headers: dict[str, str] | None = None) -> JSONResponse:
     """``err`` as an OpenAI error response with its status."""
-    return JSONResponse(error_body(err), status_code=err.status, headers=headers)
+    return JSONResponse(error_body(err), status_code=err.status, headers=err.with_headers(headers))
 
 
 class _Body(BaseModel):
@@ -182,7 +184,8 @@ def parse_body(model: type[T], body: bytes) -> T:
     """The request body as ``model``; 400 naming the first bad field.
 
     Raises:
-        OpenAIError: 400 for malformed JSON, a body that is not an object, or a field that breaks the spec.
+        OpenAIError: 400 for malformed or too deeply nested JSON, a body that is not an object, or a field that
+            breaks the spec.
     """
     try:
         doc = json.loads(body)
@@ -190,6 +193,8 @@ def parse_body(model: type[T], body: bytes) -> T:
         raise OpenAIError(400, "the request body is not UTF-8") from None
     except ValueError as exc:
         raise OpenAIError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise OpenAIError(400, "malformed JSON: the request body is nested deeper than the gateway accepts") from None
     if not isinstance(doc, dict):
         raise OpenAIError(400, "the request body must be a JSON object")
     try:

@@ -1,44 +1,56 @@
-"""Request bodies in, Triton out: the size limit, the JSON check, and forwarding bytes to one deployment.
+"""Request bodies in, Triton out: the size limit, decompression, the JSON check, and forwarding bytes to one deployment.
 
-Bodies are bytes from end to end. The gateway parses only the JSON inference header (the whole body for
-``application/json``, the first ``Inference-Header-Content-Length`` bytes for the binary-tensor
-extension) to answer malformed JSON with 400 itself; binary tensors and compressed bodies go to Triton
-untouched, and Triton's own refusal (a wrong shape or datatype) is passed on as 400 with its message.
+Bodies are bytes from end to end. A body sent with ``Content-Encoding: gzip`` (or ``x-gzip``, ``deflate``) is
+inflated here, streaming and never past the size limit (a gzip bomb is stopped after ``limit + 1`` bytes of output),
+and goes to Triton inflated, without ``Content-Encoding``; other encodings are refused with 415. The gateway parses
+only the JSON inference header (the whole body for ``application/json``, the first ``Inference-Header-Content-Length``
+bytes of the inflated body for the binary-tensor extension, as in Triton) to answer malformed or too deeply nested
+JSON with 400 itself; binary tensors go to Triton untouched, and Triton's own refusal (a wrong shape or datatype) is
+passed on as 400 with its message.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
 import aiohttp
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from modelops.serving.gateway.errors import GatewayError
 
 HEADER_LENGTH = "inference-header-content-length"
-# Request headers Triton needs; nothing else goes upstream (never Authorization: the key stays here).
-# Answers come back uncompressed (the upstream client asks Triton for identity): the client's Accept-Encoding is
-# not forwarded and no Content-Encoding is passed back.
-FORWARDED_REQUEST = ("content-type", HEADER_LENGTH, "content-encoding")
+# Request headers Triton needs; nothing else goes upstream (never Authorization: the key stays here). Bodies go up
+# inflated (never Content-Encoding) and answers come back uncompressed (the upstream client asks Triton for
+# identity): the client's Accept-Encoding is not forwarded and no Content-Encoding is passed back.
+FORWARDED_REQUEST = ("content-type", HEADER_LENGTH)
 FORWARDED_RESPONSE = ("content-type", HEADER_LENGTH)
 # What Triton answers when the deployment is not loaded (or not ready): a serving problem, not the client's.
 _NOT_SERVED = re.compile(r"unknown model|is not ready|no available version|not loaded", re.IGNORECASE)
 # Triton answers some malformed tensors with 500 (e.g. float data declared INT32): still the client's mistake.
 _BAD_TENSOR = re.compile(r"^(\[request id: [^\]]*\] )?Unable to parse '")
 
+# Content-Encoding -> zlib's wbits: gzip as Triton takes it, deflate as the zlib format (RFC 9110, and Triton)
+_INFLATED = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+ACCEPTED_ENCODINGS = (*_INFLATED, "identity")
+TOO_DEEP = "nested deeper than the gateway accepts"
+
 T = TypeVar("T")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 from ``Content-Length`` before reading, or while streaming.
+    """The request body, inflated for ``Content-Encoding`` gzip, x-gzip or deflate; refused with 413 from
+    ``Content-Length`` before reading, or while streaming (the bytes on the wire, and the inflated bytes).
 
     Raises:
-        GatewayError: 413 over ``limit`` bytes, 400 for a ``Content-Length`` that is not a number.
+        GatewayError: 413 over ``limit`` bytes (sent or inflated), 415 for another Content-Encoding, 400 for a
+            ``Content-Length`` that is not a number or a corrupt compressed body, 499 when the client went away.
     """
+    encoding = content_encoding(request)
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -47,14 +59,83 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise GatewayError(400, f"invalid Content-Length {declared[:40]!r}") from None
         if size > limit:
             raise GatewayError(413, f"request body of {size} bytes is over the gateway's limit of {limit} bytes")
+    inflater = Inflater(encoding, limit) if encoding != "identity" else None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise GatewayError(413, f"request body is over the gateway's limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError(413, f"request body is over the gateway's limit of {limit} bytes")
+            if inflater is not None:
+                inflater.feed(chunk)
+            else:
+                chunks.append(chunk)
+    except ClientDisconnect:
+        raise GatewayError(499, "client closed the request before its body was read") from None
+    return inflater.finish() if inflater is not None else b"".join(chunks)
+
+
+def content_encoding(request: Request) -> str:
+    """The request's one Content-Encoding, lower-cased; ``identity`` when absent.
+
+    Raises:
+        GatewayError: 415 for an encoding the gateway does not inflate, or several of them.
+    """
+    value = ", ".join(v.strip() for v in request.headers.getlist("content-encoding") if v.strip()).lower()
+    if not value:
+        return "identity"
+    if value not in ACCEPTED_ENCODINGS:
+        raise GatewayError(415, f"Content-Encoding {value[:40]!r} is not supported: the gateway accepts one of "
+                                f"{', '.join(ACCEPTED_ENCODINGS)}",
+                           headers={"accept-encoding": ", ".join(ACCEPTED_ENCODINGS)})  # RFC 9110 15.5.16
+    return value
+
+
+class Inflater:
+    """A gzip (concatenated members too) or zlib-format deflate body, inflated chunk by chunk, never producing more
+    than ``limit + 1`` bytes: zlib's ``max_length`` caps each step's output, so a bomb is not inflated whole."""
+
+    def __init__(self, encoding: str, limit: int):
+        self.encoding, self.limit = encoding, limit
+        self._wbits = _INFLATED[encoding]
+        self._zlib = zlib.decompressobj(self._wbits)
+        self._out: list[bytes] = []
+        self._size = 0
+        self._fed = False
+
+    def feed(self, data: bytes) -> None:
+        """Inflate the next compressed bytes.
+
+        Raises:
+            GatewayError: 413 once the output passes ``limit``, 400 for corrupt data.
+        """
+        while data:
+            self._fed = True
+            if self._zlib.eof:  # the next gzip member; deflate is one stream
+                if self._wbits == zlib.MAX_WBITS:
+                    raise GatewayError(400, f"corrupt {self.encoding} request body: data after the end of the stream")
+                self._zlib = zlib.decompressobj(self._wbits)
+            try:
+                out = self._zlib.decompress(data, self.limit - self._size + 1)
+            except zlib.error as exc:
+                raise GatewayError(400, f"corrupt {self.encoding} request body: {exc}") from None
+            self._size += len(out)
+            if self._size > self.limit:  # also whenever input is left unconsumed: the output cap was hit
+                raise GatewayError(413, f"request body is over the gateway's limit of {self.limit} bytes "
+                                        "(after decompression)")
+            self._out.append(out)
+            data = self._zlib.unused_data if self._zlib.eof else b""
+
+    def finish(self) -> bytes:
+        """The inflated body (empty for an empty one).
+
+        Raises:
+            GatewayError: 400 for a compressed stream cut short.
+        """
+        if self._fed and not self._zlib.eof:
+            raise GatewayError(400, f"corrupt {self.encoding} request body: the compressed stream ends early")
+        return b"".join(self._out)
 
 
 @dataclass(frozen=True)
@@ -68,13 +149,12 @@ class Upstream:
 
 
 def check_inference_header(body: bytes, headers: Mapping[str, str]) -> None:
-    """400 unless the JSON part of an inference request is a JSON object; other bodies are Triton's to judge.
+    """400 unless the JSON part of an inference request (``body`` inflated by :func:`read_body`) is a JSON object;
+    other bodies are Triton's to judge.
 
     Raises:
-        GatewayError: 400 with the parser's message.
+        GatewayError: 400 with the parser's message, or for JSON nested too deep to parse.
     """
-    if headers.get("content-encoding"):
-        return  # compressed: Triton decompresses and judges
     header_length = headers.get(HEADER_LENGTH)
     if header_length is not None:
         try:
@@ -96,6 +176,8 @@ def check_inference_header(body: bytes, headers: Mapping[str, str]) -> None:
         raise GatewayError(400, "malformed JSON: the inference request is not UTF-8") from None
     except ValueError as exc:
         raise GatewayError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise GatewayError(400, f"malformed JSON: {TOO_DEEP}") from None
     if not isinstance(doc, dict):
         raise GatewayError(400, "malformed inference request: the JSON must be an object with 'inputs'")
 
