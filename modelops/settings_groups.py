@@ -175,6 +175,16 @@ class GatewaySettings(_Group):
                               "more get 429 with Retry-After (0: no cap).", 1024, ge=0)
     invalid_key_rate: float = _var("MODELOPS_GATEWAY_INVALID_KEY_RATE", "Failed key lookups allowed per client "
                                    "address and second (burst: 4x); more get 429 before the lookup.", 5.0, gt=0)
+    max_tokens: int = _var("MODELOPS_GATEWAY_MAX_TOKENS", "Largest max_tokens a chat request may ask (per model: "
+                           "MLflow tag modelops.max_tokens); more is 400.", 4096, gt=0)
+    max_prompt_chars: int = _var("MODELOPS_GATEWAY_MAX_PROMPT_CHARS", "Longest chat prompt in characters (tag "
+                                 "modelops.max_prompt_chars); longer is 400.", 100_000, gt=0)
+    max_input_chars: int = _var("MODELOPS_GATEWAY_MAX_INPUT_CHARS", "Longest embeddings input in characters (tag "
+                                "modelops.max_input_chars); longer is 400.", 20_000, gt=0)
+    stream_deadline_s: float = _var("MODELOPS_GATEWAY_STREAM_DEADLINE_S", "Longest a chat answer may take; then "
+                                    "it ends with a 504 error (event).", 600.0, gt=0)
+    embed_parallel: int = _var("MODELOPS_GATEWAY_EMBED_PARALLEL", "Triton calls one embeddings request makes at "
+                               "once (its inputs are sent in batches).", 8, gt=0)
     usage_flush_s: float = _var("MODELOPS_GATEWAY_USAGE_FLUSH_S", "Seconds between writes of the keys' request "
                                 "counts and last use to the key store.", 5.0, gt=0)
     mlflow_url: str = _var("MODELOPS_GATEWAY_MLFLOW_URL", "MLflow the gateway reads model descriptions and "

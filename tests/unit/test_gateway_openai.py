@@ -290,3 +290,50 @@ def test_a_key_revoked_during_a_stream_ends_it_with_a_401_event(
         "API key 'streamer' was revoked during the request")
     assert triton.stream_aborted.wait(5)
     assert gateway[1].state.gateway.auth.quotas.total_in_flight == 0
+
+
+def test_caps_of_the_gateway_and_of_the_registered_model(
+    config: GatewayConfig, triton: FakeTriton, mlflow: FakeMlflow,
+) -> None:
+    from dataclasses import replace
+
+    from modelops.serving.gateway.caps import Caps
+
+    mlflow.models["smollm2_chat"][1]["modelops.max_tokens"] = "64"  # the model's own cap, below the gateway's
+    capped = replace(config, caps=Caps(max_tokens=1000, max_prompt_chars=200, max_input_chars=50))
+    store = KeyStore(config.keys_db)
+    _, key = store.create("capped", "*")
+    with serve(capped) as running:
+        api = client(running, key)
+        with pytest.raises(openai.BadRequestError) as huge:
+            api.chat.completions.create(model="smollm2_chat", messages=CHAT, max_tokens=10**9)
+        assert huge.value.body["message"] == "invalid 'max_tokens': 1000000000 is over model 'smollm2_chat''s " \
+                                             "cap of 64 tokens" and huge.value.body["param"] == "max_tokens"
+        assert api.chat.completions.create(model="smollm2_chat", messages=CHAT, max_tokens=64).choices
+        with pytest.raises(openai.BadRequestError, match="cap of 200"):
+            api.chat.completions.create(model="smollm2_chat", messages=[{"role": "user", "content": "x" * 201}])
+        with pytest.raises(openai.BadRequestError, match=r"invalid 'input\[1\]': 51 characters .* cap of 50"):
+            api.embeddings.create(model="minilm_embedder", input=["short", "y" * 51])
+        assert api.embeddings.create(model="minilm_embedder", input=["y" * 50]).data
+
+
+def test_a_chat_answer_past_the_stream_deadline_ends_with_504(
+    config: GatewayConfig, keys: dict[str, str], triton: FakeTriton,
+) -> None:
+    from dataclasses import replace
+
+    from modelops.serving.gateway.caps import Caps
+
+    triton.chunk_delay_s = 0.1
+    long = " ".join(f"w{i}" for i in range(100))  # 10 s of streaming
+    body = {"model": "smollm2_chat", "messages": [{"role": "user", "content": long}], "stream": True}
+    with serve(replace(config, caps=Caps(stream_deadline_s=1.5))) as running, httpx.Client(timeout=10) as http:
+        with http.stream("POST", f"{running[0]}/v1/chat/completions", json=body,
+                         headers={"Authorization": f"Bearer {keys['all']}"}) as r:
+            lines = [line for line in r.iter_lines() if line]
+        error = json.loads(lines[-1].removeprefix("data: "))["error"]
+        assert "1.5 s deadline" in error["message"] and "[DONE]" not in lines[-1]
+        assert triton.stream_aborted.wait(5)
+        aggregated = http.post(f"{running[0]}/v1/chat/completions", json={**body, "stream": False},
+                               headers={"Authorization": f"Bearer {keys['all']}"})
+        assert aggregated.status_code == 504 and "deadline" in aggregated.json()["error"]["message"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelops.serving.gateway.caps import Caps
 from modelops.settings import Settings
 
 MIB = 1024 * 1024
@@ -29,6 +30,8 @@ class GatewayConfig:
         max_in_flight: requests admitted at once over all keys (0: no cap); more get 429.
         invalid_key_rate: failed key lookups per client address and second (burst 4x); more get 429.
         usage_flush_s: seconds between writes of the keys' usage to the key store.
+        caps: the OpenAI API's default caps (max_tokens, prompt and input length, stream deadline).
+        embed_parallel: Triton calls one embeddings request makes at once.
     """
 
     triton_url: str
@@ -45,6 +48,8 @@ class GatewayConfig:
     max_in_flight: int = 1024
     invalid_key_rate: float = 5.0
     usage_flush_s: float = 5.0
+    caps: Caps = field(default_factory=Caps)
+    embed_parallel: int = 8
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> GatewayConfig:
@@ -62,6 +67,9 @@ class GatewayConfig:
             max_in_flight=settings.gateway.max_in_flight,
             invalid_key_rate=settings.gateway.invalid_key_rate,
             usage_flush_s=settings.gateway.usage_flush_s,
+            caps=Caps(settings.gateway.max_tokens, settings.gateway.max_prompt_chars, settings.gateway.max_input_chars,
+                      settings.gateway.stream_deadline_s),
+            embed_parallel=settings.gateway.embed_parallel,
         )
 
 

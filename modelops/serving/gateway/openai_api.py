@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from modelops.serving.gateway.caps import Caps
 from modelops.serving.gateway.errors import GatewayError
 from modelops.serving.gateway.keys import ApiKey
 from modelops.serving.gateway.llm_stream import DONE, SSE_HEADERS, Completion, GenerateEvent, GenerateStream
@@ -114,6 +115,11 @@ class OpenAIApi:
         assert table is not None
         return table
 
+    async def _caps(self, model: str) -> Caps:
+        """The model's caps: the gateway's, with the registered model's own tags (cached lookups)."""
+        info = await self.gw.registry.get(model)
+        return self.gw.config.caps.for_model(info.caps if info else None)
+
     def _visible(self, key: ApiKey) -> list[str]:
         """Public models the key may use that have a deployment to serve them."""
         return sorted(m for m, t in self.gw.watcher.tables.items() if t.deployments and key.grants(m))
@@ -167,6 +173,7 @@ class OpenAIApi:
             key, body = await self._body(request, EmbeddingRequest)
             table = self._routed(key, body.model)
             known = body.model
+            (await self._caps(body.model)).check_embeddings(body)
             deployment = self.gw._pick(table, request)
             with self._tracked(known, deployment):
                 io = await self._embedder_io(deployment, body.model)
@@ -214,7 +221,13 @@ class OpenAIApi:
     async def _embed(self, io: EmbedderIO, deployment: str, texts: list[str]) -> list[list[float]]:
         groups = ([texts[i:i + EMBED_BATCH] for i in range(0, len(texts), EMBED_BATCH)] if io.batched
                   else [[t] for t in texts])
-        parts = await asyncio.gather(*(self._infer(io, deployment, group) for group in groups))
+        limit = asyncio.Semaphore(self.gw.config.embed_parallel)  # one request never floods Triton's pool
+
+        async def infer(group: list[str]) -> list[list[float]]:
+            async with limit:
+                return await self._infer(io, deployment, group)
+
+        parts = await asyncio.gather(*(infer(group) for group in groups))
         return [row for part in parts for row in part]
 
     async def _infer(self, io: EmbedderIO, deployment: str, texts: list[str]) -> list[list[float]]:
@@ -248,6 +261,8 @@ class OpenAIApi:
             key, body = await self._body(request, ChatCompletionRequest)
             table = self._routed(key, body.model)
             known = body.model
+            caps = await self._caps(body.model)
+            caps.check_chat(body)
             deployment = self.gw._pick(table, request)
             payload = json.dumps({"messages_json": body.messages_json(), "params_json": body.params_json()})
             tracking.enter_context(self._tracked(known, deployment))
@@ -259,8 +274,13 @@ class OpenAIApi:
             completion.add(await _until_disconnect(request, anext(events)))
             if body.stream:
                 streaming = True
-                return self._sse(key, body, completion, stream, events, tracking, known, deployment, started)
-            await _until_disconnect(request, _drain(events, completion))
+                return self._sse(key, body, completion, stream, events, tracking, known, deployment, started,
+                                 caps.stream_deadline_s)
+            try:
+                await _until_disconnect(request, asyncio.wait_for(_drain(events, completion), caps.stream_deadline_s))
+            except TimeoutError:
+                raise OpenAIError(504, f"the answer took longer than the gateway's {caps.stream_deadline_s:g} s "
+                                       "deadline", deployment=deployment) from None
         except ClientGone:
             self.gw.metrics.observe(known, deployment, CLIENT_CLOSED, time.perf_counter() - started)
             return Response(status_code=CLIENT_CLOSED)
@@ -277,7 +297,7 @@ class OpenAIApi:
 
     def _sse(self, key: ApiKey, body: ChatCompletionRequest, completion: Completion, stream: GenerateStream,
              events: AsyncIterator[GenerateEvent], tracking: ExitStack, model: str, deployment: str,
-             started: float) -> Response:
+             started: float, deadline_s: float) -> Response:
         """The SSE answer; closing it (done, client gone) closes the upstream stream and counts the request. The
         key is checked again every second: revoked or expired, the stream ends with a 401 error event."""
         outcome = {"code": CLIENT_CLOSED}
@@ -299,6 +319,9 @@ class OpenAIApi:
                         if time.monotonic() - checked >= KEY_RECHECK_S:
                             await self.gw.auth.check_active(key)
                             checked = time.monotonic()
+                            if time.perf_counter() - started > deadline_s:
+                                raise OpenAIError(504, f"the answer took longer than the gateway's {deadline_s:g} "
+                                                       "s deadline", deployment=deployment)
                         completion.add(event)
                         if event.text:
                             yield completion.chunk({"content": event.text}, include_usage=usage)

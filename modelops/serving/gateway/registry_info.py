@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
 from modelops.contracts.naming import TAG_TASK
+from modelops.serving.gateway.caps import tag_caps
 
 log = logging.getLogger("modelops.gateway.registry")
 _MISS_TTL_S = 5.0
@@ -28,6 +29,7 @@ class ModelInfo:
     description: str | None = None
     task: str | None = None  # the ``modelops.task`` tag: chat | embedding
     created: int | None = None  # seconds since the epoch
+    caps: dict[str, int] = field(default_factory=dict)  # the model's own caps (:func:`.caps.tag_caps`)
 
 
 class RegistryInfo:
@@ -103,6 +105,7 @@ class RegistryInfo:
                 description=doc.get("description") or None,
                 task=tags.get(TAG_TASK) or None,
                 created=int(created) // 1000 if created is not None else None,
+                caps=tag_caps(tags),
             ), self.ttl_s
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("MLflow lookup of %r: unexpected answer (%s)", model, exc)
