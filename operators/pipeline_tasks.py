@@ -51,6 +51,16 @@ def _lock_optimization(storage, triton_bucket: str, model: str, version: str | i
         raise _fail(str(exc)) from None
 
 
+def _fence(storage, spec: dict[str, Any]) -> None:
+    """Renew the run's optimization lease before a step that writes, or fail the task saying it was lost."""
+    from modelops.runs.resolve import RunRefused, fence_optimization
+
+    try:
+        fence_optimization(storage, spec["triton_bucket"], spec["model_name"], spec["model_version"], _airflow_run_id())
+    except RunRefused as exc:
+        raise _fail(str(exc)) from None
+
+
 def _unlock_optimization(storage, triton_bucket: str, model: str, version: str | int, owner: str | None) -> None:
     from modelops.runs.resolve import unlock_optimization
 
@@ -78,7 +88,9 @@ def select(spec_uri: str, connections: Connections | None = None) -> dict[str, A
 
     _, s3_hook, _ = _hooks(connections)
     storage = s3_hook.storage()
-    return select_run(storage, _load(storage, spec_uri))
+    spec = _load(storage, spec_uri)
+    _fence(storage, spec)  # renewed after the heavy steps (hours): publish and deploy renew it again
+    return select_run(storage, spec)
 
 
 def publish(spec_uri: str, selection: dict[str, Any], connections: Connections | None = None) -> dict[str, Any]:
@@ -91,8 +103,10 @@ def publish(spec_uri: str, selection: dict[str, Any], connections: Connections |
         raise AirflowSkipException(f"nothing to publish: {selection.get('reason')}")
     _, s3_hook, _ = _hooks(connections)
     storage = s3_hook.storage()
+    spec = _load(storage, spec_uri)
+    _fence(storage, spec)
     try:
-        return publish_run(storage, _load(storage, spec_uri), selection)
+        return publish_run(storage, spec, selection)
     except PublishError as exc:
         raise _fail(str(exc)) from None
 
@@ -110,6 +124,7 @@ def deploy(spec_uri: str, selection: dict[str, Any], publication: dict[str, Any]
     _, s3_hook, triton_hook = _hooks(conns)
     storage = s3_hook.storage()
     spec = _load(storage, spec_uri)
+    _fence(storage, spec)
     export = load_result(storage, spec, "export")
     verdict = load_result(storage, spec, "validate")["candidates"][selection["chosen"]]
     steps = list(spec.get("rollout_steps") or [int(spec.get("rollout", 100))])

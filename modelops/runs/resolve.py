@@ -51,6 +51,20 @@ def lock_optimization(storage: Storage, triton_bucket: str, model: str, version:
         raise RunRefused(str(exc)) from None
 
 
+def fence_optimization(storage: Storage, triton_bucket: str, model: str, version: str | int, owner: str | None) -> None:
+    """Renew this run's optimization lease, or :class:`RunRefused` when it was lost (expired, taken over): run
+    before each step that writes (publish, deploy), so a run that lost its lease never publishes beside another."""
+    from modelops.serving.locks import LockLost, renew_held
+
+    if not owner:
+        return
+    try:
+        renew_held(storage, optimize_lock_uri(triton_bucket, model, version), owner=owner, ttl_s=OPTIMIZE_LOCK_TTL_S,
+                   what=f"the optimization of {model} v{version}")
+    except LockLost as exc:
+        raise RunRefused(f"{exc}: another run may be optimizing this version; start a new run") from None
+
+
 def unlock_optimization(storage: Storage, triton_bucket: str, model: str, version: str | int, owner: str | None) -> None:
     """Release this run's optimization lease, best effort and only if still ours (expiry is the safety net)."""
     from modelops.serving.locks import release

@@ -215,6 +215,28 @@ def release(storage: Storage, uri: str, *, owner: str) -> bool:
     return lease.release()
 
 
+def renew_held(storage: Storage, uri: str, *, owner: str, ttl_s: float, what: str) -> Lease:
+    """Renew the lease at ``uri`` if ``owner`` still holds it (not released, not expired, not taken over): the fence
+    a holder passes before each step of the guarded work (conditional on the ETag just read).
+
+    Raises:
+        LockLost: ``"<what>: the lease was lost (...)"`` naming who holds it now or when it expired.
+    """
+    data, etag = storage.read_with_etag(uri)
+    held = _parse(data, uri) if etag is not None else None
+    if held is None or etag is None:
+        raise LockLost(f"{what}: the lease was lost (no lease at {uri})")
+    if held["owner"] != owner:
+        raise LockLost(f"{what}: the lease was lost to {held['owner']} (since {held.get('acquired_at', '?')})")
+    if held.get("released_at"):
+        raise LockLost(f"{what}: the lease was released at {held['released_at']}")
+    if float(held["expires_at_epoch"]) <= time.time():
+        raise LockLost(f"{what}: the lease expired at {held.get('expires_at', '?')}")
+    acquired = float(held.get("acquired_at_epoch") or time.time())
+    lease = Lease(storage, uri, owner, what, float(ttl_s), etag, acquired, float(held["expires_at_epoch"]))
+    return lease.renew()
+
+
 def holder(storage: Storage, uri: str) -> dict[str, Any] | None:
     """The current lease document if it is held (not released, not expired), else None."""
     data, etag = storage.read_with_etag(uri)

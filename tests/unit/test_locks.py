@@ -121,3 +121,40 @@ def test_the_pipeline_fails_a_second_run_of_a_version_and_releases_only_its_own_
     assert holder(s3, URI)["owner"] == "manual__1"
     _unlock_optimization(s3, "triton", "digits_cnn", "3", "manual__1")
     assert holder(s3, URI) is None
+
+
+def test_a_run_that_lost_its_lease_cannot_publish_or_deploy(s3, monkeypatch):
+    """The fence before select, publish and deploy: an expired lease taken over by another run fails the task in
+    one line, and the other run's lease is untouched; a lease still held is renewed by it."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from modelops_airflow.operators import pipeline_tasks
+
+    spec = {"triton_bucket": "triton", "model_name": "digits_cnn", "model_version": "3"}
+    monkeypatch.setattr(pipeline_tasks, "_airflow_run_id", lambda context=None: "manual__1")
+    first = acquire(s3, URI, owner="manual__1", ttl_s=0.2, what="the optimization of digits_cnn v3")
+    pipeline_tasks._fence(s3, spec)  # held: renewed with the full TTL
+    renewed = holder(s3, URI)
+    assert renewed["owner"] == "manual__1" and renewed["expires_at_epoch"] > first.expires_at + 3600
+    # the lease expires mid-run and a second run of the version takes it
+    s3.write_bytes(URI, json.dumps({**renewed, "expires_at_epoch": time.time() - 1}).encode())
+    acquire(s3, URI, owner="nightly__2", ttl_s=600, what="the optimization of digits_cnn v3")
+    with pytest.raises(AirflowFailException) as err:
+        pipeline_tasks._fence(s3, spec)
+    assert str(err.value).startswith("the optimization of digits_cnn v3: the lease was lost to nightly__2")
+    assert "\n" not in str(err.value) and holder(s3, URI)["owner"] == "nightly__2"
+
+
+def test_renew_held_names_an_expired_or_released_lease(s3):
+    from modelops.serving.locks import renew_held
+
+    lease = acquire(s3, URI, owner="run-a", ttl_s=0.05, what="w")
+    time.sleep(0.1)
+    with pytest.raises(LockLost, match="^w: the lease expired at "):
+        renew_held(s3, URI, owner="run-a", ttl_s=600, what="w")
+    lease = acquire(s3, URI, owner="run-a", ttl_s=600, what="w")
+    lease.release()
+    with pytest.raises(LockLost, match="^w: the lease was released at "):
+        renew_held(s3, URI, owner="run-a", ttl_s=600, what="w")
+    with pytest.raises(LockLost, match="no lease at"):
+        renew_held(s3, lock_uri("triton", "optimize", "other--v1"), owner="run-a", ttl_s=600, what="w")
