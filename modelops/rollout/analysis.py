@@ -1,10 +1,12 @@
 """Rollout analysis: each deployment's success rate and p99 from the gateway's series in Prometheus, and a verdict.
 
-The queries read the gateway's own metrics (``modelops/serving/gateway/metrics.py``) over a window of the step::
+The queries read the gateway's own metrics (``modelops/serving/gateway/metrics.py``) over a window of the step,
+its *weighted* series: the requests the routes' weights placed, without those a client pinned to a deployment with
+``X-Session-Id`` (a client cannot pin itself to the canary and steer the verdict)::
 
-    sum(increase(modelops_gateway_requests_total{model="m",deployment="d"}[60s]))                  # requests
-    sum(increase(modelops_gateway_requests_total{model="m",deployment="d",code=~"5.."}[60s]))      # errors
-    histogram_quantile(0.99, sum by (le) (rate(modelops_gateway_request_duration_seconds_bucket{...}[60s]))) * 1000
+    sum(increase(modelops_gateway_weighted_requests_total{model="m",deployment="d"}[60s]))              # requests
+    sum(increase(modelops_gateway_weighted_requests_total{model="m",deployment="d",code=~"5.."}[60s]))  # errors
+    histogram_quantile(0.99, sum by (le) (rate(modelops_gateway_weighted_request_duration_seconds_bucket{...}[60s])))
 
 :func:`judge` is pure (recorded values in, verdict out), so the rules are tested without a server, as Flagger's
 metric checks are: a success-rate floor, an optional absolute p99 bound and a p99 regression bound against the
@@ -20,6 +22,8 @@ from typing import Any
 
 import httpx
 
+REQUESTS = "modelops_gateway_weighted_requests_total"
+LATENCY = "modelops_gateway_weighted_request_duration_seconds"
 SCRAPE_INTERVAL_S = 2.0
 MIN_WINDOW_S = 4 * SCRAPE_INTERVAL_S  # increase()/rate() need several samples inside the range
 
@@ -148,12 +152,9 @@ def queries(model: str, deployment: str, window_s: float) -> dict[str, str]:
     sel = f'model="{escape_label(model)}",deployment="{escape_label(deployment)}"'
     w = window(window_s)
     return {
-        "requests": f"sum(increase(modelops_gateway_requests_total{{{sel}}}{w}))",
-        "errors": f'sum(increase(modelops_gateway_requests_total{{{sel},code=~"5.."}}{w}))',
-        "p99_ms": (
-            "histogram_quantile(0.99, sum by (le) "
-            f"(rate(modelops_gateway_request_duration_seconds_bucket{{{sel}}}{w}))) * 1000"
-        ),
+        "requests": f"sum(increase({REQUESTS}{{{sel}}}{w}))",
+        "errors": f'sum(increase({REQUESTS}{{{sel},code=~"5.."}}{w}))',
+        "p99_ms": f"histogram_quantile(0.99, sum by (le) (rate({LATENCY}_bucket{{{sel}}}{w}))) * 1000",
     }
 
 
@@ -173,7 +174,7 @@ def binomial_tail(k: int, n: int, p: float) -> float:
 def histogram(prom: PrometheusClient, model: str, deployment: str, window_s: float) -> tuple[tuple[float, float], ...]:
     """The cumulative latency histogram of ``deployment`` over the window: ((le ms, requests), ...), +Inf last."""
     sel = f'model="{escape_label(model)}",deployment="{escape_label(deployment)}"'
-    promql = f"sum by (le) (increase(modelops_gateway_request_duration_seconds_bucket{{{sel}}}{window(window_s)}))"
+    promql = f"sum by (le) (increase({LATENCY}_bucket{{{sel}}}{window(window_s)}))"
     rows = []
     for series in prom.vector(promql):
         le = series["metric"].get("le")

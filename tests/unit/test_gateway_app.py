@@ -347,3 +347,28 @@ def test_an_internal_error_is_json_500_and_counted(config: GatewayConfig, keys: 
             assert state.auth.quotas.total_in_flight == 0  # its lease was given back too
 
     run(scenario())
+
+
+def test_pinned_requests_are_left_out_of_the_series_rollouts_judge(
+        config: GatewayConfig, keys: dict[str, str], tmp_path: Path) -> None:
+    write_routes(Path(config.routes_uri), "m", {"m--v1": 50, "m--v2": 50}, revision=2)
+
+    async def scenario() -> None:
+        async with gateway(config) as gw:
+            await asyncio.sleep(0.3)  # the split is polled in
+            for i in range(4):  # pinned: a client chose its deployment
+                r = await gw.post("/v2/models/m/infer", json=INFER, headers={**bearer(keys["all"]),
+                                                                               "X-Session-Id": f"s{i}"})
+                assert r.status_code == 200
+            for _ in range(6):  # placed by the weights
+                assert (await gw.post("/v2/models/m/infer", json=INFER, headers=bearer(keys["all"]))).status_code == 200
+            text = gw.app.state.gateway.metrics.render().decode()
+
+        def total(name: str) -> float:
+            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith(name + "{") and 'model="m"' in line and 'code="200"' in line)
+
+        assert total("modelops_gateway_requests_total") == 10
+        assert total("modelops_gateway_weighted_requests_total") == 6
+
+    run(scenario())

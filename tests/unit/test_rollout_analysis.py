@@ -102,9 +102,9 @@ def test_missing_latencies_skip_the_latency_rules():
 def test_queries_escape_label_values_and_use_a_window_of_whole_seconds():
     assert escape_label('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
     q = queries('m"x', "d", 3)
-    assert q["requests"] == 'sum(increase(modelops_gateway_requests_total{model="m\\"x",deployment="d"}[8s]))'
+    assert q["requests"] == 'sum(increase(modelops_gateway_weighted_requests_total{model="m\\"x",deployment="d"}[8s]))'
     assert 'code=~"5.."' in q["errors"] and "[8s]" in q["errors"]
-    assert q["p99_ms"].startswith("histogram_quantile(0.99, sum by (le) (rate(modelops_gateway_request_duration")
+    assert q["p99_ms"].startswith("histogram_quantile(0.99, sum by (le) (rate(modelops_gateway_weighted_request_dur")
     assert q["p99_ms"].endswith("[8s]))) * 1000")
     assert "[61s]" in queries("m", "d", 60.2)["requests"]
 
@@ -179,8 +179,8 @@ def _free_port() -> int:
                     reason="no prometheus binary")  # fmt: skip
 def test_stats_against_a_real_prometheus(tmp_path):
     registry = CollectorRegistry()
-    requests = Counter("modelops_gateway_requests", "r", ("model", "deployment", "code"), registry=registry)
-    latency = Histogram("modelops_gateway_request_duration_seconds", "l", ("model", "deployment"),
+    requests = Counter("modelops_gateway_weighted_requests", "r", ("model", "deployment", "code"), registry=registry)
+    latency = Histogram("modelops_gateway_weighted_request_duration_seconds", "l", ("model", "deployment"),
                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1), registry=registry)  # fmt: skip
     stop = threading.Event()
 

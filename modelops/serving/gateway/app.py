@@ -29,7 +29,7 @@ from modelops.serving.gateway.config import GatewayConfig
 from modelops.serving.gateway.errors import GatewayError, error_response
 from modelops.serving.gateway.inflight import InFlight
 from modelops.serving.gateway.keys import KeyStore
-from modelops.serving.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from modelops.serving.gateway.metrics import CONTENT_TYPE, PINNED, GatewayMetrics
 from modelops.serving.gateway.openai_api import OpenAIApi
 from modelops.serving.gateway.openai_schema import OpenAIError
 from modelops.serving.gateway.openai_schema import error_response as openai_error_response
@@ -130,7 +130,9 @@ class Gateway:
 
     @staticmethod
     def _pick(table: RouteTable, request: Request) -> str:
-        deployment = table.pick(request.headers.get("x-session-id"))
+        session = request.headers.get("x-session-id")
+        PINNED.set(bool(session) and len(table.deployments) > 1)  # pinned traffic is not judged by rollouts
+        deployment = table.pick(session)
         if deployment is None:
             raise GatewayError(503, f"model {table.model!r} has no deployment to serve it (empty routes)")
         return deployment

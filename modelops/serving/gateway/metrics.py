@@ -3,6 +3,10 @@
 - ``modelops_gateway_requests_total{model, deployment, code}``: answered requests (``deployment`` is
   ``""`` when none was picked: auth errors, unknown model, no deployment);
 - ``modelops_gateway_request_duration_seconds{model, deployment}``: latency histogram of forwarded requests;
+- ``modelops_gateway_weighted_requests_total{model, deployment, code}`` and
+  ``modelops_gateway_weighted_request_duration_seconds{model, deployment}``: the same for the requests the routes'
+  weights placed, i.e. without those a client pinned with ``X-Session-Id`` to a deployment of a split model: what
+  rollout analysis judges, so a client cannot pin itself to the canary and steer its verdict;
 - ``modelops_gateway_in_flight{model, deployment}``: requests being forwarded now (a rollout waits for 0
   before it unloads a replaced deployment);
 - ``modelops_gateway_routes_revision{model}``: revision of the routes file being served;
@@ -16,6 +20,8 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -26,6 +32,9 @@ from modelops.serving.gateway.routing import RouteTable
 _BUCKETS = (0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
             0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Whether the current request's deployment was chosen by its X-Session-Id among several (set at every pick, in
+# the request's own task): such a request is left out of the weighted series.
+PINNED: ContextVar[bool] = ContextVar("modelops_gateway_pinned", default=False)
 
 
 class GatewayMetrics:
@@ -40,6 +49,14 @@ class GatewayMetrics:
         self.latency = Histogram(
             "modelops_gateway_request_duration_seconds", "Latency of requests forwarded to Triton.",
             ("model", "deployment"), buckets=_BUCKETS, registry=self.registry,
+        )
+        self.weighted_requests = Counter(
+            "modelops_gateway_weighted_requests", "Requests placed by the routes' weights (no session pin): what "
+            "rollout analysis judges.", ("model", "deployment", "code"), registry=self.registry,
+        )
+        self.weighted_latency = Histogram(
+            "modelops_gateway_weighted_request_duration_seconds", "Latency of the requests placed by the routes' "
+            "weights.", ("model", "deployment"), buckets=_BUCKETS, registry=self.registry,
         )
         self.in_flight = Gauge(
             "modelops_gateway_in_flight", "Requests being forwarded to Triton now.",
@@ -71,10 +88,16 @@ class GatewayMetrics:
         )
 
     def observe(self, model: str, deployment: str, code: int, seconds: float | None = None) -> None:
-        """Count one answered request (and its latency when it was forwarded)."""
+        """Count one answered request (and its latency when it was forwarded); in the weighted series too unless
+        this request's pick was pinned by its session (:data:`PINNED`)."""
         self.requests.labels(model, deployment, str(code)).inc()
         if seconds is not None:
             self.latency.labels(model, deployment).observe(seconds)
+        if deployment and PINNED.get():
+            return
+        self.weighted_requests.labels(model, deployment, str(code)).inc()
+        if seconds is not None:
+            self.weighted_latency.labels(model, deployment).observe(seconds)
 
     def set_routes(self, tables: dict[str, RouteTable]) -> None:
         """Revisions of the tables now served; models whose routes file is gone are dropped."""
