@@ -38,9 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     port = args.port if args.port is not None else DEFAULT_PORT + settings.stack.port_offset
-    app = create_app(GatewayConfig.from_settings(settings))
+    config = GatewayConfig.from_settings(settings)
+    app = create_app(config)
+    # connections and tasks beyond twice the admitted requests get uvicorn's 503 before any work (the app answers
+    # 429 at max_in_flight itself); 0 = no cap, as the setting says
+    limit = 2 * config.max_in_flight or None
     uvicorn.run(app, host=args.host, port=port, loop="uvloop", http="httptools", lifespan="on",
-                access_log=args.access_log, log_level=args.log_level, server_header=False)
+                access_log=args.access_log, log_level=args.log_level, server_header=False, limit_concurrency=limit)
     return 0
 
 
