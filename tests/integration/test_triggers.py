@@ -32,9 +32,11 @@ def world(stack, mlflow_client, airflow):
     receiver = f"{stack['airflow']['url']}{webhook_cli.RECEIVER_PATH}"
     proxy = th.ForwardingProxy(receiver)
     # registered as against any deployment: its MLflow, Airflow and the secret file the receiver reads, no stack state
+    from modelops.local.stack.auth import use_mlflow_credentials
     from modelops.settings import Settings
     from modelops.triggers.signature import secret_path
 
+    use_mlflow_credentials(stack)  # as a deployment's operator: an MLflow admin's MLFLOW_TRACKING_USERNAME/_PASSWORD
     where = webhook_cli.target(mlflow_url=stack["mlflow"]["url"], airflow_url=stack["airflow"]["url"],
                                secret_file=str(secret_path(Settings.from_env().stack_dir)))
     assert where.receiver_url == receiver
