@@ -175,6 +175,28 @@ class Storage:
             except self.client.exceptions.NoSuchKey:
                 raise FileNotFoundError(uri) from None
 
+    def iter_chunks(self, uri: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The bytes of one object (or local file) in chunks of at most ``chunk_size``, never all in memory.
+
+        Raises:
+            FileNotFoundError: no such object.
+            StorageError: S3 failed (one line), also mid-stream.
+        """
+        if not is_s3(uri):
+            with open(uri, "rb") as fh:
+                yield from iter(lambda: fh.read(chunk_size), b"")
+            return
+        bucket, key = parse_s3_uri(uri)
+        with s3_errors("read", uri):
+            try:
+                body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
+            except self.client.exceptions.NoSuchKey:
+                raise FileNotFoundError(uri) from None
+            try:
+                yield from body.iter_chunks(chunk_size)
+            finally:
+                body.close()
+
     def delete(self, uri: str) -> None:
         """Delete one object (or local file); deleting what does not exist is not an error."""
         if not is_s3(uri):
@@ -322,15 +344,40 @@ class Storage:
         return sorted(out)
 
     def download_dir(self, uri: str, dest: Path) -> Path:
+        """Download every object under ``uri`` into ``dest``, keeping the relative paths of their keys.
+
+        Raises:
+            FileNotFoundError: nothing under ``uri``.
+            ValueError: a key that would land outside ``dest`` (``..``, an absolute path, a backslash) or on
+                ``dest`` itself; checked for every key before anything is written.
+        """
         dest = Path(dest)
-        base = uri.rstrip("/") + "/"
         objects = self.list(uri)
         if not objects:
             raise FileNotFoundError(f"nothing under {uri}")
-        for obj in objects:
-            self.download_file(obj, dest / obj[len(base) :])
+        targets = [(obj, _target(dest, uri, obj)) for obj in objects]
+        for obj, target in targets:
+            self.download_file(obj, target)
         return dest
 
     def upload_dir(self, src: Path, uri: str) -> list[str]:
         src = Path(src)
         return [self.upload_file(p, join(uri, p.relative_to(src).as_posix())) for p in sorted(src.rglob("*")) if p.is_file()]
+
+
+def relative(uri: str, obj: str) -> str:
+    """The path of ``obj`` (from :meth:`Storage.list` of ``uri``) relative to ``uri``; "" when not under it."""
+    if is_s3(uri):
+        base = uri.rstrip("/") + "/"
+        return obj.removeprefix(base) if obj.startswith(base) else ""
+    return Path(obj).relative_to(Path(uri)).as_posix() if Path(obj).is_relative_to(Path(uri)) else ""
+
+
+def _target(dest: Path, uri: str, obj: str) -> Path:
+    """Where object ``obj`` listed under ``uri`` goes in ``dest``; ValueError unless strictly inside ``dest``."""
+    rel = relative(uri, obj)
+    root = dest.resolve()
+    target = (dest / rel).resolve()
+    if "\\" in rel or not rel or target == root or not target.is_relative_to(root):
+        raise ValueError(f"refusing to download {obj!r}: key {rel!r} does not stay inside {dest}")
+    return dest / rel

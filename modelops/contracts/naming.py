@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 _INVALID = re.compile(r"[^a-z0-9_-]+")
+# what deployment_name and digest_name produce: <model>--v<version>-<variant>[-<digest>], all in [a-z0-9_-]
+DEPLOYMENT_PATTERN = re.compile(r"^[a-z0-9_-]+--v[a-z0-9_-]+$")
 
 
 def slug(text: str) -> str:
@@ -18,6 +20,11 @@ def slug(text: str) -> str:
 def deployment_name(model: str, version: str | int, variant: str) -> str:
     """``<model>--v<mlflow version>-<variant>``, lower-case, ``[a-z0-9_-]``."""
     return f"{slug(model)}--v{slug(str(version))}-{slug(variant)}"
+
+
+def is_deployment_name(name: object) -> bool:
+    """Whether ``name`` is a whole deployment name (:data:`DEPLOYMENT_PATTERN`; no trailing newline slips through)."""
+    return isinstance(name, str) and DEPLOYMENT_PATTERN.fullmatch(name) is not None
 
 
 def run_prefix(artifacts_bucket: str, model: str, version: str | int, run_id: str) -> str:

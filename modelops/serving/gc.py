@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from modelops.contracts.naming import is_deployment_name
 from modelops.storage import Storage, StorageError
 
 MANIFEST = "manifest.json"
 DEFAULT_GRACE_S = 3600.0
-_DEPLOYMENT = re.compile(r"^[a-z0-9_-]+--v[a-z0-9_-]+$")  # <model>--v<version>-<variant>[-<digest>]
 
 
 class GcError(RuntimeError):
@@ -98,7 +97,7 @@ def collect(storage: Storage, repo: str, *, grace_s: float = DEFAULT_GRACE_S, dr
     folders: dict[str, list[tuple[str, float]]] = {}
     for uri, mtime in storage.list_entries(repo):
         top, sep, _rest = uri[len(root):].partition("/")
-        if sep and _DEPLOYMENT.match(top):
+        if sep and is_deployment_name(top):
             folders.setdefault(top, []).append((uri, mtime))
     partial = {name: objs for name, objs in folders.items() if f"{root}{name}/{MANIFEST}" not in {u for u, _ in objs}}
     if not partial:

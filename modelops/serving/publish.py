@@ -28,13 +28,14 @@ from typing import Any
 from modelops.contracts.naming import deployment_name, deployment_uri, digest_name
 from modelops.contracts.status import Status
 from modelops.contracts.variants import BuildStep, Device, get_variant
-from modelops.storage import PreconditionFailed, Storage, join
+from modelops.storage import PreconditionFailed, Storage, join, relative
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CLAIM = "publish-claim.json"  # conditional-create claim on a plain deployment name, written before any upload
 CLAIM_WAIT_S = 120.0  # how long a publisher of the same bytes waits for the claimer's manifest
+HASH_CHUNK = 8 << 20  # bytes per read when verify_deployment hashes a deployment's files
 
 
 class InvalidDeployment(Exception):
@@ -353,25 +354,39 @@ def _read_claim(storage: Storage, uri: str) -> dict[str, Any]:
 
 
 def verify_deployment(storage: Storage, uri: str) -> dict[str, Any]:
-    """Check that every file listed in the manifest is there with its sha256; return the manifest.
+    """Check that the deployment holds exactly the manifest's files, each with its sha256; return the manifest.
+
+    Besides the listed files only ``manifest.json`` and the publisher's ``publish-claim.json`` may be there: Triton
+    serves whatever the folder holds (an unlisted ``2/`` would be a version of its own). Files are hashed as they
+    stream in, never read whole into memory.
 
     Raises:
-        InvalidDeployment: no manifest, an unreadable manifest, or a missing or changed file.
+        InvalidDeployment: no manifest, an unreadable manifest, an unlisted file, or a missing or changed file.
     """
     try:
         manifest = json.loads(storage.read_bytes(join(uri, MANIFEST)))
         files = manifest["files"]
+        expected = {rel: str(meta["sha256"]) for rel, meta in files.items()}
     except FileNotFoundError:
         raise InvalidDeployment(f"{uri} has no {MANIFEST}: not a published deployment") from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InvalidDeployment(f"{uri}/{MANIFEST} is unreadable: {exc}") from None
     if not files:
         raise InvalidDeployment(f"{uri}/{MANIFEST} lists no files")
-    for rel, meta in files.items():
+    present = {relative(uri, obj) for obj in storage.list(uri)}
+    unlisted = sorted(present - set(expected) - {MANIFEST, CLAIM, ""})
+    if unlisted:
+        more = f" (and {len(unlisted) - 3} more)" if len(unlisted) > 3 else ""
+        raise InvalidDeployment(f"{uri}: {', '.join(unlisted[:3])}{more} not listed in the manifest; refusing to serve it")
+    for rel, sha256 in expected.items():
         try:
-            data = storage.read_bytes(join(uri, rel))
+            if rel not in present:
+                raise FileNotFoundError(rel)
+            digest = hashlib.sha256()
+            for chunk in storage.iter_chunks(join(uri, rel), HASH_CHUNK):
+                digest.update(chunk)
         except FileNotFoundError:
             raise InvalidDeployment(f"{uri}: {rel} is listed in the manifest but missing") from None
-        if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+        if digest.hexdigest() != sha256:
             raise InvalidDeployment(f"{uri}: {rel} does not match its sha256 in the manifest")
     return manifest

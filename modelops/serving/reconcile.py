@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from modelops.contracts.naming import deployment_uri
+from modelops.contracts.naming import deployment_uri, is_deployment_name
 from modelops.serving.publish import InvalidDeployment, verify_deployment
 from modelops.serving.triton import client as triton_client
 from modelops.storage import Storage
@@ -46,7 +46,8 @@ class Action:
     Attributes:
         deployment: the Triton model name.
         models: the public model names whose routes name it.
-        action: ``ready`` (left alone), ``loaded``, ``invalid`` (manifest check failed; not loaded) or ``failed``.
+        action: ``ready`` (left alone), ``loaded``, ``invalid`` (not a deployment name, or the manifest check
+            failed; not loaded) or ``failed``.
         detail: one line: why it is invalid or failed, or how long the load took.
     """
 
@@ -96,6 +97,8 @@ def _ready(client: Any, deployment: str) -> bool:
 
 
 def _converge(client: Any, storage: Storage, triton_bucket: str, deployment: str, models: tuple[str, ...]) -> Action:
+    if not is_deployment_name(deployment):  # it would go into Triton's URLs: never asked about, never loaded
+        return Action(repr(deployment), models, INVALID, "not a deployment name (<model>--v<version>-<variant>)")
     if _ready(client, deployment):
         return Action(deployment, models, READY)
     try:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from modelops.contracts.naming import routes_uri
+from modelops.contracts.naming import is_deployment_name, routes_uri
 from modelops.storage import PreconditionFailed, Storage
 
 
@@ -27,7 +27,7 @@ class RoutesConflict(Exception):
 
 
 class InvalidRoutes(ValueError):
-    """Weights that do not sum to 100, negative weights, duplicates or an empty list."""
+    """Weights that do not sum to 100, negative weights, duplicates, an empty list or a bad deployment name."""
 
 
 @dataclass
@@ -53,9 +53,17 @@ class Routes:
 
 
 def validate_weights(weights: dict[str, int]) -> None:
+    """The routes contract: deployment names of :func:`~modelops.contracts.naming.is_deployment_name` (they go
+    into Triton URLs and headers), integer weights in 0..100 summing to 100.
+
+    The gateway checks every routes file it loads with this too (a file that breaks it keeps the previous table).
+    """
     if not weights:
         raise InvalidRoutes("routes need at least one deployment")
-    bad = {d: w for d, w in weights.items() if not isinstance(w, int) or w < 0 or w > 100}
+    names = [d for d in weights if not is_deployment_name(d)]
+    if names:
+        raise InvalidRoutes(f"bad deployment name {names[0]!r}: not <model>--v<version>-<variant> in [a-z0-9_-]")
+    bad = {d: w for d, w in weights.items() if isinstance(w, bool) or not isinstance(w, int) or w < 0 or w > 100}
     if bad:
         raise InvalidRoutes(f"weights must be integers in 0..100, got {bad}")
     total = sum(weights.values())
@@ -64,18 +72,35 @@ def validate_weights(weights: dict[str, int]) -> None:
 
 
 def read_routes(storage: Storage, triton_bucket: str, model: str) -> Routes:
-    data, etag = storage.read_with_etag(routes_uri(triton_bucket, model))
+    """The routes file of ``model`` (an empty :class:`Routes` when there is none).
+
+    Raises:
+        InvalidRoutes: not a routes document, a duplicate or bad deployment name, or weights that break the
+            contract (:func:`validate_weights`; an empty list is valid); one line naming the model and the file.
+    """
+    uri = routes_uri(triton_bucket, model)
+    data, etag = storage.read_with_etag(uri)
     if etag is None:
         return Routes(model=model)
-    doc = json.loads(data)
-    return Routes(
-        model=doc["model"],
-        revision=int(doc["revision"]),
-        routes=list(doc["routes"]),
-        updated_at=doc.get("updated_at"),
-        updated_by=doc.get("updated_by"),
-        etag=etag,
-    )
+    try:
+        doc = json.loads(data)
+        routes = [dict(r) for r in doc["routes"]]
+        names = [r["deployment"] for r in routes]
+        weights = {d: r["weight"] for d, r in zip(names, routes, strict=True)}
+        out = Routes(model=doc["model"], revision=int(doc["revision"]), routes=routes, updated_at=doc.get("updated_at"),
+                     updated_by=doc.get("updated_by"), etag=etag)  # fmt: skip
+    except (ValueError, TypeError, KeyError) as exc:
+        line = f"routes file {uri} of model {model!r} is not a routes document: {type(exc).__name__}: {exc}"
+        raise InvalidRoutes(" ".join(line.split())) from None
+    try:
+        if len(weights) != len(names):
+            dup = next(d for d in names if names.count(d) > 1)
+            raise InvalidRoutes(f"deployment {dup!r} is listed twice")
+        if weights:
+            validate_weights(weights)
+    except InvalidRoutes as exc:
+        raise InvalidRoutes(f"routes file {uri} of model {model!r}: {exc}") from None
+    return out
 
 
 def write_routes(storage: Storage, triton_bucket: str, current: Routes, weights: dict[str, int], *, by: str) -> Routes:

@@ -9,6 +9,7 @@ import os
 import shlex
 import sys
 import time
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -120,6 +121,22 @@ def _public_value(value: str) -> str:
     return value
 
 
+def _comment(value: object) -> str:
+    """``value`` for a ``#`` comment: control and line-separator characters escaped, so the comment stays one line."""
+    return "".join(
+        ch.encode("unicode_escape").decode() if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch
+        for ch in str(value)
+    )
+
+
+def _export_default(name: str, value: str, *, export: bool = True) -> list[str]:
+    """Lines setting ``name`` to ``value`` unless the caller's environment sets it; ``value`` is shell-quoted."""
+    keyword = "export " if export else ""
+    if shlex.quote(value) == value:  # nothing a shell would read specially: the readable one-liner
+        return [f'{keyword}{name}="${{{name}:-{value}}}"']
+    return [f'[ -n "${{{name}:-}}" ] || {name}={shlex.quote(value)}', *([f"export {name}"] if export else [])]
+
+
 def render_reproduce_script(
     spec: dict[str, Any], step: str, spec_uri: str, environ: dict[str, str] | None = None
 ) -> str:
@@ -138,15 +155,15 @@ def render_reproduce_script(
     from modelops.settings import REPO_ROOT
 
     env = os.environ if environ is None else environ
-    q = shlex.quote
+    q, c = shlex.quote, _comment
     lines = [
         "#!/usr/bin/env bash",
-        f"# Re-run the {step} step of modelops run {spec.get('run_id') or '?'} by hand"
-        + f" (model {spec.get('model_name') or '?'} version {spec.get('model_version') or '?'}).",
-        f"# --spec is the exact spec the step ran with: {spec_uri}",
+        f"# Re-run the {c(step)} step of modelops run {c(spec.get('run_id') or '?')} by hand"
+        + f" (model {c(spec.get('model_name') or '?')} version {c(spec.get('model_version') or '?')}).",
+        f"# --spec is the exact spec the step ran with: {c(spec_uri)}",
         "# Nothing is installed or downloaded implicitly: the step reads only the URIs in that spec.",
         "# Note: the step writes its result and outputs under the run prefix again (steps are idempotent);",
-        f"# the local copy of the result goes to ./result.json. Run prefix: {spec.get('run_prefix') or '?'}",
+        f"# the local copy of the result goes to ./result.json. Run prefix: {c(spec.get('run_prefix') or '?')}",
         "set -euo pipefail",
         "",
     ]
@@ -154,8 +171,7 @@ def render_reproduce_script(
         lines.append("# Object storage (boto3). Secrets are never written here: export them before running.")
         for name, (sources, fallback) in _S3_SETTINGS.items():
             value = _public_value(next((env[k] for k in sources if env.get(k)), fallback))
-            default = f":-{value}" if value else f":?set {name}=<url>"
-            lines.append(f'export {name}="${{{name}{default}}}"')
+            lines += _export_default(name, value) if value else [f'export {name}="${{{name}:?set {name}=<url>}}"']
         for name in _S3_SECRETS:
             lines.append(f'export {name}="${{{name}:?set {name}=<{name.lower()}>}}"')
         lines.append("")
@@ -166,11 +182,11 @@ def render_reproduce_script(
         lines.append("")
     lines += [
         "# A checkout of the repository and its worker environment (`make worker`).",
-        f'MODELOPS_REPO="${{MODELOPS_REPO:-{REPO_ROOT}}}"',
+        *_export_default("MODELOPS_REPO", str(REPO_ROOT), export=False),
         'PYTHON="${MODELOPS_WORKER_PYTHON:-$MODELOPS_REPO/.venv-worker/bin/python}"',
         'export PYTHONPATH="$MODELOPS_REPO${PYTHONPATH:+:$PYTHONPATH}"',
         "",
-        f'exec "$PYTHON" -m modelops.steps.{step} --spec {q(spec_uri)} --result ./result.json "$@"',
+        f'exec "$PYTHON" -m {q(f"modelops.steps.{step}")} --spec {q(spec_uri)} --result ./result.json "$@"',
         "",
     ]
     return "\n".join(lines)

@@ -39,6 +39,17 @@ class MemoryS3Storage(Storage):
                 raise FileNotFoundError(uri)
             return self.objects[uri]
 
+    def iter_chunks(self, uri: str, chunk_size: int = 1 << 20):
+        if not is_s3(uri):
+            yield from super().iter_chunks(uri, chunk_size)
+            return
+        with self._lock:
+            if uri not in self.objects:
+                raise FileNotFoundError(uri)
+            data = self.objects[uri]
+        for start in range(0, len(data), chunk_size):
+            yield data[start : start + chunk_size]
+
     def read_with_etag(self, uri: str) -> tuple[bytes, str | None]:
         with self._lock:
             data = self.objects.get(uri)

@@ -159,26 +159,26 @@ def test_deploy_retries_a_lost_routes_race_and_unloads_the_loser(s3, monkeypatch
     from modelops.serving import deploy as dep
     from modelops.serving.routes import RoutesConflict, read_routes
 
-    route(s3, "m", {"old": 100}, revision=1)
+    route(s3, "m", {"m--v1": 100}, revision=1)
     client = FakeTriton()
     real, raced = dep.write_routes, []
 
     def racing(storage, bucket, current, weights, *, by):
-        if not raced:  # another run routes "other" between our read and our write
-            raced.append(real(storage, bucket, current, {"old": 50, "other": 50}, by="run2"))
+        if not raced:  # another run routes "m--v2" between our read and our write
+            raced.append(real(storage, bucket, current, {"m--v1": 50, "m--v2": 50}, by="run2"))
         return real(storage, bucket, current, weights, by=by)
 
     monkeypatch.setattr(dep, "write_routes", racing)
-    before, after = dep._write_routes_retrying(client, s3, BUCKET, read_routes(s3, BUCKET, "m"), "new", 10, "run1")
-    assert before.weights() == {"old": 50, "other": 50} and after.weights() == {"new": 10, "old": 45, "other": 45}
+    before, after = dep._write_routes_retrying(client, s3, BUCKET, read_routes(s3, BUCKET, "m"), "m--v3", 10, "run1")
+    assert before.weights() == {"m--v1": 50, "m--v2": 50} and after.weights() == {"m--v3": 10, "m--v1": 45, "m--v2": 45}
 
     def lost(*args, **kwargs):
         raise RoutesConflict("changed")
 
     monkeypatch.setattr(dep, "write_routes", lost)
     with pytest.raises(dep.DeployError, match=r"^routes of m kept changing \(4 conditional writes lost"):
-        dep._write_routes_retrying(client, s3, BUCKET, read_routes(s3, BUCKET, "m"), "newer", 10, "run3")
-    assert [n for n, _ in client.unloaded] == ["newer"]
+        dep._write_routes_retrying(client, s3, BUCKET, read_routes(s3, BUCKET, "m"), "m--v4", 10, "run3")
+    assert [n for n, _ in client.unloaded] == ["m--v4"]
     with pytest.raises(dep.DeployError):  # the fresh routes name it: never unloaded
-        dep._write_routes_retrying(client, s3, BUCKET, read_routes(s3, BUCKET, "m"), "new", 10, "run1")
-    assert [n for n, _ in client.unloaded] == ["newer"]
+        dep._write_routes_retrying(client, s3, BUCKET, read_routes(s3, BUCKET, "m"), "m--v3", 10, "run1")
+    assert [n for n, _ in client.unloaded] == ["m--v4"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -83,3 +84,48 @@ def test_run_step_writes_spec_and_script_that_reruns_the_step(tmp_path, monkeypa
 
 def test_no_run_prefix_no_script(tmp_path):
     assert write_reproduce_script(Storage(), {"run_id": "x"}, "export") is None
+
+
+EVIL_MODEL = "evil\n$(touch PWNED1)\ntouch PWNED2 `touch PWNED3`\r'\"; touch PWNED4 #"
+
+
+def test_injected_names_stay_quoted_values_and_one_line_comments(tmp_path, monkeypatch):
+    """A model name (and environment values) with newlines, ``$(...)``, backticks and quotes inject no line."""
+    import modelops.settings
+
+    repo = tmp_path / "repo $(touch PWNED5)"
+    monkeypatch.setattr(modelops.settings, "REPO_ROOT", repo)
+    prefix = tmp_path / "runs" / EVIL_MODEL / "3" / "r1"
+    spec = {**_spec(str(prefix)), "model_name": EVIL_MODEL, "run_id": "r1\n$(touch PWNED6)", "source_uri": "s3://src/x"}
+    spec_uri = str(prefix / "validate" / "spec.json")
+    endpoint = "http://seaweed:8333/$(touch PWNED7)`touch PWNED8`\"'"
+    script = render_reproduce_script(spec, "validate", spec_uri, {"AWS_ENDPOINT_URL": endpoint})
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    lines = script.split("\n")  # bash's lines (a carriage return does not end one)
+    assert lines[1].startswith("# Re-run") and lines[2].startswith("# --spec") and lines[6] == "set -euo pipefail"
+    escaped = "evil\\n$(touch PWNED1)\\ntouch PWNED2 `touch PWNED3`\\r'\"; touch PWNED4 #"
+    assert escaped in lines[1] and escaped in lines[2] and escaped in lines[5] and "run r1\\n$(touch PWNED6)" in lines[1]
+    # outside the comments every value is one shell word, quoted: no injected command word
+    words = shlex.split("\n".join(line for line in lines if not line.startswith("#")))
+    assert "touch" not in words and "`touch" not in words
+    assert spec_uri in words and f"AWS_ENDPOINT_URL={endpoint}" in words and f"MODELOPS_REPO={repo}" in words
+    assert shlex.quote(spec_uri) in script and shlex.quote(endpoint) in script and shlex.quote(str(repo)) in script
+
+    # run it: the step gets exactly the values, and nothing in them ran
+    fake_python = tmp_path / "fake-python"
+    fake_python.write_text(f"#!{sys.executable}\nimport json, os, sys\njson.dump({{'argv': sys.argv[1:], "
+                           "'endpoint': os.environ['AWS_ENDPOINT_URL'], 'path': os.environ['PYTHONPATH']}, "
+                           "open(os.environ['OUT_JSON'], 'w'))\n")  # fmt: skip
+    fake_python.chmod(0o755)
+    script_path = tmp_path / "reproduce.sh"
+    script_path.write_text(script)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {"PATH": os.environ["PATH"], "MODELOPS_WORKER_PYTHON": str(fake_python), "OUT_JSON": str(tmp_path / "o.json"),
+           "AWS_ACCESS_KEY_ID": "ak", "AWS_SECRET_ACCESS_KEY": "sk"}  # fmt: skip
+    proc = subprocess.run(["bash", str(script_path)], cwd=work, env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads((tmp_path / "o.json").read_text())
+    assert seen == {"argv": ["-m", "modelops.steps.validate", "--spec", spec_uri, "--result", "./result.json"],
+                    "endpoint": endpoint, "path": str(repo)}  # fmt: skip
+    assert not list(tmp_path.rglob("PWNED*"))

@@ -183,8 +183,8 @@ def test_rollback_to_a_named_deployment_checks_and_loads_it(s3, served):
 
 def test_last_stable_without_any_rollout_is_the_heaviest_route(s3):
     assert ctl.last_stable(s3, B, "m") is None
-    set_routes(s3, {"m--a": 30, "m--b": 70})
-    assert ctl.last_stable(s3, B, "m") == "m--b"
+    set_routes(s3, {"m--v1-a": 30, "m--v1-b": 70})
+    assert ctl.last_stable(s3, B, "m") == "m--v1-b"
 
 
 def test_state_document_round_trips_and_stale_states_are_refused(s3, served):

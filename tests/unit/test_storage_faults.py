@@ -145,6 +145,17 @@ def test_access_denied_and_missing_bucket_are_one_line_errors(mini_s3):
         mini_s3.read_bytes("s3://b/missing")
 
 
+def test_iter_chunks_streams_an_object_through_boto3(mini_s3):
+    data = bytes(range(256)) * 40
+    mini_s3.write_bytes("s3://b/deploy/1/model.onnx", data)
+    chunks = list(mini_s3.iter_chunks("s3://b/deploy/1/model.onnx", 1000))
+    assert b"".join(chunks) == data and max(map(len, chunks)) <= 1000 and len(chunks) >= 11
+    with pytest.raises(FileNotFoundError):
+        list(mini_s3.iter_chunks("s3://b/missing"))
+    with pytest.raises(StorageError, match=r"^S3 read s3://denied/k failed: AccessDenied: Access Denied$"):
+        list(mini_s3.iter_chunks("s3://denied/k"))
+
+
 def _lose_first_response(storage: Storage) -> list[int]:
     from botocore.exceptions import ConnectionClosedError
 
