@@ -24,6 +24,8 @@ from model_recipes.base import registration_record
 from model_recipes.digits_cnn import accuracy, digits_split
 
 SEED = 0
+# what demo registration opts in to loading by default (the skops demo trusts sklearn.tree._tree.Tree)
+OPT_IN_FORMATS = frozenset({"pickle", "cloudpickle", "skops"})
 KINDS = ("digits", "wine")
 # demo models of other recipes: kind -> "module:function" with the signature of :func:`register`
 # (minus ``kind``), returning the same dict. Imported only when asked for.
@@ -314,8 +316,18 @@ def main(argv: list[str] | None = None) -> int:
     reg.add_argument("--name", required=True)
     reg.add_argument("--alias", default=None)
     reg.add_argument("--serialization", default=None, help="pt2|pickle for PyTorch demo models (kind-specific)")
+    reg.add_argument("--allow-pickle", choices=("auto", "yes", "no"), default="auto",
+                     help="tag the version modelops.allow_pickle=true, as the stack's MLflow admin who trained it "
+                          "(auto: when it is saved as pickle, cloudpickle or skops with extra trusted types)")
     args = parser.parse_args(argv)
     result = register(args.kind, args.name, args.alias, args.serialization)
+    if args.allow_pickle == "yes" or (args.allow_pickle == "auto" and result.get("serialization") in OPT_IN_FORMATS):
+        from mlflow import MlflowClient
+
+        from modelops.contracts.naming import TAG_ALLOW_PICKLE
+
+        MlflowClient().set_model_version_tag(result["name"], result["version"], TAG_ALLOW_PICKLE, "true")
+        result["allow_pickle"] = True
     print(json.dumps(result))
     return 0
 

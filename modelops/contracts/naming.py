@@ -69,6 +69,7 @@ TAG_RECIPE = "modelops.recipe"  # the recipe resolve picked (also narrows nightl
 TAG_EVAL_DATA = "modelops.eval_data"  # where the gate's and calibration's rows came from: an EvalDataSource value
 TAG_LABEL_COLUMN = "modelops.label_column"  # model version or registered model: the label column (default "label")
 # triggers: registered-model / model-version tags read by the webhook, reconcile and nightly runs
+TAG_ALLOW_PICKLE = "modelops.allow_pickle"  # version or registered model, admin-set: loading may run its code
 TAG_OPT_IN = "modelops.optimize"  # registered model (opt-in) or model version (explicit request)
 TAG_ALIAS = "modelops.alias"  # registered model: which alias the nightly run follows
 TAG_ALIAS_RUN = "modelops.alias_run"  # registered model, + ".<alias>": "<version>|<run id>" of the alias's last move

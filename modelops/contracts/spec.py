@@ -138,6 +138,11 @@ class RunSpec(BaseModel):
     flavor: str = ""
     recipe: str | None = Field(None, min_length=1)
     mlmodel: dict[str, Any] = Field(default_factory=dict)
+    allow_pickle: bool | None = Field(
+        None, description="MLflow's pickle gate (MLFLOW_ALLOW_PICKLE_DESERIALIZATION) while the steps load the model: "
+        "resolve opens it for a version tagged modelops.allow_pickle=true or a skops file whose types it checked "
+        "(modelops.recipes.trust); None (a spec written by hand) leaves the environment as it is",
+    )
     variants: list[str] = Field(default_factory=lambda: list(DEFAULT_VARIANTS))
     latency_slo_ms: float = Field(100.0, gt=0)
     ttft_slo_ms: float = Field(

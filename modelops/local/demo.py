@@ -24,9 +24,15 @@ console = Console(width=150)
 
 
 def register_demo_model(settings: Settings, env: dict[str, str], kind: str, name: str, alias: str | None,
-                        serialization: str | None = None) -> dict[str, Any]:
-    """Train and register a demo model in the worker environment; returns the registration record."""
-    cmd = [str(settings.worker_python), "-m", "model_recipes.demo_models", "register", kind, "--name", name]
+                        serialization: str | None = None, allow_pickle: bool | None = None) -> dict[str, Any]:
+    """Train and register a demo model in the worker environment; returns the registration record.
+
+    ``allow_pickle`` tags the version ``modelops.allow_pickle=true`` (True), never (False) or when it is saved in a
+    format whose loading runs code (None: pickle, cloudpickle, skops with extra trusted types), as the stack's
+    MLflow admin who trained it would.
+    """
+    cmd = [str(settings.worker_python), "-m", "model_recipes.demo_models", "register", kind, "--name", name,
+           "--allow-pickle", {None: "auto", True: "yes", False: "no"}[allow_pickle]]
     if alias:
         cmd += ["--alias", alias]
     if serialization:

@@ -77,6 +77,16 @@ def unlock_optimization(storage: Storage, triton_bucket: str, model: str, versio
         log.warning("could not release the optimization lease of %s v%s: %s", model, version, exc)
 
 
+def _trust(storage: Storage, resolved: Any) -> Any:
+    """What loading ``resolved`` through its flavor runs (``modelops.recipes.trust``), from MLmodel and its files."""
+    from modelops.recipes import source_flavor
+    from modelops.recipes.trust import assess
+    from modelops.storage import relative
+
+    files = [relative(resolved.source_uri, uri) for uri in storage.list(resolved.source_uri)]
+    return assess(resolved.mlmodel, source_flavor(resolved.mlmodel), files, resolved.tags)
+
+
 def search_params(params: dict[str, Any]) -> dict[str, Any]:
     """The benchmark block's configuration-search keys from the params (absent keys keep the spec defaults)."""
     out: dict[str, Any] = {}
@@ -145,6 +155,10 @@ def resolve_run(client: MlflowClient, storage: Storage, settings: Settings, para
             # the version exists: say on it why it was not optimized (the failure callback has no XCom yet)
             mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}")
             raise RunRefused(str(exc)) from None
+        trust = _trust(storage, resolved)
+        if trust.refused:
+            mark_failed(client, resolved.name, resolved.version, f"resolve: {trust.reason(resolved.name, resolved.version)}")
+            raise RunRefused(trust.reason(resolved.name, resolved.version))
         try:  # no request: the family's defaults (an LLM's, a CNN's...); a request of the wrong family is refused
             kind = model_kind(recipe_infos()[recipe], resolved.mlmodel)
             variants = variants_for(requested, kind)
@@ -188,6 +202,7 @@ def resolve_run(client: MlflowClient, storage: Storage, settings: Settings, para
                 serving_device=run_params["serving_device"],
                 text_in=recipe_infos()[recipe].text_in,
                 eval_data=eval_data,
+                allow_pickle=trust.allow_pickle,
             )
         except (SpecError, DataError) as exc:
             mark_failed(client, resolved.name, resolved.version, f"resolve: {exc}", run_id)

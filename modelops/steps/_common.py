@@ -220,6 +220,9 @@ def run_step(step: str, fn: Callable[[dict[str, Any], Storage], dict[str, Any]],
     started = time.time()
     try:
         spec = RunSpec.parse(storage.read_json(args.spec), step).to_json()
+        from modelops.recipes.trust import loader_gate
+
+        os.environ.update(loader_gate(spec.get("allow_pickle")))  # before anything loads the model
         write_spec(storage, spec, step)
         write_reproduce_script(storage, spec, step)
         result = fn(spec, storage)

@@ -157,6 +157,7 @@ def build_spec(
     serving_device: str = "cpu",
     text_in: bool = False,
     eval_data: EvalDataSpec | None = None,
+    allow_pickle: bool | None = None,
 ) -> RunSpec:
     """The run spec every step reads, complete: every block at its defaults unless given (see ``RunSpec``).
 
@@ -183,6 +184,7 @@ def build_spec(
             "flavor": source_flavor(resolved.mlmodel),
             "recipe": recipe,
             "mlmodel": resolved.mlmodel,
+            "allow_pickle": allow_pickle,
             "variants": list(variants),
             "latency_slo_ms": float(latency_slo_ms),
             "ttft_slo_ms": float(ttft_slo_ms),

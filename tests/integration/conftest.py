@@ -86,9 +86,11 @@ def register(stack, settings):
     from modelops.local import stack as stack_mod
     from modelops.local.demo import register_demo_model
 
-    def _register(kind: str, alias: str | None = "champion", serialization: str | None = None, name: str | None = None):
+    def _register(kind: str, alias: str | None = "champion", serialization: str | None = None, name: str | None = None,
+                  allow_pickle: bool | None = None):
         name = name or f"it_{kind}_{uuid.uuid4().hex[:6]}"
-        return register_demo_model(settings, stack_mod.client_env(stack), kind, name, alias, serialization)
+        return register_demo_model(settings, stack_mod.client_env(stack), kind, name, alias, serialization,
+                                   allow_pickle)
 
     return _register
 

@@ -55,6 +55,23 @@ def test_second_architecture_published_and_served_like_the_source(wine, storage,
     assert read_routes(storage, settings.triton_bucket, reg["name"]).weights() == {pub["deployment"]: 100}
 
 
+def test_a_pickled_model_loads_only_with_the_opt_in(wine, register, mlflow_client):
+    """The fixture's version was tagged modelops.allow_pickle=true at registration: its steps ran under MLflow's open
+    pickle gate. The same model without the tag is refused at resolve, in one line, and the version says why."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    _reg, _meta, spec = wine
+    assert spec["allow_pickle"] is True
+    reg = register("wine", alias=None, serialization="pickle", allow_pickle=False)
+    with pytest.raises(AirflowFailException) as err:
+        _resolve({"model_name": reg["name"], "model_version": str(reg["version"])})
+    line = str(err.value)
+    assert f"model {reg['name']} version {reg['version']} runs code from its own files when loaded: its PyTorch " \
+           "module is pickled" in line and "modelops.allow_pickle=true" in line and "\n" not in line
+    tags = mlflow_client.get_model_version(reg["name"], reg["version"]).tags
+    assert "modelops.allow_pickle" not in tags and "runs code from its own files" in tags["modelops.error"]
+
+
 def test_candidate_failing_accuracy_is_rejected_and_never_published(wine, storage, settings, tmp_path):
     """A candidate with random weights (posing as ort_int8_static, a variant this run did not build): validate
     must reject it, select skip it, and it is never published."""
