@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     termination_log: str = _var("MODELOPS_TERMINATION_LOG", "File a failed or skipped step writes its one-line "
                                 "reason to (the step pods: /dev/termination-log, the pod's termination message); "
                                 "empty: none.", "")
+    step_user: str = _var("MODELOPS_STEP_USER", "OS user the local step operator runs heavy steps (untrusted model "
+                          "code) as when it runs as root; created on first use, it cannot read the stack folder. "
+                          "-: steps keep the task's user.", "modelops-step")
     step_kill_grace_s: float = _var("MODELOPS_STEP_KILL_GRACE_S", "SIGTERM to SIGKILL delay for a step.", 10.0, ge=0)
     mlflow_timeout_s: int = _var("MODELOPS_MLFLOW_TIMEOUT_S", "Timeout of one MLflow client request.", 60, gt=0)
     mlflow_max_retries: int = _var("MODELOPS_MLFLOW_MAX_RETRIES", "Retries of an MLflow client request.", 3, ge=0)

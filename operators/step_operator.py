@@ -38,6 +38,8 @@ from modelops_airflow.links import STEP_LINKS
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from modelops.step_user import StepUser
+
 XCOM_RESULT_PATH = "/airflow/xcom/return.json"
 TRIGGER_KINDS = ("manual", "event", "nightly")  # highest priority first
 # Run id prefixes of modelops.triggers.events.run_id_for: registry events (webhook, reconcile) and nightly plans.
@@ -108,18 +110,32 @@ class LocalStepOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
+        from modelops.step_user import StepUserError, ensure_can_run, step_user
+
         settings = Settings.from_env()
         if not settings.worker_python.exists():
             raise AirflowException(f"worker environment not found at {settings.worker_python}: run `make worker`")
+        try:  # as root, the step (untrusted model code) runs as an unprivileged user of its own
+            user = step_user(settings.step_user)
+            granted = ensure_can_run(user, settings.worker_python) if user else []
+        except StepUserError as exc:
+            raise AirflowException(str(exc)) from None
+        if granted:
+            self.log.info("step user %s may now search %s (POSIX ACL) to start %s", user.name, ", ".join(granted),
+                          settings.worker_python)
         with tempfile.TemporaryDirectory(prefix=f"modelops-{self.step}-") as tmp:
             result_path = Path(tmp) / "result.json"
             cmd = [str(settings.worker_python), *step_command(self.step, self.spec, str(result_path))]
-            self.log.info("running %s", " ".join(cmd))
+            env = self._env(settings)
+            if user is not None:
+                os.chown(tmp, user.uid, user.gid)  # its only writable place on this machine
+                env.update(user.env(tmp))
+            self.log.info("running %s%s", " ".join(cmd), f" as {user.name} (uid {user.uid})" if user else "")
             # cwd is a fresh directory: `python -m` puts the cwd first on sys.path, and a stray folder there
             # (e.g. the stack's "triton" state dir) would shadow real packages in the worker environment.
             try:
-                rc, last_error = self._run(cmd, self._env(settings), cwd=tmp, timeout_s=settings.step_timeout_s,
-                                           grace_s=settings.step_kill_grace_s)
+                rc, last_error = self._run(cmd, env, cwd=tmp, timeout_s=settings.step_timeout_s,
+                                           grace_s=settings.step_kill_grace_s, user=user)
             except TimeoutError as exc:
                 raise AirflowException(str(exc)) from None
             if rc == EXIT_SKIPPED:
@@ -129,7 +145,7 @@ class LocalStepOperator(BaseOperator):
             return json.loads(result_path.read_text())
 
     def _run(self, cmd: list[str], env: dict[str, str], cwd: str, timeout_s: float | None = None,
-             grace_s: float = 10.0) -> tuple[int, str]:
+             grace_s: float = 10.0, user: StepUser | None = None) -> tuple[int, str]:
         """Stream stdout and stderr into the task log; return the exit code and the last stderr line.
 
         The step runs in a session (process group) of its own and gets SIGTERM if this process dies; a timeout,
@@ -143,7 +159,7 @@ class LocalStepOperator(BaseOperator):
         # stdin /dev/null, not the task's (a socket to Airflow's supervisor): nothing below may read it, and a
         # `bash -c` further down (Triton's python stubs) would source ~/.bashrc when stdin is a socket
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True,
+                                stderr=subprocess.PIPE, text=True, **(user.popen_kwargs() if user else {}),
                                 bufsize=1, start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))  # noqa: PLW1509 - prctl only
         self._proc = proc
         tail: deque[str] = deque(maxlen=20)

@@ -92,7 +92,8 @@ def airflow_home(tmp_path_factory):
     fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MODELOPS_"))}
     env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__CORE__DAGS_FOLDER=str(home / "dags"),
-               PYTHONPATH=str(REPO), MODELOPS_WORKER_PYTHON=str(fake), MODELOPS_EXECUTION="local", FAKE_DIR=str(home / "fake"),
+               PYTHONPATH=str(REPO), MODELOPS_WORKER_PYTHON=str(fake), MODELOPS_STEP_USER="-",  # a private stand-in
+               MODELOPS_EXECUTION="local", FAKE_DIR=str(home / "fake"),
                AIRFLOW_CONN_S3_DEFAULT="aws://AK:SK@/?endpoint_url=http%3A%2F%2F127.0.0.1%3A9")  # never called
     subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, check=True,
                    capture_output=True, timeout=300)

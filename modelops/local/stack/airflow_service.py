@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from modelops.local.stack import airflow_home
+from modelops.local.stack import airflow_home, process
 from modelops.local.stack.endpoints import client_env
 from modelops.local.stack.service_spec import Context, _path_with, http
 from modelops.local.stack.state import HOST, StackError
@@ -15,6 +15,23 @@ BENCHMARK_POOL = "modelops_benchmark"  # Airflow pool (1 slot) of the DAGs' benc
 
 def _airflow_prepare(ctx: Context) -> None:
     airflow_home.prepare(ctx.state, ctx.settings.repo_root, ctx.binary("airflow"))
+    _prepare_step_user(ctx)
+
+
+def _prepare_step_user(ctx: Context) -> None:
+    """As root: the user Airflow's step tasks run model code as, able to start the worker interpreter (say so once)."""
+    from modelops.step_user import StepUserError, ensure_can_run, step_user
+
+    try:
+        user = step_user(ctx.settings.step_user)
+        if user is None:
+            return
+        granted = ensure_can_run(user, ctx.settings.worker_python) if ctx.settings.worker_python.exists() else []
+    except StepUserError as exc:  # the step tasks fail with the same line; the rest of the stack is fine
+        process.say(f"heavy steps cannot run as their own user: {exc}")
+        return
+    if granted:
+        process.say(f"steps run as {user.name} (uid {user.uid}); it may search {', '.join(granted)} (POSIX ACL)")
 
 
 def _airflow_command(ctx: Context) -> list[str]:
