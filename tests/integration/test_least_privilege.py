@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import urllib.error
 import urllib.request
 import uuid
@@ -184,3 +185,46 @@ def test_seaweedfs_filer_and_volume_ports_refuse_unsigned_requests(stack, storag
         assert not storage.exists(f"s3://{triton}/lp-probe/evil.txt")
     finally:
         storage.delete(f"s3://{triton}/{key}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the step user exists only when the step operator runs as root")
+def test_a_hostile_pickle_runs_only_when_opted_in_and_then_as_the_step_user(stack, settings, mlflow_client):
+    """A pickled module whose unpickling runs code: refused at resolve; opted in, the export step that loads it runs
+    it as the step user, which can read neither stack.json nor its parent's (the task's) environment."""
+    import pwd
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from modelops.local import stack as stack_mod
+    from modelops_airflow.operators.step_operator import LocalStepOperator
+    from tests.integration.helpers import REPO, resolve
+
+    probe_dir = Path(tempfile.mkdtemp(prefix="modelops-probe-"))
+    os.chmod(probe_dir, 0o777)  # world-writable: where the probe reports to (tmp_path is private to root)
+    try:
+        name = f"it_probe_{uuid.uuid4().hex[:6]}"
+        proc = subprocess.run(
+            [str(settings.worker_python), "-m", "tests.bad_models", "register", "probe", "--name", name,
+             "--probe-dir", str(probe_dir), "--secret", str(settings.stack_dir / "stack.json")],
+            env={**os.environ, **stack_mod.client_env(stack), "PYTHONPATH": str(REPO)},
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        version = json.loads(proc.stdout.strip().splitlines()[-1])["version"]
+        with pytest.raises(AirflowFailException, match="runs code from its own files when loaded: its PyTorch module"):
+            resolve({"model_name": name, "model_version": version, "variants": ["ort_fp32"]})
+        step_uid = pwd.getpwnam(settings.step_user).pw_uid if settings.step_user != "-" else os.getuid()
+        assert not (probe_dir / f"uid-{step_uid}.json").exists()  # refused before any step loaded it
+
+        mlflow_client.set_model_version_tag(name, version, "modelops.allow_pickle", "true")  # an admin trusts it
+        meta = resolve({"model_name": name, "model_version": version, "variants": ["ort_fp32"]})
+        result = LocalStepOperator(task_id="export", step="export", spec=meta["spec_uri"]).execute(context={})
+        assert result["status"] == "done"
+        seen = json.loads((probe_dir / f"uid-{step_uid}.json").read_text())
+        assert seen == {"uid": step_uid, "secret": "PermissionError", "parent_environ": "PermissionError"}
+    finally:
+        shutil.rmtree(probe_dir, ignore_errors=True)

@@ -148,6 +148,7 @@ def test_a_given_version_wins_over_the_default_alias(wine, mlflow_client):
     src = mlflow_client.get_model_version(reg["name"], reg["version"])
     newer = mlflow_client.create_model_version(reg["name"], src.source, run_id=src.run_id,
                                                model_id=src.source.removeprefix("models:/"))  # MLflow 3: a logged model
+    mlflow_client.set_model_version_tag(reg["name"], newer.version, "modelops.allow_pickle", "true")  # still a pickle
     run = f"test__{uuid.uuid4().hex[:8]}"  # one Airflow run: it may take its own (model, version) lease again
     meta = _resolve({"model_name": reg["name"], "model_version": str(newer.version), "model_alias": "champion"}, run)
     assert meta["model_version"] == str(newer.version) != str(reg["version"])
@@ -247,13 +248,14 @@ def test_routes_conditional_write_on_real_s3(storage, settings):
     from modelops.serving.routes import RoutesConflict, read_routes, write_routes
 
     model = f"routes_{uuid.uuid4().hex[:6]}"
+    a, b = f"{model}--v1-ort_fp32", f"{model}--v2-ort_fp32"
     first = read_routes(storage, settings.triton_bucket, model)
-    write_routes(storage, settings.triton_bucket, first, {"a": 100}, by="one")
+    write_routes(storage, settings.triton_bucket, first, {a: 100}, by="one")
     with pytest.raises(RoutesConflict):
-        write_routes(storage, settings.triton_bucket, first, {"b": 100}, by="two")
+        write_routes(storage, settings.triton_bucket, first, {b: 100}, by="two")
     current = read_routes(storage, settings.triton_bucket, model)
-    assert current.weights() == {"a": 100} and current.revision == 1
-    nxt = write_routes(storage, settings.triton_bucket, current, {"a": 90, "b": 10}, by="three")
+    assert current.weights() == {a: 100} and current.revision == 1
+    nxt = write_routes(storage, settings.triton_bucket, current, {a: 90, b: 10}, by="three")
     with pytest.raises(RoutesConflict):
-        write_routes(storage, settings.triton_bucket, current, {"b": 100}, by="four")
+        write_routes(storage, settings.triton_bucket, current, {b: 100}, by="four")
     assert read_routes(storage, settings.triton_bucket, model).revision == nxt.revision == 2

@@ -65,7 +65,7 @@ def test_two_writers_racing_on_one_routes_file_lose_no_update(storage, settings)
             while done[i] < per_writer:
                 current = read_routes(writers[i], bucket, model)
                 try:
-                    write_routes(writers[i], bucket, current, {f"{model}--free{done[i]}-w{i}": 100}, by=f"w{i}")
+                    write_routes(writers[i], bucket, current, {f"{model}--vfree{done[i]}-w{i}": 100}, by=f"w{i}")
                     done[i] += 1
                 except RoutesConflict:
                     seen_conflicts[0] += 1
@@ -123,11 +123,12 @@ def test_a_retried_conditional_write_whose_first_attempt_landed_is_a_success(sto
 def test_routes_update_retried_after_a_lost_response_is_not_a_false_conflict(storage, settings):
     bucket, model = settings.triton_bucket, f"retry_{uuid.uuid4().hex[:6]}"
     writer = _fresh(storage)
-    one = write_routes(writer, bucket, read_routes(writer, bucket, model), {"a": 100}, by="run1")
+    a, b = f"{model}--v1-ort_fp32", f"{model}--v2-ort_fp32"
+    one = write_routes(writer, bucket, read_routes(writer, bucket, model), {a: 100}, by="run1")
     statuses = _lose_first_response(writer)
-    two = write_routes(writer, bucket, one, {"a": 50, "b": 50}, by="run1")
+    two = write_routes(writer, bucket, one, {a: 50, b: 50}, by="run1")
     assert statuses == [200, 412]
-    assert two.revision == 2 and read_routes(storage, bucket, model).weights() == {"a": 50, "b": 50}
+    assert two.revision == 2 and read_routes(storage, bucket, model).weights() == {a: 50, b: 50}
     storage.delete(f"s3://{bucket}/routes/{model}.json")
 
 
