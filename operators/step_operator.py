@@ -52,6 +52,7 @@ STEP_ENV_DROPPED = frozenset({
     "MODELOPS_WEBHOOK_SECRET", "MODELOPS_WEBHOOK_SECRET_FILE", "MODELOPS_GATEWAY_MLFLOW_PASSWORD",
     "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_AUTH_CONFIG_PATH",
 })
+STEP_POD_UID = 10001  # the worker image's `modelops` user (docker/worker-gpu.Dockerfile)
 # Steps that need no accelerator even in a GPU cluster (none yet: export/optimize may build TensorRT).
 CPU_ONLY_STEPS: frozenset[str] = frozenset()
 
@@ -317,6 +318,13 @@ def pod_kwargs(step: str, spec: str, k8s_settings: KubernetesSettings, *, gpu: b
         priority_class_name=k8s_settings.priority_class if gpu else None,
         priority_by_trigger=priority_classes(k8s_settings) if gpu else None,
         service_account_name=k8s_settings.service_account,
+        # untrusted model code: no Kubernetes API token, not root (the worker image's uid 10001), no privilege gain
+        automount_service_account_token=False,
+        security_context=k8s.V1PodSecurityContext(run_as_non_root=True, run_as_user=STEP_POD_UID,
+                                                  run_as_group=STEP_POD_UID, fs_group=STEP_POD_UID,
+                                                  seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
+        container_security_context=k8s.V1SecurityContext(allow_privilege_escalation=False,
+                                                         capabilities=k8s.V1Capabilities(drop=["ALL"])),
         env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=k8s_settings.s3_secret))],
         env_vars=[k8s.V1EnvVar(name="MODELOPS_EXECUTION", value="kubernetes"),
                   k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),

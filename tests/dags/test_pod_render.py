@@ -62,6 +62,11 @@ def test_heavy_step_renders_a_gpu_pod(k8s_dag, step):
     assert {"name": "MODELOPS_TERMINATION_LOG", "value": "/dev/termination-log"} in container["env"]
     # the result comes back through the xcom sidecar
     assert any(c["name"] == "airflow-xcom-sidecar" for c in spec["containers"])
+    # untrusted model code: no API token, not root, no privilege escalation, no capabilities
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 10001
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
 def test_exit_99_is_skip_and_pool_is_per_gpu_type(k8s_dag):
