@@ -17,6 +17,7 @@ step over GPU products (``optimize_model``'s compile: one pod per ``nvidia.com/g
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -70,6 +71,8 @@ class LocalStepOperator(BaseOperator):
             files, so they get that identity and none of the orchestrator's secrets (:data:`STEP_ENV_DROPPED`).
         gpu_product: the GPU product a mapped compile instance is for (names the instance; a local step runs on
             this machine's GPU, whatever it is).
+        renew_lease: renew the run's optimization lease (through ``aws_conn_id``) when the step starts and while
+            it runs, and stop the step if it was lost (:mod:`modelops.runs.lease_keeper`).
     """
 
     template_fields = ("spec",)
@@ -77,8 +80,10 @@ class LocalStepOperator(BaseOperator):
     operator_extra_links = STEP_LINKS  # the run's MLflow run and report
 
     def __init__(self, *, step: str, spec: str, aws_conn_id: str = "s3_default",
-                 worker_aws_conn_id: str = "s3_worker", gpu_product: str = "", **kwargs: Any) -> None:
+                 worker_aws_conn_id: str = "s3_worker", gpu_product: str = "", renew_lease: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.renew_lease = renew_lease
         self.gpu_product = gpu_product
         self.step = step
         self.spec = spec
@@ -109,8 +114,9 @@ class LocalStepOperator(BaseOperator):
         return env
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
+        from modelops.runs.resolve import RunRefused
         from modelops.step_user import StepUserError, ensure_can_run, step_user
 
         settings = Settings.from_env()
@@ -134,16 +140,36 @@ class LocalStepOperator(BaseOperator):
             self.log.info("running %s%s", " ".join(cmd), f" as {user.name} (uid {user.uid})" if user else "")
             # cwd is a fresh directory: `python -m` puts the cwd first on sys.path, and a stray folder there
             # (e.g. the stack's "triton" state dir) would shadow real packages in the worker environment.
+            keeper = self._lease_keeper(context)
             try:
-                rc, last_error = self._run(cmd, env, cwd=tmp, timeout_s=settings.step_timeout_s,
-                                           grace_s=settings.step_kill_grace_s, user=user)
+                with keeper or contextlib.nullcontext():  # the run's lease: renewed now and while the step works
+                    rc, last_error = self._run(cmd, env, cwd=tmp, timeout_s=settings.step_timeout_s,
+                                               grace_s=settings.step_kill_grace_s, user=user)
             except TimeoutError as exc:
                 raise AirflowException(str(exc)) from None
+            except RunRefused as exc:  # lost before the step started
+                raise AirflowFailException(str(exc)) from None
+            if keeper is not None and keeper.lost:
+                raise AirflowFailException(f"{self.step} stopped: {keeper.lost}")
             if rc == EXIT_SKIPPED:
                 raise AirflowSkipException(last_error or f"{self.step} does not apply here")
             if rc != 0:
                 raise AirflowException(last_error or f"{self.step} failed with exit code {rc}")
             return json.loads(result_path.read_text())
+
+    def _lease_keeper(self, context: Context | None):
+        """The run's :class:`~modelops.runs.lease_keeper.LeaseKeeper` (None: ``renew_lease`` off, or no run)."""
+        if not self.renew_lease:
+            return None
+        from modelops.runs.lease_keeper import for_run
+        from modelops_airflow.hooks import ModelOpsS3Hook
+
+        storage = ModelOpsS3Hook(aws_conn_id=self.aws_conn_id).storage()  # the pipeline's: leases live by Triton's
+        return for_run(storage, self.spec, (context or {}).get("run_id"), self._lease_lost)
+
+    def _lease_lost(self, reason: str) -> None:
+        self.log.error("%s: %s; stopping the step", self.step, reason)
+        self.on_kill()
 
     def _run(self, cmd: list[str], env: dict[str, str], cwd: str, timeout_s: float | None = None,
              grace_s: float = 10.0, user: StepUser | None = None) -> tuple[int, str]:
