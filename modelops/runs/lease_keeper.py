@@ -47,9 +47,13 @@ class LeaseKeeper:
         self.lost: str | None = None
         self.renewals = 0
 
-    def __enter__(self) -> LeaseKeeper:
+    def renew_now(self) -> None:
+        """Renew once (before a step starts). Raises :class:`RunRefused` when the lease was lost."""
         self._renew()
         self.renewals += 1
+
+    def __enter__(self) -> LeaseKeeper:
+        self.renew_now()
         self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
         self._thread.start()
         return self

@@ -97,3 +97,27 @@ def test_the_step_operator_stops_a_step_whose_lease_is_lost(s3, spec, monkeypatc
         op.execute({"run_id": "run-1"})
     assert time.monotonic() - started < 30  # stopped, not slept out
     assert holder(s3, optimize_lock_uri("triton", "m", "3"))["owner"] == "run-2"
+
+
+def test_a_step_pod_starts_only_while_its_run_holds_the_lease(s3, spec, monkeypatch):
+    """Kubernetes mode: the lease is renewed before the pod is created; a run that lost it creates no pod."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from modelops.settings import Settings
+    from modelops_airflow.operators.step_pod import kubernetes_step
+
+    started = []
+    monkeypatch.setattr(KubernetesPodOperator, "execute", lambda self, context: started.append(self.task_id) or {})
+    monkeypatch.setattr("modelops_airflow.hooks.ModelOpsS3Hook.storage", lambda self: s3)
+    op = kubernetes_step("export", spec, Settings.from_env({}).kubernetes, task_id="export")
+    lock_optimization(s3, "triton", "m", "3", "run-1")
+    before = holder(s3, optimize_lock_uri("triton", "m", "3"))["expires_at_epoch"]
+    time.sleep(0.01)
+    op.execute({"run_id": "run-1"})
+    assert started == ["export"]
+    assert holder(s3, optimize_lock_uri("triton", "m", "3"))["expires_at_epoch"] > before
+    _steal(s3)
+    with pytest.raises(AirflowFailException, match="the lease was lost to run-2"):
+        op.execute({"run_id": "run-1"})
+    assert started == ["export"]
