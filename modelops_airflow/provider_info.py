@@ -50,6 +50,8 @@ CONNECTION_TYPES: list[dict[str, Any]] = [
                                       "APIs (--http-restricted-api)", default="X-ModelOps-Admin"),
               "admin_token": _string("Admin token", "Its value: sent only on load/unload/repository calls",
                                      secret=True),
+              "admin_token_file": _string("Admin token file", "Or a file holding it, read at each use (follows a "
+                                          "token rotated at every Triton start); wins over Admin token"),
           }),
     _http("ModelOps serving gateway", "modelops_gateway", "gateway", "GatewayHook", host="gateway.example.internal",
           port=9000),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.http.hooks.http import HttpHook
@@ -13,8 +14,9 @@ if TYPE_CHECKING:
 
 
 class TritonHook(HttpHook):
-    """An NVIDIA Triton server (http connection; extra ``grpc_port``, ``metrics_port``, ``admin_header``,
-    ``admin_token``: the header that opens Triton's restricted model-control APIs)."""
+    """An NVIDIA Triton server (http connection; extra ``grpc_port``, ``metrics_port``, ``admin_header`` and
+    ``admin_token`` or ``admin_token_file``: the header that opens Triton's restricted model-control APIs; the file,
+    read at each use, follows a token rotated at every Triton start)."""
 
     conn_name_attr = "triton_conn_id"
     default_conn_name = "triton_default"
@@ -22,7 +24,7 @@ class TritonHook(HttpHook):
     hook_name = "NVIDIA Triton"
     # Connection extras that describe Triton, not HTTP headers (HttpHook sends unknown extras as headers):
     # the admin token in particular goes only on model-control calls (get_client), never on every request.
-    NON_HEADER_EXTRAS = ("grpc_port", "metrics_port", "admin_header", "admin_token")
+    NON_HEADER_EXTRAS = ("grpc_port", "metrics_port", "admin_header", "admin_token", "admin_token_file")
 
     def __init__(self, triton_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(method="GET", http_conn_id=triton_conn_id, **kwargs)
@@ -36,9 +38,22 @@ class TritonHook(HttpHook):
         return session
 
     def admin(self) -> tuple[str | None, str | None]:
-        """``(admin_header, admin_token)`` from the connection's extras (None when unset)."""
+        """``(admin_header, admin_token)`` from the connection's extras (None when unset); ``admin_token_file`` wins.
+
+        Raises:
+            AirflowException: the token file cannot be read (one line naming it).
+        """
         extra = self.get_connection(self.triton_conn_id).extra_dejson
-        return extra.get("admin_header") or None, extra.get("admin_token") or None
+        token = extra.get("admin_token") or None
+        if path := extra.get("admin_token_file"):
+            try:
+                token = Path(path).read_text().strip() or None
+            except OSError as exc:
+                from airflow.sdk.exceptions import AirflowException
+
+                raise AirflowException(f"cannot read Triton's admin token file {path} (connection "
+                                       f"{self.triton_conn_id}, extra admin_token_file): {exc.strerror}") from None
+        return extra.get("admin_header") or None, token
 
     def url(self) -> str:
         """``host:port`` of the HTTP endpoint (the form ``tritonclient.http`` takes)."""

@@ -86,11 +86,12 @@ def killed_deploy(stack, settings, storage, triton, publish_plus_k):
 
     from modelops.serving.triton.admin import with_admin
 
-    pid = stack_mod.status()["triton"]["pid"]
+    now = stack_mod.status()  # this Triton start's pid and admin token (an earlier test may have restarted it)
+    pid = now["triton"]["pid"]
     # The pipeline's client waits up to 120 s for an answer; 15 s (a load here takes ~2 s) keeps the test short.
     short = httpclient.InferenceServerClient(stack["triton"]["http"].removeprefix("http://"), network_timeout=15.0,
                                              connection_timeout=5.0)
-    chaotic = KillDuringLoad(with_admin(short, stack["triton"]["admin_header"], stack["triton"]["admin_token"]), pid)
+    chaotic = KillDuringLoad(with_admin(short, now["triton"]["admin_header"], now["triton"]["admin_token"]), pid)
     error: BaseException | None = None
     try:
         deploy(chaotic, storage, settings.triton_bucket, model, v2["deployment"], **v2["deploy_kwargs"])

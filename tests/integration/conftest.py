@@ -69,8 +69,15 @@ def triton(stack):
     from modelops.serving.triton.admin import with_admin
 
     client = httpclient.InferenceServerClient(stack["triton"]["http"].removeprefix("http://"), network_timeout=120.0)
-    # model control (load/unload in deploy) is locked behind the stack's admin header, as the pipeline's is
-    return with_admin(client, stack["triton"]["admin_header"], stack["triton"]["admin_token"])
+    # model control (load/unload in deploy) is locked behind the stack's admin header, as the pipeline's is; the
+    # token is read at each use, as TritonHook does: a Triton restarted by a test has a new one
+    token_file = Path(stack["triton"]["admin_token_file"])
+
+    class CurrentAdmin:
+        def __getattr__(self, name):
+            return getattr(with_admin(client, stack["triton"]["admin_header"], token_file.read_text().strip()), name)
+
+    return CurrentAdmin()
 
 
 @pytest.fixture(scope="session")

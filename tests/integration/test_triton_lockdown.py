@@ -139,6 +139,31 @@ def test_killed_triton_serves_its_routed_deployments_again_after_stack_up(stack,
     assert after["triton"]["pid"] != before["triton"]["pid"]
     for name in ("s3", "mlflow", "airflow"):
         assert after[name]["pid"] == before[name]["pid"], f"{name} was running and must have been left alone"
+    # a new admin token for the new Triton: the old one (say, read off the dead one's command line) opens nothing
+    old, new = before["triton"]["admin_token"], after["triton"]["admin_token"]
+    assert new != old and Path(after["triton"]["admin_token_file"]).read_text().strip() == new
+    index = f"{base}/v2/repository/index"
+    assert _http("POST", index, {"X-ModelOps-Admin": old})[0] == 403
+    assert _http("POST", index, {"X-ModelOps-Admin": new})[0] == 200
+    # the reconciler (which loaded it back above) and Airflow's triton_default follow the file, with no restart
+    from modelops_airflow.hooks import TritonHook
+
+    assert TritonHook().admin() == ("X-ModelOps-Admin", new)
+
+
+def test_the_admin_token_is_on_no_command_line_but_tritons(stack):
+    """Every process of this machine: the token shows only in tritonserver's argv (Triton takes it nowhere else;
+    what that leaves visible is in docs/operations.md), never in a service's environment given on its command line."""
+    import psutil
+
+    from modelops.local import stack as stack_mod
+
+    token = stack_mod.status()["triton"]["admin_token"]
+    holders = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        if token in " ".join(proc.info["cmdline"] or ()):
+            holders.append(proc.info["name"])
+    assert holders == ["tritonserver"]
 
 
 def test_reconcile_cli_is_idempotent_and_loads_what_is_missing(stack, published):
@@ -150,7 +175,8 @@ def test_reconcile_cli_is_idempotent_and_loads_what_is_missing(stack, published)
     def run() -> dict[str, str]:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, check=False)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert info["admin_token"] not in proc.stdout + proc.stderr, "the token is never printed"
+        token = stack_mod.status()["triton"]["admin_token"]
+        assert token not in proc.stdout + proc.stderr, "the token is never printed"
         return {a["deployment"]: a["action"] for a in json.loads(proc.stdout)}
 
     from modelops.local import stack as stack_mod
@@ -158,7 +184,8 @@ def test_reconcile_cli_is_idempotent_and_loads_what_is_missing(stack, published)
     assert run()[deployment] == "ready"  # loaded: left alone
     stack_mod.down(services=["reconciler"])  # the stack's own watcher would reload it first
     try:
-        admin = {info["admin_header"]: info["admin_token"]}
+        current = stack_mod.status()["triton"]  # rotated by the restart of the test above
+        admin = {current["admin_header"]: current["admin_token"]}
         assert _http("POST", f"{base}/v2/repository/models/{deployment}/unload", admin)[0] == 200
         deadline = time.monotonic() + 30
         while _ready(base, deployment) and time.monotonic() < deadline:

@@ -244,7 +244,8 @@ def test_status_shape_and_client_env(settings: Settings) -> None:
     triton = json.loads(env["AIRFLOW_CONN_TRITON_DEFAULT"])
     assert (triton["port"], triton["extra"]) == (8100, {"grpc_port": 8101, "metrics_port": 8102,
                                                         "admin_header": "X-ModelOps-Admin",
-                                                        "admin_token": creds.triton_admin_token})
+                                                        "admin_token_file": str(settings.stack_dir / "triton" / "admin-token")})
+    assert creds.triton_admin_token not in env["AIRFLOW_CONN_TRITON_DEFAULT"]  # Airflow's environment holds a path
     assert (status["triton"]["admin_header"], status["triton"]["admin_token"]) == \
         ("X-ModelOps-Admin", creds.triton_admin_token)
 
@@ -504,3 +505,35 @@ def test_wait_healthy_reports_early_exit_and_timeout(tmp_path: Path) -> None:
             process.wait_healthy("slow", slow, flaky, timeout_s=1, log_path=log, interval_s=0.1)
     finally:
         process.stop("slow", slow, grace_s=2)
+
+
+def test_each_triton_start_rotates_the_admin_token(settings: Settings) -> None:
+    """A token read off an earlier Triton's command line is dead; stack.json and the token file hold the new one."""
+    state = StackState.new(settings.stack_dir, 100)
+    state.save()
+    first = state.rotate_triton_admin_token()
+    second = state.rotate_triton_admin_token()
+    assert first != second and len(second) >= 40
+    assert StackState.load(settings.stack_dir).credentials.triton_admin_token == second
+    assert state.triton_admin_token_file.read_text().strip() == second
+    assert state.triton_admin_token_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_triton_hook_reads_the_token_file_at_each_use(tmp_path, monkeypatch) -> None:
+    from modelops_airflow.hooks import TritonHook
+
+    token_file = tmp_path / "admin-token"
+    token_file.write_text("first\n")
+    monkeypatch.setenv("AIRFLOW_CONN_TRITON_T", json.dumps({
+        "conn_type": "modelops_triton", "host": "127.0.0.1", "port": 8000,
+        "extra": {"admin_header": "X-ModelOps-Admin", "admin_token": "stale", "admin_token_file": str(token_file)}}))
+    hook = TritonHook("triton_t")
+    assert hook.admin() == ("X-ModelOps-Admin", "first")
+    token_file.write_text("second\n")  # Triton restarted: a new token
+    assert hook.admin() == ("X-ModelOps-Admin", "second")
+    token_file.unlink()
+    from airflow.sdk.exceptions import AirflowException
+
+    with pytest.raises(AirflowException, match=r"^cannot read Triton's admin token file .*admin-token \(connection "
+                                               r"triton_t, extra admin_token_file\): No such file or directory$"):
+        hook.admin()

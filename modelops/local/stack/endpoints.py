@@ -133,7 +133,8 @@ def build_status(state: StackState, settings: Settings, running: Mapping[str, bo
             "metrics_port": ports["triton_metrics"],
             "repository": triton_repository(state, settings),
             "admin_header": ADMIN_HEADER,
-            "admin_token": creds.triton_admin_token,
+            "admin_token": creds.triton_admin_token,  # this Triton start's (rotated at each start)
+            "admin_token_file": str(state.triton_admin_token_file),
             **proc("triton"),
         },
         "gateway": {
@@ -182,7 +183,8 @@ def airflow_connections(status: Mapping[str, Any]) -> dict[str, str]:
     ``s3_worker`` the ``worker`` one (the heavy steps, which load untrusted model files, get only that);
     ``airflow_api_default`` names the API server and its user for runs created through the REST API;
     ``openwebui_default`` Open WebUI with its admin as login/password.
-    ``triton_default`` carries Triton's admin header and token in the extras ``admin_header``/``admin_token``.
+    ``triton_default`` carries Triton's admin header and the file of its token (rotated at every Triton start, read
+    at each use) in the extras ``admin_header``/``admin_token_file``: no token in Airflow's environment.
     """
     s3, mlflow, triton, airflow = status["s3"], status["mlflow"], status["triton"], status["airflow"]
     airflow_user = (mlflow.get("users") or {}).get("airflow") or {}
@@ -195,7 +197,8 @@ def airflow_connections(status: Mapping[str, Any]) -> dict[str, str]:
                           "config_kwargs": {"s3": {"addressing_style": "path"}}}}
 
     # Triton's admin header: TritonHook sends it on model-control calls only (never as a plain header)
-    admin = {key: triton[key] for key in ("admin_header", "admin_token") if triton.get("admin_token")}
+    source = "admin_token_file" if triton.get("admin_token_file") else "admin_token"  # the file: no token in the env
+    admin = {key: triton[key] for key in ("admin_header", source)} if triton.get("admin_token") else {}
     conns = {
         "AIRFLOW_CONN_MLFLOW_DEFAULT": {"conn_type": "modelops_mlflow", "host": HOST, "port": mlflow["port"], "schema": "http",
                                         **mlflow_login},

@@ -204,6 +204,8 @@ def _triton_prepare(ctx: Context) -> None:
     shutil.rmtree(mount := triton_mount_dir(ctx.state.stack_dir), ignore_errors=True)
     mount.mkdir(mode=0o700)
     remove_orphan_python_shm()
+    ctx.state.rotate_triton_admin_token()  # a token read off an earlier Triton's command line is dead
+
 
 
 def triton_mount_dir(stack_dir: Path) -> Path:

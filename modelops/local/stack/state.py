@@ -14,7 +14,7 @@ import socket
 import stat
 import string
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +251,19 @@ class StackState:
     @property
     def logs_dir(self) -> Path:
         return self.stack_dir / "logs"
+
+    @property
+    def triton_admin_token_file(self) -> Path:
+        """The current Triton admin token (mode 600); the reconciler, the CLI and Airflow read it at each use."""
+        return self.stack_dir / "triton" / "admin-token"
+
+    def rotate_triton_admin_token(self) -> str:
+        """A fresh Triton admin token (before each Triton start), saved in ``stack.json`` and the token file."""
+        token = secrets.token_urlsafe(32)
+        self.credentials = replace(self.credentials, triton_admin_token=token)
+        self.save()
+        write_private(self.triton_admin_token_file, token + "\n")
+        return token
 
     @classmethod
     def new(cls, stack_dir: Path, port_offset: int) -> StackState:
