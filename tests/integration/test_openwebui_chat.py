@@ -180,3 +180,36 @@ def test_a_member_chats_in_a_headless_browser(chat, browser, tmp_path):
         print(f"\nanswer in the page after {time.monotonic() - started:.1f} s: {text!r}")
         assert text, "the assistant's message is empty"
         assert chat["model"] in browser.page_source
+
+
+def test_the_gateway_caps_max_tokens_and_ends_a_stream_whose_key_is_revoked(chat, stack):
+    """The real gateway in front of the real SmolLM2: ``max_tokens`` 10^9 is 400 naming the cap, before Triton; a
+    key revoked while its answer streams ends that stream with a 401 event, within the key recheck (1 s)."""
+    from modelops.serving.gateway.keys import KeyStore
+
+    keys, name = KeyStore(stack["gateway"]["keys_db"]), f"it-stream-{uuid.uuid4().hex[:6]}"
+    _, key = keys.create(name, chat["model"])
+    url = stack["gateway"]["url"]
+    ask = {"model": chat["model"], "messages": [{"role": "user", "content": "Count from 1 to 300, one number per "
+                                                                             "line."}]}  # fmt: skip
+    with _client(url, key) as client:
+        resp = client.post("/v1/chat/completions", json={**ask, "max_tokens": 10**9})
+        assert resp.status_code == 400, resp.text
+        error = resp.json()["error"]
+        assert error["param"] == "max_tokens" and error["message"] == (
+            f"invalid 'max_tokens': 1000000000 is over model {chat['model']!r}'s cap of 4096 tokens")
+        body = {**ask, "stream": True, "max_tokens": 400, "temperature": 0}
+        with client.stream("POST", "/v1/chat/completions", json=body) as stream:
+            assert stream.status_code == 200, stream.read()
+            events = (line.removeprefix("data:").strip() for line in stream.iter_lines() if line.startswith("data:"))
+            seen = [next(events) for _ in range(4)]  # the role, then the first tokens: it is generating
+            keys.revoke(name)
+            revoked = time.monotonic()
+            rest = list(events)
+        ended_s = time.monotonic() - revoked
+    assert all(json.loads(e).get("choices") for e in seen)
+    assert rest and rest[-1] != "[DONE]", rest[-3:]
+    assert json.loads(rest[-1])["error"]["message"] == f"API key {name!r} was revoked during the request"
+    assert ended_s < 5, f"the stream went on {ended_s:.1f} s after the revocation"
+    with _client(url, key) as client:
+        assert client.post("/v1/chat/completions", json={**ask, "max_tokens": 4}).status_code == 401
