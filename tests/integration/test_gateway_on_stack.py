@@ -270,6 +270,40 @@ def test_metrics_count_requests_by_model_deployment_and_code(gw):
     assert f'modelops_gateway_routes_revision{{model="{gw["model"]}"}}' in text
 
 
+def test_10k_random_keys_then_a_valid_key_is_still_served(gw):
+    """A client spraying 10,000 random (well-formed) keys: past its burst of failed lookups it gets 429 before any
+    key-store lookup, never a 5xx; a valid key, cached before the spray, is served right after it."""
+    import asyncio
+    import secrets
+    from collections import Counter
+
+    import httpx
+
+    assert _infer(gw, gw["star"]).status_code == 200  # in the key cache now
+    codes: Counter[int] = Counter()
+
+    async def spray() -> None:
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+        async with httpx.AsyncClient(base_url=str(gw["client"].base_url), trust_env=False, timeout=30,
+                                     limits=limits) as client:  # fmt: skip
+            gate = asyncio.Semaphore(32)
+
+            async def one() -> None:
+                key = f"mo_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+                async with gate:
+                    response = await client.post(f"/v2/models/{gw['model']}/infer", json=_body(gw["x"]),
+                                                 headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+                codes[response.status_code] += 1
+
+            await asyncio.gather(*(one() for _ in range(10_000)))
+
+    asyncio.run(spray())
+    assert set(codes) <= {401, 429} and codes[429] >= 9_000, codes
+    served = _infer(gw, gw["star"])
+    assert served.status_code == 200 and served.headers[DEPLOYMENT_HEADER] in (gw["v1"], gw["v2"])
+    time.sleep(4.5)  # this address's failed-lookup budget refills (burst 20 at 5/s) before the next test
+
+
 def test_killed_triton_serves_through_the_gateway_again_after_stack_up(gw):
     """kill -9 Triton; `stack up` restarts it, reconciles the routes, and the gateway (left alone) serves again."""
     from modelops.local import stack as stack_mod

@@ -135,6 +135,26 @@ def test_random_keys_from_one_address_get_429_and_a_valid_cached_key_still_passe
     run(scenario())
 
 
+def test_a_valid_key_past_its_cache_ttl_is_not_held_up_by_its_addresss_spray(config):
+    """The spray outlasts the key's cache entry (TTL 1 s): the known id is looked up again, not refused with 429,
+    and once revoked it is refused as revoked."""
+    _, key = _store(config).create("valid", "m")
+
+    async def scenario() -> None:
+        async with gateway(config) as gw:
+            assert (await gw.post("/v2/models/m/infer", json=INFER, headers=bearer(key))).status_code == 200
+            await asyncio.sleep(gw.app.state.gateway.auth.cache.ttl_s + 0.2)  # the valid key's entry is stale now
+            for i in range(40):
+                await gw.get("/v2/models/m", headers=bearer(f"mo_{i:012x}_{'x' * 43}"))
+            assert (await gw.get("/v2/models/m", headers=bearer(f"mo_{99:012x}_{'x' * 43}"))).status_code == 429
+            assert (await gw.post("/v2/models/m/infer", json=INFER, headers=bearer(key))).status_code == 200
+            _store(config).revoke("valid")
+            await asyncio.sleep(gw.app.state.gateway.auth.cache.ttl_s + 0.2)
+            assert (await gw.post("/v2/models/m/infer", json=INFER, headers=bearer(key))).status_code == 401
+
+    run(scenario())
+
+
 def test_the_key_cache_keeps_valid_keys_when_probed_with_random_ids():
     cache = KeyCache(ttl_s=60, max_entries=100)
     valid = StoredKey(ApiKey("a" * 12, "valid", ("m",), "2026-01-01T00:00:00+00:00"), b"s", b"d")

@@ -46,7 +46,8 @@ class Authenticator:
 
     async def _verify(self, header: str | None, client: str) -> ApiKey:
         """The key of ``header``; a store lookup (a cache miss) is refused (429) for a client whose failed lookups
-        ran out, and every failure counts against it; a cached valid key is never held up by that."""
+        ran out, and every failure counts against it. A key id found valid before (cached, even past its TTL) is
+        never held up by that: it is looked up again (a revocation still shows) whatever its address sprayed."""
         if not header:
             raise GatewayError(401, "missing API key: send 'Authorization: Bearer <key>'")
         scheme, _, token = header.strip().partition(" ")
@@ -58,7 +59,7 @@ class Authenticator:
         key_id, secret = parts
         hit, stored = self.cache.get(key_id)
         if not hit:
-            if client:
+            if client and not self.cache.known(key_id):
                 self.quotas.check_client(client)
             stored = await asyncio.to_thread(self.store.lookup, key_id)
             self.cache.put(key_id, stored)

@@ -302,6 +302,10 @@ class KeyCache:
             return True, None
         return False, None
 
+    def known(self, key_id: str) -> bool:
+        """Whether ``key_id`` was found valid before, however long ago (it is still in the found LRU)."""
+        return key_id in self._found
+
     def put(self, key_id: str, value: StoredKey | None) -> None:
         table: OrderedDict = self._missed if value is None else self._found
         (self._found if value is None else self._missed).pop(key_id, None)
