@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
@@ -37,7 +38,8 @@ class AirflowAPI:
         """One API call; idempotent ones (GET, and PATCH, which sets fields to the values sent: unpausing a DAG,
         answering an approval) are retried on a server error or a lost connection (IDEMPOTENT_RETRIES, with
         backoff): the embedded stack's SQLite answers 500 "database is locked" while several runs start their tasks
-        at once (CI: the unpause before the sixth of six triggers). POST is never repeated."""
+        at once (CI: the unpause before the sixth of six triggers). POST is never repeated here (:meth:`trigger` retries its
+        own, made safe by its run id)."""
         retries = IDEMPOTENT_RETRIES if method.upper() in IDEMPOTENT_METHODS else ()
         for attempt, pause in enumerate((*retries, None)):
             try:
@@ -79,11 +81,31 @@ class AirflowAPI:
             time.sleep(2)
 
     def trigger(self, dag_id: str, conf: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+        """Unpause ``dag_id`` and start a run of it (``run_id``, or one of Airflow's own ``manual__<time>`` form).
+
+        The run id is always sent, so a POST answered 5xx (SQLite "database is locked" while several runs start)
+        is retried safely: a retry that finds the run created (409) returns it, never a second run.
+        """
         self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
-        body: dict[str, Any] = {"logical_date": None, "conf": conf}
-        if run_id:
-            body["dag_run_id"] = run_id
-        return self.request("POST", f"/dags/{dag_id}/dagRuns", json=body)
+        run_id = run_id or f"manual__{datetime.now(UTC).isoformat()}"
+        body: dict[str, Any] = {"logical_date": None, "conf": conf, "dag_run_id": run_id}
+        path = f"/dags/{dag_id}/dagRuns"
+        for attempt, pause in enumerate((*IDEMPOTENT_RETRIES, None)):
+            try:
+                resp = self._send("POST", path, json=body)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if pause is None:
+                    raise AirflowAPIError(f"POST {path}: {type(exc).__name__}: {str(exc)[:200]}") from None
+                time.sleep(pause * (attempt + 1))
+                continue
+            if resp.status_code == 409 and attempt:  # an earlier attempt did create it
+                return self.request("GET", f"{path}/{run_id}")
+            if resp.status_code < 500 or pause is None:
+                break
+            time.sleep(pause * (attempt + 1))
+        if resp.status_code >= 400:
+            raise AirflowAPIError(f"POST {path} -> {resp.status_code}: {resp.text[:300]}")
+        return resp.json()
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         tis = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").get("task_instances", [])

@@ -101,7 +101,9 @@ def test_reconciler_reloads_a_routed_deployment_unloaded_by_hand(stack, routed, 
     import psutil
 
     argv = " ".join(psutil.Process(info["pid"]).cmdline())
-    assert stack["triton"]["admin_token"] not in argv, "the admin token never shows in ps"
+    from modelops.local import stack as stack_mod
+
+    assert stack_mod.status()["triton"]["admin_token"] not in argv, "the admin token never shows in ps"
     assert triton.is_model_ready(deployment)
     with open(info["log"], "rb") as fh:
         offset = fh.seek(0, 2)

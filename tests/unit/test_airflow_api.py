@@ -20,11 +20,14 @@ def server(monkeypatch):
     monkeypatch.setattr(airflow_api, "IDEMPOTENT_RETRIES", (0.01, 0.01, 0.01))
     script: dict[str, list[int]] = {}
     seen: list[tuple[str, str]] = []
+    posted: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
         def _answer(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            self.rfile.read(length)
+            sent = self.rfile.read(length)
+            if self.command == "POST" and sent and self.path.endswith("/dagRuns"):
+                posted.append(json.loads(sent))
             if self.path == "/auth/token":
                 code, body = 201, {"access_token": "t"}
             else:
@@ -48,6 +51,7 @@ def server(monkeypatch):
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     api = AirflowAPI(f"http://127.0.0.1:{httpd.server_address[1]}", "admin", "pw", timeout=5)
+    api.posted = posted
     yield api, script, seen
     httpd.shutdown()
 
@@ -64,6 +68,25 @@ def test_the_unpause_before_a_trigger_is_retried_and_the_trigger_sent_once(serve
     script["/api/v2/dags/d"] = [500, 200]
     api.trigger("d", {"model_name": "m"})
     assert seen == [("PATCH", "/api/v2/dags/d"), ("PATCH", "/api/v2/dags/d"), ("POST", "/api/v2/dags/d/dagRuns")]
+    assert api.posted[0]["dag_run_id"].startswith("manual__")  # Airflow's own form, so trigger_kind says manual
+
+
+def test_a_trigger_that_meets_a_locked_database_is_retried_with_the_same_run_id(server):
+    api, script, seen = server
+    script["/api/v2/dags/d/dagRuns"] = [500, 500, 200]
+    api.trigger("d", {"model_name": "m"})
+    assert seen.count(("POST", "/api/v2/dags/d/dagRuns")) == 3
+    assert len({body["dag_run_id"] for body in api.posted}) == 1  # one run, however many attempts
+
+
+def test_a_retried_trigger_whose_first_attempt_created_the_run_returns_that_run(server):
+    api, script, seen = server
+    script["/api/v2/dags/d/dagRuns"] = [500, 409]
+    assert api.trigger("d", {}, run_id="r1") == {"state": "success"}
+    assert seen[-2:] == [("POST", "/api/v2/dags/d/dagRuns"), ("GET", "/api/v2/dags/d/dagRuns/r1")]
+    script["/api/v2/dags/d/dagRuns"] = [409]
+    with pytest.raises(AirflowAPIError, match="POST /dags/d/dagRuns -> 409"):  # the first attempt: a real conflict
+        api.trigger("d", {}, run_id="r1")
 
 
 def test_a_read_that_keeps_failing_ends_with_the_last_answer(server):
@@ -74,7 +97,7 @@ def test_a_read_that_keeps_failing_ends_with_the_last_answer(server):
     assert seen.count(("GET", "/api/v2/dags/d")) == 4  # the first try and 3 repeats
 
 
-def test_a_write_is_never_repeated(server):
+def test_a_plain_post_is_never_repeated(server):
     api, script, seen = server
     script["/api/v2/dags/d/dagRuns"] = [500, 200]
     with pytest.raises(AirflowAPIError, match="POST /dags/d/dagRuns -> 500"):
