@@ -15,8 +15,10 @@ from modelops.contracts.status import Status
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from modelops.recipes.trust import Trust
     from modelops.settings import Settings
     from modelops.storage import Storage
+    from modelops.tracking.registry import ResolvedVersion
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ def unlock_optimization(storage: Storage, triton_bucket: str, model: str, versio
         log.warning("could not release the optimization lease of %s v%s: %s", model, version, exc)
 
 
-def _trust(storage: Storage, resolved: Any) -> Any:
+def _trust(storage: Storage, resolved: ResolvedVersion) -> Trust:
     """What loading ``resolved`` through its flavor runs (``modelops.recipes.trust``), from MLmodel and its files."""
     from modelops.recipes import source_flavor
     from modelops.recipes.trust import assess

@@ -71,6 +71,25 @@ def validate_weights(weights: dict[str, int]) -> None:
         raise InvalidRoutes(f"weights must sum to 100, got {total} ({weights})")
 
 
+def routes_weights(entries: list[dict[str, Any]]) -> dict[str, int]:
+    """``{deployment: weight}`` of a routes document's ``routes`` entries, checked against the contract
+    (:func:`validate_weights`; an empty list is valid: a model with no deployment). Read by the pipeline
+    (:func:`read_routes`) and by the gateway (``routing.parse_routes``) alike.
+
+    Raises:
+        InvalidRoutes: a deployment listed twice, a bad name or bad weights.
+        KeyError, TypeError: an entry without ``deployment`` or ``weight``, or not an object.
+    """
+    names = [r["deployment"] for r in entries]
+    weights = {d: r["weight"] for d, r in zip(names, entries, strict=True)}
+    if len(weights) != len(names):
+        dup = next(d for d in names if names.count(d) > 1)
+        raise InvalidRoutes(f"deployment {dup!r} is listed twice")
+    if weights:
+        validate_weights(weights)
+    return weights
+
+
 def read_routes(storage: Storage, triton_bucket: str, model: str) -> Routes:
     """The routes file of ``model`` (an empty :class:`Routes` when there is none).
 
@@ -85,21 +104,14 @@ def read_routes(storage: Storage, triton_bucket: str, model: str) -> Routes:
     try:
         doc = json.loads(data)
         routes = [dict(r) for r in doc["routes"]]
-        names = [r["deployment"] for r in routes]
-        weights = {d: r["weight"] for d, r in zip(names, routes, strict=True)}
         out = Routes(model=doc["model"], revision=int(doc["revision"]), routes=routes, updated_at=doc.get("updated_at"),
                      updated_by=doc.get("updated_by"), etag=etag)  # fmt: skip
+        routes_weights(routes)
+    except InvalidRoutes as exc:
+        raise InvalidRoutes(f"routes file {uri} of model {model!r}: {exc}") from None
     except (ValueError, TypeError, KeyError) as exc:
         line = f"routes file {uri} of model {model!r} is not a routes document: {type(exc).__name__}: {exc}"
         raise InvalidRoutes(" ".join(line.split())) from None
-    try:
-        if len(weights) != len(names):
-            dup = next(d for d in names if names.count(d) > 1)
-            raise InvalidRoutes(f"deployment {dup!r} is listed twice")
-        if weights:
-            validate_weights(weights)
-    except InvalidRoutes as exc:
-        raise InvalidRoutes(f"routes file {uri} of model {model!r}: {exc}") from None
     return out
 
 

@@ -83,14 +83,15 @@ def test_a_key_at_its_concurrency_gets_429_until_its_request_ends(config, triton
 
 def test_an_expired_key_is_refused_naming_its_expiry(config):
     store = _store(config)
-    record, key = store.create("short", "m", expires_at=datetime.now(UTC) + timedelta(seconds=1))
+    expires = datetime.now(UTC) + timedelta(seconds=3)  # room for the gateway to start on a loaded machine
+    record, key = store.create("short", "m", expires_at=expires)
     with pytest.raises(ValueError, match="--expires must be in the future"):
         store.create("past", "m", expires_at=datetime.now(UTC) - timedelta(seconds=1))
 
     async def scenario() -> None:
         async with gateway(config) as gw:
             assert (await gw.post("/v2/models/m/infer", json=INFER, headers=bearer(key))).status_code == 200
-            await asyncio.sleep(1.2)
+            await asyncio.sleep((expires - datetime.now(UTC)).total_seconds() + 1.2)
             r = await gw.post("/v2/models/m/infer", json=INFER, headers=bearer(key))
             assert r.status_code == 401 and r.json()["error"] == f"API key 'short' expired at {record.expires_at}"
 

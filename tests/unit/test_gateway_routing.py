@@ -92,3 +92,10 @@ def test_failed_poll_keeps_serving_the_last_routes(tmp_path: Path) -> None:
         assert watcher.get("m") is not None and watcher.last_error == "ConnectionError: S3 down"
 
     asyncio.run(scenario())
+
+
+def test_a_deployment_listed_twice_is_refused_like_the_pipeline_refuses_it() -> None:
+    doc = json.dumps({"model": "m", "revision": 1, "routes": [{"deployment": A, "weight": 50},
+                                                              {"deployment": A, "weight": 50}]}).encode()
+    with pytest.raises(RoutesFileError, match=rf"^routes file of 'm': deployment '{A}' is listed twice$"):
+        parse_routes("m", doc)

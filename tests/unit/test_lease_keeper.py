@@ -86,6 +86,7 @@ def test_the_step_operator_stops_a_step_whose_lease_is_lost(s3, spec, monkeypatc
     op = so.LocalStepOperator(task_id="export", step="export", spec=spec)
     real_for_run = keeper_module.for_run
     monkeypatch.setattr(keeper_module, "for_run", lambda storage, *a, **k: real_for_run(s3, *a, interval_s=0.1))
+    # a step that would work for a minute: only the lost lease can end it within the 30 s asserted below
     monkeypatch.setattr(so, "step_command", lambda *a: ["-c", "import time; time.sleep(60)"])
     monkeypatch.setenv("MODELOPS_WORKER_PYTHON", sys.executable)
     monkeypatch.setenv("MODELOPS_STEP_USER", "-")

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelops.serving.routes import InvalidRoutes, validate_weights
+from modelops.serving.routes import InvalidRoutes, routes_weights
 
 
 @dataclass
@@ -75,16 +75,12 @@ def parse_routes(model: str, data: bytes) -> RouteTable:
     """
     try:
         doc: Any = json.loads(data)
-        entries = doc["routes"]
+        weights = routes_weights(doc["routes"])
         revision = int(doc.get("revision", 0))
-        weights = {str(r["deployment"]): r["weight"] for r in entries}
+    except InvalidRoutes as exc:  # an InvalidRoutes is a ValueError too: first
+        raise RoutesFileError(f"routes file of {model!r}: {exc}") from None
     except (ValueError, TypeError, KeyError) as exc:
         raise RoutesFileError(f"routes file of {model!r} is not a routes document: {exc}") from None
-    if weights:
-        try:
-            validate_weights(weights)
-        except InvalidRoutes as exc:
-            raise RoutesFileError(f"routes file of {model!r}: {exc}") from None
     live = [(d, w) for d, w in weights.items() if w > 0]
     return RouteTable(
         model=model,
